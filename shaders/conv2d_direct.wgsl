@@ -1,0 +1,70 @@
+// Direct 2-D convolution: one invocation computes one output element.
+//
+// Kept for shapes where the tiled kernel wastes work (very few output channels or pixels) and
+// as the simple baseline the tiled kernels are measured against.
+//
+// Buffers (f32, NCHW): `input` and `output` are windows of larger tensors; element 0 of the
+// chunk is at `in_base` / `out_base`. `weight` is `[out][in][kh][kw]` with a row of `w_row`
+// elements per output channel starting at `w_base` (the chunk's first input channel).
+// The chunk covers `batch` images x `out_c` output channels x `in_c` input channels.
+// flags: 1 add bias, 2 ReLU, 4 accumulate into the existing output (input-channel split).
+// Workgroups are linearised over x and y so any size fits the per-dimension limit.
+
+struct Params {
+    in_c: u32, in_h: u32, in_w: u32, in_base: u32,
+    out_c: u32, out_h: u32, out_w: u32, out_base: u32,
+    k_h: u32, k_w: u32, dil_h: u32, dil_w: u32,
+    stride_h: u32, stride_w: u32, pad_top: u32, pad_left: u32,
+    w_base: u32, w_row: u32, bias_base: u32, flags: u32,
+    batch: u32, in_batch_stride: u32, out_batch_stride: u32, total: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> input: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> output: array<f32>;
+
+@compute @workgroup_size(WG_LINEAR)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG_LINEAR + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let plane = p.out_h * p.out_w;
+    let ox = i % p.out_w;
+    let oy = (i / p.out_w) % p.out_h;
+    let co = (i / plane) % p.out_c;
+    let b = i / (plane * p.out_c);
+    var acc = 0.0;
+    let in_img = p.in_base + b * p.in_batch_stride;
+    for (var ci = 0u; ci < p.in_c; ci++) {
+        let in_ch = in_img + ci * p.in_h * p.in_w;
+        let w_ch = p.w_base + co * p.w_row + ci * p.k_h * p.k_w;
+        for (var ky = 0u; ky < p.k_h; ky++) {
+            let iy = i32(oy * p.stride_h + ky * p.dil_h) - i32(p.pad_top);
+            if (iy < 0 || iy >= i32(p.in_h)) {
+                continue;
+            }
+            for (var kx = 0u; kx < p.k_w; kx++) {
+                let ix = i32(ox * p.stride_w + kx * p.dil_w) - i32(p.pad_left);
+                if (ix < 0 || ix >= i32(p.in_w)) {
+                    continue;
+                }
+                acc += input[in_ch + u32(iy) * p.in_w + u32(ix)] * weight[w_ch + ky * p.k_w + kx];
+            }
+        }
+    }
+    let o = p.out_base + b * p.out_batch_stride + co * plane + oy * p.out_w + ox;
+    if ((p.flags & 4u) != 0u) {
+        acc += output[o];
+    }
+    if ((p.flags & 1u) != 0u) {
+        acc += bias[p.bias_base + co];
+    }
+    if ((p.flags & 2u) != 0u) {
+        acc = select(acc, 0.0, acc < 0.0);
+    }
+    output[o] = acc;
+}

@@ -1,0 +1,3 @@
+//! The CPU side: the plain reference (the test oracle) and the fast path used for CPU runs.
+
+pub mod reference;

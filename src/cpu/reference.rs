@@ -1,0 +1,136 @@
+//! The CPU reference: every op as direct loops accumulating in f64.
+//!
+//! Written to be obviously correct rather than fast; this is the oracle the GPU kernels and the
+//! fast CPU path are checked against.
+
+use ndarray::{Array4, ArrayView1, ArrayView4};
+
+use crate::error::{Error, Result};
+use crate::spec::{Conv2d, MaxPool2d, Shape};
+
+/// Shape of an ndarray as a [`Shape`].
+pub(crate) fn shape_of(a: &ArrayView4<f32>) -> Shape {
+    let d = a.dim();
+    Shape::new(d.0, d.1, d.2, d.3)
+}
+
+/// Checks weight and bias shapes against a convolution spec.
+pub fn check_conv_params(
+    spec: &Conv2d,
+    weight: &ArrayView4<f32>,
+    bias: Option<&ArrayView1<f32>>,
+    context: &str,
+) -> Result<()> {
+    spec.validate(context)?;
+    let w = weight.shape();
+    if w != spec.weight_shape() {
+        return Err(Error::ShapeMismatch {
+            context: context.to_string(),
+            left_name: "weight",
+            left: w.to_vec(),
+            right_name: "layer spec [out, in, kh, kw]",
+            right: spec.weight_shape().to_vec(),
+        });
+    }
+    match (spec.bias, bias) {
+        (true, Some(b)) if b.len() != spec.out_channels => Err(Error::BiasLength {
+            context: context.to_string(),
+            expected: spec.out_channels,
+            actual: b.len(),
+        }),
+        (true, None) => Err(Error::InvalidSpec {
+            context: context.to_string(),
+            reason: "the layer has a bias but none was given".into(),
+        }),
+        (false, Some(_)) => Err(Error::InvalidSpec {
+            context: context.to_string(),
+            reason: "a bias was given but the layer has none".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Direct 2-D convolution (any kernel, dilation, padding, stride), bias and ReLU as the spec says.
+pub fn conv2d(
+    input: ArrayView4<f32>,
+    spec: &Conv2d,
+    weight: ArrayView4<f32>,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array4<f32>> {
+    let ctx = "conv2d";
+    check_conv_params(spec, &weight, bias.as_ref(), ctx)?;
+    let out = spec.output_shape(shape_of(&input), ctx)?;
+    let (kh, kw) = spec.kernel;
+    let (dh, dw) = spec.dilation;
+    let (sh, sw) = spec.stride;
+    let (pt, pl) = (spec.padding.top as isize, spec.padding.left as isize);
+    let (ih, iw) = (input.dim().2 as isize, input.dim().3 as isize);
+    let mut y = Array4::<f32>::zeros(out.dims());
+    for n in 0..out.n {
+        for co in 0..out.c {
+            for oy in 0..out.h {
+                for ox in 0..out.w {
+                    let mut acc = bias.as_ref().map_or(0.0, |b| b[co] as f64);
+                    for ci in 0..spec.in_channels {
+                        for ky in 0..kh {
+                            let iy = (oy * sh + ky * dh) as isize - pt;
+                            if iy < 0 || iy >= ih {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ix = (ox * sw + kx * dw) as isize - pl;
+                                if ix < 0 || ix >= iw {
+                                    continue;
+                                }
+                                acc += input[[n, ci, iy as usize, ix as usize]] as f64
+                                    * weight[[co, ci, ky, kx]] as f64;
+                            }
+                        }
+                    }
+                    if spec.relu && acc < 0.0 {
+                        acc = 0.0;
+                    }
+                    y[[n, co, oy, ox]] = acc as f32;
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Max pooling; padded positions never win (Caffe's and PyTorch's semantics).
+pub fn max_pool2d(input: ArrayView4<f32>, spec: &MaxPool2d) -> Result<Array4<f32>> {
+    let out = spec.output_shape(shape_of(&input), "max_pool2d")?;
+    let (ih, iw) = (input.dim().2 as isize, input.dim().3 as isize);
+    let mut y = Array4::<f32>::zeros(out.dims());
+    for n in 0..out.n {
+        for c in 0..out.c {
+            for oy in 0..out.h {
+                for ox in 0..out.w {
+                    let mut m = f32::NEG_INFINITY;
+                    let mut nan = false;
+                    for ky in 0..spec.kernel.0 {
+                        let iy = (oy * spec.stride.0 + ky) as isize - spec.padding.top as isize;
+                        for kx in 0..spec.kernel.1 {
+                            let ix = (ox * spec.stride.1 + kx) as isize - spec.padding.left as isize;
+                            if iy >= 0 && iy < ih && ix >= 0 && ix < iw {
+                                let v = input[[n, c, iy as usize, ix as usize]];
+                                nan |= v.is_nan();
+                                if v > m {
+                                    m = v;
+                                }
+                            }
+                        }
+                    }
+                    y[[n, c, oy, ox]] = if nan { f32::NAN } else { m };
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Elementwise `max(x, 0)`; NaN stays NaN.
+pub fn relu(input: ArrayView4<f32>) -> Array4<f32> {
+    input.mapv(|v| if v < 0.0 { 0.0 } else { v })
+}

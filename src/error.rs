@@ -1,0 +1,143 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in `dilated`, as values a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// wgpu found no adapter at all (or none matching `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`).
+    #[error(
+        "no GPU adapter found{detail}. On Linux without a GPU install Mesa's software Vulkan \
+         driver (`apt-get install mesa-vulkan-drivers`, which provides lavapipe); otherwise \
+         install your GPU's Vulkan, Metal or DX12 driver, or check WGPU_BACKEND / WGPU_ADAPTER_NAME"
+    )]
+    NoAdapter {
+        /// What was asked for, e.g. " for WGPU_ADAPTER_NAME=foo".
+        detail: String,
+    },
+
+    /// The adapter refused to open a device with the requested limits and features.
+    #[error("failed to open a device on adapter {adapter}: {reason}")]
+    RequestDevice {
+        /// Name of the adapter.
+        adapter: String,
+        /// wgpu's reason.
+        reason: String,
+    },
+
+    /// Two shapes that must agree do not.
+    #[error("shape mismatch in {context}: {left_name} has shape {left:?} but {right_name} has shape {right:?}")]
+    ShapeMismatch {
+        /// Where the mismatch was found (an op or a layer name).
+        context: String,
+        /// What the first shape belongs to.
+        left_name: &'static str,
+        /// The first shape.
+        left: Vec<usize>,
+        /// What the second shape belongs to.
+        right_name: &'static str,
+        /// The second shape.
+        right: Vec<usize>,
+    },
+
+    /// A bias vector whose length differs from the number of output channels.
+    #[error("bias of {context} has {actual} elements but the layer has {expected} output channels")]
+    BiasLength {
+        /// Op or layer name.
+        context: String,
+        /// Output channels of the layer.
+        expected: usize,
+        /// Length of the bias given.
+        actual: usize,
+    },
+
+    /// A kernel (after dilation) larger than the padded input it slides over.
+    #[error(
+        "kernel of {context} covers {kernel:?} pixels (after dilation) but the padded input is only {padded_input:?}"
+    )]
+    KernelLargerThanInput {
+        /// Op or layer name.
+        context: String,
+        /// Effective kernel extent (height, width) = (k - 1) * dilation + 1.
+        kernel: (usize, usize),
+        /// Input size plus padding (height, width).
+        padded_input: (usize, usize),
+    },
+
+    /// A size that must be positive is zero.
+    #[error("{context}: {what} must be at least 1, got 0")]
+    ZeroDimension {
+        /// Op or layer name.
+        context: String,
+        /// Which dimension, stride or dilation.
+        what: &'static str,
+    },
+
+    /// Any other invalid specification.
+    #[error("invalid specification of {context}: {reason}")]
+    InvalidSpec {
+        /// Op or layer name.
+        context: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// A buffer larger than the device can allocate or bind.
+    #[error("{what} needs {bytes} bytes, more than the device allows ({limit_name} = {limit} bytes)")]
+    ExceedsDeviceLimits {
+        /// What was being allocated.
+        what: String,
+        /// Bytes requested.
+        bytes: u64,
+        /// Which limit was hit.
+        limit_name: &'static str,
+        /// The limit's value.
+        limit: u64,
+    },
+
+    /// The device ran out of memory while allocating.
+    #[error("out of GPU memory while allocating {what} ({bytes} bytes)")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Bytes requested.
+        bytes: u64,
+    },
+
+    /// The device was lost, or a submission or read-back failed.
+    #[error("GPU device error: {0}")]
+    Device(String),
+
+    /// A layer name or network structure problem found while building a network.
+    #[error("layer {layer}: {reason}")]
+    Layer {
+        /// Name of the offending layer.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A name that is not one of the known models.
+    #[error("unknown model {name:?}; known models: {known}")]
+    UnknownModel {
+        /// The name given.
+        name: String,
+        /// Comma-separated list of known names.
+        known: String,
+    },
+
+    /// Weights missing, malformed or not matching the network.
+    #[error("weights: {0}")]
+    Weights(String),
+
+    /// Input/output on files.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

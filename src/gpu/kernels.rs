@@ -1,0 +1,96 @@
+//! The WGSL kernels: sources with shared constants spliced in, and their pipelines, compiled
+//! once per device on first use.
+
+use std::sync::OnceLock;
+
+/// Invocations per workgroup of the one-element-per-invocation kernels.
+pub const WG_LINEAR: u32 = 64;
+/// Output channels per workgroup tile of the tiled convolution.
+pub const TILE_M: u32 = 64;
+/// Output pixels per workgroup tile of the tiled convolution.
+pub const TILE_N: u32 = 64;
+/// Reduction depth staged in workgroup memory per step of the tiled convolution.
+pub const TILE_K: u32 = 16;
+/// Invocations per workgroup of the tiled convolution (16 x 16, each 4 x 4 outputs).
+pub const WG_TILED: u32 = 256;
+
+/// One compute kernel of this crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Direct convolution, one output per invocation.
+    ConvDirect,
+    /// Tiled implicit-GEMM convolution, any geometry.
+    ConvTiled,
+    /// Tiled matrix product for 1x1 convolutions.
+    ConvPointwise,
+    /// ReLU on its own.
+    Relu,
+    /// Max pooling.
+    MaxPool,
+}
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 5] =
+        [Kernel::ConvDirect, Kernel::ConvTiled, Kernel::ConvPointwise, Kernel::Relu, Kernel::MaxPool];
+
+    /// The kernel's name (its shader file and pipeline label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kernel::ConvDirect => "conv2d_direct",
+            Kernel::ConvTiled => "conv2d_tiled",
+            Kernel::ConvPointwise => "conv2d_tiled_pointwise",
+            Kernel::Relu => "relu",
+            Kernel::MaxPool => "max_pool",
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Kernel::ConvDirect => include_str!("../../shaders/conv2d_direct.wgsl"),
+            Kernel::ConvTiled | Kernel::ConvPointwise => include_str!("../../shaders/conv2d_tiled.wgsl"),
+            Kernel::Relu => include_str!("../../shaders/relu.wgsl"),
+            Kernel::MaxPool => include_str!("../../shaders/max_pool.wgsl"),
+        }
+    }
+
+    /// The complete WGSL source: the shader file preceded by the shared constants.
+    pub fn source(self) -> String {
+        let pointwise = self == Kernel::ConvPointwise;
+        format!(
+            "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
+             const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
+             const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\n{}",
+            self.file()
+        )
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|&k| k == self).unwrap_or(0)
+    }
+}
+
+/// Pipelines of one device, each built on first use.
+#[derive(Default)]
+pub(crate) struct Kernels {
+    pipelines: [OnceLock<wgpu::ComputePipeline>; 5],
+}
+
+impl Kernels {
+    pub(crate) fn pipeline(&self, device: &wgpu::Device, kernel: Kernel) -> &wgpu::ComputePipeline {
+        self.pipelines[kernel.index()].get_or_init(|| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.name()),
+                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.name()),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        })
+    }
+}

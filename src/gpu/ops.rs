@@ -1,0 +1,564 @@
+//! GPU ops: weights uploaded once, work split into chunks that fit one storage binding and the
+//! per-dimension workgroup limit, recorded as dispatches.
+
+use ndarray::{ArrayView1, ArrayView4};
+use wgpu::util::DeviceExt;
+
+use crate::cpu::reference::check_conv_params;
+use crate::error::{Error, Result};
+use crate::gpu::context::Gpu;
+use crate::gpu::kernels::{Kernel, TILE_M, TILE_N, WG_LINEAR};
+use crate::gpu::tensor::{GpuTensor, Window};
+use crate::spec::{Conv2d, MaxPool2d, Shape};
+
+/// One recorded compute dispatch: a pipeline, its bindings and the workgroup grid.
+pub struct Dispatch {
+    pub(crate) kernel: Kernel,
+    pub(crate) bind_group: wgpu::BindGroup,
+    pub(crate) groups: (u32, u32),
+}
+
+impl Dispatch {
+    /// Which kernel this dispatch runs.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+}
+
+impl Gpu {
+    /// Records dispatches into a compute pass.
+    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
+        for d in dispatches {
+            pass.set_pipeline(self.kernels.pipeline(&self.device, d.kernel));
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+        }
+    }
+
+    /// Runs dispatches in one submission and waits for them.
+    pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        let commands = self.scoped("recording dispatches", 0, || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                self.record(&mut pass, dispatches);
+            }
+            encoder.finish()
+        })?;
+        self.submit_and_wait(commands)
+    }
+
+    /// A workgroup grid of `total` workgroups within the per-dimension limit (the shaders
+    /// linearise `x + y * num_workgroups.x` and skip the excess).
+    pub(crate) fn grid(&self, total: usize, what: &str) -> Result<(u32, u32)> {
+        let max = self.limits().max_compute_workgroups_per_dimension as usize;
+        let x = total.clamp(1, max);
+        let y = total.div_ceil(x).max(1);
+        if y > max {
+            return Err(Error::ExceedsDeviceLimits {
+                what: format!("{what} ({total} workgroups)"),
+                bytes: 0,
+                limit_name: "max_compute_workgroups_per_dimension squared",
+                limit: (max * max) as u64,
+            });
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// Builds the bind group for a kernel over (uniform, storage windows...).
+    pub(crate) fn bind(
+        &self,
+        kernel: Kernel,
+        params: &[u8],
+        storage: &[(&wgpu::Buffer, Window)],
+    ) -> wgpu::BindGroup {
+        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(kernel.name()),
+            contents: params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let pipeline = self.kernels.pipeline(&self.device, kernel);
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        for (i, (buffer, window)) in storage.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: window.binding(buffer) });
+        }
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name()),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+}
+
+/// Which convolution kernel to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Chosen from the layer's geometry.
+    #[default]
+    Auto,
+    /// One output per invocation.
+    Direct,
+    /// Workgroup-tiled implicit matrix product (the pointwise variant for 1x1 layers).
+    Tiled,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvParams {
+    in_c: u32,
+    in_h: u32,
+    in_w: u32,
+    in_base: u32,
+    out_c: u32,
+    out_h: u32,
+    out_w: u32,
+    out_base: u32,
+    k_h: u32,
+    k_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_top: u32,
+    pad_left: u32,
+    w_base: u32,
+    w_row: u32,
+    bias_base: u32,
+    flags: u32,
+    batch: u32,
+    in_batch_stride: u32,
+    out_batch_stride: u32,
+    total: u32,
+}
+
+const FLAG_BIAS: u32 = 1;
+const FLAG_RELU: u32 = 2;
+const FLAG_ACCUMULATE: u32 = 4;
+
+/// A piece of a convolution whose input, weight and output windows each fit one binding:
+/// images `n0..n0+nb`, output channels `co0..co0+co_n`, input channels `ci0..ci0+ci_n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvChunk {
+    pub n0: usize,
+    pub nb: usize,
+    pub co0: usize,
+    pub co_n: usize,
+    pub ci0: usize,
+    pub ci_n: usize,
+}
+
+/// Splits a convolution over batch, output channels and input channels (partial sums
+/// accumulated in the output) so every window holds at most `max` elements.
+pub(crate) fn conv_chunks(spec: &Conv2d, input: Shape, output: Shape, max: usize) -> Result<Vec<ConvChunk>> {
+    let w_row = spec.in_channels * spec.kernel.0 * spec.kernel.1;
+    let too_big = |what: String, elems: usize| Error::ExceedsDeviceLimits {
+        what,
+        bytes: elems as u64 * 4,
+        limit_name: "max_storage_buffer_binding_size",
+        limit: max as u64 * 4,
+    };
+    if w_row > max {
+        return Err(too_big("the weights of one output channel".into(), w_row));
+    }
+    if input.plane() > max {
+        return Err(too_big(format!("one input channel plane ({}x{})", input.h, input.w), input.plane()));
+    }
+    if output.plane() > max {
+        return Err(too_big(format!("one output channel plane ({}x{})", output.h, output.w), output.plane()));
+    }
+    let co_n = spec.out_channels.min(max / output.plane()).min(max / w_row);
+    let ci_n = spec.in_channels.min(max / input.plane());
+    let nb = if co_n == spec.out_channels && ci_n == spec.in_channels {
+        input.n.min(max / (input.c * input.plane())).min(max / (output.c * output.plane())).max(1)
+    } else {
+        1
+    };
+    let mut chunks = Vec::new();
+    for n0 in (0..input.n).step_by(nb) {
+        for co0 in (0..spec.out_channels).step_by(co_n) {
+            for ci0 in (0..spec.in_channels).step_by(ci_n) {
+                chunks.push(ConvChunk {
+                    n0,
+                    nb: nb.min(input.n - n0),
+                    co0,
+                    co_n: co_n.min(spec.out_channels - co0),
+                    ci0,
+                    ci_n: ci_n.min(spec.in_channels - ci0),
+                });
+            }
+        }
+    }
+    Ok(chunks)
+}
+
+/// A convolution layer with its weights on the GPU.
+pub struct GpuConv2d {
+    spec: Conv2d,
+    weight: wgpu::Buffer,
+    bias: wgpu::Buffer,
+    algorithm: ConvAlgorithm,
+}
+
+impl GpuConv2d {
+    /// Validates and uploads weights `[out, in, kh, kw]` and the bias (required iff `spec.bias`).
+    pub fn new(
+        gpu: &Gpu,
+        spec: Conv2d,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Result<Self> {
+        check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
+        let weight = match weight.as_slice() {
+            Some(s) => gpu.storage_from_slice("conv weight", s)?,
+            None => gpu.storage_from_slice("conv weight", &weight.iter().copied().collect::<Vec<_>>())?,
+        };
+        let bias = match bias {
+            Some(b) => gpu.storage_from_slice("conv bias", &b.to_vec())?,
+            None => gpu.storage_from_slice("conv bias (none)", &[0.0])?,
+        };
+        Ok(Self { spec, weight, bias, algorithm: ConvAlgorithm::Auto })
+    }
+
+    /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by geometry.
+    pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// The layer's spec.
+    pub fn spec(&self) -> &Conv2d {
+        &self.spec
+    }
+
+    /// Bytes of weights and bias on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight.size() + self.bias.size()
+    }
+
+    /// The kernel used for an output shape.
+    pub fn kernel_for(&self, output: Shape) -> Kernel {
+        let tiled = if self.spec.is_pointwise() { Kernel::ConvPointwise } else { Kernel::ConvTiled };
+        match self.algorithm {
+            ConvAlgorithm::Direct => Kernel::ConvDirect,
+            ConvAlgorithm::Tiled => tiled,
+            // A tile of TILE_M channels x TILE_N pixels is mostly idle when the layer has few of
+            // either; the direct kernel wastes nothing there.
+            ConvAlgorithm::Auto => {
+                if output.c * 4 < TILE_M as usize || output.plane() * 4 < TILE_N as usize {
+                    Kernel::ConvDirect
+                } else {
+                    tiled
+                }
+            }
+        }
+    }
+
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, input: Shape) -> Result<Shape> {
+        self.spec.output_shape(input, "conv2d")
+    }
+
+    /// Records the dispatches computing `output = conv(input)`; both tensors stay bound by
+    /// the returned bind groups, so the dispatches can be replayed.
+    pub fn prepare(&self, gpu: &Gpu, input: &GpuTensor, output: &GpuTensor) -> Result<Vec<Dispatch>> {
+        self.prepare_buffers(gpu, &input.buffer, input.shape(), &output.buffer, output.shape())
+    }
+
+    pub(crate) fn prepare_buffers(
+        &self,
+        gpu: &Gpu,
+        input: &wgpu::Buffer,
+        in_shape: Shape,
+        output: &wgpu::Buffer,
+        out_shape: Shape,
+    ) -> Result<Vec<Dispatch>> {
+        let s = &self.spec;
+        let want = self.output_shape(in_shape)?;
+        if want != out_shape {
+            return Err(Error::ShapeMismatch {
+                context: "conv2d output".into(),
+                left_name: "output tensor",
+                left: out_shape.dims().to_vec(),
+                right_name: "computed output",
+                right: want.dims().to_vec(),
+            });
+        }
+        let kernel = self.kernel_for(out_shape);
+        let taps = s.kernel.0 * s.kernel.1;
+        let w_row = s.in_channels * taps;
+        let mut dispatches = Vec::new();
+        for ch in conv_chunks(s, in_shape, out_shape, gpu.max_binding_elems())? {
+            let in_start = (ch.n0 * in_shape.c + ch.ci0) * in_shape.plane();
+            let in_len = if ch.nb > 1 { ch.nb * in_shape.c * in_shape.plane() } else { ch.ci_n * in_shape.plane() };
+            let out_start = (ch.n0 * out_shape.c + ch.co0) * out_shape.plane();
+            let out_len = if ch.nb > 1 { ch.nb * out_shape.c * out_shape.plane() } else { ch.co_n * out_shape.plane() };
+            let in_win = gpu.window(input, in_start, in_len);
+            let out_win = gpu.window(output, out_start, out_len);
+            let w_win = gpu.window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
+            let b_win = if s.bias { gpu.window(&self.bias, ch.co0, ch.co_n) } else { gpu.window(&self.bias, 0, 1) };
+            let mut flags = 0;
+            if ch.ci0 > 0 {
+                flags |= FLAG_ACCUMULATE;
+            }
+            if s.bias && ch.ci0 == 0 {
+                flags |= FLAG_BIAS;
+            }
+            if s.relu && ch.ci0 + ch.ci_n == s.in_channels {
+                flags |= FLAG_RELU;
+            }
+            let pixels = out_shape.plane();
+            let total = match kernel {
+                Kernel::ConvDirect => ch.nb * ch.co_n * pixels,
+                _ => ch.nb * ch.co_n.div_ceil(TILE_M as usize) * pixels.div_ceil(TILE_N as usize),
+            };
+            let groups = match kernel {
+                Kernel::ConvDirect => gpu.grid(total.div_ceil(WG_LINEAR as usize), "conv2d")?,
+                _ => gpu.grid(total, "conv2d")?,
+            };
+            let params = ConvParams {
+                in_c: ch.ci_n as u32,
+                in_h: in_shape.h as u32,
+                in_w: in_shape.w as u32,
+                in_base: in_win.base,
+                out_c: ch.co_n as u32,
+                out_h: out_shape.h as u32,
+                out_w: out_shape.w as u32,
+                out_base: out_win.base,
+                k_h: s.kernel.0 as u32,
+                k_w: s.kernel.1 as u32,
+                dil_h: s.dilation.0 as u32,
+                dil_w: s.dilation.1 as u32,
+                stride_h: s.stride.0 as u32,
+                stride_w: s.stride.1 as u32,
+                pad_top: s.padding.top as u32,
+                pad_left: s.padding.left as u32,
+                w_base: w_win.base + (ch.ci0 * taps) as u32,
+                w_row: w_row as u32,
+                bias_base: b_win.base,
+                flags,
+                batch: ch.nb as u32,
+                in_batch_stride: (in_shape.c * in_shape.plane()) as u32,
+                out_batch_stride: (out_shape.c * out_shape.plane()) as u32,
+                total: total as u32,
+            };
+            let bind_group = gpu.bind(
+                kernel,
+                bytemuck::bytes_of(&params),
+                &[(input, in_win), (&self.weight, w_win), (&self.bias, b_win), (output, out_win)],
+            );
+            dispatches.push(Dispatch { kernel, bind_group, groups });
+        }
+        Ok(dispatches)
+    }
+
+    /// Runs the convolution into an existing output tensor.
+    pub fn forward_into(&self, gpu: &Gpu, input: &GpuTensor, output: &mut GpuTensor) -> Result<()> {
+        let d = self.prepare(gpu, input, output)?;
+        gpu.run(&d)
+    }
+
+    /// Runs the convolution into a new tensor.
+    pub fn forward(&self, gpu: &Gpu, input: &GpuTensor) -> Result<GpuTensor> {
+        let mut out = gpu.empty(self.output_shape(input.shape())?)?;
+        self.forward_into(gpu, input, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Number of whole channel planes per chunk such that input and output windows fit.
+fn planes_per_chunk(gpu: &Gpu, in_plane: usize, out_plane: usize, what: &str) -> Result<usize> {
+    let max = gpu.max_binding_elems();
+    let biggest = in_plane.max(out_plane);
+    if biggest > max {
+        return Err(Error::ExceedsDeviceLimits {
+            what: format!("one channel plane of {what}"),
+            bytes: biggest as u64 * 4,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: max as u64 * 4,
+        });
+    }
+    Ok(max / biggest)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct PoolParams {
+    planes: u32,
+    in_h: u32,
+    in_w: u32,
+    in_base: u32,
+    out_h: u32,
+    out_w: u32,
+    out_base: u32,
+    total: u32,
+    k_h: u32,
+    k_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_top: u32,
+    pad_left: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+/// Records max pooling of `input` into `output`.
+pub fn prepare_max_pool(gpu: &Gpu, spec: &MaxPool2d, input: &GpuTensor, output: &GpuTensor) -> Result<Vec<Dispatch>> {
+    prepare_max_pool_buffers(gpu, spec, &input.buffer, input.shape(), &output.buffer, output.shape())
+}
+
+pub(crate) fn prepare_max_pool_buffers(
+    gpu: &Gpu,
+    spec: &MaxPool2d,
+    input: &wgpu::Buffer,
+    in_shape: Shape,
+    output: &wgpu::Buffer,
+    out_shape: Shape,
+) -> Result<Vec<Dispatch>> {
+    let want = spec.output_shape(in_shape, "max_pool2d")?;
+    if want != out_shape {
+        return Err(Error::ShapeMismatch {
+            context: "max_pool2d output".into(),
+            left_name: "output tensor",
+            left: out_shape.dims().to_vec(),
+            right_name: "computed output",
+            right: want.dims().to_vec(),
+        });
+    }
+    let per = planes_per_chunk(gpu, in_shape.plane(), out_shape.plane(), "max pooling")?;
+    let planes = in_shape.n * in_shape.c;
+    let mut dispatches = Vec::new();
+    for p0 in (0..planes).step_by(per) {
+        let pn = per.min(planes - p0);
+        let in_win = gpu.window(input, p0 * in_shape.plane(), pn * in_shape.plane());
+        let out_win = gpu.window(output, p0 * out_shape.plane(), pn * out_shape.plane());
+        let total = pn * out_shape.plane();
+        let params = PoolParams {
+            planes: pn as u32,
+            in_h: in_shape.h as u32,
+            in_w: in_shape.w as u32,
+            in_base: in_win.base,
+            out_h: out_shape.h as u32,
+            out_w: out_shape.w as u32,
+            out_base: out_win.base,
+            total: total as u32,
+            k_h: spec.kernel.0 as u32,
+            k_w: spec.kernel.1 as u32,
+            stride_h: spec.stride.0 as u32,
+            stride_w: spec.stride.1 as u32,
+            pad_top: spec.padding.top as u32,
+            pad_left: spec.padding.left as u32,
+            pad0: 0,
+            pad1: 0,
+        };
+        let bind_group = gpu.bind(Kernel::MaxPool, bytemuck::bytes_of(&params), &[(input, in_win), (output, out_win)]);
+        let groups = gpu.grid(total.div_ceil(WG_LINEAR as usize), "max_pool2d")?;
+        dispatches.push(Dispatch { kernel: Kernel::MaxPool, bind_group, groups });
+    }
+    Ok(dispatches)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ReluParams {
+    total: u32,
+    in_base: u32,
+    out_base: u32,
+    pad0: u32,
+}
+
+/// Records `output = max(input, 0)`.
+pub fn prepare_relu(gpu: &Gpu, input: &GpuTensor, output: &GpuTensor) -> Result<Vec<Dispatch>> {
+    prepare_relu_buffers(gpu, &input.buffer, input.shape(), &output.buffer, output.shape())
+}
+
+pub(crate) fn prepare_relu_buffers(
+    gpu: &Gpu,
+    input: &wgpu::Buffer,
+    in_shape: Shape,
+    output: &wgpu::Buffer,
+    out_shape: Shape,
+) -> Result<Vec<Dispatch>> {
+    if in_shape != out_shape {
+        return Err(Error::ShapeMismatch {
+            context: "relu".into(),
+            left_name: "input",
+            left: in_shape.dims().to_vec(),
+            right_name: "output",
+            right: out_shape.dims().to_vec(),
+        });
+    }
+    let max = gpu.max_binding_elems();
+    let len = in_shape.len();
+    let mut dispatches = Vec::new();
+    for start in (0..len).step_by(max) {
+        let n = max.min(len - start);
+        let in_win = gpu.window(input, start, n);
+        let out_win = gpu.window(output, start, n);
+        let params = ReluParams { total: n as u32, in_base: in_win.base, out_base: out_win.base, pad0: 0 };
+        let bind_group = gpu.bind(Kernel::Relu, bytemuck::bytes_of(&params), &[(input, in_win), (output, out_win)]);
+        let groups = gpu.grid(n.div_ceil(WG_LINEAR as usize), "relu")?;
+        dispatches.push(Dispatch { kernel: Kernel::Relu, bind_group, groups });
+    }
+    Ok(dispatches)
+}
+
+impl Gpu {
+    /// Max pooling into a new tensor.
+    pub fn max_pool2d(&self, spec: &MaxPool2d, input: &GpuTensor) -> Result<GpuTensor> {
+        let mut out = self.empty(spec.output_shape(input.shape(), "max_pool2d")?)?;
+        self.max_pool2d_into(spec, input, &mut out)?;
+        Ok(out)
+    }
+
+    /// Max pooling into an existing tensor.
+    pub fn max_pool2d_into(&self, spec: &MaxPool2d, input: &GpuTensor, output: &mut GpuTensor) -> Result<()> {
+        let d = prepare_max_pool(self, spec, input, output)?;
+        self.run(&d)
+    }
+
+    /// ReLU into a new tensor.
+    pub fn relu(&self, input: &GpuTensor) -> Result<GpuTensor> {
+        let mut out = self.empty(input.shape())?;
+        self.relu_into(input, &mut out)?;
+        Ok(out)
+    }
+
+    /// ReLU into an existing tensor of the same shape.
+    pub fn relu_into(&self, input: &GpuTensor, output: &mut GpuTensor) -> Result<()> {
+        let d = prepare_relu(self, input, output)?;
+        self.run(&d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_everything_once_within_the_limit() {
+        let spec = Conv2d::new(64, 48, 3).pad(1);
+        let input = Shape::new(2, 64, 40, 30);
+        let output = spec.output_shape(input, "t").unwrap();
+        for max in [1usize << 30, 64 * 1200, 20_000, 5000, 1200] {
+            let chunks = conv_chunks(&spec, input, output, max).unwrap();
+            let mut seen = vec![0u32; input.n * spec.out_channels * spec.in_channels];
+            for c in &chunks {
+                assert!(c.ci_n * input.plane() <= max || c.nb == 1 && c.ci_n == 1);
+                assert!(c.co_n * output.plane() <= max);
+                assert!(c.co_n * spec.in_channels * 9 <= max);
+                if c.nb > 1 {
+                    assert!(c.nb * input.c * input.plane() <= max);
+                }
+                for n in c.n0..c.n0 + c.nb {
+                    for co in c.co0..c.co0 + c.co_n {
+                        for ci in c.ci0..c.ci0 + c.ci_n {
+                            seen[(n * spec.out_channels + co) * spec.in_channels + ci] += 1;
+                        }
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "max {max}");
+        }
+        assert!(conv_chunks(&spec, input, output, 1000).is_err());
+    }
+}

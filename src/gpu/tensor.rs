@@ -1,0 +1,197 @@
+//! NCHW f32 tensors on the GPU: allocation, upload, download.
+
+use ndarray::{Array4, ArrayView4};
+
+use crate::error::{Error, Result};
+use crate::gpu::context::Gpu;
+use crate::spec::Shape;
+
+/// Bytes moved per staging copy when uploading or downloading, so a 400 MB tensor does not need
+/// a second 400 MB host-visible buffer.
+const STAGING_BYTES: u64 = 64 << 20;
+
+/// An NCHW f32 tensor in one GPU buffer.
+///
+/// The buffer may be larger than one storage binding; kernels bind windows of it.
+pub struct GpuTensor {
+    pub(crate) buffer: wgpu::Buffer,
+    shape: Shape,
+}
+
+impl GpuTensor {
+    /// The tensor's shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The underlying buffer (`STORAGE | COPY_SRC | COPY_DST`).
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// Bytes the tensor occupies.
+    pub fn bytes(&self) -> u64 {
+        self.shape.bytes()
+    }
+}
+
+/// A window of a buffer bound to one storage binding: the byte range bound and the element
+/// index, inside the window, where the wanted data starts (offsets must be aligned).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub offset: u64,
+    pub size: u64,
+    pub base: u32,
+}
+
+impl Window {
+    pub fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: self.offset,
+            size: std::num::NonZeroU64::new(self.size),
+        })
+    }
+}
+
+impl Gpu {
+    /// A window of `len` elements starting at element `start` of `buffer`.
+    pub(crate) fn window(&self, buffer: &wgpu::Buffer, start: usize, len: usize) -> Window {
+        let align = self.limits().min_storage_buffer_offset_alignment as u64;
+        let start_bytes = start as u64 * 4;
+        let offset = start_bytes / align * align;
+        let base = ((start_bytes - offset) / 4) as u32;
+        let size = (buffer.size() - offset).min((base as u64 + len as u64) * 4).max(4);
+        Window { offset, size, base }
+    }
+
+    /// Allocates a buffer after checking it against the device's limits; allocation failures
+    /// come back as [`Error::OutOfMemory`].
+    pub(crate) fn create_buffer(&self, what: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        let limit = self.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::ExceedsDeviceLimits {
+                what: what.to_string(),
+                bytes,
+                limit_name: "max_buffer_size",
+                limit,
+            });
+        }
+        let size = bytes.max(4).next_multiple_of(4);
+        self.scoped(what, bytes, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// A storage buffer holding `data`.
+    pub(crate) fn storage_from_slice(&self, what: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        let buffer = self.create_buffer(
+            what,
+            data.len() as u64 * 4,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        self.write_f32(&buffer, 0, data)?;
+        Ok(buffer)
+    }
+
+    /// Writes f32 data into a buffer at an element offset, in bounded pieces.
+    pub(crate) fn write_f32(&self, buffer: &wgpu::Buffer, start: usize, data: &[f32]) -> Result<()> {
+        let piece = (STAGING_BYTES / 4) as usize;
+        for (i, chunk) in data.chunks(piece).enumerate() {
+            let offset = (start + i * piece) as u64 * 4;
+            self.queue.write_buffer(buffer, offset, bytemuck::cast_slice(chunk));
+        }
+        self.queue.submit([]);
+        self.check_health()
+    }
+
+    /// Uploads an NCHW array (any batch size).
+    pub fn upload(&self, array: ArrayView4<f32>) -> Result<GpuTensor> {
+        let d = array.dim();
+        let shape = Shape::new(d.0, d.1, d.2, d.3);
+        shape.check_nonzero("upload")?;
+        let tensor = self.empty(shape)?;
+        match array.as_slice() {
+            Some(s) => self.write_f32(&tensor.buffer, 0, s)?,
+            None => self.write_f32(&tensor.buffer, 0, &array.iter().copied().collect::<Vec<_>>())?,
+        }
+        Ok(tensor)
+    }
+
+    /// A tensor whose contents are undefined until written.
+    pub fn empty(&self, shape: Shape) -> Result<GpuTensor> {
+        shape.check_nonzero("tensor")?;
+        let buffer = self.create_buffer(
+            &format!("tensor {shape}"),
+            shape.bytes(),
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        Ok(GpuTensor { buffer, shape })
+    }
+
+    /// A tensor with every element set to `value` (NaN poisons an output buffer so unwritten
+    /// elements show).
+    pub fn filled(&self, shape: Shape, value: f32) -> Result<GpuTensor> {
+        let tensor = self.empty(shape)?;
+        let piece = (STAGING_BYTES / 4) as usize;
+        let block = vec![value; piece.min(shape.len())];
+        let mut done = 0;
+        while done < shape.len() {
+            let n = block.len().min(shape.len() - done);
+            self.write_f32(&tensor.buffer, done, &block[..n])?;
+            done += n;
+        }
+        Ok(tensor)
+    }
+
+    /// Downloads a tensor into an ndarray.
+    pub fn download(&self, tensor: &GpuTensor) -> Result<Array4<f32>> {
+        let data = self.read_f32(&tensor.buffer, 0, tensor.shape.len())?;
+        Array4::from_shape_vec(tensor.shape.dims(), data)
+            .map_err(|e| Error::Device(format!("read-back of {}: {e}", tensor.shape)))
+    }
+
+    /// Reads `len` f32 elements starting at element `start` of a buffer.
+    pub(crate) fn read_f32(&self, buffer: &wgpu::Buffer, start: usize, len: usize) -> Result<Vec<f32>> {
+        let total = len as u64 * 4;
+        let staging_size = total.clamp(4, STAGING_BYTES);
+        let staging = self.create_buffer(
+            "read-back staging",
+            staging_size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut out = Vec::with_capacity(len);
+        let mut done = 0u64;
+        while done < total {
+            let n = (total - done).min(staging_size);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(buffer, start as u64 * 4 + done, &staging, 0, n);
+            self.submit_and_wait(encoder.finish())?;
+            let slice = staging.slice(0..n);
+            let (tx, rx) = std::sync::mpsc::channel();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Device(format!("waiting for read-back: {e}")))?;
+            rx.recv()
+                .map_err(|_| Error::Device("read-back callback dropped".into()))?
+                .map_err(|e| Error::Device(format!("mapping the read-back buffer: {e}")))?;
+            {
+                let view = slice
+                    .get_mapped_range()
+                    .map_err(|e| Error::Device(format!("mapped range: {e}")))?;
+                out.extend_from_slice(bytemuck::cast_slice(&view));
+            }
+            staging.unmap();
+            done += n;
+        }
+        Ok(out)
+    }
+}

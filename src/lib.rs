@@ -1,0 +1,32 @@
+//! # dilated
+//!
+//! The dilated-convolution networks of Yu & Koltun, *Multi-Scale Context Aggregation by Dilated
+//! Convolutions* (ICLR 2016), on any GPU through wgpu compute shaders, with a CPU
+//! implementation of every op that checks the GPU.
+//!
+//! ```no_run
+//! use dilated::{Conv2d, Gpu, GpuConv2d, cpu};
+//! use ndarray::{Array1, Array4};
+//!
+//! let gpu = Gpu::new()?;
+//! let spec = Conv2d::new(8, 16, 3).dilation(4).pad(4).with_relu(true);
+//! let x = Array4::<f32>::from_elem((1, 8, 32, 32), 0.5);
+//! let w = Array4::<f32>::from_elem(spec.weight_shape(), 0.01);
+//! let b = Array1::<f32>::zeros(16);
+//! let conv = GpuConv2d::new(&gpu, spec, w.view(), Some(b.view()))?;
+//! let y = gpu.download(&conv.forward(&gpu, &gpu.upload(x.view())?)?)?;
+//! let reference = cpu::reference::conv2d(x.view(), &spec, w.view(), Some(b.view()))?;
+//! assert_eq!(y.dim(), reference.dim());
+//! # Ok::<(), dilated::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod spec;
+
+pub use error::{Error, Result};
+pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, GpuTensor};
+pub use spec::{Conv2d, MaxPool2d, Padding, Shape};

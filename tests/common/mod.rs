@@ -1,0 +1,60 @@
+//! Shared helpers for the integration tests: one GPU per test binary, seeded random data, and
+//! the relative-error check.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use dilated::Gpu;
+use ndarray::{Array1, Array4, ArrayView4};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The GPU shared by every test of a binary (the handle is `Send + Sync`).
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::new() {
+        Ok(g) => {
+            eprintln!("adapter: {} ({:?})", g.name(), g.adapter().info.backend);
+            g
+        }
+        Err(e) => panic!("{e}"),
+    })
+}
+
+/// A seeded generator.
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Uniform values in [-1, 1).
+pub fn random4(rng: &mut StdRng, shape: [usize; 4]) -> Array4<f32> {
+    Array4::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
+}
+
+/// Uniform values in [-1, 1).
+pub fn random1(rng: &mut StdRng, n: usize) -> Array1<f32> {
+    Array1::from_shape_simple_fn(n, || rng.random_range(-1.0f32..1.0))
+}
+
+/// `max |a - b| / max |b|`, with NaN anywhere in `a` (an unwritten poisoned element) counted as
+/// infinite error.
+pub fn rel_error(a: ArrayView4<f32>, reference: ArrayView4<f32>) -> f64 {
+    assert_eq!(a.dim(), reference.dim(), "shapes differ");
+    let mut max_diff = 0.0f64;
+    let mut max_ref = 0.0f64;
+    for (&x, &r) in a.iter().zip(reference.iter()) {
+        if x.is_nan() != r.is_nan() {
+            return f64::INFINITY;
+        }
+        if x.is_nan() {
+            continue;
+        }
+        max_diff = max_diff.max((x as f64 - r as f64).abs());
+        max_ref = max_ref.max((r as f64).abs());
+    }
+    if max_ref == 0.0 {
+        if max_diff == 0.0 { 0.0 } else { f64::INFINITY }
+    } else {
+        max_diff / max_ref
+    }
+}
