@@ -24,7 +24,9 @@ pub enum Error {
     },
 
     /// Two shapes that must agree do not.
-    #[error("shape mismatch in {context}: {left_name} has shape {left:?} but {right_name} has shape {right:?}")]
+    #[error(
+        "shape mismatch in {context}: {left_name} has shape {left:?} but {right_name} has shape {right:?}"
+    )]
     ShapeMismatch {
         /// Where the mismatch was found (an op or a layer name).
         context: String,
@@ -81,7 +83,9 @@ pub enum Error {
     },
 
     /// A buffer larger than the device can allocate or bind.
-    #[error("{what} needs {bytes} bytes, more than the device allows ({limit_name} = {limit} bytes)")]
+    #[error(
+        "{what} needs {bytes} bytes, more than the device allows ({limit_name} = {limit} bytes)"
+    )]
     ExceedsDeviceLimits {
         /// What was being allocated.
         what: String,

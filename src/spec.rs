@@ -21,12 +21,22 @@ pub struct Padding {
 impl Padding {
     /// The same padding on all four sides.
     pub const fn uniform(p: usize) -> Self {
-        Self { top: p, left: p, bottom: p, right: p }
+        Self {
+            top: p,
+            left: p,
+            bottom: p,
+            right: p,
+        }
     }
 
     /// Padding given per side.
     pub const fn new(top: usize, left: usize, bottom: usize, right: usize) -> Self {
-        Self { top, left, bottom, right }
+        Self {
+            top,
+            left,
+            bottom,
+            right,
+        }
     }
 }
 
@@ -83,7 +93,10 @@ impl Shape {
             (self.w, "width"),
         ] {
             if v == 0 {
-                return Err(Error::ZeroDimension { context: context.to_string(), what });
+                return Err(Error::ZeroDimension {
+                    context: context.to_string(),
+                    what,
+                });
             }
         }
         Ok(())
@@ -213,7 +226,12 @@ impl Conv2d {
 
     /// Weight shape `[out, in, kh, kw]`.
     pub const fn weight_shape(&self) -> [usize; 4] {
-        [self.out_channels, self.in_channels, self.kernel.0, self.kernel.1]
+        [
+            self.out_channels,
+            self.in_channels,
+            self.kernel.0,
+            self.kernel.1,
+        ]
     }
 
     /// Number of weights (without bias).
@@ -251,7 +269,10 @@ impl Conv2d {
             (self.stride.1, "horizontal stride"),
         ] {
             if v == 0 {
-                return Err(Error::ZeroDimension { context: context.to_string(), what });
+                return Err(Error::ZeroDimension {
+                    context: context.to_string(),
+                    what,
+                });
             }
         }
         Ok(())
@@ -274,8 +295,18 @@ impl Conv2d {
         let ph = input.h + self.padding.top + self.padding.bottom;
         let pw = input.w + self.padding.left + self.padding.right;
         match (
-            window_out(input.h, self.padding.top + self.padding.bottom, eh, self.stride.0),
-            window_out(input.w, self.padding.left + self.padding.right, ew, self.stride.1),
+            window_out(
+                input.h,
+                self.padding.top + self.padding.bottom,
+                eh,
+                self.stride.0,
+            ),
+            window_out(
+                input.w,
+                self.padding.left + self.padding.right,
+                ew,
+                self.stride.1,
+            ),
         ) {
             (Some(h), Some(w)) => Ok(Shape::new(input.n, self.out_channels, h, w)),
             _ => Err(Error::KernelLargerThanInput {
@@ -309,7 +340,12 @@ pub struct MaxPool2d {
 impl MaxPool2d {
     /// Caffe's pooling: `k x k` window, stride `s`, no padding, ceil rounding.
     pub const fn caffe(k: usize, s: usize) -> Self {
-        Self { kernel: (k, k), stride: (s, s), padding: Padding::uniform(0), ceil_mode: true }
+        Self {
+            kernel: (k, k),
+            stride: (s, s),
+            padding: Padding::uniform(0),
+            ceil_mode: true,
+        }
     }
 
     /// Sets padding per side.
@@ -326,13 +362,24 @@ impl MaxPool2d {
 
     /// Output size along one axis, Caffe's rule: `ceil((size + pads - k) / s) + 1`, minus one
     /// when the last window would start inside the far padding (or past the input).
-    fn axis_out(&self, size: usize, pad_lo: usize, pad_hi: usize, k: usize, s: usize) -> Option<usize> {
+    fn axis_out(
+        &self,
+        size: usize,
+        pad_lo: usize,
+        pad_hi: usize,
+        k: usize,
+        s: usize,
+    ) -> Option<usize> {
         let padded = size + pad_lo + pad_hi;
         if padded < k {
             return None;
         }
         let span = padded - k;
-        let mut out = if self.ceil_mode { span.div_ceil(s) } else { span / s } + 1;
+        let mut out = if self.ceil_mode {
+            span.div_ceil(s)
+        } else {
+            span / s
+        } + 1;
         // The last window must start inside the input or the near padding.
         if (out - 1) * s >= size + pad_lo {
             out -= 1;
@@ -349,14 +396,20 @@ impl MaxPool2d {
             (self.stride.1, "horizontal stride"),
         ] {
             if v == 0 {
-                return Err(Error::ZeroDimension { context: context.to_string(), what });
+                return Err(Error::ZeroDimension {
+                    context: context.to_string(),
+                    what,
+                });
             }
         }
         let p = self.padding;
         if p.top.max(p.bottom) >= self.kernel.0 || p.left.max(p.right) >= self.kernel.1 {
             return Err(Error::InvalidSpec {
                 context: context.to_string(),
-                reason: format!("padding {p:?} must be smaller than the pooling window {:?}", self.kernel),
+                reason: format!(
+                    "padding {p:?} must be smaller than the pooling window {:?}",
+                    self.kernel
+                ),
             });
         }
         Ok(())
@@ -410,6 +463,9 @@ mod tests {
             }
         }
         let floor = MaxPool2d::caffe(2, 2).ceil_mode(false);
-        assert_eq!(floor.output_shape(Shape::new(1, 1, 7, 7), "p").unwrap().h, 3);
+        assert_eq!(
+            floor.output_shape(Shape::new(1, 1, 7, 7), "p").unwrap().h,
+            3
+        );
     }
 }

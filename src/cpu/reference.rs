@@ -112,7 +112,8 @@ pub fn max_pool2d(input: ArrayView4<f32>, spec: &MaxPool2d) -> Result<Array4<f32
                     for ky in 0..spec.kernel.0 {
                         let iy = (oy * spec.stride.0 + ky) as isize - spec.padding.top as isize;
                         for kx in 0..spec.kernel.1 {
-                            let ix = (ox * spec.stride.1 + kx) as isize - spec.padding.left as isize;
+                            let ix =
+                                (ox * spec.stride.1 + kx) as isize - spec.padding.left as isize;
                             if iy >= 0 && iy < ih && ix >= 0 && ix < iw {
                                 let v = input[[n, c, iy as usize, ix as usize]];
                                 nan |= v.is_nan();

@@ -1,8 +1,8 @@
 //! Device setup: adapter choice from the usual wgpu environment variables, limits, features.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 use crate::gpu::kernels::Kernels;
@@ -31,7 +31,9 @@ impl GpuOptions {
     pub fn from_env() -> Self {
         Self {
             backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY),
-            adapter_name: std::env::var("WGPU_ADAPTER_NAME").ok().filter(|s| !s.is_empty()),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
         }
@@ -72,13 +74,41 @@ impl std::fmt::Display for AdapterReport {
         let l = &self.limits;
         writeln!(f, "{} ({:?}, {:?})", i.name, i.backend, i.device_type)?;
         writeln!(f, "  driver: {} {}", i.driver, i.driver_info)?;
-        writeln!(f, "  max buffer size:            {} MiB", l.max_buffer_size >> 20)?;
-        writeln!(f, "  max storage binding:        {} MiB", l.max_storage_buffer_binding_size >> 20)?;
-        writeln!(f, "  storage buffers per stage:  {}", l.max_storage_buffers_per_shader_stage)?;
-        writeln!(f, "  workgroup memory:           {} KiB", l.max_compute_workgroup_storage_size >> 10)?;
-        writeln!(f, "  invocations per workgroup:  {}", l.max_compute_invocations_per_workgroup)?;
-        writeln!(f, "  workgroups per dimension:   {}", l.max_compute_workgroups_per_dimension)?;
-        writeln!(f, "  storage offset alignment:   {}", l.min_storage_buffer_offset_alignment)?;
+        writeln!(
+            f,
+            "  max buffer size:            {} MiB",
+            l.max_buffer_size >> 20
+        )?;
+        writeln!(
+            f,
+            "  max storage binding:        {} MiB",
+            l.max_storage_buffer_binding_size >> 20
+        )?;
+        writeln!(
+            f,
+            "  storage buffers per stage:  {}",
+            l.max_storage_buffers_per_shader_stage
+        )?;
+        writeln!(
+            f,
+            "  workgroup memory:           {} KiB",
+            l.max_compute_workgroup_storage_size >> 10
+        )?;
+        writeln!(
+            f,
+            "  invocations per workgroup:  {}",
+            l.max_compute_invocations_per_workgroup
+        )?;
+        writeln!(
+            f,
+            "  workgroups per dimension:   {}",
+            l.max_compute_workgroups_per_dimension
+        )?;
+        writeln!(
+            f,
+            "  storage offset alignment:   {}",
+            l.min_storage_buffer_offset_alignment
+        )?;
         write!(
             f,
             "  features: timestamp queries {}, subgroups {}, shader f16 {}",
@@ -143,15 +173,18 @@ impl Gpu {
             }
             None => {
                 let request = |backends: wgpu::Backends| {
-                    pollster::block_on(make_instance(backends).request_adapter(&wgpu::RequestAdapterOptions {
-                        power_preference: options.power_preference,
-                        force_fallback_adapter: false,
-                        compatible_surface: None,
-                        apply_limit_buckets: false,
-                    }))
+                    pollster::block_on(make_instance(backends).request_adapter(
+                        &wgpu::RequestAdapterOptions {
+                            power_preference: options.power_preference,
+                            force_fallback_adapter: false,
+                            compatible_surface: None,
+                            apply_limit_buckets: false,
+                        },
+                    ))
                 };
-                let no_adapter =
-                    |e: wgpu::RequestAdapterError| Error::NoAdapter { detail: format!(" on backends {:?} ({e})", options.backends) };
+                let no_adapter = |e: wgpu::RequestAdapterError| Error::NoAdapter {
+                    detail: format!(" on backends {:?} ({e})", options.backends),
+                };
                 match request(options.backends) {
                     Ok(a) => a,
                     // Nothing on Vulkan, Metal or DX12: try OpenGL before giving up.
@@ -183,10 +216,14 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             ..Default::default()
         }))
-        .map_err(|e| Error::RequestDevice { adapter: report.info.name.clone(), reason: e.to_string() })?;
+        .map_err(|e| Error::RequestDevice {
+            adapter: report.info.name.clone(),
+            reason: e.to_string(),
+        })?;
         let lost = Arc::new(AtomicBool::new(false));
         let flag = lost.clone();
-        device.set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
+        device
+            .set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -250,7 +287,10 @@ impl Gpu {
         if self.lost.load(Ordering::SeqCst) {
             return Err(Error::Device("the device was lost".into()));
         }
-        let mut errs = self.uncaptured.lock().map_err(|_| Error::Device("error log poisoned".into()))?;
+        let mut errs = self
+            .uncaptured
+            .lock()
+            .map_err(|_| Error::Device("error log poisoned".into()))?;
         if !errs.is_empty() {
             let msg = errs.join("; ");
             errs.clear();
@@ -269,7 +309,10 @@ impl Gpu {
         let o = pollster::block_on(oom.pop());
         if let Some(e) = o {
             log::debug!("out of memory: {e}");
-            return Err(Error::OutOfMemory { what: what.to_string(), bytes });
+            return Err(Error::OutOfMemory {
+                what: what.to_string(),
+                bytes,
+            });
         }
         if let Some(e) = v {
             return Err(Error::Device(format!("{what}: {e}")));
@@ -281,7 +324,10 @@ impl Gpu {
     pub(crate) fn submit_and_wait(&self, commands: wgpu::CommandBuffer) -> Result<()> {
         let index = self.queue.submit([commands]);
         self.device
-            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
             .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
         self.check_health()
     }

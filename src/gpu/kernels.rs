@@ -31,8 +31,13 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 5] =
-        [Kernel::ConvDirect, Kernel::ConvTiled, Kernel::ConvPointwise, Kernel::Relu, Kernel::MaxPool];
+    pub const ALL: [Kernel; 5] = [
+        Kernel::ConvDirect,
+        Kernel::ConvTiled,
+        Kernel::ConvPointwise,
+        Kernel::Relu,
+        Kernel::MaxPool,
+    ];
 
     /// The kernel's name (its shader file and pipeline label).
     pub const fn name(self) -> &'static str {
@@ -48,7 +53,9 @@ impl Kernel {
     fn file(self) -> &'static str {
         match self {
             Kernel::ConvDirect => include_str!("../../shaders/conv2d_direct.wgsl"),
-            Kernel::ConvTiled | Kernel::ConvPointwise => include_str!("../../shaders/conv2d_tiled.wgsl"),
+            Kernel::ConvTiled | Kernel::ConvPointwise => {
+                include_str!("../../shaders/conv2d_tiled.wgsl")
+            }
             Kernel::Relu => include_str!("../../shaders/relu.wgsl"),
             Kernel::MaxPool => include_str!("../../shaders/max_pool.wgsl"),
         }

@@ -72,15 +72,23 @@ impl Gpu {
         params: &[u8],
         storage: &[(&wgpu::Buffer, Window)],
     ) -> wgpu::BindGroup {
-        let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(kernel.name()),
-            contents: params,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(kernel.name()),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
         let pipeline = self.kernels.pipeline(&self.device, kernel);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
         for (i, (buffer, window)) in storage.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: window.binding(buffer) });
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: window.binding(buffer),
+            });
         }
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.name()),
@@ -149,7 +157,12 @@ pub(crate) struct ConvChunk {
 
 /// Splits a convolution over batch, output channels and input channels (partial sums
 /// accumulated in the output) so every window holds at most `max` elements.
-pub(crate) fn conv_chunks(spec: &Conv2d, input: Shape, output: Shape, max: usize) -> Result<Vec<ConvChunk>> {
+pub(crate) fn conv_chunks(
+    spec: &Conv2d,
+    input: Shape,
+    output: Shape,
+    max: usize,
+) -> Result<Vec<ConvChunk>> {
     let w_row = spec.in_channels * spec.kernel.0 * spec.kernel.1;
     let too_big = |what: String, elems: usize| Error::ExceedsDeviceLimits {
         what,
@@ -161,15 +174,25 @@ pub(crate) fn conv_chunks(spec: &Conv2d, input: Shape, output: Shape, max: usize
         return Err(too_big("the weights of one output channel".into(), w_row));
     }
     if input.plane() > max {
-        return Err(too_big(format!("one input channel plane ({}x{})", input.h, input.w), input.plane()));
+        return Err(too_big(
+            format!("one input channel plane ({}x{})", input.h, input.w),
+            input.plane(),
+        ));
     }
     if output.plane() > max {
-        return Err(too_big(format!("one output channel plane ({}x{})", output.h, output.w), output.plane()));
+        return Err(too_big(
+            format!("one output channel plane ({}x{})", output.h, output.w),
+            output.plane(),
+        ));
     }
     let co_n = spec.out_channels.min(max / output.plane()).min(max / w_row);
     let ci_n = spec.in_channels.min(max / input.plane());
     let nb = if co_n == spec.out_channels && ci_n == spec.in_channels {
-        input.n.min(max / (input.c * input.plane())).min(max / (output.c * output.plane())).max(1)
+        input
+            .n
+            .min(max / (input.c * input.plane()))
+            .min(max / (output.c * output.plane()))
+            .max(1)
     } else {
         1
     };
@@ -210,13 +233,20 @@ impl GpuConv2d {
         check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
         let weight = match weight.as_slice() {
             Some(s) => gpu.storage_from_slice("conv weight", s)?,
-            None => gpu.storage_from_slice("conv weight", &weight.iter().copied().collect::<Vec<_>>())?,
+            None => {
+                gpu.storage_from_slice("conv weight", &weight.iter().copied().collect::<Vec<_>>())?
+            }
         };
         let bias = match bias {
             Some(b) => gpu.storage_from_slice("conv bias", &b.to_vec())?,
             None => gpu.storage_from_slice("conv bias (none)", &[0.0])?,
         };
-        Ok(Self { spec, weight, bias, algorithm: ConvAlgorithm::Auto })
+        Ok(Self {
+            spec,
+            weight,
+            bias,
+            algorithm: ConvAlgorithm::Auto,
+        })
     }
 
     /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by geometry.
@@ -237,7 +267,11 @@ impl GpuConv2d {
 
     /// The kernel used for an output shape.
     pub fn kernel_for(&self, output: Shape) -> Kernel {
-        let tiled = if self.spec.is_pointwise() { Kernel::ConvPointwise } else { Kernel::ConvTiled };
+        let tiled = if self.spec.is_pointwise() {
+            Kernel::ConvPointwise
+        } else {
+            Kernel::ConvTiled
+        };
         match self.algorithm {
             ConvAlgorithm::Direct => Kernel::ConvDirect,
             ConvAlgorithm::Tiled => tiled,
@@ -260,8 +294,19 @@ impl GpuConv2d {
 
     /// Records the dispatches computing `output = conv(input)`; both tensors stay bound by
     /// the returned bind groups, so the dispatches can be replayed.
-    pub fn prepare(&self, gpu: &Gpu, input: &GpuTensor, output: &GpuTensor) -> Result<Vec<Dispatch>> {
-        self.prepare_buffers(gpu, &input.buffer, input.shape(), &output.buffer, output.shape())
+    pub fn prepare(
+        &self,
+        gpu: &Gpu,
+        input: &GpuTensor,
+        output: &GpuTensor,
+    ) -> Result<Vec<Dispatch>> {
+        self.prepare_buffers(
+            gpu,
+            &input.buffer,
+            input.shape(),
+            &output.buffer,
+            output.shape(),
+        )
     }
 
     pub(crate) fn prepare_buffers(
@@ -289,13 +334,25 @@ impl GpuConv2d {
         let mut dispatches = Vec::new();
         for ch in conv_chunks(s, in_shape, out_shape, gpu.max_binding_elems())? {
             let in_start = (ch.n0 * in_shape.c + ch.ci0) * in_shape.plane();
-            let in_len = if ch.nb > 1 { ch.nb * in_shape.c * in_shape.plane() } else { ch.ci_n * in_shape.plane() };
+            let in_len = if ch.nb > 1 {
+                ch.nb * in_shape.c * in_shape.plane()
+            } else {
+                ch.ci_n * in_shape.plane()
+            };
             let out_start = (ch.n0 * out_shape.c + ch.co0) * out_shape.plane();
-            let out_len = if ch.nb > 1 { ch.nb * out_shape.c * out_shape.plane() } else { ch.co_n * out_shape.plane() };
+            let out_len = if ch.nb > 1 {
+                ch.nb * out_shape.c * out_shape.plane()
+            } else {
+                ch.co_n * out_shape.plane()
+            };
             let in_win = gpu.window(input, in_start, in_len);
             let out_win = gpu.window(output, out_start, out_len);
             let w_win = gpu.window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
-            let b_win = if s.bias { gpu.window(&self.bias, ch.co0, ch.co_n) } else { gpu.window(&self.bias, 0, 1) };
+            let b_win = if s.bias {
+                gpu.window(&self.bias, ch.co0, ch.co_n)
+            } else {
+                gpu.window(&self.bias, 0, 1)
+            };
             let mut flags = 0;
             if ch.ci0 > 0 {
                 flags |= FLAG_ACCUMULATE;
@@ -344,9 +401,18 @@ impl GpuConv2d {
             let bind_group = gpu.bind(
                 kernel,
                 bytemuck::bytes_of(&params),
-                &[(input, in_win), (&self.weight, w_win), (&self.bias, b_win), (output, out_win)],
+                &[
+                    (input, in_win),
+                    (&self.weight, w_win),
+                    (&self.bias, b_win),
+                    (output, out_win),
+                ],
             );
-            dispatches.push(Dispatch { kernel, bind_group, groups });
+            dispatches.push(Dispatch {
+                kernel,
+                bind_group,
+                groups,
+            });
         }
         Ok(dispatches)
     }
@@ -402,8 +468,20 @@ struct PoolParams {
 }
 
 /// Records max pooling of `input` into `output`.
-pub fn prepare_max_pool(gpu: &Gpu, spec: &MaxPool2d, input: &GpuTensor, output: &GpuTensor) -> Result<Vec<Dispatch>> {
-    prepare_max_pool_buffers(gpu, spec, &input.buffer, input.shape(), &output.buffer, output.shape())
+pub fn prepare_max_pool(
+    gpu: &Gpu,
+    spec: &MaxPool2d,
+    input: &GpuTensor,
+    output: &GpuTensor,
+) -> Result<Vec<Dispatch>> {
+    prepare_max_pool_buffers(
+        gpu,
+        spec,
+        &input.buffer,
+        input.shape(),
+        &output.buffer,
+        output.shape(),
+    )
 }
 
 pub(crate) fn prepare_max_pool_buffers(
@@ -450,9 +528,17 @@ pub(crate) fn prepare_max_pool_buffers(
             pad0: 0,
             pad1: 0,
         };
-        let bind_group = gpu.bind(Kernel::MaxPool, bytemuck::bytes_of(&params), &[(input, in_win), (output, out_win)]);
+        let bind_group = gpu.bind(
+            Kernel::MaxPool,
+            bytemuck::bytes_of(&params),
+            &[(input, in_win), (output, out_win)],
+        );
         let groups = gpu.grid(total.div_ceil(WG_LINEAR as usize), "max_pool2d")?;
-        dispatches.push(Dispatch { kernel: Kernel::MaxPool, bind_group, groups });
+        dispatches.push(Dispatch {
+            kernel: Kernel::MaxPool,
+            bind_group,
+            groups,
+        });
     }
     Ok(dispatches)
 }
@@ -468,7 +554,13 @@ struct ReluParams {
 
 /// Records `output = max(input, 0)`.
 pub fn prepare_relu(gpu: &Gpu, input: &GpuTensor, output: &GpuTensor) -> Result<Vec<Dispatch>> {
-    prepare_relu_buffers(gpu, &input.buffer, input.shape(), &output.buffer, output.shape())
+    prepare_relu_buffers(
+        gpu,
+        &input.buffer,
+        input.shape(),
+        &output.buffer,
+        output.shape(),
+    )
 }
 
 pub(crate) fn prepare_relu_buffers(
@@ -494,10 +586,23 @@ pub(crate) fn prepare_relu_buffers(
         let n = max.min(len - start);
         let in_win = gpu.window(input, start, n);
         let out_win = gpu.window(output, start, n);
-        let params = ReluParams { total: n as u32, in_base: in_win.base, out_base: out_win.base, pad0: 0 };
-        let bind_group = gpu.bind(Kernel::Relu, bytemuck::bytes_of(&params), &[(input, in_win), (output, out_win)]);
+        let params = ReluParams {
+            total: n as u32,
+            in_base: in_win.base,
+            out_base: out_win.base,
+            pad0: 0,
+        };
+        let bind_group = gpu.bind(
+            Kernel::Relu,
+            bytemuck::bytes_of(&params),
+            &[(input, in_win), (output, out_win)],
+        );
         let groups = gpu.grid(n.div_ceil(WG_LINEAR as usize), "relu")?;
-        dispatches.push(Dispatch { kernel: Kernel::Relu, bind_group, groups });
+        dispatches.push(Dispatch {
+            kernel: Kernel::Relu,
+            bind_group,
+            groups,
+        });
     }
     Ok(dispatches)
 }
@@ -511,7 +616,12 @@ impl Gpu {
     }
 
     /// Max pooling into an existing tensor.
-    pub fn max_pool2d_into(&self, spec: &MaxPool2d, input: &GpuTensor, output: &mut GpuTensor) -> Result<()> {
+    pub fn max_pool2d_into(
+        &self,
+        spec: &MaxPool2d,
+        input: &GpuTensor,
+        output: &mut GpuTensor,
+    ) -> Result<()> {
         let d = prepare_max_pool(self, spec, input, output)?;
         self.run(&d)
     }

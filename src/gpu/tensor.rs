@@ -61,13 +61,20 @@ impl Gpu {
         let start_bytes = start as u64 * 4;
         let offset = start_bytes / align * align;
         let base = ((start_bytes - offset) / 4) as u32;
-        let size = (buffer.size() - offset).min((base as u64 + len as u64) * 4).max(4);
+        let size = (buffer.size() - offset)
+            .min((base as u64 + len as u64) * 4)
+            .max(4);
         Window { offset, size, base }
     }
 
     /// Allocates a buffer after checking it against the device's limits; allocation failures
     /// come back as [`Error::OutOfMemory`].
-    pub(crate) fn create_buffer(&self, what: &str, bytes: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    pub(crate) fn create_buffer(
+        &self,
+        what: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
         let limit = self.limits().max_buffer_size;
         if bytes > limit {
             return Err(Error::ExceedsDeviceLimits {
@@ -93,18 +100,26 @@ impl Gpu {
         let buffer = self.create_buffer(
             what,
             data.len() as u64 * 4,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
         )?;
         self.write_f32(&buffer, 0, data)?;
         Ok(buffer)
     }
 
     /// Writes f32 data into a buffer at an element offset, in bounded pieces.
-    pub(crate) fn write_f32(&self, buffer: &wgpu::Buffer, start: usize, data: &[f32]) -> Result<()> {
+    pub(crate) fn write_f32(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: usize,
+        data: &[f32],
+    ) -> Result<()> {
         let piece = (STAGING_BYTES / 4) as usize;
         for (i, chunk) in data.chunks(piece).enumerate() {
             let offset = (start + i * piece) as u64 * 4;
-            self.queue.write_buffer(buffer, offset, bytemuck::cast_slice(chunk));
+            self.queue
+                .write_buffer(buffer, offset, bytemuck::cast_slice(chunk));
         }
         self.queue.submit([]);
         self.check_health()
@@ -118,7 +133,11 @@ impl Gpu {
         let tensor = self.empty(shape)?;
         match array.as_slice() {
             Some(s) => self.write_f32(&tensor.buffer, 0, s)?,
-            None => self.write_f32(&tensor.buffer, 0, &array.iter().copied().collect::<Vec<_>>())?,
+            None => self.write_f32(
+                &tensor.buffer,
+                0,
+                &array.iter().copied().collect::<Vec<_>>(),
+            )?,
         }
         Ok(tensor)
     }
@@ -129,7 +148,9 @@ impl Gpu {
         let buffer = self.create_buffer(
             &format!("tensor {shape}"),
             shape.bytes(),
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
         )?;
         Ok(GpuTensor { buffer, shape })
     }
@@ -157,7 +178,12 @@ impl Gpu {
     }
 
     /// Reads `len` f32 elements starting at element `start` of a buffer.
-    pub(crate) fn read_f32(&self, buffer: &wgpu::Buffer, start: usize, len: usize) -> Result<Vec<f32>> {
+    pub(crate) fn read_f32(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<f32>> {
         let total = len as u64 * 4;
         let staging_size = total.clamp(4, STAGING_BYTES);
         let staging = self.create_buffer(
