@@ -29,4 +29,4 @@ pub mod spec;
 
 pub use error::{Error, Result};
 pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, GpuTensor};
-pub use spec::{Conv2d, MaxPool2d, Padding, Shape};
+pub use spec::{Conv2d, Deconv2d, MaxPool2d, Padding, Shape, Zoom};

@@ -434,6 +434,131 @@ impl MaxPool2d {
     }
 }
 
+/// A per-channel ("one group per channel") transposed convolution without bias, as Cityscapes'
+/// in-network upsampling uses it (kernel 16, stride 8, padding 4, fixed bilinear weights).
+///
+/// Weights are `[channels, 1, kernel, kernel]`. Output size: `(H - 1) * stride - 2 * pad + kernel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Deconv2d {
+    /// Channels (= groups).
+    pub channels: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride (upsampling factor).
+    pub stride: usize,
+    /// Padding cropped from each side of the full output.
+    pub pad: usize,
+}
+
+impl Deconv2d {
+    /// Caffe's bilinear upsampling by `factor`: kernel `2f - f % 2`, stride `f`,
+    /// padding `ceil((f - 1) / 2)`.
+    pub const fn bilinear(channels: usize, factor: usize) -> Self {
+        Self {
+            channels,
+            kernel: 2 * factor - factor % 2,
+            stride: factor,
+            pad: factor.saturating_sub(1).div_ceil(2),
+        }
+    }
+
+    /// Weight shape `[channels, 1, kernel, kernel]`.
+    pub const fn weight_shape(&self) -> [usize; 4] {
+        [self.channels, 1, self.kernel, self.kernel]
+    }
+
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, input: Shape, context: &str) -> Result<Shape> {
+        for (v, what) in [
+            (self.channels, "channel count"),
+            (self.kernel, "kernel size"),
+            (self.stride, "stride"),
+        ] {
+            if v == 0 {
+                return Err(Error::ZeroDimension {
+                    context: context.to_string(),
+                    what,
+                });
+            }
+        }
+        input.check_nonzero(context)?;
+        if input.c != self.channels {
+            return Err(Error::ShapeMismatch {
+                context: context.to_string(),
+                left_name: "input",
+                left: input.dims().to_vec(),
+                right_name: "weight",
+                right: self.weight_shape().to_vec(),
+            });
+        }
+        let full = |x: usize| (x - 1) * self.stride + self.kernel;
+        if full(input.h) <= 2 * self.pad || full(input.w) <= 2 * self.pad {
+            return Err(Error::InvalidSpec {
+                context: context.to_string(),
+                reason: format!("padding {} crops away the whole output", self.pad),
+            });
+        }
+        Ok(Shape::new(
+            input.n,
+            input.c,
+            full(input.h) - 2 * self.pad,
+            full(input.w) - 2 * self.pad,
+        ))
+    }
+
+    /// Caffe's bilinear filler for this kernel: `(1 - |x / f - c|) * (1 - |y / f - c|)` with
+    /// `f = ceil(k / 2)`, `c = (2f - 1 - f % 2) / (2f)`, the same for every channel.
+    pub fn bilinear_weights(&self) -> Vec<f32> {
+        let f = self.kernel.div_ceil(2) as f64;
+        let c = (2.0 * f - 1.0 - f % 2.0) / (2.0 * f);
+        let mut w = Vec::with_capacity(self.channels * self.kernel * self.kernel);
+        for _ in 0..self.channels {
+            for y in 0..self.kernel {
+                for x in 0..self.kernel {
+                    let wy = 1.0 - (y as f64 / f - c).abs();
+                    let wx = 1.0 - (x as f64 / f - c).abs();
+                    w.push((wy * wx) as f32);
+                }
+            }
+        }
+        w
+    }
+
+    /// Floating-point operations for an output shape (multiply-add = 2): each input pixel is
+    /// spread over `kernel^2` outputs.
+    pub const fn flops(&self, input: Shape) -> u64 {
+        2 * input.len() as u64 * (self.kernel * self.kernel) as u64
+    }
+}
+
+/// Bilinear zoom by an integer factor, sampling the input at `(y / f, x / f)` with no half-pixel
+/// offset (the reference predictor's `interp_map`); the last row and column are repeated at the
+/// far edge. Output size `H * f x W * f`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Zoom {
+    /// The factor.
+    pub factor: usize,
+}
+
+impl Zoom {
+    /// Output shape for an input shape.
+    pub fn output_shape(&self, input: Shape, context: &str) -> Result<Shape> {
+        if self.factor == 0 {
+            return Err(Error::ZeroDimension {
+                context: context.to_string(),
+                what: "zoom factor",
+            });
+        }
+        input.check_nonzero(context)?;
+        Ok(Shape::new(
+            input.n,
+            input.c,
+            input.h * self.factor,
+            input.w * self.factor,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +574,18 @@ mod tests {
         assert_eq!(s, Shape::new(2, 8, 16, 13));
         let c = Conv2d::new(1, 1, 3).stride(2);
         assert_eq!(c.output_shape(Shape::new(1, 1, 8, 9), "t").unwrap().h, 3);
+    }
+
+    #[test]
+    fn cityscapes_deconvolution_upsamples_by_eight() {
+        let d = Deconv2d::bilinear(19, 8);
+        assert_eq!((d.kernel, d.stride, d.pad), (16, 8, 4));
+        let s = d.output_shape(Shape::new(1, 19, 128, 128), "up").unwrap();
+        assert_eq!((s.h, s.w), (1024, 1024));
+        // The bilinear filler of a 16-tap kernel is symmetric with a peak under 1.
+        let w = d.bilinear_weights();
+        assert_eq!(w[0], w[15]);
+        assert!((w[7 * 16 + 7] - (1.0 - 1.0 / 16.0f32).powi(2)).abs() < 1e-6);
     }
 
     #[test]

@@ -38,7 +38,11 @@ fn pick<T: Copy>(r: &mut StdRng, items: &[T]) -> T {
 /// A random convolution configuration small enough for the f64 reference.
 fn random_conv(r: &mut StdRng) -> (Conv2d, [usize; 4]) {
     let small = |r: &mut StdRng, max: usize| {
-        if r.random_bool(0.3) { r.random_range(1..=4) } else { r.random_range(1..=max) }
+        if r.random_bool(0.3) {
+            r.random_range(1..=4)
+        } else {
+            r.random_range(1..=max)
+        }
     };
     let n = r.random_range(1..=3);
     let mut c_in = small(r, 64);
@@ -46,10 +50,24 @@ fn random_conv(r: &mut StdRng) -> (Conv2d, [usize; 4]) {
     let mut h = small(r, 64);
     let mut w = small(r, 64);
     let kh = pick(r, &[1, 2, 3, 3, 5, 7]);
-    let kw = if r.random_bool(0.6) { kh } else { pick(r, &[1, 2, 3, 5, 7]) };
-    let dil = |r: &mut StdRng| if r.random_bool(0.4) { 1 } else { r.random_range(1..=16) };
+    let kw = if r.random_bool(0.6) {
+        kh
+    } else {
+        pick(r, &[1, 2, 3, 5, 7])
+    };
+    let dil = |r: &mut StdRng| {
+        if r.random_bool(0.4) {
+            1
+        } else {
+            r.random_range(1..=16)
+        }
+    };
     let (dh, dw) = (dil(r), dil(r));
-    let (sh, sw) = if r.random_bool(0.6) { (1, 1) } else { (r.random_range(1..=3), r.random_range(1..=3)) };
+    let (sh, sw) = if r.random_bool(0.6) {
+        (1, 1)
+    } else {
+        (r.random_range(1..=3), r.random_range(1..=3))
+    };
     let eh = (kh - 1) * dh + 1;
     let ew = (kw - 1) * dw + 1;
     let mut pad = Padding::new(
@@ -78,7 +96,9 @@ fn random_conv(r: &mut StdRng) -> (Conv2d, [usize; 4]) {
     // Keep the arithmetic small: shrink the largest of channels and size.
     let cost = |c_in: usize, c_out: usize, h: usize, w: usize| {
         let s = spec(c_in, c_out);
-        s.output_shape(Shape::new(n, c_in, h, w), "t").map(|o| s.flops(o)).unwrap_or(0)
+        s.output_shape(Shape::new(n, c_in, h, w), "t")
+            .map(|o| s.flops(o))
+            .unwrap_or(0)
     };
     while cost(c_in, c_out, h, w) > 6_000_000 {
         let m = c_in.max(c_out).max(h).max(w);
@@ -87,9 +107,15 @@ fn random_conv(r: &mut StdRng) -> (Conv2d, [usize; 4]) {
         } else if c_out == m {
             c_out = c_out.div_ceil(2);
         } else if h == m && h > eh {
-            h = h.div_ceil(2).max(eh.saturating_sub(pad.top + pad.bottom)).max(1);
+            h = h
+                .div_ceil(2)
+                .max(eh.saturating_sub(pad.top + pad.bottom))
+                .max(1);
         } else {
-            w = w.div_ceil(2).max(ew.saturating_sub(pad.left + pad.right)).max(1);
+            w = w
+                .div_ceil(2)
+                .max(ew.saturating_sub(pad.left + pad.right))
+                .max(1);
         }
     }
     (spec(c_in, c_out), [n, c_in, h, w])
@@ -97,7 +123,11 @@ fn random_conv(r: &mut StdRng) -> (Conv2d, [usize; 4]) {
 
 #[test]
 fn conv2d_matches_reference_on_random_configurations() {
-    let algorithms = [ConvAlgorithm::Auto, ConvAlgorithm::Direct, ConvAlgorithm::Tiled];
+    let algorithms = [
+        ConvAlgorithm::Auto,
+        ConvAlgorithm::Direct,
+        ConvAlgorithm::Tiled,
+    ];
     let mut failures = Vec::new();
     let cases = 240;
     for case in 0..cases {
@@ -106,24 +136,42 @@ fn conv2d_matches_reference_on_random_configurations() {
         let algorithm = algorithms[case as usize % algorithms.len()];
         let err = check_conv(case, spec, shape, algorithm);
         if err.is_nan() || err > TOLERANCE {
-            eprintln!("FAIL case {case}: {algorithm:?} input {shape:?} {spec:?}: rel error {err:e}");
+            eprintln!(
+                "FAIL case {case}: {algorithm:?} input {shape:?} {spec:?}: rel error {err:e}"
+            );
             failures.push(case);
         }
     }
-    assert!(failures.is_empty(), "{} of {cases} configurations failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} configurations failed: {failures:?}",
+        failures.len()
+    );
 }
 
 #[test]
 fn pointwise_conv_matches_reference() {
-    for (i, (c_in, c_out, h, w, n)) in
-        [(1, 1, 1, 1, 1), (7, 5, 3, 9, 2), (64, 64, 8, 8, 1), (100, 130, 5, 13, 3), (33, 70, 17, 1, 1)]
-            .into_iter()
-            .enumerate()
+    for (i, (c_in, c_out, h, w, n)) in [
+        (1, 1, 1, 1, 1),
+        (7, 5, 3, 9, 2),
+        (64, 64, 8, 8, 1),
+        (100, 130, 5, 13, 3),
+        (33, 70, 17, 1, 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        for alg in [ConvAlgorithm::Auto, ConvAlgorithm::Tiled, ConvAlgorithm::Direct] {
+        for alg in [
+            ConvAlgorithm::Auto,
+            ConvAlgorithm::Tiled,
+            ConvAlgorithm::Direct,
+        ] {
             let spec = Conv2d::new(c_in, c_out, 1).with_relu(i % 2 == 0);
             let err = check_conv(50 + i as u64, spec, [n, c_in, h, w], alg);
-            assert!(err <= TOLERANCE, "1x1 {c_in}->{c_out} at {h}x{w} n={n} {alg:?}: {err:e}");
+            assert!(
+                err <= TOLERANCE,
+                "1x1 {c_in}->{c_out} at {h}x{w} n={n} {alg:?}: {err:e}"
+            );
         }
     }
 }
@@ -160,13 +208,26 @@ fn weight_over_one_binding_is_split_over_output_channels() {
 fn activations_over_one_binding_are_split_over_channels() {
     // Input of 40 x 1024 x 1024 floats (160 MiB): the reduction is split over input channels
     // and accumulated in the output.
-    let err = check_conv(91, Conv2d::new(40, 2, 1).with_relu(true), [1, 40, 1024, 1024], ConvAlgorithm::Auto);
+    let err = check_conv(
+        91,
+        Conv2d::new(40, 2, 1).with_relu(true),
+        [1, 40, 1024, 1024],
+        ConvAlgorithm::Auto,
+    );
     assert!(err <= TOLERANCE, "input split: {err:e}");
     // Output of 40 x 1024 x 1024: split over output channels.
-    let err = check_conv(92, Conv2d::new(1, 40, 1), [1, 1, 1024, 1024], ConvAlgorithm::Auto);
+    let err = check_conv(
+        92,
+        Conv2d::new(1, 40, 1),
+        [1, 1, 1024, 1024],
+        ConvAlgorithm::Auto,
+    );
     assert!(err <= TOLERANCE, "output split: {err:e}");
     // A dilated non-square kernel with asymmetric padding over a batch of 2.
-    let spec = Conv2d::new(36, 1, 1).kernel(2, 1).dilation_hw(3, 1).padding(Padding::new(1, 0, 2, 0));
+    let spec = Conv2d::new(36, 1, 1)
+        .kernel(2, 1)
+        .dilation_hw(3, 1)
+        .padding(Padding::new(1, 0, 2, 0));
     let err = check_conv(93, spec, [2, 36, 1000, 950], ConvAlgorithm::Auto);
     assert!(err <= TOLERANCE, "batched dilated input split: {err:e}");
 }
@@ -175,16 +236,29 @@ fn activations_over_one_binding_are_split_over_channels() {
 fn more_than_65535_workgroups() {
     // 2100 x 2100 outputs: 68,907 workgroups of 64 for the direct kernel and as many pixel
     // tiles for the tiled one.
-    let err = check_conv(94, Conv2d::new(1, 1, 3).pad(1), [1, 1, 2100, 2100], ConvAlgorithm::Direct);
+    let err = check_conv(
+        94,
+        Conv2d::new(1, 1, 3).pad(1),
+        [1, 1, 2100, 2100],
+        ConvAlgorithm::Direct,
+    );
     assert!(err <= TOLERANCE, "direct: {err:e}");
-    let err = check_conv(95, Conv2d::new(2, 16, 1), [1, 2, 2100, 2100], ConvAlgorithm::Tiled);
+    let err = check_conv(
+        95,
+        Conv2d::new(2, 16, 1),
+        [1, 2, 2100, 2100],
+        ConvAlgorithm::Tiled,
+    );
     assert!(err <= TOLERANCE, "tiled 1x1: {err:e}");
     let gpu = gpu();
     let x = random4(&mut rng(96), [1, 1, 2100, 2100]);
     let input = gpu.upload(x.view()).unwrap();
     let mut out = gpu.filled(input.shape(), f32::NAN).unwrap();
     gpu.relu_into(&input, &mut out).unwrap();
-    let err = rel_error(gpu.download(&out).unwrap().view(), reference::relu(x.view()).view());
+    let err = rel_error(
+        gpu.download(&out).unwrap().view(),
+        reference::relu(x.view()).view(),
+    );
     assert!(err <= TOLERANCE, "relu: {err:e}");
 }
 
@@ -193,7 +267,9 @@ fn check_pool(seed: u64, spec: MaxPool2d, shape: [usize; 4]) -> f64 {
     let x = random4(&mut rng(seed), shape);
     let want = reference::max_pool2d(x.view(), &spec).unwrap();
     let input = gpu.upload(x.view()).unwrap();
-    let mut out = gpu.filled(spec.output_shape(input.shape(), "pool").unwrap(), f32::NAN).unwrap();
+    let mut out = gpu
+        .filled(spec.output_shape(input.shape(), "pool").unwrap(), f32::NAN)
+        .unwrap();
     gpu.max_pool2d_into(&spec, &input, &mut out).unwrap();
     rel_error(gpu.download(&out).unwrap().view(), want.view())
 }
@@ -201,7 +277,16 @@ fn check_pool(seed: u64, spec: MaxPool2d, shape: [usize; 4]) -> f64 {
 #[test]
 fn max_pool_matches_reference() {
     // Caffe's pool: 2x2 stride 2, ceil rounding, on odd sizes.
-    for (i, shape) in [[1, 3, 7, 7], [2, 5, 9, 4], [1, 1, 2, 2], [3, 2, 31, 17], [1, 4, 898, 3]].into_iter().enumerate() {
+    for (i, shape) in [
+        [1, 3, 7, 7],
+        [2, 5, 9, 4],
+        [1, 1, 2, 2],
+        [3, 2, 31, 17],
+        [1, 4, 898, 3],
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let err = check_pool(200 + i as u64, MaxPool2d::caffe(2, 2), shape);
         assert_eq!(err, 0.0, "caffe pool on {shape:?}");
     }
@@ -221,7 +306,12 @@ fn max_pool_matches_reference() {
             padding: pad,
             ceil_mode: r.random_bool(0.5),
         };
-        let shape = [r.random_range(1..=2), r.random_range(1..=5), r.random_range(kh..=40), r.random_range(kw..=40)];
+        let shape = [
+            r.random_range(1..=2),
+            r.random_range(1..=5),
+            r.random_range(kh..=40),
+            r.random_range(kw..=40),
+        ];
         let err = check_pool(300 + case, spec, shape);
         assert_eq!(err, 0.0, "case {case}: {spec:?} on {shape:?}");
     }
@@ -230,7 +320,10 @@ fn max_pool_matches_reference() {
 #[test]
 fn relu_matches_reference() {
     let gpu = gpu();
-    for (i, shape) in [[1, 1, 1, 1], [2, 3, 5, 7], [1, 64, 33, 65]].into_iter().enumerate() {
+    for (i, shape) in [[1, 1, 1, 1], [2, 3, 5, 7], [1, 64, 33, 65]]
+        .into_iter()
+        .enumerate()
+    {
         let x = random4(&mut rng(400 + i as u64), shape);
         let input = gpu.upload(x.view()).unwrap();
         let mut out = gpu.filled(input.shape(), f32::NAN).unwrap();

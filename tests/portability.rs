@@ -6,9 +6,12 @@ fn module(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let source = kernel.source();
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
     (module, info)
 }
 
@@ -16,9 +19,14 @@ fn module(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
 fn shaders_translate_to_spirv() {
     for kernel in Kernel::ALL {
         let (module, info) = module(kernel);
-        let words = naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
-            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", kernel.name()));
-        assert!(words.len() > 10 && words[0] == 0x0723_0203, "{}: no SPIR-V header", kernel.name());
+        let words =
+            naga::back::spv::write_vec(&module, &info, &naga::back::spv::Options::default(), None)
+                .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", kernel.name()));
+        assert!(
+            words.len() > 10 && words[0] == 0x0723_0203,
+            "{}: no SPIR-V header",
+            kernel.name()
+        );
     }
 }
 
@@ -27,9 +35,18 @@ fn shaders_translate_to_msl() {
     for kernel in Kernel::ALL {
         let (module, info) = module(kernel);
         let pipeline = naga::back::msl::PipelineOptions::default();
-        let (source, _) = naga::back::msl::write_string(&module, &info, &naga::back::msl::Options::default(), &pipeline)
-            .unwrap_or_else(|e| panic!("{}: MSL: {e}", kernel.name()));
-        assert!(source.contains("kernel void"), "{}: no compute entry point in MSL", kernel.name());
+        let (source, _) = naga::back::msl::write_string(
+            &module,
+            &info,
+            &naga::back::msl::Options::default(),
+            &pipeline,
+        )
+        .unwrap_or_else(|e| panic!("{}: MSL: {e}", kernel.name()));
+        assert!(
+            source.contains("kernel void"),
+            "{}: no compute entry point in MSL",
+            kernel.name()
+        );
     }
 }
 
@@ -44,6 +61,10 @@ fn shaders_translate_to_hlsl() {
         writer
             .write(&module, &info, None)
             .unwrap_or_else(|e| panic!("{}: HLSL: {e}", kernel.name()));
-        assert!(out.contains("[numthreads("), "{}: no compute entry point in HLSL", kernel.name());
+        assert!(
+            out.contains("[numthreads("),
+            "{}: no compute entry point in HLSL",
+            kernel.name()
+        );
     }
 }

@@ -3,10 +3,10 @@
 //! Written to be obviously correct rather than fast; this is the oracle the GPU kernels and the
 //! fast CPU path are checked against.
 
-use ndarray::{Array4, ArrayView1, ArrayView4};
+use ndarray::{Array3, Array4, ArrayView1, ArrayView4};
 
 use crate::error::{Error, Result};
-use crate::spec::{Conv2d, MaxPool2d, Shape};
+use crate::spec::{Conv2d, Deconv2d, MaxPool2d, Shape, Zoom};
 
 /// Shape of an ndarray as a [`Shape`].
 pub(crate) fn shape_of(a: &ArrayView4<f32>) -> Shape {
@@ -134,4 +134,112 @@ pub fn max_pool2d(input: ArrayView4<f32>, spec: &MaxPool2d) -> Result<Array4<f32
 /// Elementwise `max(x, 0)`; NaN stays NaN.
 pub fn relu(input: ArrayView4<f32>) -> Array4<f32> {
     input.mapv(|v| if v < 0.0 { 0.0 } else { v })
+}
+
+/// Softmax over channels at every pixel (computed in f64 after subtracting the maximum).
+pub fn softmax(input: ArrayView4<f32>) -> Array4<f32> {
+    let (n, c, h, w) = input.dim();
+    let mut y = Array4::<f32>::zeros((n, c, h, w));
+    for b in 0..n {
+        for yy in 0..h {
+            for xx in 0..w {
+                let m = (0..c)
+                    .map(|k| input[[b, k, yy, xx]] as f64)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = (0..c)
+                    .map(|k| (input[[b, k, yy, xx]] as f64 - m).exp())
+                    .sum();
+                for k in 0..c {
+                    y[[b, k, yy, xx]] = ((input[[b, k, yy, xx]] as f64 - m).exp() / sum) as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Index of the largest channel at every pixel (the first one on ties), as `[n, h, w]`.
+pub fn argmax(input: ArrayView4<f32>) -> Array3<u32> {
+    let (n, c, h, w) = input.dim();
+    Array3::from_shape_fn((n, h, w), |(b, yy, xx)| {
+        let mut best = 0;
+        for k in 1..c {
+            if input[[b, k, yy, xx]] > input[[b, best, yy, xx]] {
+                best = k;
+            }
+        }
+        best as u32
+    })
+}
+
+/// Bilinear zoom sampling at `(y / f, x / f)`, repeating the last row and column at the edge.
+pub fn zoom(input: ArrayView4<f32>, spec: &Zoom) -> Result<Array4<f32>> {
+    let out = spec.output_shape(shape_of(&input), "zoom")?;
+    let (ih, iw) = (input.dim().2, input.dim().3);
+    let f = spec.factor;
+    let mut y = Array4::<f32>::zeros(out.dims());
+    for b in 0..out.n {
+        for c in 0..out.c {
+            for oy in 0..out.h {
+                let r0 = oy / f;
+                let r1 = (r0 + 1).min(ih - 1);
+                let rt = (oy % f) as f64 / f as f64;
+                for ox in 0..out.w {
+                    let c0 = ox / f;
+                    let c1 = (c0 + 1).min(iw - 1);
+                    let ct = (ox % f) as f64 / f as f64;
+                    let at = |r: usize, col: usize| input[[b, c, r, col]] as f64;
+                    let v0 = rt * at(r1, c0) + (1.0 - rt) * at(r0, c0);
+                    let v1 = rt * at(r1, c1) + (1.0 - rt) * at(r0, c1);
+                    y[[b, c, oy, ox]] = ((1.0 - ct) * v0 + ct * v1) as f32;
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Per-channel transposed convolution (no bias): every input pixel adds `x * w[ky, kx]` to the
+/// output at `(iy * stride + ky - pad, ix * stride + kx - pad)`.
+pub fn deconv2d(
+    input: ArrayView4<f32>,
+    spec: &Deconv2d,
+    weight: ArrayView4<f32>,
+) -> Result<Array4<f32>> {
+    let out = spec.output_shape(shape_of(&input), "deconv2d")?;
+    if weight.shape() != spec.weight_shape() {
+        return Err(Error::ShapeMismatch {
+            context: "deconv2d".into(),
+            left_name: "weight",
+            left: weight.shape().to_vec(),
+            right_name: "layer spec [channels, 1, k, k]",
+            right: spec.weight_shape().to_vec(),
+        });
+    }
+    let (ih, iw) = (input.dim().2, input.dim().3);
+    let mut y = ndarray::Array4::<f64>::zeros(out.dims());
+    for b in 0..out.n {
+        for c in 0..out.c {
+            for iy in 0..ih {
+                for ix in 0..iw {
+                    let v = input[[b, c, iy, ix]] as f64;
+                    for ky in 0..spec.kernel {
+                        let oy = (iy * spec.stride + ky) as isize - spec.pad as isize;
+                        if oy < 0 || oy >= out.h as isize {
+                            continue;
+                        }
+                        for kx in 0..spec.kernel {
+                            let ox = (ix * spec.stride + kx) as isize - spec.pad as isize;
+                            if ox < 0 || ox >= out.w as isize {
+                                continue;
+                            }
+                            y[[b, c, oy as usize, ox as usize]] +=
+                                v * weight[[c, 0, ky, kx]] as f64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(y.mapv(|v| v as f32))
 }

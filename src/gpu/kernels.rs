@@ -27,16 +27,28 @@ pub enum Kernel {
     Relu,
     /// Max pooling.
     MaxPool,
+    /// Softmax over channels.
+    Softmax,
+    /// Argmax over channels into a label map.
+    Argmax,
+    /// Bilinear zoom by an integer factor.
+    Zoom,
+    /// Per-channel transposed convolution (in-network upsampling).
+    Deconv,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
         Kernel::Relu,
         Kernel::MaxPool,
+        Kernel::Softmax,
+        Kernel::Argmax,
+        Kernel::Zoom,
+        Kernel::Deconv,
     ];
 
     /// The kernel's name (its shader file and pipeline label).
@@ -47,6 +59,10 @@ impl Kernel {
             Kernel::ConvPointwise => "conv2d_tiled_pointwise",
             Kernel::Relu => "relu",
             Kernel::MaxPool => "max_pool",
+            Kernel::Softmax => "softmax",
+            Kernel::Argmax => "argmax",
+            Kernel::Zoom => "zoom",
+            Kernel::Deconv => "deconv",
         }
     }
 
@@ -58,6 +74,10 @@ impl Kernel {
             }
             Kernel::Relu => include_str!("../../shaders/relu.wgsl"),
             Kernel::MaxPool => include_str!("../../shaders/max_pool.wgsl"),
+            Kernel::Softmax => include_str!("../../shaders/softmax.wgsl"),
+            Kernel::Argmax => include_str!("../../shaders/argmax.wgsl"),
+            Kernel::Zoom => include_str!("../../shaders/zoom.wgsl"),
+            Kernel::Deconv => include_str!("../../shaders/deconv.wgsl"),
         }
     }
 
@@ -72,32 +92,97 @@ impl Kernel {
         )
     }
 
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|&k| k == self).unwrap_or(0)
+    /// Number of storage buffers the kernel binds after its uniform (binding 0): read-only
+    /// inputs first, the one read-write output last.
+    pub const fn storage_bindings(self) -> u32 {
+        match self {
+            Kernel::ConvDirect | Kernel::ConvTiled | Kernel::ConvPointwise => 4,
+            Kernel::Deconv => 3,
+            Kernel::Relu | Kernel::MaxPool | Kernel::Softmax | Kernel::Argmax | Kernel::Zoom => 2,
+        }
+    }
+
+    /// Position in [`Kernel::ALL`] (declaration order).
+    const fn index(self) -> usize {
+        self as usize
     }
 }
 
-/// Pipelines of one device, each built on first use.
+/// A kernel's pipeline and the layout of its bind group.
+pub(crate) struct Compiled {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Pipelines of one device, each built on first use with an explicit layout.
 #[derive(Default)]
 pub(crate) struct Kernels {
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 5],
+    compiled: [OnceLock<Compiled>; Kernel::ALL.len()],
 }
 
 impl Kernels {
-    pub(crate) fn pipeline(&self, device: &wgpu::Device, kernel: Kernel) -> &wgpu::ComputePipeline {
-        self.pipelines[kernel.index()].get_or_init(|| {
+    pub(crate) fn get(&self, device: &wgpu::Device, kernel: Kernel) -> &Compiled {
+        self.compiled[kernel.index()].get_or_init(|| {
+            let storage = kernel.storage_bindings();
+            let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }];
+            for i in 1..=storage {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: i,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: i < storage,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+            }
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(kernel.name()),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(kernel.name()),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name()),
                 source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
             });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),
-                layout: None,
+                layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
                 cache: None,
-            })
+            });
+            Compiled { pipeline, layout }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_kernel_in_declaration_order() {
+        for (i, k) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
+        assert_eq!(Kernel::Deconv.index() + 1, Kernel::ALL.len());
     }
 }

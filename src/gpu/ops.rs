@@ -29,7 +29,7 @@ impl Gpu {
     /// Records dispatches into a compute pass.
     pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
         for d in dispatches {
-            pass.set_pipeline(self.kernels.pipeline(&self.device, d.kernel));
+            pass.set_pipeline(&self.kernels.get(&self.device, d.kernel).pipeline);
             pass.set_bind_group(0, &d.bind_group, &[]);
             pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
         }
@@ -71,6 +71,17 @@ impl Gpu {
         kernel: Kernel,
         params: &[u8],
         storage: &[(&wgpu::Buffer, Window)],
+    ) -> Result<wgpu::BindGroup> {
+        self.scoped(kernel.name(), 0, || {
+            self.bind_unscoped(kernel, params, storage)
+        })
+    }
+
+    fn bind_unscoped(
+        &self,
+        kernel: Kernel,
+        params: &[u8],
+        storage: &[(&wgpu::Buffer, Window)],
     ) -> wgpu::BindGroup {
         let uniform = self
             .device
@@ -79,7 +90,7 @@ impl Gpu {
                 contents: params,
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-        let pipeline = self.kernels.pipeline(&self.device, kernel);
+        let compiled = self.kernels.get(&self.device, kernel);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
@@ -92,7 +103,7 @@ impl Gpu {
         }
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.name()),
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &compiled.layout,
             entries: &entries,
         })
     }
@@ -407,7 +418,7 @@ impl GpuConv2d {
                     (&self.bias, b_win),
                     (output, out_win),
                 ],
-            );
+            )?;
             dispatches.push(Dispatch {
                 kernel,
                 bind_group,
@@ -532,7 +543,7 @@ pub(crate) fn prepare_max_pool_buffers(
             Kernel::MaxPool,
             bytemuck::bytes_of(&params),
             &[(input, in_win), (output, out_win)],
-        );
+        )?;
         let groups = gpu.grid(total.div_ceil(WG_LINEAR as usize), "max_pool2d")?;
         dispatches.push(Dispatch {
             kernel: Kernel::MaxPool,
@@ -596,7 +607,7 @@ pub(crate) fn prepare_relu_buffers(
             Kernel::Relu,
             bytemuck::bytes_of(&params),
             &[(input, in_win), (output, out_win)],
-        );
+        )?;
         let groups = gpu.grid(n.div_ceil(WG_LINEAR as usize), "relu")?;
         dispatches.push(Dispatch {
             kernel: Kernel::Relu,
