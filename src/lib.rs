@@ -25,6 +25,8 @@
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+pub mod net;
+pub mod plan;
 pub mod spec;
 
 pub use error::{Error, Result};

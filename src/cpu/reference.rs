@@ -6,6 +6,7 @@
 use ndarray::{Array3, Array4, ArrayView1, ArrayView4};
 
 use crate::error::{Error, Result};
+use crate::net::Op;
 use crate::spec::{Conv2d, Deconv2d, MaxPool2d, Shape, Zoom};
 
 /// Shape of an ndarray as a [`Shape`].
@@ -242,4 +243,18 @@ pub fn deconv2d(
         }
     }
     Ok(y.mapv(|v| v as f32))
+}
+
+/// Applies one network op with the reference implementation.
+pub fn apply(op: &Op, x: ArrayView4<f32>) -> Result<Array4<f32>> {
+    match op {
+        Op::Conv { spec, weight, bias } => {
+            conv2d(x, spec, weight.view(), bias.as_ref().map(|b| b.view()))
+        }
+        Op::MaxPool(p) => max_pool2d(x, p),
+        Op::Relu => Ok(relu(x)),
+        Op::Softmax => Ok(softmax(x)),
+        Op::Zoom(z) => zoom(x, z),
+        Op::Deconv { spec, weight } => deconv2d(x, spec, weight.view()),
+    }
 }

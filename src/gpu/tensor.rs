@@ -198,26 +198,30 @@ impl Gpu {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(buffer, start as u64 * 4 + done, &staging, 0, n);
             self.submit_and_wait(encoder.finish())?;
-            let slice = staging.slice(0..n);
-            let (tx, rx) = std::sync::mpsc::channel();
-            slice.map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Device(format!("waiting for read-back: {e}")))?;
-            rx.recv()
-                .map_err(|_| Error::Device("read-back callback dropped".into()))?
-                .map_err(|e| Error::Device(format!("mapping the read-back buffer: {e}")))?;
-            {
-                let view = slice
-                    .get_mapped_range()
-                    .map_err(|e| Error::Device(format!("mapped range: {e}")))?;
-                out.extend_from_slice(bytemuck::cast_slice(&view));
-            }
-            staging.unmap();
+            out.extend_from_slice(bytemuck::cast_slice(&self.read_mapped(&staging, n)?));
             done += n;
         }
         Ok(out)
+    }
+
+    /// Maps a read-back buffer, copies `len` bytes out and unmaps it.
+    pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        let slice = buffer.slice(0..len);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for read-back: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Device("read-back callback dropped".into()))?
+            .map_err(|e| Error::Device(format!("mapping the read-back buffer: {e}")))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Device(format!("mapped range: {e}")))?
+            .to_vec();
+        buffer.unmap();
+        Ok(data)
     }
 }

@@ -1,0 +1,81 @@
+//! A network prepared for the CPU: convolutions on the fast path with their weights laid out
+//! once, the other ops from the reference.
+
+use std::time::{Duration, Instant};
+
+use ndarray::{Array4, ArrayView4};
+
+use crate::cpu::fast::CpuConv2d;
+use crate::cpu::reference;
+use crate::error::Result;
+use crate::net::{Network, Op};
+
+enum Step {
+    Conv(CpuConv2d),
+    Other(Op),
+}
+
+/// A network ready to run on the CPU (any input size the network accepts).
+pub struct CpuPlan {
+    steps: Vec<(String, Step)>,
+    network: Network,
+}
+
+impl CpuPlan {
+    /// Prepares every layer of `network`.
+    pub fn new(network: &Network) -> Result<Self> {
+        let mut steps = Vec::with_capacity(network.layers().len());
+        for l in network.layers() {
+            let step = match &l.op {
+                Op::Conv { spec, weight, bias } => Step::Conv(CpuConv2d::new(
+                    *spec,
+                    weight.view(),
+                    bias.as_ref().map(|b| b.view()),
+                )?),
+                other => Step::Other(other.clone()),
+            };
+            steps.push((l.name.clone(), step));
+        }
+        Ok(Self {
+            steps,
+            network: network.clone(),
+        })
+    }
+
+    /// Runs the network.
+    pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
+        Ok(self.run(input, false)?.0)
+    }
+
+    /// Runs the network and times every layer.
+    pub fn forward_profiled(
+        &self,
+        input: ArrayView4<f32>,
+    ) -> Result<(Array4<f32>, Vec<(String, Duration)>)> {
+        self.run(input, true)
+    }
+
+    fn run(
+        &self,
+        input: ArrayView4<f32>,
+        timed: bool,
+    ) -> Result<(Array4<f32>, Vec<(String, Duration)>)> {
+        let d = input.dim();
+        // Validates the input size against every layer (errors name the layer).
+        self.network
+            .shapes(crate::spec::Shape::new(d.0, d.1, d.2, d.3))?;
+        let mut times = Vec::new();
+        let mut x = input.to_owned();
+        for (name, step) in &self.steps {
+            let start = Instant::now();
+            x = match step {
+                Step::Conv(conv) => conv.forward(x.view())?,
+                Step::Other(op) => reference::apply(op, x.view())?,
+            };
+            if timed {
+                times.push((name.clone(), start.elapsed()));
+            }
+        }
+        Ok((x, times))
+    }
+}

@@ -1,0 +1,385 @@
+//! A network compiled for the GPU at one input shape: weights uploaded, pipelines, bind groups
+//! and buffers created once; a forward pass is one queue submission and one read-back.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ndarray::{Array4, ArrayView4};
+
+use crate::error::{Error, Result};
+use crate::gpu::ops::{Dispatch, prepare_max_pool_buffers, prepare_relu_buffers};
+use crate::gpu::output_ops::{GpuDeconv2d, prepare_per_pixel, prepare_zoom};
+use crate::gpu::{Gpu, GpuConv2d, Kernel};
+use crate::net::{Network, Op};
+use crate::spec::Shape;
+
+struct PlannedLayer {
+    name: String,
+    output: Shape,
+    dispatches: Vec<Dispatch>,
+}
+
+struct Timestamps {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
+/// Per-layer times of one forward pass.
+#[derive(Clone, Debug)]
+pub struct LayerTimes {
+    /// `(layer name, time)` in order.
+    pub layers: Vec<(String, Duration)>,
+    /// Whether the times come from GPU timestamp queries (otherwise the pass was run layer by
+    /// layer with a wait after each, timed on the host).
+    pub from_timestamps: bool,
+}
+
+/// A network compiled for one GPU and one input shape.
+///
+/// Activations live in two buffers used in turn (each as large as the largest activation), so
+/// peak memory is the weights plus the input plus two activations. `forward` may be called from
+/// several threads; passes are serialised.
+pub struct GpuPlan<'g> {
+    gpu: &'g Gpu,
+    input_shape: Shape,
+    input: wgpu::Buffer,
+    activations: Vec<wgpu::Buffer>,
+    staging: wgpu::Buffer,
+    layers: Vec<PlannedLayer>,
+    timestamps: Option<Timestamps>,
+    weight_bytes: u64,
+    peak_bytes: u64,
+    pass: Mutex<()>,
+    // Keep the weights alive for the bind groups' sake (they hold them too; this documents it).
+    _convs: Vec<GpuConv2d>,
+    _deconvs: Vec<GpuDeconv2d>,
+}
+
+impl<'g> GpuPlan<'g> {
+    /// Compiles `network` for inputs of shape `input_shape`.
+    pub fn new(gpu: &'g Gpu, network: &Network, input_shape: Shape) -> Result<Self> {
+        let shapes = network.shapes(input_shape)?;
+        if shapes.is_empty() {
+            return Err(Error::InvalidSpec {
+                context: network.name().into(),
+                reason: "the network has no layers".into(),
+            });
+        }
+        let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let input = gpu.create_buffer("plan input", input_shape.bytes(), usage)?;
+        let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
+        let activations = (0..ping_pong)
+            .map(|i| gpu.create_buffer(&format!("plan activation {i}"), largest, usage))
+            .collect::<Result<Vec<_>>>()?;
+        let output_shape = shapes[shapes.len() - 1];
+        let staging = gpu.create_buffer(
+            "plan read-back",
+            output_shape.bytes(),
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+
+        let mut layers = Vec::with_capacity(shapes.len());
+        let mut convs = Vec::new();
+        let mut deconvs = Vec::new();
+        let mut weight_bytes = 0;
+        let mut in_shape = input_shape;
+        for (i, (layer, &out_shape)) in network.layers().iter().zip(&shapes).enumerate() {
+            let src = if i == 0 {
+                &input
+            } else {
+                &activations[(i - 1) % ping_pong]
+            };
+            let dst = &activations[i % ping_pong];
+            let named = |e: Error| match e {
+                Error::ExceedsDeviceLimits {
+                    what,
+                    bytes,
+                    limit_name,
+                    limit,
+                } => Error::ExceedsDeviceLimits {
+                    what: format!("layer {}: {what}", layer.name),
+                    bytes,
+                    limit_name,
+                    limit,
+                },
+                other => other,
+            };
+            let dispatches = match &layer.op {
+                Op::Conv { spec, weight, bias } => {
+                    let conv =
+                        GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))?;
+                    weight_bytes += conv.weight_bytes();
+                    let d = conv
+                        .prepare_buffers(gpu, src, in_shape, dst, out_shape)
+                        .map_err(named)?;
+                    convs.push(conv);
+                    d
+                }
+                Op::Deconv { spec, weight } => {
+                    let deconv = GpuDeconv2d::new(gpu, *spec, weight.view())?;
+                    weight_bytes += deconv.weight_bytes();
+                    let d = deconv
+                        .prepare_buffers(gpu, src, in_shape, dst, out_shape)
+                        .map_err(named)?;
+                    deconvs.push(deconv);
+                    d
+                }
+                Op::MaxPool(p) => prepare_max_pool_buffers(gpu, p, src, in_shape, dst, out_shape)
+                    .map_err(named)?,
+                Op::Relu => {
+                    prepare_relu_buffers(gpu, src, in_shape, dst, out_shape).map_err(named)?
+                }
+                Op::Softmax => {
+                    prepare_per_pixel(gpu, Kernel::Softmax, src, in_shape, dst).map_err(named)?
+                }
+                Op::Zoom(z) => {
+                    prepare_zoom(gpu, z, src, in_shape, dst, out_shape).map_err(named)?
+                }
+            };
+            layers.push(PlannedLayer {
+                name: layer.name.clone(),
+                output: out_shape,
+                dispatches,
+            });
+            in_shape = out_shape;
+        }
+
+        let timestamps = if gpu.has_timestamps() {
+            let count = 2 * layers.len() as u32;
+            let queries = gpu.scoped("timestamp queries", 0, || {
+                gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("plan timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count,
+                })
+            })?;
+            let bytes = count as u64 * 8;
+            let resolved = gpu.create_buffer(
+                "timestamps",
+                bytes,
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            )?;
+            let staging = gpu.create_buffer(
+                "timestamp read-back",
+                bytes,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?;
+            Some(Timestamps {
+                queries,
+                resolved,
+                staging,
+            })
+        } else {
+            None
+        };
+
+        let peak_bytes = input.size()
+            + activations.iter().map(|b| b.size()).sum::<u64>()
+            + staging.size()
+            + weight_bytes
+            + timestamps
+                .as_ref()
+                .map_or(0, |t| t.resolved.size() + t.staging.size());
+        Ok(Self {
+            gpu,
+            input_shape,
+            input,
+            activations,
+            staging,
+            layers,
+            timestamps,
+            weight_bytes,
+            peak_bytes,
+            pass: Mutex::new(()),
+            _convs: convs,
+            _deconvs: deconvs,
+        })
+    }
+
+    /// The input shape the plan was compiled for.
+    pub fn input_shape(&self) -> Shape {
+        self.input_shape
+    }
+
+    /// The output shape.
+    pub fn output_shape(&self) -> Shape {
+        self.layers.last().map_or(self.input_shape, |l| l.output)
+    }
+
+    /// Bytes of GPU memory the plan holds: weights, input, the two activation buffers and the
+    /// read-back buffer.
+    pub fn peak_memory(&self) -> u64 {
+        self.peak_bytes
+    }
+
+    /// Bytes of weights on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// Number of dispatches per forward pass.
+    pub fn dispatch_count(&self) -> usize {
+        self.layers.iter().map(|l| l.dispatches.len()).sum()
+    }
+
+    /// Runs the network on an input of the compiled shape.
+    pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
+        Ok(self.run(input, false)?.0)
+    }
+
+    /// Runs the network and measures each layer: with GPU timestamp queries where the adapter
+    /// has them (still one submission), otherwise layer by layer with a wait after each.
+    pub fn forward_profiled(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
+        if self.timestamps.is_none() {
+            return self.run_layer_by_layer(input);
+        }
+        let (out, times) = self.run(input, true)?;
+        Ok((
+            out,
+            times.unwrap_or(LayerTimes {
+                layers: Vec::new(),
+                from_timestamps: true,
+            }),
+        ))
+    }
+
+    fn check_input(&self, input: &ArrayView4<f32>) -> Result<()> {
+        let d = input.dim();
+        let got = Shape::new(d.0, d.1, d.2, d.3);
+        if got != self.input_shape {
+            return Err(Error::ShapeMismatch {
+                context: "plan input".into(),
+                left_name: "input",
+                left: got.dims().to_vec(),
+                right_name: "compiled input shape",
+                right: self.input_shape.dims().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn upload(&self, input: &ArrayView4<f32>) -> Result<()> {
+        match input.as_slice() {
+            Some(s) => self.gpu.write_f32(&self.input, 0, s),
+            None => self
+                .gpu
+                .write_f32(&self.input, 0, &input.iter().copied().collect::<Vec<_>>()),
+        }
+    }
+
+    fn output_buffer(&self) -> &wgpu::Buffer {
+        &self.activations[(self.layers.len() - 1) % self.activations.len()]
+    }
+
+    fn run(
+        &self,
+        input: ArrayView4<f32>,
+        timed: bool,
+    ) -> Result<(Array4<f32>, Option<LayerTimes>)> {
+        self.check_input(&input)?;
+        let _pass = self
+            .pass
+            .lock()
+            .map_err(|_| Error::Device("a previous forward pass panicked".into()))?;
+        self.upload(&input)?;
+        let gpu = self.gpu;
+        let ts = if timed {
+            self.timestamps.as_ref()
+        } else {
+            None
+        };
+        let out_bytes = self.output_shape().bytes();
+        let commands = gpu.scoped("recording the forward pass", 0, || {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            for (i, layer) in self.layers.iter().enumerate() {
+                let timestamp_writes = ts.map(|t| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.queries,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                });
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(&layer.name),
+                    timestamp_writes,
+                });
+                gpu.record(&mut pass, &layer.dispatches);
+            }
+            encoder.copy_buffer_to_buffer(self.output_buffer(), 0, &self.staging, 0, out_bytes);
+            if let Some(t) = ts {
+                encoder.resolve_query_set(
+                    &t.queries,
+                    0..2 * self.layers.len() as u32,
+                    &t.resolved,
+                    0,
+                );
+                encoder.copy_buffer_to_buffer(&t.resolved, 0, &t.staging, 0, t.resolved.size());
+            }
+            encoder.finish()
+        })?;
+        gpu.submit_and_wait(commands)?;
+        let data = gpu.read_mapped(&self.staging, out_bytes)?;
+        let out = Array4::from_shape_vec(
+            self.output_shape().dims(),
+            bytemuck::cast_slice::<u8, f32>(&data).to_vec(),
+        )
+        .map_err(|e| Error::Device(format!("read-back: {e}")))?;
+        let times = match ts {
+            Some(t) => {
+                let raw = gpu.read_mapped(&t.staging, t.staging.size())?;
+                let ticks: &[u64] = bytemuck::cast_slice(&raw);
+                let period = gpu.queue.get_timestamp_period() as f64;
+                let layers = self
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+                        (l.name.clone(), Duration::from_nanos(dt as u64))
+                    })
+                    .collect();
+                Some(LayerTimes {
+                    layers,
+                    from_timestamps: true,
+                })
+            }
+            None => None,
+        };
+        Ok((out, times))
+    }
+
+    fn run_layer_by_layer(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
+        self.check_input(&input)?;
+        let _pass = self
+            .pass
+            .lock()
+            .map_err(|_| Error::Device("a previous forward pass panicked".into()))?;
+        self.upload(&input)?;
+        self.gpu.submit_and_wait(
+            self.gpu
+                .device
+                .create_command_encoder(&Default::default())
+                .finish(),
+        )?;
+        let mut times = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let start = Instant::now();
+            self.gpu.run(&layer.dispatches)?;
+            times.push((layer.name.clone(), start.elapsed()));
+        }
+        let raw = self
+            .gpu
+            .read_f32(self.output_buffer(), 0, self.output_shape().len())?;
+        let out = Array4::from_shape_vec(self.output_shape().dims(), raw)
+            .map_err(|e| Error::Device(format!("read-back: {e}")))?;
+        Ok((
+            out,
+            LayerTimes {
+                layers: times,
+                from_timestamps: false,
+            },
+        ))
+    }
+}
