@@ -161,9 +161,8 @@ impl Model {
             options.seed ^ 0xc0,
         )
         .prefix(info.context_prefix);
-        if self == Model::PascalVoc {
-            context = context.padding(ContextPadding::FirstLayer);
-        }
+        let release_padding = if self == Model::PascalVoc { ContextPadding::FirstLayer } else { ContextPadding::Same };
+        context = context.padding(options.context_padding.unwrap_or(release_padding));
         let mut b = FrontEnd {
             classes: info.classes,
             width_divisor: options.width_divisor,
@@ -194,6 +193,9 @@ pub struct PresetOptions {
     pub seed: u64,
     /// Noise of the large context module's identity initialisation.
     pub context_sigma: f32,
+    /// Padding of the context module; `None` follows the released model (VOC pads its first
+    /// layer by 33 and the rest by 0, the others pad every layer by its dilation).
+    pub context_padding: Option<ContextPadding>,
 }
 
 impl Default for PresetOptions {
@@ -202,6 +204,7 @@ impl Default for PresetOptions {
             width_divisor: 1,
             seed: 0,
             context_sigma: 0.01,
+            context_padding: None,
         }
     }
 }
