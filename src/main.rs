@@ -11,7 +11,11 @@ use dilated::{Gpu, Shape};
 use ndarray::Array4;
 
 #[derive(Parser)]
-#[command(name = "dilated", version, about = "Dilated-convolution networks on any GPU, checked against the CPU")]
+#[command(
+    name = "dilated",
+    version,
+    about = "Dilated-convolution networks on any GPU, checked against the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,12 +48,19 @@ struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        Self { model: "dilation8_pascal_voc".into(), width_divisor: 8, size: (500, 500), seed: 1 }
+        Self {
+            model: "dilation8_pascal_voc".into(),
+            width_divisor: 8,
+            size: (500, 500),
+            seed: 1,
+        }
     }
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
-    let (h, w) = s.split_once(['x', 'X']).ok_or_else(|| format!("expected HxW, got {s:?}"))?;
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected HxW, got {s:?}"))?;
     let parse = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
     Ok((parse(h)?, parse(w)?))
 }
@@ -73,7 +84,9 @@ fn main() -> ExitCode {
 fn info() -> Result<(), dilated::Error> {
     let adapters = dilated::gpu::list_adapters(wgpu::Backends::all());
     if adapters.is_empty() {
-        return Err(dilated::Error::NoAdapter { detail: String::new() });
+        return Err(dilated::Error::NoAdapter {
+            detail: String::new(),
+        });
     }
     for a in adapters {
         println!("{a}\n");
@@ -94,7 +107,11 @@ fn generated_input(shape: Shape, seed: u64) -> Array4<f32> {
 
 fn demo(args: &DemoArgs) -> Result<(), dilated::Error> {
     let model = Model::from_name(&args.model)?;
-    let options = PresetOptions { width_divisor: args.width_divisor, seed: args.seed, ..Default::default() };
+    let options = PresetOptions {
+        width_divisor: args.width_divisor,
+        seed: args.seed,
+        ..Default::default()
+    };
     let net = model.build(&options)?;
     let shape = Shape::new(1, 3, args.size.0, args.size.1);
     let report = net.report(shape)?;
@@ -125,7 +142,7 @@ fn demo(args: &DemoArgs) -> Result<(), dilated::Error> {
         "\n{:<12} {:<8} {:>18} {:>6} {:>9} {:>10} {:>10}",
         "layer", "op", "output", "RF", "GFLOP", "GPU ms", "CPU ms"
     );
-    for ((r, (_, g)), (_, c)) in report.iter().zip(&gpu_times.layers).zip(&cpu_times) {
+    for ((r, (_, g)), (_, c)) in report.iter().zip(&gpu_times.layers).zip(&cpu_times.layers) {
         println!(
             "{:<12} {:<8} {:>18} {:>6} {:>9.3} {:>10.2} {:>10.2}",
             r.name,
@@ -139,10 +156,17 @@ fn demo(args: &DemoArgs) -> Result<(), dilated::Error> {
     }
     let flops: u64 = report.iter().map(|r| r.flops).sum();
     let max_ref = cpu_out.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let max_diff = gpu_out.iter().zip(&cpu_out).fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+    let max_diff = gpu_out
+        .iter()
+        .zip(&cpu_out)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
     let labels_gpu = dilated::cpu::reference::argmax(gpu_out.view());
     let labels_cpu = dilated::cpu::reference::argmax(cpu_out.view());
-    let same = labels_gpu.iter().zip(&labels_cpu).filter(|(a, b)| a == b).count();
+    let same = labels_gpu
+        .iter()
+        .zip(&labels_cpu)
+        .filter(|(a, b)| a == b)
+        .count();
     println!(
         "\ntotal {:.2} GFLOP; GPU {:.1} ms ({:.2} GFLOP/s, plan built in {:.0} ms, peak GPU memory {:.1} MiB); CPU {:.1} ms ({:.2} GFLOP/s)",
         flops as f64 / 1e9,
@@ -159,7 +183,11 @@ fn demo(args: &DemoArgs) -> Result<(), dilated::Error> {
         cpu_out.len(),
         same,
         labels_cpu.len(),
-        if gpu_times.from_timestamps { "GPU layer times from timestamp queries" } else { "GPU layer times measured layer by layer" }
+        if gpu_times.from_timestamps {
+            "GPU layer times from timestamp queries"
+        } else {
+            "GPU layer times measured layer by layer"
+        }
     );
     Ok(())
 }

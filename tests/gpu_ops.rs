@@ -194,7 +194,7 @@ fn weight_over_one_binding_is_split_over_output_channels() {
     let gpu = gpu();
     let spec = Conv2d::new(6000, 6000, 1).with_relu(true);
     assert!(spec.weight_len() as u64 * 4 > 128 << 20);
-    let limit = gpu.limits().max_storage_buffer_binding_size as u64;
+    let limit = gpu.limits().max_storage_buffer_binding_size;
     if spec.weight_len() as u64 * 4 <= limit {
         eprintln!("adapter binds {limit} bytes; this case does not exceed it here");
     }

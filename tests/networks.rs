@@ -13,7 +13,11 @@ use ndarray::Array4;
 /// Fails if any element differs from the input by more than `tol`.
 fn assert_identity(got: &Array4<f32>, want: &Array4<f32>, tol: f32, what: &str) {
     assert_eq!(got.dim(), want.dim(), "{what}");
-    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst <= tol, "{what}: max deviation {worst:e}");
 }
 
@@ -23,8 +27,16 @@ fn identity_initialised_context_modules_pass_non_negative_input_through() {
     let cases = [
         ("basic", ContextModule::basic(5)),
         ("large sigma 0", ContextModule::large(3).sigma(0.0, 1)),
-        ("basic cityscapes dilations", ContextModule::basic(4).dilations(&[1, 1, 2, 4, 8, 16, 32, 64, 1])),
-        ("large, VOC padding", ContextModule::large(2).sigma(0.0, 1).padding(ContextPadding::FirstLayer)),
+        (
+            "basic cityscapes dilations",
+            ContextModule::basic(4).dilations(&[1, 1, 2, 4, 8, 16, 32, 64, 1]),
+        ),
+        (
+            "large, VOC padding",
+            ContextModule::large(2)
+                .sigma(0.0, 1)
+                .padding(ContextPadding::FirstLayer),
+        ),
     ];
     for (i, (what, module)) in cases.into_iter().enumerate() {
         let net = module.build().unwrap();
@@ -33,7 +45,12 @@ fn identity_initialised_context_modules_pass_non_negative_input_through() {
         let cpu = CpuPlan::new(&net).unwrap().forward(x.view()).unwrap();
         assert_identity(&cpu, &x, 1e-6, &format!("{what} (CPU)"));
         let plan = GpuPlan::new(gpu, &net, Shape::from(shape)).unwrap();
-        assert_identity(&plan.forward(x.view()).unwrap(), &x, 1e-6, &format!("{what} (GPU)"));
+        assert_identity(
+            &plan.forward(x.view()).unwrap(),
+            &x,
+            1e-6,
+            &format!("{what} (GPU)"),
+        );
     }
 }
 
@@ -43,7 +60,11 @@ fn large_module_with_noise_is_no_longer_the_identity() {
     let net = ContextModule::large(3).sigma(0.01, 7).build().unwrap();
     let x = random4(&mut rng(1200), [1, 3, 16, 16]).mapv(f32::abs);
     let y = CpuPlan::new(&net).unwrap().forward(x.view()).unwrap();
-    let worst = y.iter().zip(&x).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = y
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst > 1e-3, "noise had no effect ({worst:e})");
 }
 
@@ -55,11 +76,18 @@ fn compare_scores(gpu_out: &Array4<f32>, cpu_out: &Array4<f32>, what: &str) {
     for b in 0..n {
         for y in 0..h {
             for x in 0..w {
-                let argmax = |a: &Array4<f32>| (0..c).max_by(|&i, &j| a[[b, i, y, x]].total_cmp(&a[[b, j, y, x]])).unwrap();
+                let argmax = |a: &Array4<f32>| {
+                    (0..c)
+                        .max_by(|&i, &j| a[[b, i, y, x]].total_cmp(&a[[b, j, y, x]]))
+                        .unwrap()
+                };
                 let (g, k) = (argmax(gpu_out), argmax(cpu_out));
                 if g != k {
                     let gap = (cpu_out[[b, g, y, x]] - cpu_out[[b, k, y, x]]).abs();
-                    assert!(gap <= 1e-4, "{what}: labels {g} vs {k} at ({b},{y},{x}) differ by {gap}");
+                    assert!(
+                        gap <= 1e-4,
+                        "{what}: labels {g} vs {k} at ({b},{y},{x}) differ by {gap}"
+                    );
                 }
             }
         }
@@ -70,7 +98,13 @@ fn compare_scores(gpu_out: &Array4<f32>, cpu_out: &Array4<f32>, what: &str) {
 fn every_preset_agrees_between_gpu_and_cpu() {
     let gpu = gpu();
     for (i, model) in Model::ALL.into_iter().enumerate() {
-        let net = model.build(&PresetOptions { width_divisor: 16, seed: 3 + i as u64, ..Default::default() }).unwrap();
+        let net = model
+            .build(&PresetOptions {
+                width_divisor: 16,
+                seed: 3 + i as u64,
+                ..Default::default()
+            })
+            .unwrap();
         // The smallest useful input (373 px gives a single output pixel), non-square.
         let shape = Shape::new(1, 3, 397, 389);
         let x = random4(&mut rng(1300 + i as u64), shape.dims()).mapv(|v| v * 100.0);
@@ -88,7 +122,13 @@ fn every_preset_agrees_between_gpu_and_cpu() {
 #[test]
 fn plan_reuse_equals_fresh_plans_and_peak_memory_is_below_the_sum_of_activations() {
     let gpu = gpu();
-    let net = Model::CamVid.build(&PresetOptions { width_divisor: 32, seed: 9, ..Default::default() }).unwrap();
+    let net = Model::CamVid
+        .build(&PresetOptions {
+            width_divisor: 32,
+            seed: 9,
+            ..Default::default()
+        })
+        .unwrap();
     let shape = Shape::new(1, 3, 381, 390);
     let a = random4(&mut rng(1400), shape.dims()).mapv(|v| v * 50.0);
     let b = random4(&mut rng(1401), shape.dims()).mapv(|v| v * 50.0);
@@ -96,16 +136,36 @@ fn plan_reuse_equals_fresh_plans_and_peak_memory_is_below_the_sum_of_activations
     let ya = plan.forward(a.view()).unwrap();
     let yb = plan.forward(b.view()).unwrap();
     assert_ne!(ya, yb, "different inputs gave the same output");
-    assert_eq!(ya, GpuPlan::new(gpu, &net, shape).unwrap().forward(a.view()).unwrap());
-    assert_eq!(yb, GpuPlan::new(gpu, &net, shape).unwrap().forward(b.view()).unwrap());
-    let activations: u64 = net.report(shape).unwrap().iter().map(|r| r.activation_bytes).sum();
+    assert_eq!(
+        ya,
+        GpuPlan::new(gpu, &net, shape)
+            .unwrap()
+            .forward(a.view())
+            .unwrap()
+    );
+    assert_eq!(
+        yb,
+        GpuPlan::new(gpu, &net, shape)
+            .unwrap()
+            .forward(b.view())
+            .unwrap()
+    );
+    let activations: u64 = net
+        .report(shape)
+        .unwrap()
+        .iter()
+        .map(|r| r.activation_bytes)
+        .sum();
     assert!(
         plan.peak_memory() < activations + plan.weight_bytes(),
         "peak {} vs activations {activations} + weights {}",
         plan.peak_memory(),
         plan.weight_bytes()
     );
-    assert!(plan.peak_memory() - plan.weight_bytes() < activations, "activation memory is not reused");
+    assert!(
+        plan.peak_memory() - plan.weight_bytes() < activations,
+        "activation memory is not reused"
+    );
 }
 
 #[test]
@@ -134,14 +194,23 @@ fn builder_errors_name_the_layer() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    let net = Model::Kitti.build(&PresetOptions { width_divisor: 64, ..Default::default() }).unwrap();
+    let net = Model::Kitti
+        .build(&PresetOptions {
+            width_divisor: 64,
+            ..Default::default()
+        })
+        .unwrap();
     let err = net.shapes(Shape::new(1, 3, 300, 500)).unwrap_err();
     match &err {
-        Error::Layer { layer, .. } => assert!(layer.starts_with("conv") || layer == "fc6", "{layer}"),
+        Error::Layer { layer, .. } => {
+            assert!(layer.starts_with("conv") || layer == "fc6", "{layer}")
+        }
         other => panic!("unexpected {other:?}"),
     }
     assert!(err.to_string().contains("too small"), "{err}");
-    let err = GpuPlan::new(gpu(), &net, Shape::new(1, 3, 100, 100)).err().expect("too small");
+    let err = GpuPlan::new(gpu(), &net, Shape::new(1, 3, 100, 100))
+        .err()
+        .expect("too small");
     assert!(matches!(err, Error::Layer { .. }), "{err:?}");
 }
 
@@ -158,31 +227,66 @@ fn full_size_presets_match_the_published_costs() {
     for (model, gflop, mparams, mib) in table {
         // The published costs pad every context layer by its dilation.
         let same = Some(ContextPadding::Same);
-        let net = model.build(&PresetOptions { context_padding: same, ..Default::default() }).unwrap();
+        let net = model
+            .build(&PresetOptions {
+                context_padding: same,
+                ..Default::default()
+            })
+            .unwrap();
         let (h, w) = model.info().input_size;
         let report = net.report(Shape::new(1, 3, h, w)).unwrap();
         let flops: u64 = report.iter().map(|r| r.flops).sum();
         let params = net.params() as f64 / 1e6;
-        let largest = report.iter().map(|r| r.activation_bytes).max().unwrap() as f64 / (1 << 20) as f64;
+        let largest =
+            report.iter().map(|r| r.activation_bytes).max().unwrap() as f64 / (1 << 20) as f64;
         let g = flops as f64 / 1e9;
-        assert!((g - gflop).abs() / gflop < 0.005, "{}: {g:.1} GFLOP vs {gflop}", model.name());
-        assert!((params - mparams).abs() < 0.06, "{}: {params:.3} M params vs {mparams}", model.name());
-        assert!((largest - mib).abs() < 1.0, "{}: {largest:.1} MiB vs {mib}", model.name());
+        assert!(
+            (g - gflop).abs() / gflop < 0.005,
+            "{}: {g:.1} GFLOP vs {gflop}",
+            model.name()
+        );
+        assert!(
+            (params - mparams).abs() < 0.06,
+            "{}: {params:.3} M params vs {mparams}",
+            model.name()
+        );
+        assert!(
+            (largest - mib).abs() < 1.0,
+            "{}: {largest:.1} MiB vs {mib}",
+            model.name()
+        );
     }
     let voc = Model::PascalVoc.build(&PresetOptions::default()).unwrap();
     // VGG-16's 13 convolutions, fc6, fc7, fc-final, then the large context module (C = 21).
     let vgg = 14_714_688;
     let fc = (4096 * 512 * 49 + 4096) + (4096 * 4096 + 4096) + (21 * 4096 + 21);
     let widths = [21usize, 42, 42, 84, 168, 336, 672, 672];
-    let context: usize = (0..7).map(|i| widths[i] * widths[i + 1] * 9 + widths[i + 1]).sum::<usize>() + 672 * 21 + 21;
+    let context: usize = (0..7)
+        .map(|i| widths[i] * widths[i + 1] * 9 + widths[i + 1])
+        .sum::<usize>()
+        + 672 * 21
+        + 21;
     assert_eq!(voc.params(), vgg + fc + context);
     // The VOC release pads its first context layer by 33 and the rest by 0, so the context
     // layers run on larger maps (130, 128, 124, 116, 100, 68, 66 px) than with "same" padding.
-    let same = Model::PascalVoc.build(&PresetOptions { context_padding: Some(ContextPadding::Same), ..Default::default() }).unwrap();
-    let total = |n: &Network| n.report(Shape::new(1, 3, 900, 900)).unwrap().iter().map(|r| r.flops).sum::<u64>();
+    let same = Model::PascalVoc
+        .build(&PresetOptions {
+            context_padding: Some(ContextPadding::Same),
+            ..Default::default()
+        })
+        .unwrap();
+    let total = |n: &Network| {
+        n.report(Shape::new(1, 3, 900, 900))
+            .unwrap()
+            .iter()
+            .map(|r| r.flops)
+            .sum::<u64>()
+    };
     let widths = widths.map(|w| w as u64);
     let release_sizes = [130u64, 128, 124, 116, 100, 68, 66];
-    let extra: u64 = (0..7).map(|i| 2 * 9 * widths[i] * widths[i + 1] * (release_sizes[i].pow(2) - 66 * 66)).sum();
+    let extra: u64 = (0..7)
+        .map(|i| 2 * 9 * widths[i] * widths[i + 1] * (release_sizes[i].pow(2) - 66 * 66))
+        .sum();
     assert_eq!(total(&voc) - total(&same), extra);
     let fc6 = voc.layer("fc6").unwrap();
     assert_eq!(fc6.op.params(), 4096 * 512 * 49 + 4096);

@@ -1,7 +1,7 @@
 //! A network prepared for the CPU: convolutions on the fast path with their weights laid out
 //! once, the other ops from the reference.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ndarray::{Array4, ArrayView4};
 
@@ -9,6 +9,7 @@ use crate::cpu::fast::CpuConv2d;
 use crate::cpu::reference;
 use crate::error::Result;
 use crate::net::{Network, Op};
+use crate::plan::LayerTimes;
 
 enum Step {
     Conv(CpuConv2d),
@@ -47,19 +48,12 @@ impl CpuPlan {
         Ok(self.run(input, false)?.0)
     }
 
-    /// Runs the network and times every layer.
-    pub fn forward_profiled(
-        &self,
-        input: ArrayView4<f32>,
-    ) -> Result<(Array4<f32>, Vec<(String, Duration)>)> {
+    /// Runs the network and times every layer on the host.
+    pub fn forward_profiled(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
         self.run(input, true)
     }
 
-    fn run(
-        &self,
-        input: ArrayView4<f32>,
-        timed: bool,
-    ) -> Result<(Array4<f32>, Vec<(String, Duration)>)> {
+    fn run(&self, input: ArrayView4<f32>, timed: bool) -> Result<(Array4<f32>, LayerTimes)> {
         let d = input.dim();
         // Validates the input size against every layer (errors name the layer).
         self.network
@@ -76,6 +70,12 @@ impl CpuPlan {
                 times.push((name.clone(), start.elapsed()));
             }
         }
-        Ok((x, times))
+        Ok((
+            x,
+            LayerTimes {
+                layers: times,
+                from_timestamps: false,
+            },
+        ))
     }
 }

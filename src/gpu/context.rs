@@ -277,7 +277,7 @@ impl Gpu {
     /// Largest number of f32 elements one storage binding may hold, leaving room for the
     /// offset alignment of a window.
     pub(crate) fn max_binding_elems(&self) -> usize {
-        let bytes = self.limits.max_storage_buffer_binding_size as u64;
+        let bytes = self.limits.max_storage_buffer_binding_size;
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         ((bytes - align) / 4) as usize
     }

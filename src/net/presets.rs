@@ -161,7 +161,11 @@ impl Model {
             options.seed ^ 0xc0,
         )
         .prefix(info.context_prefix);
-        let release_padding = if self == Model::PascalVoc { ContextPadding::FirstLayer } else { ContextPadding::Same };
+        let release_padding = if self == Model::PascalVoc {
+            ContextPadding::FirstLayer
+        } else {
+            ContextPadding::Same
+        };
         context = context.padding(options.context_padding.unwrap_or(release_padding));
         let mut b = FrontEnd {
             classes: info.classes,
