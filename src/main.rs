@@ -28,6 +28,31 @@ enum Command {
     Demo(DemoArgs),
     /// Lists every adapter wgpu sees, with the limits that matter here.
     Info,
+    /// Times a whole network on the GPU and the CPU with a per-layer table.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Preset to run.
+    #[arg(long, default_value = "dilation10_cityscapes")]
+    model: String,
+    /// Divides every front-end width by this (1 = the released size).
+    #[arg(long, default_value_t = 1)]
+    width_divisor: usize,
+    /// Input height and width; defaults to the model's deploy size.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(usize, usize)>,
+    /// Timed forward passes per backend (after one warm-up pass).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Skip the CPU side.
+    #[arg(long)]
+    no_cpu: bool,
+    /// Only build the plan's description: shapes, costs and peak GPU memory, no arithmetic and
+    /// no device needed.
+    #[arg(long)]
+    plan_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +96,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
         Command::Demo(args) => demo(&args),
         Command::Info => info(),
+        Command::Bench(args) => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,5 +215,147 @@ fn demo(args: &DemoArgs) -> Result<(), dilated::Error> {
             "GPU layer times measured layer by layer"
         }
     );
+    Ok(())
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
+    let model = Model::from_name(&args.model)?;
+    let (h, w) = args.size.unwrap_or(model.info().input_size);
+    let shape = Shape::new(1, 3, h, w);
+    let options = PresetOptions {
+        width_divisor: args.width_divisor,
+        ..Default::default()
+    };
+    let net = model.build(&options)?;
+    let report = net.report(shape)?;
+    let flops: u64 = report.iter().map(|r| r.flops).sum();
+    let largest = report.iter().map(|r| r.activation_bytes).max().unwrap_or(0);
+    println!(
+        "{} (widths / {}) at {h}x{w}: {:.1} GFLOP, {:.2} M parameters, largest activation {:.0} MiB",
+        model.name(),
+        args.width_divisor,
+        flops as f64 / 1e9,
+        net.params() as f64 / 1e6,
+        largest as f64 / (1 << 20) as f64
+    );
+    if args.plan_only {
+        let peak = GpuPlan::estimate_memory(&net, shape)?;
+        println!(
+            "{:<14} {:>20} {:>10} {:>12}",
+            "layer", "output", "GFLOP", "activation"
+        );
+        for r in &report {
+            println!(
+                "{:<14} {:>20} {:>10.2} {:>9.1} MiB",
+                r.name,
+                r.output.to_string(),
+                r.flops as f64 / 1e9,
+                r.activation_bytes as f64 / (1 << 20) as f64
+            );
+        }
+        println!(
+            "peak GPU memory of the plan: {:.1} MiB ({peak} bytes)",
+            peak as f64 / (1 << 20) as f64
+        );
+        return Ok(());
+    }
+    let runs = args.runs.max(1);
+    let x = generated_input(shape, 1);
+    let gpu = Gpu::new()?;
+    let plan = GpuPlan::new(&gpu, &net, shape)?;
+    plan.forward(x.view())?;
+    let gpu_runs = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            plan.forward(x.view()).map(|_| t.elapsed())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (_, gpu_layers) = plan.forward_profiled(x.view())?;
+    let gpu_total = median(gpu_runs);
+    let cpu = if args.no_cpu {
+        None
+    } else {
+        let cpu = CpuPlan::new(&net)?;
+        cpu.forward(x.view())?;
+        let cpu_runs = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                cpu.forward(x.view()).map(|_| t.elapsed())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (_, layers) = cpu.forward_profiled(x.view())?;
+        Some((median(cpu_runs), layers))
+    };
+    println!(
+        "adapter: {} ({:?}); peak GPU memory {:.1} MiB",
+        gpu.name(),
+        gpu.adapter().info.backend,
+        plan.peak_memory() as f64 / (1 << 20) as f64
+    );
+    println!(
+        "GPU layer times: {}",
+        if gpu_layers.from_timestamps {
+            "timestamp queries"
+        } else {
+            "host clock, one layer per submission"
+        }
+    );
+    let gpu_sum: f64 = gpu_layers.layers.iter().map(|(_, d)| ms(*d)).sum();
+    let cpu_sum: f64 = cpu
+        .as_ref()
+        .map_or(0.0, |(_, l)| l.layers.iter().map(|(_, d)| ms(*d)).sum());
+    println!(
+        "\n{:<14} {:>20} {:>9} | {:>10} {:>8} {:>6} | {:>10} {:>8} {:>6}",
+        "layer", "output", "GFLOP", "GPU ms", "GFLOP/s", "share", "CPU ms", "GFLOP/s", "share"
+    );
+    for (i, r) in report.iter().enumerate() {
+        let g = ms(gpu_layers.layers[i].1);
+        let gf = r.flops as f64 / 1e9;
+        print!(
+            "{:<14} {:>20} {:>9.2} | {:>10.2} {:>8.1} {:>5.1}% |",
+            r.name,
+            r.output.to_string(),
+            gf,
+            g,
+            gf / g * 1e3,
+            100.0 * g / gpu_sum
+        );
+        match &cpu {
+            Some((_, l)) => {
+                let c = ms(l.layers[i].1);
+                println!(
+                    " {:>10.2} {:>8.1} {:>5.1}%",
+                    c,
+                    gf / c * 1e3,
+                    100.0 * c / cpu_sum
+                );
+            }
+            None => println!(),
+        }
+    }
+    let gf = flops as f64 / 1e9;
+    println!(
+        "\nGPU: {:.1} ms per forward pass (median of {runs}), {:.1} GFLOP/s on {}",
+        ms(gpu_total),
+        gf / gpu_total.as_secs_f64(),
+        gpu.name()
+    );
+    if let Some((t, _)) = cpu {
+        println!(
+            "CPU: {:.1} ms per forward pass (median of {runs}), {:.1} GFLOP/s on {} threads",
+            ms(t),
+            gf / t.as_secs_f64(),
+            rayon::current_num_threads()
+        );
+    }
     Ok(())
 }

@@ -200,6 +200,29 @@ impl<'g> GpuPlan<'g> {
         })
     }
 
+    /// GPU memory a plan for `network` at `input_shape` will hold, computed without a device:
+    /// weights (4 bytes for the placeholder bias of a bias-free layer), the input, the two
+    /// activation buffers and the read-back buffer (timestamp buffers, a few bytes per layer,
+    /// aside).
+    pub fn estimate_memory(network: &Network, input_shape: Shape) -> Result<u64> {
+        let shapes = network.shapes(input_shape)?;
+        let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
+        let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
+        let weights: u64 = network
+            .layers()
+            .iter()
+            .map(|l| match &l.op {
+                Op::Conv { spec, .. } => {
+                    4 * (spec.weight_len() + if spec.bias { spec.out_channels } else { 1 }) as u64
+                }
+                Op::Deconv { spec, .. } => 4 * (spec.channels * spec.kernel * spec.kernel) as u64,
+                _ => 0,
+            })
+            .sum();
+        let output = shapes.last().map_or(4, |s| s.bytes());
+        Ok(input_shape.bytes() + ping_pong * largest + output + weights)
+    }
+
     /// The input shape the plan was compiled for.
     pub fn input_shape(&self) -> Shape {
         self.input_shape

@@ -211,3 +211,20 @@ fn output_tensor_of_the_wrong_shape() {
     let err = conv.forward_into(gpu, &x, &mut out).unwrap_err();
     assert!(err.to_string().contains("[1, 1, 6, 6]"), "{err}");
 }
+
+#[test]
+fn no_matching_adapter_says_how_to_get_one() {
+    let options = dilated::GpuOptions {
+        adapter_name: Some("no adapter is called this".into()),
+        ..Default::default()
+    };
+    let err = dilated::Gpu::with_options(&options)
+        .err()
+        .expect("no such adapter");
+    assert!(matches!(err, Error::NoAdapter { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("mesa-vulkan-drivers") && msg.contains("no adapter is called this"),
+        "{msg}"
+    );
+}

@@ -166,6 +166,12 @@ fn plan_reuse_equals_fresh_plans_and_peak_memory_is_below_the_sum_of_activations
         plan.peak_memory() - plan.weight_bytes() < activations,
         "activation memory is not reused"
     );
+    // The device-free estimate (`dilated bench --plan-only`) agrees, timestamp buffers aside.
+    let estimate = GpuPlan::estimate_memory(&net, shape).unwrap();
+    assert!(
+        plan.peak_memory() >= estimate
+            && plan.peak_memory() - estimate <= 16 * net.layers().len() as u64
+    );
 }
 
 #[test]
