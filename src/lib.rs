@@ -27,6 +27,7 @@ pub mod error;
 pub mod gpu;
 pub mod net;
 pub mod plan;
+pub mod segment;
 pub mod spec;
 
 pub use error::{Error, Result};

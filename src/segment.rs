@@ -1,0 +1,240 @@
+//! Segmenting whole images the way the reference predictor does: BGR mean subtraction,
+//! reflect-101 padding by the front-end's margin, tiles of the model's input size stitched
+//! together, the model's upsampling, argmax, and the dataset's colour palette.
+
+use ndarray::{Array2, Array3, Array4, ArrayView3, s};
+
+use crate::cpu::{CpuPlan, reference};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::net::{Model, ModelInfo, Network, Upsampling};
+use crate::plan::GpuPlan;
+use crate::spec::{Shape, Zoom};
+
+/// Where the network runs.
+pub enum Backend<'g> {
+    /// On a GPU.
+    Gpu(&'g Gpu),
+    /// On the CPU's fast path.
+    Cpu,
+}
+
+enum Runner<'g> {
+    Gpu(&'g Gpu, Box<GpuPlan<'g>>),
+    Cpu(CpuPlan),
+}
+
+/// A segmentation: a label per pixel, and the class probabilities if they were asked for.
+#[derive(Clone, Debug)]
+pub struct Segmentation {
+    /// Class index per pixel, `[height, width]`.
+    pub labels: Array2<u32>,
+    /// Class probabilities `[classes, height, width]`, when requested.
+    pub probabilities: Option<Array3<f32>>,
+}
+
+/// A model ready to segment images of any size, tile by tile.
+pub struct Segmenter<'g> {
+    info: ModelInfo,
+    tile: (usize, usize),
+    runner: Runner<'g>,
+    tile_output: Shape,
+}
+
+/// Index into `0..n` of position `i` reflected about the edges without repeating the edge
+/// pixel (OpenCV's BORDER_REFLECT_101), for any distance outside.
+pub fn reflect101(i: isize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let m = i.rem_euclid(period);
+    (if m < n as isize { m } else { period - m }) as usize
+}
+
+impl<'g> Segmenter<'g> {
+    /// Prepares `network` (built from `model`, with its weights loaded) for tiles of
+    /// `tile` pixels (default: the model's deploy input size).
+    pub fn new(model: Model, network: &Network, backend: Backend<'g>, tile: Option<(usize, usize)>) -> Result<Self> {
+        let info = model.info();
+        let tile = tile.unwrap_or(info.input_size);
+        for (v, what) in [(tile.0, "height"), (tile.1, "width")] {
+            if v <= 2 * info.margin || (v - 2 * info.margin) % 8 != 0 {
+                return Err(Error::InvalidSpec {
+                    context: "tile size".into(),
+                    reason: format!(
+                        "tile {what} {v} must exceed {} and exceed it by a multiple of 8 (e.g. {} or {})",
+                        2 * info.margin,
+                        2 * info.margin + 8 * 16,
+                        info.input_size.0
+                    ),
+                });
+            }
+        }
+        let shape = Shape::new(1, 3, tile.0, tile.1);
+        let tile_output = network.output_shape(shape)?;
+        let runner = match backend {
+            Backend::Gpu(gpu) => Runner::Gpu(gpu, Box::new(GpuPlan::new(gpu, network, shape)?)),
+            Backend::Cpu => Runner::Cpu(CpuPlan::new(network)?),
+        };
+        Ok(Self { info, tile, runner, tile_output })
+    }
+
+    /// Number of tiles an image of this size needs.
+    pub fn tiles(&self, height: usize, width: usize) -> (usize, usize) {
+        let out = (self.tile.0 - 2 * self.info.margin, self.tile.1 - 2 * self.info.margin);
+        (height.div_ceil(out.0), width.div_ceil(out.1))
+    }
+
+    /// The input tile at tile position `(ty, tx)`: mean-subtracted BGR, cut from the image
+    /// reflect-padded by the margin, and reflect-padded again at the bottom/right where the
+    /// padded image ends inside the tile (both as the reference predictor does).
+    fn tile_input(&self, image_bgr: &ArrayView3<f32>, ty: usize, tx: usize) -> Array4<f32> {
+        let (h, w, _) = image_bgr.dim();
+        let m = self.info.margin;
+        let (th, tw) = self.tile;
+        let (oy, ox) = (ty * (th - 2 * m), tx * (tw - 2 * m));
+        let crop_h = th.min(h + 2 * m - oy);
+        let crop_w = tw.min(w + 2 * m - ox);
+        let mean = self.info.mean_bgr;
+        let rows: Vec<usize> = (0..th).map(|y| reflect101((oy + reflect101(y as isize, crop_h)) as isize - m as isize, h)).collect();
+        let cols: Vec<usize> = (0..tw).map(|x| reflect101((ox + reflect101(x as isize, crop_w)) as isize - m as isize, w)).collect();
+        Array4::from_shape_fn((1, 3, th, tw), |(_, c, y, x)| image_bgr[[rows[y], cols[x], c]] - mean[c])
+    }
+
+    fn run_tile(&self, input: &Array4<f32>) -> Result<Array4<f32>> {
+        match &self.runner {
+            Runner::Gpu(_, plan) => plan.forward(input.view()),
+            Runner::Cpu(plan) => plan.forward(input.view()),
+        }
+    }
+
+    /// Segments an image given as `[height, width, 3]` BGR values in 0..255, calling
+    /// `progress(done, total)` after each tile.
+    pub fn segment(
+        &self,
+        image_bgr: ArrayView3<f32>,
+        want_probabilities: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Segmentation> {
+        let (h, w, c) = image_bgr.dim();
+        if h == 0 || w == 0 || c != 3 {
+            return Err(Error::InvalidSpec {
+                context: "image".into(),
+                reason: format!("expected a non-empty HxWx3 image, got {h}x{w}x{c}"),
+            });
+        }
+        let (nty, ntx) = self.tiles(h, w);
+        let o = self.tile_output;
+        let mut stitched = Array4::<f32>::zeros((1, o.c, nty * o.h, ntx * o.w));
+        for ty in 0..nty {
+            for tx in 0..ntx {
+                let out = self.run_tile(&self.tile_input(&image_bgr, ty, tx))?;
+                stitched.slice_mut(s![.., .., ty * o.h..(ty + 1) * o.h, tx * o.w..(tx + 1) * o.w]).assign(&out);
+                progress(ty * ntx + tx + 1, nty * ntx);
+            }
+        }
+        let factor = match self.info.upsampling {
+            Upsampling::Zoom(f) => f,
+            Upsampling::Deconvolution => 1,
+        };
+        let zoom = Zoom { factor };
+        // Full-resolution probabilities (cropped to the image) and labels.
+        let (probs, labels) = match &self.runner {
+            Runner::Gpu(gpu, _) => {
+                let t = gpu.upload(stitched.view())?;
+                let full = if factor > 1 { gpu.zoom(&zoom, &t)? } else { t };
+                let labels = gpu.argmax(&full)?;
+                let probs = if want_probabilities { Some(gpu.download(&full)?) } else { None };
+                (probs, labels)
+            }
+            Runner::Cpu(_) => {
+                let full = if factor > 1 { reference::zoom(stitched.view(), &zoom)? } else { stitched };
+                let labels = reference::argmax(full.view());
+                (want_probabilities.then_some(full), labels)
+            }
+        };
+        Ok(Segmentation {
+            labels: labels.slice(s![0, ..h, ..w]).to_owned(),
+            probabilities: probs.map(|p| p.slice(s![0, .., ..h, ..w]).to_owned()),
+        })
+    }
+}
+
+/// The dataset's colour for each class (RGB).
+pub fn palette(model: Model) -> Vec<[u8; 3]> {
+    match model {
+        Model::PascalVoc => (0..21u32)
+            .map(|i| {
+                // The VOC colour map: bits of the class index spread over the channels.
+                let (mut r, mut g, mut b, mut c) = (0u8, 0u8, 0u8, i);
+                for j in 0..8 {
+                    r |= (((c >> 0) & 1) as u8) << (7 - j);
+                    g |= (((c >> 1) & 1) as u8) << (7 - j);
+                    b |= (((c >> 2) & 1) as u8) << (7 - j);
+                    c >>= 3;
+                }
+                [r, g, b]
+            })
+            .collect(),
+        Model::CamVid | Model::Kitti => vec![
+            [128, 0, 0],
+            [128, 128, 0],
+            [128, 128, 128],
+            [64, 0, 128],
+            [192, 128, 128],
+            [128, 64, 128],
+            [64, 64, 0],
+            [64, 64, 128],
+            [192, 192, 128],
+            [0, 0, 192],
+            [0, 128, 192],
+        ],
+        Model::Cityscapes => vec![
+            [128, 64, 128],
+            [244, 35, 232],
+            [70, 70, 70],
+            [102, 102, 156],
+            [190, 153, 153],
+            [153, 153, 153],
+            [250, 170, 30],
+            [220, 220, 0],
+            [107, 142, 35],
+            [152, 251, 152],
+            [70, 130, 180],
+            [220, 20, 60],
+            [255, 0, 0],
+            [0, 0, 142],
+            [0, 0, 70],
+            [0, 60, 100],
+            [0, 80, 100],
+            [0, 0, 230],
+            [119, 11, 32],
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect101_does_not_repeat_the_edge() {
+        // OpenCV: "gfedcb|abcdefgh|gfedcba"
+        let got: Vec<usize> = (-3..11).map(|i| reflect101(i, 8)).collect();
+        assert_eq!(got, vec![3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 7, 6, 5, 4]);
+        assert_eq!(reflect101(-186, 1), 0);
+        assert_eq!(reflect101(5, 2), 1);
+        assert_eq!(reflect101(-200, 3), reflect101(200, 3));
+    }
+
+    #[test]
+    fn palettes_cover_every_class() {
+        for m in Model::ALL {
+            assert_eq!(palette(m).len(), m.info().classes, "{}", m.name());
+        }
+        let voc = palette(Model::PascalVoc);
+        assert_eq!(voc[1], [128, 0, 0]);
+        assert_eq!(voc[15], [192, 128, 128]);
+    }
+}
