@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod spec;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, GpuTensor};
