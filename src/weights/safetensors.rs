@@ -256,7 +256,7 @@ fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<WeightSet> {
         let Some(weight) = p.weight else {
             return Err(invalid(
                 path,
-                format!("tensor {layer:?}.bias has no matching .weight"),
+                format!("tensor \"{layer}.bias\" has no matching .weight"),
             ));
         };
         let bias = match p.bias {
@@ -267,7 +267,7 @@ fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<WeightSet> {
                     return Err(invalid(
                         path,
                         format!(
-                            "tensor {layer:?}.bias has shape {shape:?} ({} elements) but the \
+                            "tensor \"{layer}.bias\" has shape {shape:?} ({} elements) but the \
                              weight has {out} output channels",
                             values.len()
                         ),
