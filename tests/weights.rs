@@ -393,6 +393,21 @@ fn caffemodel_to_safetensors_round_trip() {
     let from_st = WeightSet::load(&st).unwrap();
     assert_same_set(&from_st, &set);
     assert_same_set(&read_safetensors(&st).unwrap(), &from_st);
+    // The layer order survives too (tensors are written in the set's order).
+    assert_eq!(
+        from_st.names().collect::<Vec<_>>(),
+        set.names().collect::<Vec<_>>()
+    );
+    // Written files get ordinary permissions, like any file created here.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&st), mode(&plain));
+        assert_eq!(mode(&cm), mode(&plain));
+    }
     let bytes = std::fs::read(&st).unwrap();
     assert_same_set(&read_safetensors_bytes(&bytes).unwrap(), &set);
     // PyTorch naming, and the file reads back with the safetensors crate itself.

@@ -4,15 +4,14 @@
 //! tensors are then read one at a time straight from the file into their arrays, so loading
 //! needs about the memory of the arrays, not of the file as well.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use ::safetensors::tensor::{Dtype, Metadata, View};
-use ndarray::{Array1, Array4, ArrayView1, ArrayView4};
+use ::safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use ndarray::{Array1, Array4};
 
-use super::{BYTES_PATH, LayerWeights, WeightSet, open};
+use super::{BYTES_PATH, LayerWeights, WeightSet, open, write_atomic};
 use crate::error::{Error, Result};
 
 const FORMAT: &str = "safetensors";
@@ -44,71 +43,60 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<WeightSet> {
     parse(Cursor::new(bytes), bytes.len() as u64, BYTES_PATH)
 }
 
-/// Writes `weights` as a safetensors file (`<layer>.weight`, `<layer>.bias`, all `F32`, with
-/// `"format": "pt"` metadata), through a temporary file in the same directory renamed over
-/// `path`.
+/// Writes `weights` as a safetensors file (`<layer>.weight`, `<layer>.bias`, all `F32`, in the
+/// set's order, with `"format": "pt"` metadata), through a temporary file in the same
+/// directory renamed over `path`. The header is built and validated with the `safetensors`
+/// crate's `Metadata`; tensor data is streamed from the arrays.
 pub fn write_safetensors(path: impl AsRef<Path>, weights: &WeightSet) -> Result<()> {
     let path = path.as_ref();
-    let mut tensors: Vec<(String, Tensor<'_>)> = Vec::with_capacity(2 * weights.len());
+    let mut infos: Vec<(String, TensorInfo)> = Vec::with_capacity(2 * weights.len());
+    let mut offset = 0usize;
+    let mut push = |name: String, shape: &[usize], len: usize| {
+        let info = TensorInfo {
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+            data_offsets: (offset, offset + 4 * len),
+        };
+        offset += 4 * len;
+        infos.push((name, info));
+    };
     for (name, w) in weights.iter() {
         w.validate(name)?;
-        tensors.push((format!("{name}.weight"), Tensor::W(w.weight.view())));
+        push(format!("{name}.weight"), w.weight.shape(), w.weight.len());
         if let Some(b) = &w.bias {
-            tensors.push((format!("{name}.bias"), Tensor::B(b.view())));
+            push(format!("{name}.bias"), b.shape(), b.len());
         }
     }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    ::safetensors::serialize_to_file(tensors, Some(meta), path).map_err(|e| match e {
-        ::safetensors::SafeTensorError::IoError(source) => Error::Io {
-            path: path.display().to_string(),
-            source,
-        },
-        other => Error::Weights(format!("{}: {other}", path.display())),
-    })
-}
-
-/// A weight or bias, as the `safetensors` crate's `View`.
-enum Tensor<'a> {
-    W(ArrayView4<'a, f32>),
-    B(ArrayView1<'a, f32>),
-}
-
-impl Tensor<'_> {
-    fn values(&self) -> (Option<&[f32]>, Box<dyn Iterator<Item = f32> + '_>) {
-        match self {
-            Tensor::W(a) => (a.as_slice(), Box::new(a.iter().copied())),
-            Tensor::B(a) => (a.as_slice(), Box::new(a.iter().copied())),
-        }
+    let invalid_set = |e: &dyn std::fmt::Display| {
+        Error::Weights(format!(
+            "{}: cannot describe these weights: {e}",
+            path.display()
+        ))
+    };
+    let metadata = Metadata::new(Some(meta), infos).map_err(|e| invalid_set(&e))?;
+    let mut header = serde_json::to_vec(&metadata).map_err(|e| invalid_set(&e))?;
+    // Pad the header with spaces so that the data starts 8-byte aligned, as the format's
+    // reference writer does.
+    while header.len() % 8 != 0 {
+        header.push(b' ');
     }
-}
-
-impl View for Tensor<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-
-    fn shape(&self) -> &[usize] {
-        match self {
-            Tensor::W(a) => a.shape(),
-            Tensor::B(a) => a.shape(),
-        }
-    }
-
-    fn data(&self) -> Cow<'_, [u8]> {
-        match self.values() {
-            (Some(s), _) if cfg!(target_endian = "little") => {
-                Cow::Borrowed(bytemuck::cast_slice(s))
+    write_atomic(path, |w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        let mut buf = Vec::with_capacity(CHUNK + 4);
+        for (_, lw) in weights.iter() {
+            let bias = lw.bias.iter().flat_map(|b| b.iter());
+            for &v in lw.weight.iter().chain(bias) {
+                buf.extend_from_slice(&v.to_le_bytes());
+                if buf.len() >= CHUNK {
+                    w.write_all(&buf)?;
+                    buf.clear();
+                }
             }
-            (_, it) => Cow::Owned(it.flat_map(f32::to_le_bytes).collect()),
         }
-    }
-
-    fn data_len(&self) -> usize {
-        4 * match self {
-            Tensor::W(a) => a.len(),
-            Tensor::B(a) => a.len(),
-        }
-    }
+        w.write_all(&buf)
+    })
 }
 
 fn invalid(path: &str, reason: impl Into<String>) -> Error {
