@@ -47,6 +47,9 @@ const V1_CONVOLUTION: u64 = 4;
 /// Errors: [`Error::Io`] if the file cannot be read, [`Error::InvalidFile`] (naming the layer
 /// where known) if it is truncated or corrupt, a layer has more than two blobs, element
 /// counts do not match shapes, two layers share a name, or no layer has parameters.
+///
+/// A protobuf message has no end marker: a file cut exactly between two layers reads as a
+/// model with fewer layers. [`WeightSet::check`] against the network's layers catches that.
 pub fn read_caffemodel(path: impl AsRef<Path>) -> Result<WeightSet> {
     let path = path.as_ref();
     let (file, len) = open(path)?;

@@ -91,7 +91,13 @@ fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> 
             r.read_exact(&mut b).map_err(io)?;
             (10u64, u64::from(u16::from_le_bytes(b)))
         }
-        2 | 3 if len >= 12 => {
+        2 | 3 if len < 12 => {
+            return Err(invalid(
+                path,
+                format!("{len} bytes, too short for a header"),
+            ));
+        }
+        2 | 3 => {
             let mut b = [0u8; 4];
             r.read_exact(&mut b).map_err(io)?;
             (12u64, u64::from(u32::from_le_bytes(b)))
