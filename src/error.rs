@@ -132,6 +132,38 @@ pub enum Error {
     #[error("weights: {0}")]
     Weights(String),
 
+    /// Layers a network needs that a set of weights does not have.
+    #[error("weights: missing layer(s) {}", missing.join(", "))]
+    MissingLayers {
+        /// Names of the missing layers, in the network's order.
+        missing: Vec<String>,
+    },
+
+    /// A layer whose weights have another shape than the network expects.
+    #[error(
+        "weights of layer {layer}: the network expects shape {expected:?}, the weights have {found:?}"
+    )]
+    WeightShape {
+        /// Name of the layer.
+        layer: String,
+        /// Shape the network expects.
+        expected: Vec<usize>,
+        /// Shape found in the weights.
+        found: Vec<usize>,
+    },
+
+    /// A file (or byte buffer) that is not a valid file of its format: truncated, corrupt, or
+    /// holding something this crate does not read (another dtype or rank).
+    #[error("{path}: invalid {format} file: {reason}")]
+    InvalidFile {
+        /// The file concerned (`<bytes>` for an in-memory buffer).
+        path: String,
+        /// The format expected: `caffemodel`, `safetensors` or `npy`.
+        format: &'static str,
+        /// What is wrong, naming the layer or tensor where known.
+        reason: String,
+    },
+
     /// Input/output on files.
     #[error("{path}: {source}")]
     Io {

@@ -29,6 +29,7 @@ pub mod net;
 pub mod plan;
 pub mod segment;
 pub mod spec;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, GpuTensor};

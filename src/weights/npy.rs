@@ -1,0 +1,169 @@
+//! NumPy `.npy` files of `float32` arrays, for exchanging inputs and outputs with Python.
+//!
+//! Reading checks the header (version, length, dtype, rank, and that the data has exactly the
+//! size the shape implies) before `ndarray-npy` allocates anything, so a corrupt header cannot
+//! make the reader allocate more than the file's size.
+
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use ndarray::{Array4, ArrayBase, Data, Dimension};
+use ndarray_npy::npy::header::Header;
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use py_literal::Value;
+
+use super::{BYTES_PATH, open, write_atomic};
+use crate::error::{Error, Result};
+
+const FORMAT: &str = "npy";
+const MAGIC: &[u8; 6] = b"\x93NUMPY";
+/// Longest header accepted (NumPy itself refuses headers over 10000 bytes by default).
+const MAX_HEADER: u64 = 1 << 16;
+
+/// Reads a 4-D (`N, C, H, W`) `float32` array from a `.npy` file (either byte order, C or
+/// Fortran order; the result is in standard layout).
+///
+/// Errors: [`Error::Io`] if the file cannot be read; [`Error::InvalidFile`] for a bad magic
+/// string, version or header, a dtype other than `float32`, a rank other than 4, or data
+/// shorter or longer than the shape implies.
+pub fn read_npy4(path: impl AsRef<Path>) -> Result<Array4<f32>> {
+    let path = path.as_ref();
+    let (file, len) = open(path)?;
+    parse(BufReader::new(file), len, &path.display().to_string())
+}
+
+/// [`read_npy4`] on an in-memory buffer.
+pub fn read_npy4_bytes(bytes: &[u8]) -> Result<Array4<f32>> {
+    parse(Cursor::new(bytes), bytes.len() as u64, BYTES_PATH)
+}
+
+/// Writes a `float32` array of any rank (e.g. an `Array4` in NCHW order, or an `ArrayD`) as a
+/// `.npy` file, through a temporary file in the same directory renamed over `path`.
+pub fn write_npy<S, D>(path: impl AsRef<Path>, array: &ArrayBase<S, D>) -> Result<()>
+where
+    S: Data<Elem = f32>,
+    D: Dimension,
+{
+    write_atomic(path.as_ref(), |w| {
+        array.write_npy(w).map_err(|e| match e {
+            ndarray_npy::WriteNpyError::Io(e) => e,
+            other => std::io::Error::other(other),
+        })
+    })
+}
+
+fn invalid(path: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidFile {
+        path: path.to_string(),
+        format: FORMAT,
+        reason: reason.into(),
+    }
+}
+
+fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> {
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            invalid(
+                path,
+                "the file ended early (was it changed while being read?)",
+            )
+        } else {
+            Error::Io {
+                path: path.to_string(),
+                source: e,
+            }
+        }
+    };
+    if len < 10 {
+        return Err(invalid(
+            path,
+            format!("{len} bytes, too short for a header"),
+        ));
+    }
+    let mut start = [0u8; 8];
+    r.read_exact(&mut start).map_err(io)?;
+    if &start[..6] != MAGIC {
+        return Err(invalid(path, "no NumPy magic string (not a .npy file)"));
+    }
+    let (prefix, header_len) = match start[6] {
+        1 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b).map_err(io)?;
+            (10u64, u64::from(u16::from_le_bytes(b)))
+        }
+        2 | 3 if len < 12 => {
+            return Err(invalid(
+                path,
+                format!("{len} bytes, too short for a header"),
+            ));
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b).map_err(io)?;
+            (12u64, u64::from(u32::from_le_bytes(b)))
+        }
+        v => return Err(invalid(path, format!("unsupported format version {v}"))),
+    };
+    if header_len > len - prefix {
+        return Err(invalid(
+            path,
+            format!(
+                "header of {header_len} bytes but only {} bytes follow",
+                len - prefix
+            ),
+        ));
+    }
+    if header_len > MAX_HEADER {
+        return Err(invalid(
+            path,
+            format!("header of {header_len} bytes (at most {MAX_HEADER} accepted)"),
+        ));
+    }
+    r.seek(SeekFrom::Start(0)).map_err(io)?;
+    let header =
+        Header::from_reader(&mut r).map_err(|e| invalid(path, format!("invalid header: {e}")))?;
+    match &header.type_descriptor {
+        Value::String(s) if s == "<f4" || s == ">f4" => {}
+        other => {
+            return Err(invalid(
+                path,
+                format!("dtype {other}; only float32 ('<f4') arrays are read"),
+            ));
+        }
+    }
+    if header.shape.len() != 4 {
+        return Err(invalid(
+            path,
+            format!(
+                "array of shape {:?} ({} dimensions); expected 4 (N, C, H, W)",
+                header.shape,
+                header.shape.len()
+            ),
+        ));
+    }
+    let bytes = header
+        .shape
+        .iter()
+        .try_fold(4u64, |a, &d| a.checked_mul(d as u64));
+    let data_len = len - prefix - header_len;
+    if bytes != Some(data_len) {
+        return Err(invalid(
+            path,
+            format!(
+                "shape {:?} needs {} bytes of data but the file has {data_len}",
+                header.shape,
+                bytes.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string())
+            ),
+        ));
+    }
+    r.seek(SeekFrom::Start(0)).map_err(io)?;
+    let a = Array4::<f32>::read_npy(r).map_err(|e| match e {
+        ndarray_npy::ReadNpyError::Io(e) => io(e),
+        other => invalid(path, other.to_string()),
+    })?;
+    Ok(if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    })
+}
