@@ -164,6 +164,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file that is not a readable image.
+    #[error("{path}: not a readable image: {reason}")]
+    Image {
+        /// The file concerned.
+        path: String,
+        /// The decoder's reason.
+        reason: String,
+    },
+
     /// Input/output on files.
     #[error("{path}: {source}")]
     Io {

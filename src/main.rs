@@ -1,5 +1,6 @@
 //! The `dilated` command-line tool.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -30,6 +31,80 @@ enum Command {
     Info,
     /// Times a whole network on the GPU and the CPU with a per-layer table.
     Bench(BenchArgs),
+    /// Converts weights between .caffemodel and .safetensors, checking them against a model.
+    Convert(ConvertArgs),
+    /// Runs a network on an NCHW float32 .npy and writes the raw scores as .npy.
+    Run(RunArgs),
+    /// Segments an image into a colour-coded label PNG, as the reference predictor does.
+    Segment(SegmentArgs),
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// Input weights (.caffemodel or .safetensors).
+    input: PathBuf,
+    /// Output weights (.safetensors or .caffemodel).
+    output: PathBuf,
+    /// Preset the weights must fit.
+    #[arg(long)]
+    model: String,
+    /// Width divisor of the preset the weights belong to.
+    #[arg(long, default_value_t = 1)]
+    width_divisor: usize,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Preset to run.
+    #[arg(long)]
+    model: String,
+    /// Divides every front-end width by this (1 = the released size).
+    #[arg(long, default_value_t = 1)]
+    width_divisor: usize,
+    /// Weights (.safetensors or .caffemodel).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Input: NCHW float32 .npy with 3 channels (BGR, mean already subtracted).
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: the network's scores as NCHW float32 .npy.
+    #[arg(long)]
+    output: PathBuf,
+    /// Run on the CPU instead of the GPU.
+    #[arg(long)]
+    cpu: bool,
+}
+
+#[derive(clap::Args)]
+struct SegmentArgs {
+    /// Image to segment (PNG, JPEG or BMP).
+    image: PathBuf,
+    /// Output label PNG in the dataset's palette.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Preset to run.
+    #[arg(long, default_value = "dilation8_pascal_voc")]
+    model: String,
+    /// Weights (.caffemodel or .safetensors); without them the network's initial (random)
+    /// weights are used and the result is meaningless.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Divides every front-end width by this (1 = the released size; weights must match).
+    #[arg(long, default_value_t = 1)]
+    width_divisor: usize,
+    /// Blend the label colours over the image instead of writing bare labels.
+    #[arg(long)]
+    overlay: bool,
+    /// Also write the class probabilities as a [classes, height, width] float32 .npy.
+    #[arg(long)]
+    probs: Option<PathBuf>,
+    /// Run on the CPU instead of the GPU.
+    #[arg(long)]
+    cpu: bool,
+    /// Tile size HxW (default: the model's deploy input size); each side must be 372 plus a
+    /// multiple of 8.
+    #[arg(long, value_parser = parse_size)]
+    tile: Option<(usize, usize)>,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +172,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(&args),
         Command::Info => info(),
         Command::Bench(args) => bench(&args),
+        Command::Convert(args) => convert(&args),
+        Command::Run(args) => run(&args),
+        Command::Segment(args) => segment(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -357,5 +435,136 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
             rayon::current_num_threads()
         );
     }
+    Ok(())
+}
+
+/// Builds a preset and loads weights into it.
+fn load_model(
+    model: &str,
+    width_divisor: usize,
+    weights: Option<&PathBuf>,
+) -> Result<(Model, dilated::net::Network), dilated::Error> {
+    let model = Model::from_name(model)?;
+    let mut net = model.build(&PresetOptions {
+        width_divisor,
+        ..Default::default()
+    })?;
+    if let Some(path) = weights {
+        net.load_weights(&dilated::weights::WeightSet::load(path)?)?;
+    }
+    Ok((model, net))
+}
+
+fn convert(args: &ConvertArgs) -> Result<(), dilated::Error> {
+    let set = dilated::weights::WeightSet::load(&args.input)?;
+    let (model, net) = load_model(&args.model, args.width_divisor, None)?;
+    set.check(&net.required_weights())?;
+    match args.output.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => dilated::weights::write_safetensors(&args.output, &set)?,
+        Some("caffemodel") => dilated::weights::write_caffemodel(&args.output, &set, false)?,
+        _ => {
+            return Err(dilated::Error::Weights(format!(
+                "{}: the output must end in .safetensors or .caffemodel",
+                args.output.display()
+            )));
+        }
+    }
+    println!(
+        "wrote {} ({} layers, {:.2} M parameters, checked against {})",
+        args.output.display(),
+        set.len(),
+        set.num_parameters() as f64 / 1e6,
+        model.name()
+    );
+    Ok(())
+}
+
+/// Warns (on stderr) about NaN or infinite input values; they propagate through the network
+/// the same way on both backends.
+fn warn_non_finite(what: &str, values: impl Iterator<Item = f32>) {
+    let bad = values.filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        eprintln!(
+            "warning: {what} has {bad} NaN or infinite values; they propagate into the output"
+        );
+    }
+}
+
+fn run(args: &RunArgs) -> Result<(), dilated::Error> {
+    let (_, net) = load_model(&args.model, args.width_divisor, Some(&args.weights))?;
+    let x = dilated::weights::read_npy4(&args.input)?;
+    warn_non_finite(&args.input.display().to_string(), x.iter().copied());
+    let d = x.dim();
+    let shape = Shape::new(d.0, d.1, d.2, d.3);
+    let y = if args.cpu {
+        CpuPlan::new(&net)?.forward(x.view())?
+    } else {
+        let gpu = Gpu::new()?;
+        GpuPlan::new(&gpu, &net, shape)?.forward(x.view())?
+    };
+    dilated::weights::write_npy(&args.output, &y)?;
+    println!("wrote {} {:?}", args.output.display(), y.dim());
+    Ok(())
+}
+
+fn segment(args: &SegmentArgs) -> Result<(), dilated::Error> {
+    use dilated::segment::{
+        Backend, Segmenter, colorize, load_image_bgr, overlay, palette, save_png,
+    };
+    let image = load_image_bgr(&args.image)?;
+    let (model, net) = load_model(&args.model, args.width_divisor, args.weights.as_ref())?;
+    if args.weights.is_none() {
+        eprintln!(
+            "warning: no --weights given: using randomly initialised weights; the labels are meaningless"
+        );
+    }
+    let gpu = if args.cpu { None } else { Some(Gpu::new()?) };
+    let backend = match &gpu {
+        Some(g) => Backend::Gpu(g),
+        None => Backend::Cpu,
+    };
+    let segmenter = Segmenter::new(model, &net, backend, args.tile)?;
+    let (h, w, _) = image.dim();
+    let (ty, tx) = segmenter.tiles(h, w);
+    let bar = (ty * tx > 1).then(|| {
+        let bar = indicatif::ProgressBar::new((ty * tx) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} tiles, {elapsed} elapsed, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!(
+            "{} on {}",
+            model.name(),
+            gpu.as_ref().map_or("the CPU", |g| g.name())
+        ));
+        bar
+    });
+    let result = segmenter.segment(image.view(), args.probs.is_some(), &mut |done, _| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let colored = colorize(&result.labels, &palette(model));
+    let picture = if args.overlay {
+        overlay(&image, &colored, 0.5)
+    } else {
+        colored
+    };
+    if let (Some(path), Some(p)) = (&args.probs, &result.probabilities) {
+        dilated::weights::write_npy(path, p)?;
+    }
+    save_png(&args.output, &picture)?;
+    println!(
+        "wrote {} ({w}x{h}, {} tiles of {}x{})",
+        args.output.display(),
+        ty * tx,
+        segmenter.tile().0,
+        segmenter.tile().1
+    );
     Ok(())
 }

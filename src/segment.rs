@@ -55,7 +55,12 @@ pub fn reflect101(i: isize, n: usize) -> usize {
 impl<'g> Segmenter<'g> {
     /// Prepares `network` (built from `model`, with its weights loaded) for tiles of
     /// `tile` pixels (default: the model's deploy input size).
-    pub fn new(model: Model, network: &Network, backend: Backend<'g>, tile: Option<(usize, usize)>) -> Result<Self> {
+    pub fn new(
+        model: Model,
+        network: &Network,
+        backend: Backend<'g>,
+        tile: Option<(usize, usize)>,
+    ) -> Result<Self> {
         let info = model.info();
         let tile = tile.unwrap_or(info.input_size);
         for (v, what) in [(tile.0, "height"), (tile.1, "width")] {
@@ -77,12 +82,25 @@ impl<'g> Segmenter<'g> {
             Backend::Gpu(gpu) => Runner::Gpu(gpu, Box::new(GpuPlan::new(gpu, network, shape)?)),
             Backend::Cpu => Runner::Cpu(CpuPlan::new(network)?),
         };
-        Ok(Self { info, tile, runner, tile_output })
+        Ok(Self {
+            info,
+            tile,
+            runner,
+            tile_output,
+        })
+    }
+
+    /// The tile size (height, width) of the network's input.
+    pub fn tile(&self) -> (usize, usize) {
+        self.tile
     }
 
     /// Number of tiles an image of this size needs.
     pub fn tiles(&self, height: usize, width: usize) -> (usize, usize) {
-        let out = (self.tile.0 - 2 * self.info.margin, self.tile.1 - 2 * self.info.margin);
+        let out = (
+            self.tile.0 - 2 * self.info.margin,
+            self.tile.1 - 2 * self.info.margin,
+        );
         (height.div_ceil(out.0), width.div_ceil(out.1))
     }
 
@@ -97,9 +115,25 @@ impl<'g> Segmenter<'g> {
         let crop_h = th.min(h + 2 * m - oy);
         let crop_w = tw.min(w + 2 * m - ox);
         let mean = self.info.mean_bgr;
-        let rows: Vec<usize> = (0..th).map(|y| reflect101((oy + reflect101(y as isize, crop_h)) as isize - m as isize, h)).collect();
-        let cols: Vec<usize> = (0..tw).map(|x| reflect101((ox + reflect101(x as isize, crop_w)) as isize - m as isize, w)).collect();
-        Array4::from_shape_fn((1, 3, th, tw), |(_, c, y, x)| image_bgr[[rows[y], cols[x], c]] - mean[c])
+        let rows: Vec<usize> = (0..th)
+            .map(|y| {
+                reflect101(
+                    (oy + reflect101(y as isize, crop_h)) as isize - m as isize,
+                    h,
+                )
+            })
+            .collect();
+        let cols: Vec<usize> = (0..tw)
+            .map(|x| {
+                reflect101(
+                    (ox + reflect101(x as isize, crop_w)) as isize - m as isize,
+                    w,
+                )
+            })
+            .collect();
+        Array4::from_shape_fn((1, 3, th, tw), |(_, c, y, x)| {
+            image_bgr[[rows[y], cols[x], c]] - mean[c]
+        })
     }
 
     fn run_tile(&self, input: &Array4<f32>) -> Result<Array4<f32>> {
@@ -130,7 +164,14 @@ impl<'g> Segmenter<'g> {
         for ty in 0..nty {
             for tx in 0..ntx {
                 let out = self.run_tile(&self.tile_input(&image_bgr, ty, tx))?;
-                stitched.slice_mut(s![.., .., ty * o.h..(ty + 1) * o.h, tx * o.w..(tx + 1) * o.w]).assign(&out);
+                stitched
+                    .slice_mut(s![
+                        ..,
+                        ..,
+                        ty * o.h..(ty + 1) * o.h,
+                        tx * o.w..(tx + 1) * o.w
+                    ])
+                    .assign(&out);
                 progress(ty * ntx + tx + 1, nty * ntx);
             }
         }
@@ -145,11 +186,19 @@ impl<'g> Segmenter<'g> {
                 let t = gpu.upload(stitched.view())?;
                 let full = if factor > 1 { gpu.zoom(&zoom, &t)? } else { t };
                 let labels = gpu.argmax(&full)?;
-                let probs = if want_probabilities { Some(gpu.download(&full)?) } else { None };
+                let probs = if want_probabilities {
+                    Some(gpu.download(&full)?)
+                } else {
+                    None
+                };
                 (probs, labels)
             }
             Runner::Cpu(_) => {
-                let full = if factor > 1 { reference::zoom(stitched.view(), &zoom)? } else { stitched };
+                let full = if factor > 1 {
+                    reference::zoom(stitched.view(), &zoom)?
+                } else {
+                    stitched
+                };
                 let labels = reference::argmax(full.view());
                 (want_probabilities.then_some(full), labels)
             }
@@ -159,6 +208,67 @@ impl<'g> Segmenter<'g> {
             probabilities: probs.map(|p| p.slice(s![0, .., ..h, ..w]).to_owned()),
         })
     }
+}
+
+/// Reads an image file (PNG, JPEG, BMP) as `[height, width, 3]` BGR values in 0..255.
+pub fn load_image_bgr(path: impl AsRef<std::path::Path>) -> Result<Array3<f32>> {
+    let path = path.as_ref();
+    let reader = image::ImageReader::open(path)
+        .map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let img = reader
+        .decode()
+        .map_err(|e| Error::Image {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    Ok(Array3::from_shape_fn(
+        (h as usize, w as usize, 3),
+        |(y, x, c)| img.get_pixel(x as u32, y as u32)[2 - c] as f32,
+    ))
+}
+
+/// The label map in the dataset's colours.
+pub fn colorize(labels: &Array2<u32>, palette: &[[u8; 3]]) -> image::RgbImage {
+    let (h, w) = labels.dim();
+    image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let label = labels[[y as usize, x as usize]] as usize;
+        image::Rgb(palette.get(label).copied().unwrap_or([255, 255, 255]))
+    })
+}
+
+/// The label colours blended over the image (`alpha` of the colour).
+pub fn overlay(image_bgr: &Array3<f32>, colored: &image::RgbImage, alpha: f32) -> image::RgbImage {
+    image::RgbImage::from_fn(colored.width(), colored.height(), |x, y| {
+        let c = colored.get_pixel(x, y);
+        let px = |ch: usize| image_bgr[[y as usize, x as usize, 2 - ch]];
+        image::Rgb(std::array::from_fn(|ch| {
+            (alpha * c[ch] as f32 + (1.0 - alpha) * px(ch))
+                .round()
+                .clamp(0.0, 255.0) as u8
+        }))
+    })
+}
+
+/// Writes a PNG atomically: the file appears only when complete.
+pub fn save_png(path: impl AsRef<std::path::Path>, img: &image::RgbImage) -> Result<()> {
+    let path = path.as_ref();
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| Error::Image {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    crate::weights::write_atomic(path, |w| std::io::Write::write_all(w, bytes.get_ref()))
 }
 
 /// The dataset's colour for each class (RGB).

@@ -327,6 +327,59 @@ impl Network {
     }
 }
 
+impl Network {
+    /// The layers whose weights must come from a weight file: every convolution. The
+    /// per-channel upsampling deconvolution has fixed bilinear weights and is optional.
+    pub fn required_weights(&self) -> Vec<crate::weights::ExpectedLayer> {
+        self.layers
+            .iter()
+            .filter_map(|l| match &l.op {
+                Op::Conv { spec, .. } => Some(crate::weights::ExpectedLayer::new(
+                    l.name.clone(),
+                    spec.weight_shape(),
+                    spec.bias,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Loads every layer's weights from a weight set, by layer name. Every convolution must be
+    /// present with the right shape (the error names the layer and both shapes); the
+    /// upsampling deconvolution is taken when present; other entries are ignored.
+    pub fn load_weights(&mut self, set: &crate::weights::WeightSet) -> Result<()> {
+        set.check(&self.required_weights())?;
+        let names: Vec<String> = self.layers.iter().map(|l| l.name.clone()).collect();
+        for name in names {
+            if let Some(w) = set.get(&name) {
+                self.set_weights(&name, w.weight.clone(), w.bias.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every layer's weights as a weight set (names `conv1_1`, ..., as in the network).
+    pub fn weight_set(&self) -> Result<crate::weights::WeightSet> {
+        use crate::weights::LayerWeights;
+        let mut set = crate::weights::WeightSet::new();
+        for l in &self.layers {
+            match &l.op {
+                Op::Conv { weight, bias, .. } => {
+                    set.insert(
+                        &l.name,
+                        LayerWeights::new(&l.name, weight.clone(), bias.clone())?,
+                    );
+                }
+                Op::Deconv { weight, .. } => {
+                    set.insert(&l.name, LayerWeights::new(&l.name, weight.clone(), None)?);
+                }
+                _ => {}
+            }
+        }
+        Ok(set)
+    }
+}
+
 /// Builds a [`Network`] layer by layer; channel counts and weight shapes are checked by
 /// [`NetworkBuilder::build`], which names the offending layer.
 #[derive(Clone, Debug)]
