@@ -13,6 +13,12 @@ pub const TILE_N: u32 = 64;
 pub const TILE_K: u32 = 16;
 /// Invocations per workgroup of the tiled convolution (16 x 16, each 4 x 4 outputs).
 pub const WG_TILED: u32 = 256;
+/// Invocations per workgroup of the register-blocked convolution.
+pub const WG_BLOCKED: u32 = 64;
+/// Output channels per invocation of the register-blocked convolution.
+pub const BLOCK_C: u32 = 16;
+/// Output pixels per invocation of the register-blocked convolution.
+pub const BLOCK_P: u32 = 1;
 
 /// One compute kernel of this crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,6 +29,8 @@ pub enum Kernel {
     ConvTiled,
     /// Tiled matrix product for 1x1 convolutions.
     ConvPointwise,
+    /// Register-blocked convolution without workgroup memory.
+    ConvBlocked,
     /// ReLU on its own.
     Relu,
     /// Max pooling.
@@ -31,10 +39,11 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
+        Kernel::ConvBlocked,
         Kernel::Relu,
         Kernel::MaxPool,
     ];
@@ -45,6 +54,7 @@ impl Kernel {
             Kernel::ConvDirect => "conv2d_direct",
             Kernel::ConvTiled => "conv2d_tiled",
             Kernel::ConvPointwise => "conv2d_tiled_pointwise",
+            Kernel::ConvBlocked => "conv2d_blocked",
             Kernel::Relu => "relu",
             Kernel::MaxPool => "max_pool",
         }
@@ -56,6 +66,7 @@ impl Kernel {
             Kernel::ConvTiled | Kernel::ConvPointwise => {
                 include_str!("../../shaders/conv2d_tiled.wgsl")
             }
+            Kernel::ConvBlocked => include_str!("../../shaders/conv2d_blocked.wgsl"),
             Kernel::Relu => include_str!("../../shaders/relu.wgsl"),
             Kernel::MaxPool => include_str!("../../shaders/max_pool.wgsl"),
         }
@@ -67,7 +78,9 @@ impl Kernel {
         format!(
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
-             const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\n{}",
+             const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
+             const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {BLOCK_C}u;\n\
+             const BLOCK_P: u32 = {BLOCK_P}u;\n\n{}",
             self.file()
         )
     }
@@ -80,7 +93,7 @@ impl Kernel {
 /// Pipelines of one device, each built on first use.
 #[derive(Default)]
 pub(crate) struct Kernels {
-    pipelines: [OnceLock<wgpu::ComputePipeline>; 5],
+    pipelines: [OnceLock<wgpu::ComputePipeline>; Kernel::ALL.len()],
 }
 
 impl Kernels {

@@ -7,7 +7,7 @@ use wgpu::util::DeviceExt;
 use crate::cpu::reference::check_conv_params;
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
-use crate::gpu::kernels::{Kernel, TILE_M, TILE_N, WG_LINEAR};
+use crate::gpu::kernels::{BLOCK_C, BLOCK_P, Kernel, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR};
 use crate::gpu::tensor::{GpuTensor, Window};
 use crate::spec::{Conv2d, MaxPool2d, Shape};
 
@@ -108,6 +108,8 @@ pub enum ConvAlgorithm {
     Direct,
     /// Workgroup-tiled implicit matrix product (the pointwise variant for 1x1 layers).
     Tiled,
+    /// Register-blocked, without workgroup memory.
+    Blocked,
 }
 
 #[repr(C)]
@@ -275,6 +277,7 @@ impl GpuConv2d {
         match self.algorithm {
             ConvAlgorithm::Direct => Kernel::ConvDirect,
             ConvAlgorithm::Tiled => tiled,
+            ConvAlgorithm::Blocked => Kernel::ConvBlocked,
             // A tile of TILE_M channels x TILE_N pixels is mostly idle when the layer has few of
             // either; the direct kernel wastes nothing there.
             ConvAlgorithm::Auto => {
@@ -347,7 +350,8 @@ impl GpuConv2d {
             };
             let in_win = gpu.window(input, in_start, in_len);
             let out_win = gpu.window(output, out_start, out_len);
-            let w_win = gpu.window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
+            let mut w_win = gpu.window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
+            
             let b_win = if s.bias {
                 gpu.window(&self.bias, ch.co0, ch.co_n)
             } else {
@@ -366,6 +370,11 @@ impl GpuConv2d {
             let pixels = out_shape.plane();
             let total = match kernel {
                 Kernel::ConvDirect => ch.nb * ch.co_n * pixels,
+                Kernel::ConvBlocked => {
+                    ch.nb
+                        * ch.co_n.div_ceil(16)
+                        * pixels.div_ceil((WG_BLOCKED * 4) as usize)
+                }
                 _ => ch.nb * ch.co_n.div_ceil(TILE_M as usize) * pixels.div_ceil(TILE_N as usize),
             };
             let groups = match kernel {
