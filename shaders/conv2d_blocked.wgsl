@@ -1,13 +1,21 @@
-// Register-blocked convolution for adapters whose invocations are SIMD lanes of a CPU (such as
-// lavapipe), where every load from storage or workgroup memory costs a loop over the lanes and
-// a register FMA is cheap. Each invocation computes 16 output channels x 4 pixels in registers
-// and reads everything straight from storage (no workgroup memory, no barriers). Per reduction
-// step an invocation loads its 4 input values and 2 weights; the 16 weights a step needs come
-// from the 8 lanes of its subgroup by subgroupBroadcast (requires a subgroup size of at least 8).
+// Register-blocked convolution for adapters whose invocations are the SIMD lanes of a CPU (such
+// as lavapipe), where each load from storage or workgroup memory costs a loop over the lanes
+// while arithmetic on registers is cheap. No workgroup memory, no barriers.
 //
-// Buffers and Params are those of conv2d_direct.wgsl. `total` is the number of workgroups:
-// channel blocks (fastest) x pixel blocks x images. A workgroup covers 16 output channels and
-// 4 * WG_BLOCKED pixels; invocation `lid` takes pixels lid + j * WG_BLOCKED, j = 0..3.
+// Each invocation computes BLOCK_C output channels x BLOCK_P pixels (one vec4 of pixels per
+// channel, so BLOCK_P is 4) in registers. All invocations of a workgroup share the same
+// BLOCK_C channels. Per reduction step (one input channel at one kernel tap) an invocation
+// loads its BLOCK_P input values and BLOCK_C / 8 weights; the BLOCK_C weights the step needs
+// are gathered from 8 lanes of the subgroup with subgroupBroadcast, so this kernel needs
+// subgroups of at least 8 invocations. The reduction runs over taps (outer) and input channels
+// (inner), so dilation only changes the tap offsets, computed once per tap.
+//
+// Buffers and Params are those of conv2d_direct.wgsl. Weights are stored per output channel as
+// [kh][kw][in] rows of `w_row` elements; `w_base` is the chunk's first input channel in row 0.
+// `total` is the number of workgroups: channel blocks (fastest) x pixel blocks x images.
+// A workgroup covers BLOCK_C channels and BLOCK_P * WG_BLOCKED pixels; invocation `lid` takes
+// pixels lid + j * WG_BLOCKED, j < BLOCK_P. The lines marked `// BLOCK:` are generated from
+// BLOCK_C in src/gpu/kernels.rs.
 
 struct Params {
     in_c: u32, in_h: u32, in_w: u32, in_base: u32,
@@ -24,8 +32,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
 
-// Input offset of pixel `px` (row-major in the output plane) for tap (ky, kx), or -1 when the
-// tap falls into the padding.
+// Offset in an input plane of the tap (ky, kx) of output pixel `px`, or -1 in the padding.
 fn tap_offset(px: u32, ky: u32, kx: u32) -> i32 {
     let iy = i32((px / p.out_w) * p.stride_h + ky * p.dil_h) - i32(p.pad_top);
     let ix = i32((px % p.out_w) * p.stride_w + kx * p.dil_w) - i32(p.pad_left);
@@ -33,10 +40,12 @@ fn tap_offset(px: u32, ky: u32, kx: u32) -> i32 {
     return select(-1, iy * i32(p.in_w) + ix, ok);
 }
 
-fn fetch(off: i32, ci_off: u32) -> f32 {
-    return select(0.0, input[u32(max(off, 0)) + ci_off], off >= 0);
+// The input value at `off` in the plane starting at `plane`, zero in the padding.
+fn fetch(off: i32, plane: u32) -> f32 {
+    return select(0.0, input[plane + u32(max(off, 0))], off >= 0);
 }
 
+// Writes one output element with the flags' accumulate, bias and ReLU.
 fn write_out(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
     if (co >= p.out_c || px >= pixels) {
         return;
@@ -55,6 +64,13 @@ fn write_out(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
     output[o] = v;
 }
 
+fn write_pixels(co: u32, px0: u32, pixels: u32, out_img: u32, acc: vec4<f32>) {
+    write_out(co, px0, pixels, out_img, acc.x);
+    write_out(co, px0 + WG_BLOCKED, pixels, out_img, acc.y);
+    write_out(co, px0 + 2u * WG_BLOCKED, pixels, out_img, acc.z);
+    write_out(co, px0 + 3u * WG_BLOCKED, pixels, out_img, acc.w);
+}
+
 @compute @workgroup_size(WG_BLOCKED)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32,
@@ -64,71 +80,42 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let pixels = p.out_h * p.out_w;
-    let blocks_c = (p.out_c + 15u) / 16u;
-    let blocks_p = (pixels + 4u * WG_BLOCKED - 1u) / (4u * WG_BLOCKED);
-    let c0 = (g % blocks_c) * 16u;
-    let px0 = ((g / blocks_c) % blocks_p) * (4u * WG_BLOCKED) + lid;
+    let blocks_c = (p.out_c + BLOCK_C - 1u) / BLOCK_C;
+    let blocks_p = (pixels + BLOCK_P * WG_BLOCKED - 1u) / (BLOCK_P * WG_BLOCKED);
+    let c0 = (g % blocks_c) * BLOCK_C;
+    let px0 = ((g / blocks_c) % blocks_p) * (BLOCK_P * WG_BLOCKED) + lid;
     let b = g / (blocks_c * blocks_p);
-    let taps = p.k_h * p.k_w;
     let in_plane = p.in_h * p.in_w;
     let in_img = p.in_base + b * p.in_batch_stride;
-    let last_px = pixels - 1u;
-    let pxs = vec4<u32>(min(px0, last_px), min(px0 + WG_BLOCKED, last_px),
-                        min(px0 + 2u * WG_BLOCKED, last_px), min(px0 + 3u * WG_BLOCKED, last_px));
-    // This lane's weight rows: channels c0 + lane and c0 + 8 + lane (clamped; the excess is
-    // never written).
-    let row_a = p.w_base + min(c0 + (lane & 7u), p.out_c - 1u) * p.w_row;
-    let row_b = p.w_base + min(c0 + 8u + (lane & 7u), p.out_c - 1u) * p.w_row;
-
-    // acc_i holds channel c0 + i for the lane's 4 pixels.
-    var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0); var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0); var acc4 = vec4<f32>(0.0); var acc5 = vec4<f32>(0.0);
-    var acc6 = vec4<f32>(0.0); var acc7 = vec4<f32>(0.0); var acc8 = vec4<f32>(0.0);
-    var acc9 = vec4<f32>(0.0); var acc10 = vec4<f32>(0.0); var acc11 = vec4<f32>(0.0);
-    var acc12 = vec4<f32>(0.0); var acc13 = vec4<f32>(0.0); var acc14 = vec4<f32>(0.0);
-    var acc15 = vec4<f32>(0.0);
+    let in_total = p.w_row / (p.k_h * p.k_w);
+    // Pixels past the end compute a copy of the last one and are never written.
+    let last = pixels - 1u;
+    let q = vec4<u32>(min(px0, last), min(px0 + WG_BLOCKED, last),
+                      min(px0 + 2u * WG_BLOCKED, last), min(px0 + 3u * WG_BLOCKED, last));
+    // Weight row r of this lane: output channel c0 + 8 r + lane % 8 (clamped; channels past
+    // the end are never written).
+    let lane8 = lane & 7u;
+    // BLOCK: let row{r} = p.w_base + min(c0 + {8r}u + lane8, p.out_c - 1u) * p.w_row;
+    // acc{i} holds output channel c0 + i at the invocation's 4 pixels.
+    // BLOCK: var acc{i} = vec4<f32>(0.0);
 
     for (var ky = 0u; ky < p.k_h; ky++) {
         for (var kx = 0u; kx < p.k_w; kx++) {
-            let off0 = tap_offset(pxs.x, ky, kx);
-            let off1 = tap_offset(pxs.y, ky, kx);
-            let off2 = tap_offset(pxs.z, ky, kx);
-            let off3 = tap_offset(pxs.w, ky, kx);
-            var wk = ky * p.k_w + kx;
-            var ci_off = in_img;
+            let off = vec4<i32>(tap_offset(q.x, ky, kx), tap_offset(q.y, ky, kx),
+                                tap_offset(q.z, ky, kx), tap_offset(q.w, ky, kx));
+            var wk = (ky * p.k_w + kx) * in_total;
+            var plane = in_img;
             for (var ci = 0u; ci < p.in_c; ci++) {
-                let x = vec4<f32>(fetch(off0, ci_off), fetch(off1, ci_off),
-                                  fetch(off2, ci_off), fetch(off3, ci_off));
-                let wa = weight[row_a + wk];
-                let wb = weight[row_b + wk];
-                acc0 = fma(vec4(subgroupBroadcast(wa, 0u)), x, acc0);
-                acc1 = fma(vec4(subgroupBroadcast(wa, 1u)), x, acc1);
-                acc2 = fma(vec4(subgroupBroadcast(wa, 2u)), x, acc2);
-                acc3 = fma(vec4(subgroupBroadcast(wa, 3u)), x, acc3);
-                acc4 = fma(vec4(subgroupBroadcast(wa, 4u)), x, acc4);
-                acc5 = fma(vec4(subgroupBroadcast(wa, 5u)), x, acc5);
-                acc6 = fma(vec4(subgroupBroadcast(wa, 6u)), x, acc6);
-                acc7 = fma(vec4(subgroupBroadcast(wa, 7u)), x, acc7);
-                acc8 = fma(vec4(subgroupBroadcast(wb, 0u)), x, acc8);
-                acc9 = fma(vec4(subgroupBroadcast(wb, 1u)), x, acc9);
-                acc10 = fma(vec4(subgroupBroadcast(wb, 2u)), x, acc10);
-                acc11 = fma(vec4(subgroupBroadcast(wb, 3u)), x, acc11);
-                acc12 = fma(vec4(subgroupBroadcast(wb, 4u)), x, acc12);
-                acc13 = fma(vec4(subgroupBroadcast(wb, 5u)), x, acc13);
-                acc14 = fma(vec4(subgroupBroadcast(wb, 6u)), x, acc14);
-                acc15 = fma(vec4(subgroupBroadcast(wb, 7u)), x, acc15);
-                wk += taps;
-                ci_off += in_plane;
+                let x = vec4<f32>(fetch(off.x, plane), fetch(off.y, plane),
+                                  fetch(off.z, plane), fetch(off.w, plane));
+                // BLOCK: let w{r} = weight[row{r} + wk];
+                // BLOCK: acc{i} = fma(vec4(subgroupBroadcast(w{i/8}, {i%8}u)), x, acc{i});
+                wk += 1u;
+                plane += in_plane;
             }
         }
     }
 
     let out_img = p.out_base + b * p.out_batch_stride;
-    let accs = array<vec4<f32>, 16>(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, acc9,
-                                    acc10, acc11, acc12, acc13, acc14, acc15);
-    for (var i = 0u; i < 16u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            write_out(c0 + i, px0 + j * WG_BLOCKED, pixels, out_img, accs[i][j]);
-        }
-    }
+    // BLOCK: write_pixels(c0 + {i}u, px0, pixels, out_img, acc{i});
 }

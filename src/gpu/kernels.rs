@@ -15,10 +15,13 @@ pub const TILE_K: u32 = 16;
 pub const WG_TILED: u32 = 256;
 /// Invocations per workgroup of the register-blocked convolution.
 pub const WG_BLOCKED: u32 = 64;
-/// Output channels per invocation of the register-blocked convolution.
-pub const BLOCK_C: u32 = 16;
-/// Output pixels per invocation of the register-blocked convolution.
-pub const BLOCK_P: u32 = 1;
+/// Output channels per invocation (and per workgroup) of the register-blocked convolution; a
+/// multiple of 8, the subgroup lanes its weights are broadcast from.
+pub const BLOCK_C: u32 = 32;
+/// Output pixels per invocation of the register-blocked convolution (one `vec4`).
+pub const BLOCK_P: u32 = 4;
+/// Smallest subgroup size the register-blocked convolution works with.
+pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 
 /// One compute kernel of this crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,22 +75,58 @@ impl Kernel {
         }
     }
 
-    /// The complete WGSL source: the shader file preceded by the shared constants.
+    /// The complete WGSL source: the shader file preceded by the shared constants, with the
+    /// `// BLOCK:` template lines of the register-blocked kernel expanded.
     pub fn source(self) -> String {
         let pointwise = self == Kernel::ConvPointwise;
+        let file = if self == Kernel::ConvBlocked {
+            expand_blocks(self.file())
+        } else {
+            self.file().to_string()
+        };
         format!(
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
              const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
              const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {BLOCK_C}u;\n\
-             const BLOCK_P: u32 = {BLOCK_P}u;\n\n{}",
-            self.file()
+             const BLOCK_P: u32 = {BLOCK_P}u;\n\n{file}"
         )
     }
 
     fn index(self) -> usize {
         Self::ALL.iter().position(|&k| k == self).unwrap_or(0)
     }
+}
+
+/// Expands each line `// BLOCK: template` into one line per weight row `r` (`{r}`, `{8r}`) or
+/// per output channel `i` (`{i}`, `{i/8}`, `{i%8}`) of a BLOCK_C-channel block, after the
+/// comment.
+fn expand_blocks(file: &str) -> String {
+    let mut out = String::with_capacity(file.len() * 4);
+    for line in file.lines() {
+        out.push_str(line);
+        out.push('\n');
+        let Some((indent, template)) = line.split_once("// BLOCK: ") else {
+            continue;
+        };
+        if template.contains("{i") {
+            for i in 0..BLOCK_C {
+                let l = template
+                    .replace("{i}", &i.to_string())
+                    .replace("{i/8}", &(i / 8).to_string())
+                    .replace("{i%8}", &(i % 8).to_string());
+                out.push_str(&format!("{indent}{l}\n"));
+            }
+        } else {
+            for r in 0..BLOCK_C / 8 {
+                let l = template
+                    .replace("{r}", &r.to_string())
+                    .replace("{8r}", &(8 * r).to_string());
+                out.push_str(&format!("{indent}{l}\n"));
+            }
+        }
+    }
+    out
 }
 
 /// Pipelines of one device, each built on first use.
