@@ -61,24 +61,24 @@ fn random_spec(rng: &mut StdRng, i: usize) -> (Conv2d, Shape) {
     let channels = [1, 3, 17, 65, 2, 5, 8, 32, 33];
     let in_c = pick(rng, &channels);
     let out_c = pick(rng, &channels);
-    let (kh, kw) = if i % 9 == 0 {
+    let (kh, kw) = if i.is_multiple_of(9) {
         (1, 1)
-    } else if i % 13 == 0 {
+    } else if i.is_multiple_of(13) {
         (7, 7)
     } else {
         (rng.random_range(1..=5), rng.random_range(1..=5))
     };
-    let dilation = if i % 5 == 0 {
+    let dilation = if i.is_multiple_of(5) {
         (16, 16)
     } else {
         (pick(rng, &[1, 1, 2, 3, 4, 8]), pick(rng, &[1, 2, 4, 5, 16]))
     };
-    let stride = if i % 3 == 0 {
+    let stride = if i.is_multiple_of(3) {
         (1, 1)
     } else {
         (rng.random_range(1..=3), rng.random_range(1..=3))
     };
-    let padding = if i % 9 == 0 && i % 2 == 0 {
+    let padding = if i.is_multiple_of(9) && i.is_multiple_of(2) {
         Padding::uniform(0)
     } else {
         Padding::new(
