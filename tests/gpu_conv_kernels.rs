@@ -169,7 +169,7 @@ fn check_all(algorithm: ConvAlgorithm) -> BTreeSet<String> {
             .expect("forward");
         let got = gpu.download(&output).expect("download");
         let err = rel_error(got.view(), case.reference.view());
-        if !(err <= TOLERANCE) {
+        if err.is_nan() || err > TOLERANCE {
             failures.push(format!(
                 "config {i}: {:?} on input {} with {kernel:?}: relative error {err:e}",
                 case.spec,
