@@ -174,32 +174,23 @@ fn convolutions(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(3))
             .throughput(Throughput::Elements(flops));
         if let Some(gpu) = &gpu {
-            bench_gpu(&mut group, gpu, &layer, &data, "gpu", ConvAlgorithm::Auto);
+            let auto = bench_gpu(
+                &mut group,
+                gpu,
+                &layer,
+                &data,
+                "gpu",
+                ConvAlgorithm::Auto,
+                None,
+            );
             if all || layer.name == "conv3x3_256_d1" {
-                bench_gpu(
-                    &mut group,
-                    gpu,
-                    &layer,
-                    &data,
-                    "gpu_blocked",
-                    ConvAlgorithm::Blocked,
-                );
-                bench_gpu(
-                    &mut group,
-                    gpu,
-                    &layer,
-                    &data,
-                    "gpu_tiled",
-                    ConvAlgorithm::Tiled,
-                );
-                bench_gpu(
-                    &mut group,
-                    gpu,
-                    &layer,
-                    &data,
-                    "gpu_direct",
-                    ConvAlgorithm::Direct,
-                );
+                for (label, algorithm) in [
+                    ("gpu_blocked", ConvAlgorithm::Blocked),
+                    ("gpu_tiled", ConvAlgorithm::Tiled),
+                    ("gpu_direct", ConvAlgorithm::Direct),
+                ] {
+                    bench_gpu(&mut group, gpu, &layer, &data, label, algorithm, Some(auto));
+                }
             }
         }
         bench_cpu(&mut group, &layer, &data);
