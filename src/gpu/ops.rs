@@ -103,7 +103,7 @@ impl Gpu {
 /// Which convolution kernel to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// Chosen from the layer's geometry.
+    /// Chosen from the adapter and the layer's geometry (see [`GpuConv2d::kernel_for`]).
     #[default]
     Auto,
     /// One output per invocation.
@@ -235,7 +235,7 @@ pub struct GpuConv2d {
     blocked_supported: bool,
 }
 
-/// Output channels per piece of the host-side weight reordering, bounding its scratch memory.
+/// Most f32 elements per piece of the host-side weight reordering, bounding its scratch memory.
 const UPLOAD_ELEMS: usize = 4 << 20;
 
 impl GpuConv2d {
