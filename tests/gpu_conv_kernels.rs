@@ -222,3 +222,42 @@ fn automatic_choice_matches_reference() {
     let kernels = check_all(ConvAlgorithm::Auto);
     eprintln!("Auto picked {kernels:?}");
 }
+
+/// The convolution kernels compile for every backend wgpu targets (SPIR-V for Vulkan, MSL for
+/// Metal, HLSL shader model 6.0 for DX12; subgroup operations need 6.0), not only the one here.
+#[test]
+fn convolution_kernels_translate_for_every_backend() {
+    for kernel in [
+        Kernel::ConvDirect,
+        Kernel::ConvTiled,
+        Kernel::ConvPointwise,
+        Kernel::ConvBlocked,
+    ] {
+        let source = kernel.source();
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+        naga::back::spv::write_vec(&module, &info, &Default::default(), None)
+            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", kernel.name()));
+        let msl = naga::back::msl::Options {
+            lang_version: (2, 1),
+            ..Default::default()
+        };
+        naga::back::msl::write_string(&module, &info, &msl, &Default::default())
+            .unwrap_or_else(|e| panic!("{}: MSL: {e}", kernel.name()));
+        let hlsl = naga::back::hlsl::Options {
+            shader_model: naga::back::hlsl::ShaderModel::V6_0,
+            ..Default::default()
+        };
+        let pipeline = Default::default();
+        let mut out = String::new();
+        naga::back::hlsl::Writer::new(&mut out, &hlsl, &pipeline)
+            .write(&module, &info, None)
+            .unwrap_or_else(|e| panic!("{}: HLSL: {e}", kernel.name()));
+    }
+}
