@@ -4,8 +4,10 @@
 // as the simple baseline the tiled kernels are measured against.
 //
 // Buffers (f32, NCHW): `input` and `output` are windows of larger tensors; element 0 of the
-// chunk is at `in_base` / `out_base`. `weight` is `[out][in][kh][kw]` with a row of `w_row`
-// elements per output channel starting at `w_base` (the chunk's first input channel).
+// chunk is at `in_base` / `out_base`. `weight` holds a row of `w_row` elements per output
+// channel laid out as [kh][kw][in] (input channels innermost); `w_base` is the chunk's first
+// input channel in row 0, so element (co, ky, kx, ci) of the chunk is at
+// w_base + co * w_row + (ky * k_w + kx) * (w_row / (k_h * k_w)) + ci.
 // The chunk covers `batch` images x `out_c` output channels x `in_c` input channels.
 // flags: 1 add bias, 2 ReLU, 4 accumulate into the existing output (input-channel split).
 // Workgroups are linearised over x and y so any size fits the per-dimension limit.
@@ -39,9 +41,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let b = i / (plane * p.out_c);
     var acc = 0.0;
     let in_img = p.in_base + b * p.in_batch_stride;
+    let in_total = p.w_row / (p.k_h * p.k_w);
     for (var ci = 0u; ci < p.in_c; ci++) {
         let in_ch = in_img + ci * p.in_h * p.in_w;
-        let w_ch = p.w_base + co * p.w_row + ci * p.k_h * p.k_w;
+        let w_ch = p.w_base + co * p.w_row + ci;
         for (var ky = 0u; ky < p.k_h; ky++) {
             let iy = i32(oy * p.stride_h + ky * p.dil_h) - i32(p.pad_top);
             if (iy < 0 || iy >= i32(p.in_h)) {
@@ -52,7 +55,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if (ix < 0 || ix >= i32(p.in_w)) {
                     continue;
                 }
-                acc += input[in_ch + u32(iy) * p.in_w + u32(ix)] * weight[w_ch + ky * p.k_w + kx];
+                let w = weight[w_ch + (ky * p.k_w + kx) * in_total];
+                acc += input[in_ch + u32(iy) * p.in_w + u32(ix)] * w;
             }
         }
     }

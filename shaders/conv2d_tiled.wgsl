@@ -1,12 +1,12 @@
 // Tiled convolution as an implicit matrix product, per image:
-//   out[co, p] = sum_k W[co, k] * X[k, p],   k = (ci, ky, kx),  p = (oy, ox)
+//   out[co, p] = sum_k W[co, k] * X[k, p],   k = (ky, kx, ci),  p = (oy, ox)
 // where X is the im2col matrix, never materialised: each workgroup stages a TILE_M x TILE_K
 // block of weights and a TILE_K x TILE_N block of input patches in workgroup memory, and each
 // of its 16 x 16 invocations accumulates 4 x 4 outputs (4 output channels x 4 pixels) in
 // registers. With POINTWISE (1x1, stride 1, no padding) X is the input itself.
 //
 // Buffers and Params are those of conv2d_direct.wgsl (windows with base offsets, weight rows
-// of `w_row` elements, flags 1 bias / 2 ReLU / 4 accumulate). `total` is the number of
+// of `w_row` elements laid out [kh][kw][in], flags 1 bias / 2 ReLU / 4 accumulate). `total` is the number of
 // workgroups: tiles over pixels x tiles over output channels x images.
 
 struct Params {
@@ -43,6 +43,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     let taps = p.k_h * p.k_w;
     let k_total = p.in_c * taps;
+    let in_total = p.w_row / taps;
     let in_img = p.in_base + b * p.in_batch_stride;
     let in_plane = p.in_h * p.in_w;
 
@@ -72,7 +73,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let kk = e % TILE_K;
             var v = 0.0;
             if (m0 + m < p.out_c && k0 + kk < k_total) {
-                v = weight[p.w_base + (m0 + m) * p.w_row + k0 + kk];
+                let k = k0 + kk;
+                v = weight[p.w_base + (m0 + m) * p.w_row + (k / p.in_c) * in_total + k % p.in_c];
             }
             tile_w[kk * TILE_M + m] = v;
         }
@@ -85,8 +87,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if (POINTWISE) {
                     v = input[in_img + k * in_plane + load_p];
                 } else {
-                    let ci = k / taps;
-                    let t = k % taps;
+                    let ci = k % p.in_c;
+                    let t = k / p.in_c;
                     let iy = y0 + i32((t / p.k_w) * p.dil_h);
                     let ix = x0 + i32((t % p.k_w) * p.dil_w);
                     if (iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w)) {

@@ -170,7 +170,9 @@ fn plan_reuse_equals_fresh_plans_and_peak_memory_is_below_the_sum_of_activations
     let estimate = GpuPlan::estimate_memory(&net, shape).unwrap();
     assert!(
         plan.peak_memory() >= estimate
-            && plan.peak_memory() - estimate <= 16 * net.layers().len() as u64
+            && plan.peak_memory() - estimate <= 32 * net.layers().len() as u64,
+        "plan {} vs estimate {estimate}",
+        plan.peak_memory()
     );
 }
 

@@ -1,4 +1,6 @@
 //! Every shader translates with naga to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12).
+//! Only the register-blocked convolution uses subgroup operations (an optional path chosen by
+//! feature detection); it needs MSL 2.1 and HLSL shader model 6.0.
 
 use dilated::gpu::Kernel;
 
@@ -6,12 +8,17 @@ fn module(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let source = kernel.source();
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+    // Only the register-blocked convolution uses subgroup operations.
+    let capabilities = if kernel == Kernel::ConvBlocked {
+        naga::valid::Capabilities::SUBGROUP
+    } else {
+        naga::valid::Capabilities::empty()
+    };
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
     (module, info)
 }
 
@@ -38,7 +45,10 @@ fn shaders_translate_to_msl() {
         let (source, _) = naga::back::msl::write_string(
             &module,
             &info,
-            &naga::back::msl::Options::default(),
+            &naga::back::msl::Options {
+                lang_version: (2, 1),
+                ..Default::default()
+            },
             &pipeline,
         )
         .unwrap_or_else(|e| panic!("{}: MSL: {e}", kernel.name()));
@@ -55,7 +65,10 @@ fn shaders_translate_to_hlsl() {
     for kernel in Kernel::ALL {
         let (module, info) = module(kernel);
         let mut out = String::new();
-        let options = naga::back::hlsl::Options::default();
+        let options = naga::back::hlsl::Options {
+            shader_model: naga::back::hlsl::ShaderModel::V6_0,
+            ..Default::default()
+        };
         let pipeline = naga::back::hlsl::PipelineOptions::default();
         let mut writer = naga::back::hlsl::Writer::new(&mut out, &options, &pipeline);
         writer

@@ -19,7 +19,11 @@ fn image(h: usize, w: usize, seed: u64) -> Array3<f32> {
 }
 
 fn options(seed: u64) -> PresetOptions {
-    PresetOptions { width_divisor: 32, seed, ..Default::default() }
+    PresetOptions {
+        width_divisor: 32,
+        seed,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -39,17 +43,39 @@ fn gpu_and_cpu_label_maps_agree() {
         assert_eq!(tiles_seen, 4, "150x230 needs 2x2 tiles of 128 pixels");
         let c = on_cpu.segment(img.view(), true, &mut |_, _| {}).unwrap();
         assert_eq!(g.labels.dim(), (150, 230));
-        let same = g.labels.iter().zip(&c.labels).filter(|(a, b)| a == b).count();
+        let same = g
+            .labels
+            .iter()
+            .zip(&c.labels)
+            .filter(|(a, b)| a == b)
+            .count();
         let share = same as f64 / g.labels.len() as f64;
-        assert!(share >= 0.999, "{}: labels agree on {:.4}%", model.name(), 100.0 * share);
+        assert!(
+            share >= 0.999,
+            "{}: labels agree on {:.4}%",
+            model.name(),
+            100.0 * share
+        );
         let (gp, cp) = (g.probabilities.unwrap(), c.probabilities.unwrap());
         assert_eq!(gp.dim(), (model.info().classes, 150, 230));
-        let diff = gp.iter().zip(&cp).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let diff = gp
+            .iter()
+            .zip(&cp)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         // f32 sums through ~30 randomly initialised layers: scores agree to about 1e-4.
-        assert!(diff <= 1e-3, "{}: probabilities differ by {diff}", model.name());
+        assert!(
+            diff <= 1e-3,
+            "{}: probabilities differ by {diff}",
+            model.name()
+        );
         // A randomly initialised network still has to produce more than one label here.
         let first = g.labels[[0, 0]];
-        assert!(g.labels.iter().any(|&l| l != first), "{}: constant label map", model.name());
+        assert!(
+            g.labels.iter().any(|&l| l != first),
+            "{}: constant label map",
+            model.name()
+        );
     }
 }
 
@@ -59,12 +85,16 @@ fn tiling_is_exact_for_the_front_end() {
     // reflect-padded image, so stitched tiles equal one tile covering the whole image.
     // (The context module pads at tile borders, as the reference predictor's tiles do.)
     let model = Model::CamVid;
-    let net = FrontEnd { classes: 11, width_divisor: 32, final_layer: "final" }
-        .builder("front-end", 5)
-        .unwrap()
-        .softmax("prob")
-        .build()
-        .unwrap();
+    let net = FrontEnd {
+        classes: 11,
+        width_divisor: 32,
+        final_layer: "final",
+    }
+    .builder("front-end", 5)
+    .unwrap()
+    .softmax("prob")
+    .build()
+    .unwrap();
     let img = image(200, 300, 40);
     let tiled = Segmenter::new(model, &net, Backend::Cpu, Some((500, 500))).unwrap();
     assert_eq!(tiled.tiles(200, 300), (2, 3));
@@ -74,10 +104,25 @@ fn tiling_is_exact_for_the_front_end() {
     assert_eq!(whole.tiles(200, 300), (1, 1));
     let a = tiled.segment(img.view(), true, &mut |_, _| {}).unwrap();
     let b = whole.segment(img.view(), true, &mut |_, _| {}).unwrap();
-    let diff = a.probabilities.unwrap().iter().zip(b.probabilities.as_ref().unwrap()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let diff = a
+        .probabilities
+        .unwrap()
+        .iter()
+        .zip(b.probabilities.as_ref().unwrap())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(diff <= 1e-5, "probabilities differ by {diff}");
-    let same = a.labels.iter().zip(&b.labels).filter(|(x, y)| x == y).count();
-    assert!(same as f64 >= 0.999 * a.labels.len() as f64, "{same} of {}", a.labels.len());
+    let same = a
+        .labels
+        .iter()
+        .zip(&b.labels)
+        .filter(|(x, y)| x == y)
+        .count();
+    assert!(
+        same as f64 >= 0.999 * a.labels.len() as f64,
+        "{same} of {}",
+        a.labels.len()
+    );
 }
 
 #[test]
@@ -86,7 +131,9 @@ fn any_image_size_works() {
     let net = model.build(&options(50)).unwrap();
     let seg = Segmenter::new(model, &net, Backend::Gpu(gpu()), Some((500, 500))).unwrap();
     for (h, w) in [(1, 1), (1, 700), (3, 2), (129, 1)] {
-        let out = seg.segment(image(h, w, 60).view(), false, &mut |_, _| {}).unwrap();
+        let out = seg
+            .segment(image(h, w, 60).view(), false, &mut |_, _| {})
+            .unwrap();
         assert_eq!(out.labels.dim(), (h, w));
         assert!(out.labels.iter().all(|&l| l < 11));
         assert!(out.probabilities.is_none());
@@ -98,12 +145,20 @@ fn bad_tiles_and_images_are_errors() {
     let model = Model::CamVid;
     let net = model.build(&options(1)).unwrap();
     for tile in [(372, 500), (501, 500), (100, 100)] {
-        let err = Segmenter::new(model, &net, Backend::Cpu, Some(tile)).err().expect("bad tile");
+        let err = Segmenter::new(model, &net, Backend::Cpu, Some(tile))
+            .err()
+            .expect("bad tile");
         assert!(err.to_string().contains("tile"), "{err}");
     }
     let seg = Segmenter::new(model, &net, Backend::Cpu, Some((500, 500))).unwrap();
-    assert!(seg.segment(Array3::zeros((0, 5, 3)).view(), false, &mut |_, _| {}).is_err());
-    assert!(seg.segment(Array3::zeros((5, 5, 4)).view(), false, &mut |_, _| {}).is_err());
+    assert!(
+        seg.segment(Array3::zeros((0, 5, 3)).view(), false, &mut |_, _| {})
+            .is_err()
+    );
+    assert!(
+        seg.segment(Array3::zeros((5, 5, 4)).view(), false, &mut |_, _| {})
+            .is_err()
+    );
 }
 
 #[test]

@@ -206,6 +206,9 @@ impl Gpu {
         if report.timestamps {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        if report.subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
         // Ask for everything the adapter offers: the defaults cap a storage binding at 128 MiB
         // and the buffer size at 256 MiB, far below what real GPUs allow.
         let limits = adapter.limits();
@@ -238,7 +241,7 @@ impl Gpu {
             queue,
             report,
             limits,
-            timestamps: !features.is_empty(),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             lost,
             uncaptured,
         })

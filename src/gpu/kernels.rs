@@ -13,6 +13,15 @@ pub const TILE_N: u32 = 64;
 pub const TILE_K: u32 = 16;
 /// Invocations per workgroup of the tiled convolution (16 x 16, each 4 x 4 outputs).
 pub const WG_TILED: u32 = 256;
+/// Invocations per workgroup of the register-blocked convolution.
+pub const WG_BLOCKED: u32 = 64;
+/// Output channels per invocation (and per workgroup) of the register-blocked convolution; a
+/// multiple of 8, the subgroup lanes its weights are broadcast from.
+pub const BLOCK_C: u32 = 32;
+/// Output pixels per invocation of the register-blocked convolution (one `vec4`).
+pub const BLOCK_P: u32 = 4;
+/// Smallest subgroup size the register-blocked convolution works with.
+pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 
 /// One compute kernel of this crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,6 +32,8 @@ pub enum Kernel {
     ConvTiled,
     /// Tiled matrix product for 1x1 convolutions.
     ConvPointwise,
+    /// Register-blocked convolution without workgroup memory.
+    ConvBlocked,
     /// ReLU on its own.
     Relu,
     /// Max pooling.
@@ -39,10 +50,11 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
+        Kernel::ConvBlocked,
         Kernel::Relu,
         Kernel::MaxPool,
         Kernel::Softmax,
@@ -57,6 +69,7 @@ impl Kernel {
             Kernel::ConvDirect => "conv2d_direct",
             Kernel::ConvTiled => "conv2d_tiled",
             Kernel::ConvPointwise => "conv2d_tiled_pointwise",
+            Kernel::ConvBlocked => "conv2d_blocked",
             Kernel::Relu => "relu",
             Kernel::MaxPool => "max_pool",
             Kernel::Softmax => "softmax",
@@ -72,6 +85,7 @@ impl Kernel {
             Kernel::ConvTiled | Kernel::ConvPointwise => {
                 include_str!("../../shaders/conv2d_tiled.wgsl")
             }
+            Kernel::ConvBlocked => include_str!("../../shaders/conv2d_blocked.wgsl"),
             Kernel::Relu => include_str!("../../shaders/relu.wgsl"),
             Kernel::MaxPool => include_str!("../../shaders/max_pool.wgsl"),
             Kernel::Softmax => include_str!("../../shaders/softmax.wgsl"),
@@ -81,14 +95,21 @@ impl Kernel {
         }
     }
 
-    /// The complete WGSL source: the shader file preceded by the shared constants.
+    /// The complete WGSL source: the shader file preceded by the shared constants, with the
+    /// `// BLOCK:` template lines of the register-blocked kernel expanded.
     pub fn source(self) -> String {
         let pointwise = self == Kernel::ConvPointwise;
+        let file = if self == Kernel::ConvBlocked {
+            expand_blocks(self.file())
+        } else {
+            self.file().to_string()
+        };
         format!(
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
-             const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\n{}",
-            self.file()
+             const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
+             const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {BLOCK_C}u;\n\
+             const BLOCK_P: u32 = {BLOCK_P}u;\n\n{file}"
         )
     }
 
@@ -96,7 +117,10 @@ impl Kernel {
     /// inputs first, the one read-write output last.
     pub const fn storage_bindings(self) -> u32 {
         match self {
-            Kernel::ConvDirect | Kernel::ConvTiled | Kernel::ConvPointwise => 4,
+            Kernel::ConvDirect
+            | Kernel::ConvTiled
+            | Kernel::ConvPointwise
+            | Kernel::ConvBlocked => 4,
             Kernel::Deconv => 3,
             Kernel::Relu | Kernel::MaxPool | Kernel::Softmax | Kernel::Argmax | Kernel::Zoom => 2,
         }
@@ -106,6 +130,37 @@ impl Kernel {
     const fn index(self) -> usize {
         self as usize
     }
+}
+
+/// Expands each line `// BLOCK: template` into one line per weight row `r` (`{r}`, `{8r}`) or
+/// per output channel `i` (`{i}`, `{i/8}`, `{i%8}`) of a BLOCK_C-channel block, after the
+/// comment.
+fn expand_blocks(file: &str) -> String {
+    let mut out = String::with_capacity(file.len() * 4);
+    for line in file.lines() {
+        out.push_str(line);
+        out.push('\n');
+        let Some((indent, template)) = line.split_once("// BLOCK: ") else {
+            continue;
+        };
+        if template.contains("{i") {
+            for i in 0..BLOCK_C {
+                let l = template
+                    .replace("{i}", &i.to_string())
+                    .replace("{i/8}", &(i / 8).to_string())
+                    .replace("{i%8}", &(i % 8).to_string());
+                out.push_str(&format!("{indent}{l}\n"));
+            }
+        } else {
+            for r in 0..BLOCK_C / 8 {
+                let l = template
+                    .replace("{r}", &r.to_string())
+                    .replace("{8r}", &(8 * r).to_string());
+                out.push_str(&format!("{indent}{l}\n"));
+            }
+        }
+    }
+    out
 }
 
 /// A kernel's pipeline and the layout of its bind group.

@@ -7,7 +7,9 @@ use wgpu::util::DeviceExt;
 use crate::cpu::reference::check_conv_params;
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
-use crate::gpu::kernels::{Kernel, TILE_M, TILE_N, WG_LINEAR};
+use crate::gpu::kernels::{
+    BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
+};
 use crate::gpu::tensor::{GpuTensor, Window};
 use crate::spec::{Conv2d, MaxPool2d, Shape};
 
@@ -112,13 +114,16 @@ impl Gpu {
 /// Which convolution kernel to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// Chosen from the layer's geometry.
+    /// Chosen from the adapter and the layer's geometry (see [`GpuConv2d::kernel_for`]).
     #[default]
     Auto,
     /// One output per invocation.
     Direct,
     /// Workgroup-tiled implicit matrix product (the pointwise variant for 1x1 layers).
     Tiled,
+    /// Register-blocked without workgroup memory, weights shared through subgroup broadcasts
+    /// (for adapters that run shaders on CPU cores; needs subgroups of at least 8).
+    Blocked,
 }
 
 #[repr(C)]
@@ -226,12 +231,23 @@ pub(crate) fn conv_chunks(
 }
 
 /// A convolution layer with its weights on the GPU.
+///
+/// The weights are stored per output channel as `[kh][kw][in]` rows (input channels innermost),
+/// so the kernels read consecutive weights while they walk the input channels of one tap, and a
+/// range of output channels stays one contiguous window.
 pub struct GpuConv2d {
     spec: Conv2d,
     weight: wgpu::Buffer,
     bias: wgpu::Buffer,
     algorithm: ConvAlgorithm,
+    /// The device runs shaders on CPU cores (lavapipe, llvmpipe, SwiftShader, WARP).
+    cpu_adapter: bool,
+    /// Subgroups are enabled and hold at least [`BLOCKED_MIN_SUBGROUP`] invocations.
+    blocked_supported: bool,
 }
+
+/// Most f32 elements per piece of the host-side weight reordering, bounding its scratch memory.
+const UPLOAD_ELEMS: usize = 4 << 20;
 
 impl GpuConv2d {
     /// Validates and uploads weights `[out, in, kh, kw]` and the bias (required iff `spec.bias`).
@@ -242,25 +258,49 @@ impl GpuConv2d {
         bias: Option<ArrayView1<f32>>,
     ) -> Result<Self> {
         check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
-        let weight = match weight.as_slice() {
-            Some(s) => gpu.storage_from_slice("conv weight", s)?,
-            None => {
-                gpu.storage_from_slice("conv weight", &weight.iter().copied().collect::<Vec<_>>())?
-            }
-        };
+        // [out][in][kh][kw] -> [out][kh][kw][in], uploaded a few output channels at a time.
+        let w_row = spec.in_channels * spec.kernel.0 * spec.kernel.1;
+        let buffer = gpu.create_buffer(
+            "conv weight",
+            spec.weight_len() as u64 * 4,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let rows = (UPLOAD_ELEMS / w_row).max(1);
+        let reordered = weight.permuted_axes([0, 2, 3, 1]);
+        let mut piece = Vec::with_capacity(rows.min(spec.out_channels) * w_row);
+        for co0 in (0..spec.out_channels).step_by(rows) {
+            let co1 = (co0 + rows).min(spec.out_channels);
+            piece.clear();
+            piece.extend(
+                reordered
+                    .slice(ndarray::s![co0..co1, .., .., ..])
+                    .iter()
+                    .copied(),
+            );
+            gpu.write_f32(&buffer, co0 * w_row, &piece)?;
+        }
+        let weight = buffer;
         let bias = match bias {
             Some(b) => gpu.storage_from_slice("conv bias", &b.to_vec())?,
             None => gpu.storage_from_slice("conv bias (none)", &[0.0])?,
         };
+        let info = &gpu.adapter().info;
         Ok(Self {
             spec,
             weight,
             bias,
             algorithm: ConvAlgorithm::Auto,
+            cpu_adapter: info.device_type == wgpu::DeviceType::Cpu,
+            blocked_supported: gpu.device.features().contains(wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
         })
     }
 
-    /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by geometry.
+    /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by adapter and geometry.
+    /// [`ConvAlgorithm::Blocked`] falls back to `Tiled` where the device lacks subgroups of at
+    /// least 8 invocations; [`GpuConv2d::kernel_for`] tells which kernel runs.
     pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
         self.algorithm = algorithm;
         self
@@ -277,6 +317,14 @@ impl GpuConv2d {
     }
 
     /// The kernel used for an output shape.
+    ///
+    /// `Auto` picks, on an adapter that runs shaders on CPU cores (device type `Cpu`, such as
+    /// lavapipe) with subgroups of at least 8, the register-blocked kernel for every shape: there
+    /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
+    /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`). On other
+    /// adapters it picks the workgroup-tiled kernel (its pointwise variant for 1x1 layers), or the
+    /// direct kernel when the layer has so few output channels or pixels that a tile would be
+    /// mostly idle.
     pub fn kernel_for(&self, output: Shape) -> Kernel {
         let tiled = if self.spec.is_pointwise() {
             Kernel::ConvPointwise
@@ -286,6 +334,11 @@ impl GpuConv2d {
         match self.algorithm {
             ConvAlgorithm::Direct => Kernel::ConvDirect,
             ConvAlgorithm::Tiled => tiled,
+            ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
+            ConvAlgorithm::Blocked => tiled,
+            ConvAlgorithm::Auto if self.cpu_adapter && self.blocked_supported => {
+                Kernel::ConvBlocked
+            }
             // A tile of TILE_M channels x TILE_N pixels is mostly idle when the layer has few of
             // either; the direct kernel wastes nothing there.
             ConvAlgorithm::Auto => {
@@ -359,6 +412,7 @@ impl GpuConv2d {
             let in_win = gpu.window(input, in_start, in_len);
             let out_win = gpu.window(output, out_start, out_len);
             let w_win = gpu.window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
+
             let b_win = if s.bias {
                 gpu.window(&self.bias, ch.co0, ch.co_n)
             } else {
@@ -377,6 +431,11 @@ impl GpuConv2d {
             let pixels = out_shape.plane();
             let total = match kernel {
                 Kernel::ConvDirect => ch.nb * ch.co_n * pixels,
+                Kernel::ConvBlocked => {
+                    ch.nb
+                        * ch.co_n.div_ceil(BLOCK_C as usize)
+                        * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize)
+                }
                 _ => ch.nb * ch.co_n.div_ceil(TILE_M as usize) * pixels.div_ceil(TILE_N as usize),
             };
             let groups = match kernel {
@@ -400,7 +459,7 @@ impl GpuConv2d {
                 stride_w: s.stride.1 as u32,
                 pad_top: s.padding.top as u32,
                 pad_left: s.padding.left as u32,
-                w_base: w_win.base + (ch.ci0 * taps) as u32,
+                w_base: w_win.base + ch.ci0 as u32,
                 w_row: w_row as u32,
                 bias_base: b_win.base,
                 flags,

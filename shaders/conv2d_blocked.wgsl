@@ -1,0 +1,121 @@
+// Register-blocked convolution for adapters whose invocations are the SIMD lanes of a CPU (such
+// as lavapipe), where each load from storage or workgroup memory costs a loop over the lanes
+// while arithmetic on registers is cheap. No workgroup memory, no barriers.
+//
+// Each invocation computes BLOCK_C output channels x BLOCK_P pixels (one vec4 of pixels per
+// channel, so BLOCK_P is 4) in registers. All invocations of a workgroup share the same
+// BLOCK_C channels. Per reduction step (one input channel at one kernel tap) an invocation
+// loads its BLOCK_P input values and BLOCK_C / 8 weights; the BLOCK_C weights the step needs
+// are gathered from 8 lanes of the subgroup with subgroupBroadcast, so this kernel needs
+// subgroups of at least 8 invocations. The reduction runs over taps (outer) and input channels
+// (inner), so dilation only changes the tap offsets, computed once per tap.
+//
+// Buffers and Params are those of conv2d_direct.wgsl. Weights are stored per output channel as
+// [kh][kw][in] rows of `w_row` elements; `w_base` is the chunk's first input channel in row 0.
+// `total` is the number of workgroups: channel blocks (fastest) x pixel blocks x images.
+// A workgroup covers BLOCK_C channels and BLOCK_P * WG_BLOCKED pixels; invocation `lid` takes
+// pixels lid + j * WG_BLOCKED, j < BLOCK_P. The lines marked `// BLOCK:` are generated from
+// BLOCK_C in src/gpu/kernels.rs.
+
+struct Params {
+    in_c: u32, in_h: u32, in_w: u32, in_base: u32,
+    out_c: u32, out_h: u32, out_w: u32, out_base: u32,
+    k_h: u32, k_w: u32, dil_h: u32, dil_w: u32,
+    stride_h: u32, stride_w: u32, pad_top: u32, pad_left: u32,
+    w_base: u32, w_row: u32, bias_base: u32, flags: u32,
+    batch: u32, in_batch_stride: u32, out_batch_stride: u32, total: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> input: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> output: array<f32>;
+
+// Offset in an input plane of the tap (ky, kx) of output pixel `px`, or -1 in the padding.
+fn tap_offset(px: u32, ky: u32, kx: u32) -> i32 {
+    let iy = i32((px / p.out_w) * p.stride_h + ky * p.dil_h) - i32(p.pad_top);
+    let ix = i32((px % p.out_w) * p.stride_w + kx * p.dil_w) - i32(p.pad_left);
+    let ok = iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w);
+    return select(-1, iy * i32(p.in_w) + ix, ok);
+}
+
+// The input value at `off` in the plane starting at `plane`, zero in the padding.
+fn fetch(off: i32, plane: u32) -> f32 {
+    return select(0.0, input[plane + u32(max(off, 0))], off >= 0);
+}
+
+// Writes one output element with the flags' accumulate, bias and ReLU.
+fn write_out(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
+    if (co >= p.out_c || px >= pixels) {
+        return;
+    }
+    let o = out_img + co * pixels + px;
+    var v = acc;
+    if ((p.flags & 4u) != 0u) {
+        v += output[o];
+    }
+    if ((p.flags & 1u) != 0u) {
+        v += bias[p.bias_base + co];
+    }
+    if ((p.flags & 2u) != 0u) {
+        v = select(v, 0.0, v < 0.0);
+    }
+    output[o] = v;
+}
+
+fn write_pixels(co: u32, px0: u32, pixels: u32, out_img: u32, acc: vec4<f32>) {
+    write_out(co, px0, pixels, out_img, acc.x);
+    write_out(co, px0 + WG_BLOCKED, pixels, out_img, acc.y);
+    write_out(co, px0 + 2u * WG_BLOCKED, pixels, out_img, acc.z);
+    write_out(co, px0 + 3u * WG_BLOCKED, pixels, out_img, acc.w);
+}
+
+@compute @workgroup_size(WG_BLOCKED)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_invocation_id) lane: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p.total) {
+        return;
+    }
+    let pixels = p.out_h * p.out_w;
+    let blocks_c = (p.out_c + BLOCK_C - 1u) / BLOCK_C;
+    let blocks_p = (pixels + BLOCK_P * WG_BLOCKED - 1u) / (BLOCK_P * WG_BLOCKED);
+    let c0 = (g % blocks_c) * BLOCK_C;
+    let px0 = ((g / blocks_c) % blocks_p) * (BLOCK_P * WG_BLOCKED) + lid;
+    let b = g / (blocks_c * blocks_p);
+    let in_plane = p.in_h * p.in_w;
+    let in_img = p.in_base + b * p.in_batch_stride;
+    let in_total = p.w_row / (p.k_h * p.k_w);
+    // Pixels past the end compute a copy of the last one and are never written.
+    let last = pixels - 1u;
+    let q = vec4<u32>(min(px0, last), min(px0 + WG_BLOCKED, last),
+                      min(px0 + 2u * WG_BLOCKED, last), min(px0 + 3u * WG_BLOCKED, last));
+    // Weight row r of this lane: output channel c0 + 8 r + lane % 8 (clamped; channels past
+    // the end are never written).
+    let lane8 = lane & 7u;
+    // BLOCK: let row{r} = p.w_base + min(c0 + {8r}u + lane8, p.out_c - 1u) * p.w_row;
+    // acc{i} holds output channel c0 + i at the invocation's 4 pixels.
+    // BLOCK: var acc{i} = vec4<f32>(0.0);
+
+    for (var ky = 0u; ky < p.k_h; ky++) {
+        for (var kx = 0u; kx < p.k_w; kx++) {
+            let off = vec4<i32>(tap_offset(q.x, ky, kx), tap_offset(q.y, ky, kx),
+                                tap_offset(q.z, ky, kx), tap_offset(q.w, ky, kx));
+            var wk = (ky * p.k_w + kx) * in_total;
+            var plane = in_img;
+            for (var ci = 0u; ci < p.in_c; ci++) {
+                let x = vec4<f32>(fetch(off.x, plane), fetch(off.y, plane),
+                                  fetch(off.z, plane), fetch(off.w, plane));
+                // BLOCK: let w{r} = weight[row{r} + wk];
+                // BLOCK: acc{i} = fma(vec4(subgroupBroadcast(w{i/8}, {i%8}u)), x, acc{i});
+                wk += 1u;
+                plane += in_plane;
+            }
+        }
+    }
+
+    let out_img = p.out_base + b * p.out_batch_stride;
+    // BLOCK: write_pixels(c0 + {i}u, px0, pixels, out_img, acc{i});
+}
