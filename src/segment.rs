@@ -64,7 +64,7 @@ impl<'g> Segmenter<'g> {
         let info = model.info();
         let tile = tile.unwrap_or(info.input_size);
         for (v, what) in [(tile.0, "height"), (tile.1, "width")] {
-            if v <= 2 * info.margin || (v - 2 * info.margin) % 8 != 0 {
+            if v <= 2 * info.margin || !(v - 2 * info.margin).is_multiple_of(8) {
                 return Err(Error::InvalidSpec {
                     context: "tile size".into(),
                     reason: format!(
@@ -279,7 +279,7 @@ pub fn palette(model: Model) -> Vec<[u8; 3]> {
                 // The VOC colour map: bits of the class index spread over the channels.
                 let (mut r, mut g, mut b, mut c) = (0u8, 0u8, 0u8, i);
                 for j in 0..8 {
-                    r |= (((c >> 0) & 1) as u8) << (7 - j);
+                    r |= ((c & 1) as u8) << (7 - j);
                     g |= (((c >> 1) & 1) as u8) << (7 - j);
                     b |= (((c >> 2) & 1) as u8) << (7 - j);
                     c >>= 3;
