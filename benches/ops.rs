@@ -6,14 +6,19 @@
 //! workgroup-tiled kernels on conv3x3 256->256 with dilation 1. The GPU side times forward
 //! passes with the input, weights and output already on the GPU (dispatches recorded once);
 //! `gpu` is the kernel `ConvAlgorithm::Auto` picks on this adapter. The CPU side is
-//! `dilated::cpu::fast::CpuConv2d`. Set `DILATED_BENCH_ALL_KERNELS=1` to time every GPU kernel
+//! `dilated::cpu::fast::CpuConv2d`. Then whole context modules as compiled plans (one
+//! submission per pass on the GPU, `CpuPlan` on the CPU): basic and large for 21 classes at
+//! 66x66 and Cityscapes' basic module (19 classes, dilations to 64) at 128x128. Set `DILATED_BENCH_ALL_KERNELS=1` to time every GPU kernel
 //! on every shape (slow on software adapters). A GFLOP/s summary is printed at the end.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
+use dilated::cpu::CpuPlan;
 use dilated::cpu::fast::CpuConv2d;
+use dilated::net::ContextModule;
+use dilated::plan::GpuPlan;
 use dilated::gpu::Kernel;
 use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, Shape};
 use ndarray::{Array1, Array4};
@@ -198,6 +203,62 @@ fn convolutions(c: &mut Criterion) {
     }
 }
 
+fn context_modules(c: &mut Criterion) {
+    let gpu = Gpu::new().ok();
+    let modules = [
+        ("context_basic_c21_66", ContextModule::basic(21), 66),
+        ("context_large_c21_66", ContextModule::large(21), 66),
+        (
+            "context_cityscapes_c19_128",
+            ContextModule::basic(19).dilations(&[1, 1, 2, 4, 8, 16, 32, 64, 1]),
+            128,
+        ),
+    ];
+    let mut rng = StdRng::seed_from_u64(11);
+    for (name, module, size) in modules {
+        let net = module.build().expect("context module");
+        let shape = Shape::new(1, module.classes, size, size);
+        let flops: u64 = net.report(shape).expect("report").iter().map(|r| r.flops).sum();
+        let x = random(&mut rng, shape.dims());
+        let mut group = c.benchmark_group(name);
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(3))
+            .throughput(Throughput::Elements(flops));
+        if let Some(gpu) = &gpu {
+            let plan = GpuPlan::new(gpu, &net, shape).expect("plan");
+            plan.forward(x.view()).expect("warm-up");
+            let id = format!("{name}/gpu");
+            group.bench_function("gpu", |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        std::hint::black_box(plan.forward(x.view()).expect("forward"));
+                    }
+                    let elapsed = start.elapsed();
+                    record(&id, flops, elapsed, iters);
+                    elapsed
+                })
+            });
+        }
+        let plan = CpuPlan::new(&net).expect("cpu plan");
+        let id = format!("{name}/cpu_fast");
+        group.bench_function("cpu_fast", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(plan.forward(x.view()).expect("forward"));
+                }
+                let elapsed = start.elapsed();
+                record(&id, flops, elapsed, iters);
+                elapsed
+            })
+        });
+        group.finish();
+    }
+}
+
 fn summary() {
     let Ok(results) = RESULTS.lock() else {
         return;
@@ -216,6 +277,7 @@ fn summary() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     convolutions(&mut c);
+    context_modules(&mut c);
     c.final_summary();
     summary();
 }
