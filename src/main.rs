@@ -560,7 +560,7 @@ fn segment(args: &SegmentArgs) -> Result<(), dilated::Error> {
     }
     save_png(&args.output, &picture)?;
     println!(
-        "wrote {} ({w}x{h}, {} tiles of {}x{})",
+        "wrote {} ({w}x{h}, {} tile(s) of {}x{})",
         args.output.display(),
         ty * tx,
         segmenter.tile().0,
