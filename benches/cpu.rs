@@ -1,0 +1,145 @@
+//! Throughput of the fast CPU path (`dilated::cpu::fast`) on the shapes of the networks:
+//! dilated 3x3 convolutions, a 1x1, fc6, and whole context modules. Criterion reports the
+//! throughput in "elem/s", where one element is one FLOP (multiply-add = 2), so `Gelem/s` reads
+//! as GFLOP/s. `benches/onnxruntime_reference.py` times the same shapes on ONNX Runtime.
+//!
+//!     cargo bench --bench cpu [-- FILTER]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use dilated::cpu::fast::CpuConv2d;
+use dilated::{Conv2d, Shape};
+use ndarray::{Array1, Array4};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A chain of prepared layers with their preallocated outputs.
+struct Chain {
+    layers: Vec<CpuConv2d>,
+    input: Array4<f32>,
+    outputs: Vec<Array4<f32>>,
+    flops: u64,
+}
+
+impl Chain {
+    fn new(input: Shape, specs: &[Conv2d], rng: &mut StdRng) -> Self {
+        let mut shape = input;
+        let mut flops = 0;
+        let mut layers = Vec::new();
+        let mut outputs = Vec::new();
+        for spec in specs {
+            let out = spec.output_shape(shape, "bench").expect("valid bench shape");
+            flops += spec.flops(out);
+            let fan_in = (spec.in_channels * spec.kernel.0 * spec.kernel.1) as f32;
+            let scale = 1.0 / fan_in.sqrt();
+            let w = Array4::from_shape_simple_fn(spec.weight_shape(), || {
+                rng.random_range(-scale..scale)
+            });
+            let b = Array1::from_shape_simple_fn(spec.out_channels, || rng.random_range(-0.1..0.1));
+            let layer = CpuConv2d::new(*spec, w.view(), spec.bias.then(|| b.view()))
+                .expect("valid bench layer");
+            layers.push(layer);
+            outputs.push(Array4::zeros(out.dims()));
+            shape = out;
+        }
+        let x = Array4::from_shape_simple_fn(input.dims(), || rng.random_range(-1.0..1.0));
+        Self {
+            layers,
+            input: x,
+            outputs,
+            flops,
+        }
+    }
+
+    fn run(&mut self) {
+        for i in 0..self.layers.len() {
+            let (done, rest) = self.outputs.split_at_mut(i);
+            let x = if i == 0 {
+                self.input.view()
+            } else {
+                done[i - 1].view()
+            };
+            self.layers[i]
+                .forward_into(x, &mut rest[0])
+                .expect("bench layer runs");
+        }
+        black_box(&self.outputs);
+    }
+}
+
+/// 3x3 layers with the given output channels and dilations (pad = dilation, ReLU), then a 1x1
+/// to `last` channels.
+fn context(c_in: usize, channels: &[usize], dilations: &[usize], last: usize) -> Vec<Conv2d> {
+    let mut specs = Vec::new();
+    let mut c = c_in;
+    for (&co, &d) in channels.iter().zip(dilations) {
+        specs.push(Conv2d::new(c, co, 3).dilation(d).pad(d).with_relu(true));
+        c = co;
+    }
+    specs.push(Conv2d::new(c, last, 1));
+    specs
+}
+
+/// `(name, input shape, layers)` of every benchmark.
+fn cases() -> Vec<(String, Shape, Vec<Conv2d>)> {
+    let mut v = Vec::new();
+    for d in [1, 2, 4, 8, 16] {
+        v.push((
+            format!("conv3x3_256_64x64_d{d}"),
+            Shape::new(1, 256, 64, 64),
+            vec![Conv2d::new(256, 256, 3).dilation(d).pad(d)],
+        ));
+    }
+    v.push((
+        "conv1x1_1024_64x64".into(),
+        Shape::new(1, 1024, 64, 64),
+        vec![Conv2d::new(1024, 1024, 1)],
+    ));
+    v.push((
+        "fc6_7x7_d4_512to1024_32x32".into(),
+        Shape::new(1, 512, 56, 56),
+        vec![Conv2d::new(512, 1024, 7).dilation(4)],
+    ));
+    let c = 21;
+    let large = [2 * c, 2 * c, 4 * c, 8 * c, 16 * c, 32 * c, 32 * c];
+    v.push((
+        "context_large_c21_66x66".into(),
+        Shape::new(1, c, 66, 66),
+        context(c, &large, &[1, 1, 2, 4, 8, 16, 1], c),
+    ));
+    v.push((
+        "context_basic_c21_66x66".into(),
+        Shape::new(1, c, 66, 66),
+        context(c, &[c; 7], &[1, 1, 2, 4, 8, 16, 1], c),
+    ));
+    let c = 19;
+    v.push((
+        "context_basic_c19_128x128".into(),
+        Shape::new(1, c, 128, 128),
+        context(c, &[c; 9], &[1, 1, 2, 4, 8, 16, 32, 64, 1], c),
+    ));
+    v
+}
+
+fn bench(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut group = c.benchmark_group("cpu_fast");
+    for (name, input, specs) in cases() {
+        let mut chain = Chain::new(input, &specs, &mut rng);
+        group.throughput(Throughput::Elements(chain.flops));
+        group.bench_function(name, |b| b.iter(|| chain.run()));
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);
