@@ -4,7 +4,9 @@
 Builds each convolution (or chain of convolutions) as an ONNX graph with random weights as
 initializers and the activation as a graph input (so nothing is constant-folded), runs it on
 ONNX Runtime's CPU provider with `intra_op_num_threads` threads, and prints GFLOP/s
-(multiply-add = 2 FLOP, bias and ReLU not counted), median and best of the timed runs.
+(multiply-add = 2 FLOP, bias and ReLU not counted): median and best wall-clock rate of the
+timed runs, and FLOP per second of process CPU time (less sensitive to other load on the
+machine; with --threads 1 it is the per-core efficiency).
 
     pip install onnxruntime onnx numpy
     python3 benches/onnxruntime_reference.py [--threads 2] [--reps 10] [--filter NAME]
@@ -130,7 +132,10 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"onnxruntime {ort.__version__}, intra_op_num_threads={args.threads}")
-    print(f"{'shape':32} {'GFLOP':>8} {'median ms':>10} {'GFLOP/s':>8} {'best GFLOP/s':>12}")
+    print(
+        f"{'shape':32} {'GFLOP':>8} {'median ms':>10} {'GFLOP/s':>8} {'best GFLOP/s':>12} "
+        f"{'GFLOP/CPU-s':>11}"
+    )
     for name, c_in, h, w, layers in shapes():
         if args.filter not in name:
             continue
@@ -144,14 +149,16 @@ def main():
         for _ in range(2):
             sess.run(None, {"x": x})
         times = []
+        cpu0 = time.process_time()
         for _ in range(args.reps):
             t = time.perf_counter()
             sess.run(None, {"x": x})
             times.append(time.perf_counter() - t)
+        cpu = (time.process_time() - cpu0) / args.reps
         med, best = statistics.median(times), min(times)
         print(
             f"{name:32} {flops / 1e9:8.3f} {med * 1e3:10.2f} {flops / med / 1e9:8.1f} "
-            f"{flops / best / 1e9:12.1f}",
+            f"{flops / best / 1e9:12.1f} {flops / cpu / 1e9:11.1f}",
             flush=True,
         )
 

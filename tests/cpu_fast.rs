@@ -99,6 +99,9 @@ fn conv_network_shapes_small() {
         (Conv2d::new(16, 24, 7).dilation(4), Shape::new(1, 16, 30, 30)),
         (Conv2d::new(19, 19, 3).dilation(64).pad(64).with_relu(true), Shape::new(1, 19, 24, 20)),
         (Conv2d::new(21, 42, 3).pad(1).with_relu(true), Shape::new(2, 21, 33, 33)),
+        // Many input channels and taps: the input channels are processed in chunks.
+        (Conv2d::new(150, 13, 7).dilation(2).pad(5).with_relu(true), Shape::new(1, 150, 12, 20)),
+        (Conv2d::new(700, 25, 3).dilation(3).pad(3), Shape::new(1, 700, 6, 35)),
     ];
     for (spec, input) in cases {
         let e = check_conv(&mut rng, spec, input);

@@ -47,7 +47,8 @@ pub struct CpuConv2d {
     spec: Conv2d,
     method: Method,
     bias: Option<Vec<f32>>,
-    scratch: Mutex<Vec<f32>>,
+    /// Padded input and, in the flattened layout, the padded-width output.
+    scratch: Mutex<[Vec<f32>; 2]>,
 }
 
 impl CpuConv2d {
@@ -69,7 +70,7 @@ impl CpuConv2d {
             spec,
             method,
             bias: bias.map(|b| b.to_vec()),
-            scratch: Mutex::new(Vec::new()),
+            scratch: Mutex::new([Vec::new(), Vec::new()]),
         })
     }
 
@@ -349,6 +350,9 @@ mod direct {
         w_ci: usize,
         /// Bias of the block's channels.
         bias: Option<*const f32>,
+        /// Start from the values already in `out` (a later chunk of input channels).
+        accumulate: bool,
+        /// Apply the ReLU when storing (the last chunk of input channels).
         relu: bool,
         /// Output at (first channel of the block, row, first column of the tile).
         out: *mut f32,
@@ -367,7 +371,21 @@ mod direct {
     unsafe fn tile<const MR: usize, const NV: usize>(t: &Tile) {
         let zero = _mm512_setzero_ps();
         let mut acc = [[zero; NV]; MR];
-        if let Some(b) = t.bias {
+        if t.accumulate {
+            for (m, row) in acc.iter_mut().enumerate() {
+                // SAFETY: the same lanes the store below writes.
+                let o = unsafe { t.out.add(m * t.out_plane) };
+                for (v, a) in row.iter_mut().enumerate() {
+                    *a = unsafe {
+                        if v + 1 == NV {
+                            _mm512_maskz_loadu_ps(t.mask, o.add(16 * v))
+                        } else {
+                            _mm512_loadu_ps(o.add(16 * v))
+                        }
+                    };
+                }
+            }
+        } else if let Some(b) = t.bias {
             for (m, row) in acc.iter_mut().enumerate() {
                 // SAFETY: the bias has the block's MR channels.
                 let bv = _mm512_set1_ps(unsafe { *b.add(m) });
@@ -471,7 +489,35 @@ mod direct {
         Padded { hp, wp, plane }
     }
 
-    /// The whole convolution: pads the input into `scratch`, then runs every tile.
+    /// Target bytes of padded input rows one task works on (kept in L2).
+    const INPUT_BYTES: usize = 384 << 10;
+    /// Target bytes of one block's packed weights for one chunk of input channels.
+    const WEIGHT_BYTES: usize = 160 << 10;
+
+    /// One micro-kernel tile of output pixels.
+    #[derive(Clone, Copy)]
+    struct Span {
+        /// Offset of the tile's first tap-(0,0) input element inside a padded channel plane.
+        x: usize,
+        /// Offset of the tile's first output element inside an output channel plane.
+        out: usize,
+        /// Pixels in the tile (1..=TILE_W).
+        width: usize,
+        /// First and last output row the tile covers.
+        rows: (usize, usize),
+        /// First output column, when the tile lies in one row (else taps are never skipped
+        /// horizontally).
+        col: Option<usize>,
+    }
+
+    /// The whole convolution: pads the input into `scratch[0]`, then runs every tile.
+    ///
+    /// Tiles are 32 consecutive output pixels of one row, or, when that wastes fewer vector
+    /// lanes (narrow rows with little padding, stride 1), 32 consecutive positions of the
+    /// output laid out with the padded input's row pitch (the extra columns are computed into
+    /// `scratch[1]` and dropped when copying out). Tasks are (image, band of output rows);
+    /// within a task the input channels are split into chunks whose padded rows and weights
+    /// stay in L2, and for each chunk every block of output channels sweeps the band's tiles.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         s: &Conv2d,
@@ -482,78 +528,144 @@ mod direct {
         is: Shape,
         os: Shape,
         y: &mut [f32],
-        scratch: &mut Vec<f32>,
+        scratch: &mut [Vec<f32>; 2],
     ) {
-        let pad = pad_input(s, x, is, scratch);
+        let [xbuf, zbuf] = scratch;
+        let pad = pad_input(s, x, is, xbuf);
         debug_assert!(pad.hp >= (os.h - 1) * s.stride.0 + s.extent().0);
-        let xp: &[f32] = scratch;
+        let xp: &[f32] = xbuf;
         let (kh, kw) = s.kernel;
         let (dh, dw) = s.dilation;
         let taps = kh * kw;
         let cin = s.in_channels;
         let (oh, ow) = (os.h, os.w);
-        let out_plane = oh * ow;
+        // Lanes used per lane computed: one row at a time, or rows at the padded pitch.
+        let row_eff = ow as f64 / (16 * ow.div_ceil(16)) as f64;
+        let flat_eff = ((oh - 1) * pad.wp + ow) as f64 / (oh * pad.wp).div_ceil(16) as f64 / 16.0
+            * ow as f64
+            / pad.wp as f64;
+        let flat = s.stride == (1, 1) && flat_eff > row_eff + 0.03;
+        let z_len = os.n * s.out_channels * oh * pad.wp;
+        let (pitch, y_ptr) = if flat {
+            if zbuf.len() < z_len {
+                zbuf.clear();
+                zbuf.resize(z_len, 0.0);
+            }
+            (pad.wp, SyncPtr(zbuf.as_mut_ptr()))
+        } else {
+            (ow, SyncPtr(y.as_mut_ptr()))
+        };
+        let out_plane = oh * pitch;
         let threads = rayon::current_num_threads().max(1);
-        // Tasks are (image, block, band of rows); aim for plenty per thread for balance.
-        let units = os.n * blocks.len();
-        let bands = (threads * 16).div_ceil(units).clamp(1, oh);
+        // Bands: enough tasks for balance (about 8 per thread).
+        let bands = (threads * 8).div_ceil(os.n).clamp(1, oh);
         let band_rows = oh.div_ceil(bands);
         let bands = oh.div_ceil(band_rows);
-        let y_ptr = SyncPtr(y.as_mut_ptr());
-        let x_len = xp.len();
-        (0..units * bands).into_par_iter().for_each(|task| {
+        // Distinct padded rows a band reads per input channel.
+        let rows_read = (kh * band_rows).min((band_rows - 1) * s.stride.0 + s.extent().0);
+        let max_mr = blocks.iter().map(|b| b.1).max().unwrap_or(1);
+        let by_input = INPUT_BYTES / (rows_read * pad.wp * 4).max(1);
+        let by_weight = WEIGHT_BYTES / (taps * max_mr * 4).max(1);
+        let chunks = cin.div_ceil(by_input.min(by_weight).clamp(1, cin));
+        (0..os.n * bands).into_par_iter().for_each(|task| {
             let y_ptr = y_ptr;
-            let (unit, band) = (task / bands, task % bands);
-            let (n, b) = (unit / blocks.len(), unit % blocks.len());
-            let (c0, mr) = blocks[b];
-            let w_blk = &packed[c0 * cin * taps..(c0 + mr) * cin * taps];
+            let (n, band) = (task / bands, task % bands);
             let x_img = &xp[n * cin * pad.plane..];
-            let mut tap_list = Vec::with_capacity(taps);
-            for oy in band * band_rows..((band + 1) * band_rows).min(oh) {
-                let row0 = oy * s.stride.0;
-                for ox0 in (0..ow).step_by(TILE_W) {
-                    let width = TILE_W.min(ow - ox0);
-                    tap_list.clear();
+            let (r0, r1) = (band * band_rows, ((band + 1) * band_rows).min(oh));
+            // The band's tiles.
+            let mut spans = Vec::new();
+            if flat {
+                let end = (r1 * pitch).min((oh - 1) * pitch + ow);
+                for q in (r0 * pitch..end).step_by(TILE_W) {
+                    let width = TILE_W.min(end - q);
+                    let rows = (q / pitch, (q + width - 1) / pitch);
+                    spans.push(Span { x: q, out: q, width, rows, col: None });
+                }
+            } else {
+                for oy in r0..r1 {
+                    for ox0 in (0..ow).step_by(TILE_W) {
+                        spans.push(Span {
+                            x: oy * s.stride.0 * pad.wp + ox0,
+                            out: oy * ow + ox0,
+                            width: TILE_W.min(ow - ox0),
+                            rows: (oy, oy),
+                            col: Some(ox0),
+                        });
+                    }
+                }
+            }
+            // The taps that touch the input, per tile.
+            let tap_lists: Vec<Vec<(usize, usize)>> = spans
+                .iter()
+                .map(|sp| {
+                    let mut list = Vec::with_capacity(taps);
                     for ky in 0..kh {
-                        let r = row0 + ky * dh;
-                        if r < s.padding.top || r >= s.padding.top + is.h {
+                        let lo = sp.rows.0 * s.stride.0 + ky * dh;
+                        let hi = sp.rows.1 * s.stride.0 + ky * dh;
+                        if hi < s.padding.top || lo >= s.padding.top + is.h {
                             continue;
                         }
                         for kx in 0..kw {
-                            let c = ox0 + kx * dw;
-                            if c + width <= s.padding.left || c >= s.padding.left + is.w {
-                                continue;
+                            if let Some(ox0) = sp.col {
+                                let c = ox0 + kx * dw;
+                                if c + sp.width <= s.padding.left || c >= s.padding.left + is.w {
+                                    continue;
+                                }
                             }
-                            tap_list.push((r * pad.wp + c, (ky * kw + kx) * mr));
+                            list.push((ky * dh * pad.wp + kx * dw, ky * kw + kx));
                         }
                     }
-                    let nv = width.div_ceil(16);
-                    let rem = width - (nv - 1) * 16;
-                    let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
-                    let out_off = ((n * s.out_channels + c0) * oh + oy) * ow + ox0;
-                    let t = Tile {
-                        x: x_img.as_ptr(),
-                        x_plane: pad.plane,
-                        w: w_blk.as_ptr(),
-                        taps: &tap_list,
-                        cin,
-                        w_ci: taps * mr,
-                        bias: bias.map(|b| b[c0..].as_ptr()),
-                        relu: s.relu,
-                        // SAFETY: the offset is inside y (channel c0 + m < out, row oy < oh).
-                        out: unsafe { y_ptr.0.add(out_off) },
-                        out_plane,
-                        mask,
-                    };
-                    debug_assert!(n * cin * pad.plane + (cin - 1) * pad.plane < x_len);
-                    // SAFETY: AVX-512F was detected when the method was chosen; loads read
-                    // padded rows r < hp at columns c + lane < wp (stride 1 horizontally, so
-                    // the last output column plus the kernel extent ends inside the padded
-                    // width); stores write columns ox0 + lane < ow of channels c0..c0+mr.
-                    unsafe { dispatch(mr, nv, &t) };
+                    list
+                })
+                .collect();
+            let mut scaled = Vec::with_capacity(taps);
+            for chunk in 0..chunks {
+                let (ci0, ci1) = (chunk * cin / chunks, (chunk + 1) * cin / chunks);
+                for &(c0, mr) in blocks {
+                    let w_blk = &packed[(c0 * cin + ci0 * mr) * taps..(c0 * cin + ci1 * mr) * taps];
+                    for (sp, list) in spans.iter().zip(&tap_lists) {
+                        scaled.clear();
+                        scaled.extend(list.iter().map(|&(xo, t)| (xo, t * mr)));
+                        let nv = sp.width.div_ceil(16);
+                        let rem = sp.width - (nv - 1) * 16;
+                        let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+                        let out_off = (n * s.out_channels + c0) * out_plane + sp.out;
+                        let t = Tile {
+                            x: x_img[ci0 * pad.plane + sp.x..].as_ptr(),
+                            x_plane: pad.plane,
+                            w: w_blk.as_ptr(),
+                            taps: &scaled,
+                            cin: ci1 - ci0,
+                            w_ci: taps * mr,
+                            bias: bias.map(|b| b[c0..].as_ptr()),
+                            accumulate: chunk > 0,
+                            relu: s.relu && chunk + 1 == chunks,
+                            // SAFETY: inside the output (channel c0 + m < out, tile in plane).
+                            out: unsafe { y_ptr.0.add(out_off) },
+                            out_plane,
+                            mask,
+                        };
+                        // SAFETY: AVX-512F was detected when the method was chosen. Loads read
+                        // channels ci0..ci1 at padded row <= (oh-1)*stride + (kh-1)*dh < hp and
+                        // column <= ow-1 + (kw-1)*dw < wp (stride 1 horizontally), or in the
+                        // flat layout at q + tap offset <= hp*wp - 1. Stores write this band's
+                        // pixels of channels c0..c0+mr, which no other task writes.
+                        unsafe { dispatch(mr, nv, &t) };
+                    }
                 }
             }
         });
+        if flat {
+            // Drop the padding columns.
+            let z: &[f32] = &zbuf[..z_len];
+            y.par_chunks_mut(oh * ow)
+                .zip(z.par_chunks(out_plane))
+                .for_each(|(dst, src)| {
+                    for (d, s) in dst.chunks_mut(ow).zip(src.chunks(pitch)) {
+                        d.copy_from_slice(&s[..ow]);
+                    }
+                });
+        }
     }
 }
 
