@@ -30,7 +30,9 @@ impl Chain {
         let mut layers = Vec::new();
         let mut outputs = Vec::new();
         for spec in specs {
-            let out = spec.output_shape(shape, "bench").expect("valid bench shape");
+            let out = spec
+                .output_shape(shape, "bench")
+                .expect("valid bench shape");
             flops += spec.flops(out);
             let fan_in = (spec.in_channels * spec.kernel.0 * spec.kernel.1) as f32;
             let scale = 1.0 / fan_in.sqrt();

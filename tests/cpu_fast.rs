@@ -33,18 +33,42 @@ fn random_conv(rng: &mut StdRng) -> (Conv2d, Shape) {
         let n = rng.random_range(1..=3);
         let cin = rng.random_range(1..=64);
         let cout = rng.random_range(1..=64);
-        let h = if rng.random_bool(0.1) { 1 } else { rng.random_range(1..=40) };
-        let w = if rng.random_bool(0.1) { 1 } else { rng.random_range(1..=40) };
+        let h = if rng.random_bool(0.1) {
+            1
+        } else {
+            rng.random_range(1..=40)
+        };
+        let w = if rng.random_bool(0.1) {
+            1
+        } else {
+            rng.random_range(1..=40)
+        };
         let kh = KERNELS[rng.random_range(0..5)];
-        let kw = if rng.random_bool(0.7) { kh } else { KERNELS[rng.random_range(0..5)] };
+        let kw = if rng.random_bool(0.7) {
+            kh
+        } else {
+            KERNELS[rng.random_range(0..5)]
+        };
         let dh = rng.random_range(1..=16);
-        let dw = if rng.random_bool(0.5) { dh } else { rng.random_range(1..=16) };
+        let dw = if rng.random_bool(0.5) {
+            dh
+        } else {
+            rng.random_range(1..=16)
+        };
         let mut pad = || {
-            if rng.random_bool(0.3) { 0 } else { rng.random_range(0..=17) }
+            if rng.random_bool(0.3) {
+                0
+            } else {
+                rng.random_range(0..=17)
+            }
         };
         let padding = Padding::new(pad(), pad(), pad(), pad());
         let sh = rng.random_range(1..=3);
-        let sw = if rng.random_bool(0.6) { 1 } else { rng.random_range(1..=3) };
+        let sw = if rng.random_bool(0.6) {
+            1
+        } else {
+            rng.random_range(1..=3)
+        };
         let spec = Conv2d::new(cin, cout, 1)
             .kernel(kh, kw)
             .dilation_hw(dh, dw)
@@ -69,7 +93,10 @@ fn conv_matches_reference_on_random_configs() {
     for i in 0..160 {
         let (spec, input) = random_conv(&mut rng);
         let e = check_conv(&mut rng, spec, input);
-        assert!(e <= TOL, "config {i}: {spec:?} on {input}: relative error {e:e}");
+        assert!(
+            e <= TOL,
+            "config {i}: {spec:?} on {input}: relative error {e:e}"
+        );
     }
 }
 
@@ -77,10 +104,16 @@ fn conv_matches_reference_on_random_configs() {
 fn conv_tile_edges_and_channel_blocks() {
     // Widths around the 16-lane vectors and 32-pixel tiles, channel counts around the blocks.
     let mut rng = common::rng(7);
-    for (i, &w) in [1usize, 15, 16, 17, 31, 32, 33, 47, 48, 64, 66, 70].iter().enumerate() {
+    for (i, &w) in [1usize, 15, 16, 17, 31, 32, 33, 47, 48, 64, 66, 70]
+        .iter()
+        .enumerate()
+    {
         for &cout in &[1usize, 11, 12, 13, 24, 25, 37] {
             let d = 1 + i % 5;
-            let spec = Conv2d::new(5, cout, 3).dilation(d).pad(d).with_relu(i % 2 == 0);
+            let spec = Conv2d::new(5, cout, 3)
+                .dilation(d)
+                .pad(d)
+                .with_relu(i % 2 == 0);
             let input = Shape::new(1, 5, 9, w);
             let e = check_conv(&mut rng, spec, input);
             assert!(e <= TOL, "{spec:?} on {input}: relative error {e:e}");
@@ -94,14 +127,32 @@ fn conv_network_shapes_small() {
     // dilation-4 layer without padding, a dilation larger than the input.
     let mut rng = common::rng(11);
     let cases = [
-        (Conv2d::new(32, 32, 3).dilation(8).pad(8), Shape::new(1, 32, 20, 20)),
+        (
+            Conv2d::new(32, 32, 3).dilation(8).pad(8),
+            Shape::new(1, 32, 20, 20),
+        ),
         (Conv2d::new(64, 48, 1), Shape::new(1, 64, 16, 16)),
-        (Conv2d::new(16, 24, 7).dilation(4), Shape::new(1, 16, 30, 30)),
-        (Conv2d::new(19, 19, 3).dilation(64).pad(64).with_relu(true), Shape::new(1, 19, 24, 20)),
-        (Conv2d::new(21, 42, 3).pad(1).with_relu(true), Shape::new(2, 21, 33, 33)),
+        (
+            Conv2d::new(16, 24, 7).dilation(4),
+            Shape::new(1, 16, 30, 30),
+        ),
+        (
+            Conv2d::new(19, 19, 3).dilation(64).pad(64).with_relu(true),
+            Shape::new(1, 19, 24, 20),
+        ),
+        (
+            Conv2d::new(21, 42, 3).pad(1).with_relu(true),
+            Shape::new(2, 21, 33, 33),
+        ),
         // Many input channels and taps: the input channels are processed in chunks.
-        (Conv2d::new(150, 13, 7).dilation(2).pad(5).with_relu(true), Shape::new(1, 150, 12, 20)),
-        (Conv2d::new(700, 25, 3).dilation(3).pad(3), Shape::new(1, 700, 6, 35)),
+        (
+            Conv2d::new(150, 13, 7).dilation(2).pad(5).with_relu(true),
+            Shape::new(1, 150, 12, 20),
+        ),
+        (
+            Conv2d::new(700, 25, 3).dilation(3).pad(3),
+            Shape::new(1, 700, 6, 35),
+        ),
     ];
     for (spec, input) in cases {
         let e = check_conv(&mut rng, spec, input);
@@ -115,9 +166,17 @@ fn conv_rejects_bad_shapes() {
     let w = Array4::<f32>::ones(spec.weight_shape());
     let b = ndarray::Array1::<f32>::ones(4);
     let layer = fast::CpuConv2d::new(spec, w.view(), Some(b.view())).unwrap();
-    assert!(layer.forward(Array4::<f32>::ones((1, 2, 5, 5)).view()).is_err());
+    assert!(
+        layer
+            .forward(Array4::<f32>::ones((1, 2, 5, 5)).view())
+            .is_err()
+    );
     let mut wrong = Array4::<f32>::zeros((1, 4, 4, 5));
-    assert!(layer.forward_into(Array4::<f32>::ones((1, 3, 5, 5)).view(), &mut wrong).is_err());
+    assert!(
+        layer
+            .forward_into(Array4::<f32>::ones((1, 3, 5, 5)).view(), &mut wrong)
+            .is_err()
+    );
     assert!(fast::CpuConv2d::new(spec, w.view(), None).is_err());
 }
 
@@ -161,7 +220,10 @@ fn max_pool_matches_reference() {
         assert_eq!(got.dim(), want.dim());
         // Max pooling is exact: compare bit for bit, NaN positions included.
         for (g, w) in got.iter().zip(want.iter()) {
-            assert!(g == w || (g.is_nan() && w.is_nan()), "{spec:?} on {shape:?}: {g} vs {w}");
+            assert!(
+                g == w || (g.is_nan() && w.is_nan()),
+                "{spec:?} on {shape:?}: {g} vs {w}"
+            );
         }
         checked += 1;
     }

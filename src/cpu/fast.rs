@@ -25,7 +25,7 @@ use crate::spec::{Conv2d, MaxPool2d, Shape};
 const SCRATCH_ELEMS: usize = 16 << 20;
 
 /// Most output channels per micro-kernel tile of the direct path.
-pub const MAX_MR: usize = 12;
+pub const MAX_MR: usize = 14;
 
 /// How the layer runs.
 enum Method {
@@ -325,7 +325,6 @@ mod direct {
     use crate::spec::{Conv2d, Shape};
 
     /// Output pixels per micro-kernel tile (two 16-lane vectors).
-    const TILE_W: usize = 32;
 
     /// A raw pointer that may cross threads; every task writes a disjoint part of the output.
     #[derive(Clone, Copy)]
@@ -392,12 +391,12 @@ mod direct {
                 *row = [bv; NV];
             }
         }
-        for ci in 0..t.cin {
-            // SAFETY (whole loop): offsets stay inside the padded input and packed weights.
-            let xc = unsafe { t.x.add(ci * t.x_plane) };
-            let wc = unsafe { t.w.add(ci * t.w_ci) };
-            for &(xo, wo) in t.taps {
-                let xp = unsafe { xc.add(xo) };
+        if let [(xo, wo)] = *t.taps {
+            // One tap (1x1 kernels, or all but one tap in the padding): a tight loop.
+            for ci in 0..t.cin {
+                // SAFETY: as in the general loop below.
+                let xp = unsafe { t.x.add(ci * t.x_plane + xo) };
+                let wp = unsafe { t.w.add(ci * t.w_ci + wo) };
                 let mut xv = [zero; NV];
                 for (v, xr) in xv.iter_mut().enumerate() {
                     *xr = if v + 1 == NV {
@@ -406,11 +405,34 @@ mod direct {
                         unsafe { _mm512_loadu_ps(xp.add(16 * v)) }
                     };
                 }
-                let wp = unsafe { wc.add(wo) };
                 for (m, row) in acc.iter_mut().enumerate() {
                     let wv = _mm512_set1_ps(unsafe { *wp.add(m) });
                     for (a, xr) in row.iter_mut().zip(xv.iter()) {
                         *a = _mm512_fmadd_ps(wv, *xr, *a);
+                    }
+                }
+            }
+        } else {
+            for ci in 0..t.cin {
+                // SAFETY (whole loop): offsets stay inside the padded input and packed weights.
+                let xc = unsafe { t.x.add(ci * t.x_plane) };
+                let wc = unsafe { t.w.add(ci * t.w_ci) };
+                for &(xo, wo) in t.taps {
+                    let xp = unsafe { xc.add(xo) };
+                    let mut xv = [zero; NV];
+                    for (v, xr) in xv.iter_mut().enumerate() {
+                        *xr = if v + 1 == NV {
+                            unsafe { _mm512_maskz_loadu_ps(t.mask, xp.add(16 * v)) }
+                        } else {
+                            unsafe { _mm512_loadu_ps(xp.add(16 * v)) }
+                        };
+                    }
+                    let wp = unsafe { wc.add(wo) };
+                    for (m, row) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(unsafe { *wp.add(m) });
+                        for (a, xr) in row.iter_mut().zip(xv.iter()) {
+                            *a = _mm512_fmadd_ps(wv, *xr, *a);
+                        }
                     }
                 }
             }
@@ -445,7 +467,7 @@ mod direct {
                 }
             };
         }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12)
+        go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
     }
 
     /// Geometry of the zero-padded input copy.
@@ -501,7 +523,7 @@ mod direct {
         x: usize,
         /// Offset of the tile's first output element inside an output channel plane.
         out: usize,
-        /// Pixels in the tile (1..=TILE_W).
+        /// Pixels in the tile (1..=32).
         width: usize,
         /// First and last output row the tile covers.
         rows: (usize, usize),
@@ -510,14 +532,138 @@ mod direct {
         col: Option<usize>,
     }
 
+    /// How the output is cut into tiles.
+    #[derive(Clone, Copy, Debug)]
+    struct Plan {
+        /// Tiles run along the output laid out at the padded input's pitch (else along rows).
+        flat: bool,
+        /// Pixels per tile (16 or 32).
+        tile_w: usize,
+    }
+
+    /// Everything the tiling needs to know about a layer on one input size.
+    struct Geom<'a> {
+        s: &'a Conv2d,
+        is: Shape,
+        os: Shape,
+        wp: usize,
+    }
+
+    impl Geom<'_> {
+        /// Output row pitch of the tiles' target.
+        fn pitch(&self, plan: Plan) -> usize {
+            if plan.flat { self.wp } else { self.os.w }
+        }
+
+        /// The tiles of output rows `r0..r1`.
+        fn spans(&self, plan: Plan, r0: usize, r1: usize, out: &mut Vec<Span>) {
+            let (oh, ow, tw) = (self.os.h, self.os.w, plan.tile_w);
+            out.clear();
+            if plan.flat {
+                let pitch = self.wp;
+                let end = (r1 * pitch).min((oh - 1) * pitch + ow);
+                for q in (r0 * pitch..end).step_by(tw) {
+                    let width = tw.min(end - q);
+                    let rows = (q / pitch, (q + width - 1) / pitch);
+                    out.push(Span {
+                        x: q,
+                        out: q,
+                        width,
+                        rows,
+                        col: None,
+                    });
+                }
+            } else {
+                for oy in r0..r1 {
+                    for ox0 in (0..ow).step_by(tw) {
+                        out.push(Span {
+                            x: oy * self.s.stride.0 * self.wp + ox0,
+                            out: oy * ow + ox0,
+                            width: tw.min(ow - ox0),
+                            rows: (oy, oy),
+                            col: Some(ox0),
+                        });
+                    }
+                }
+            }
+        }
+
+        /// `(input offset, tap index)` of the taps of `sp` that touch the input (the others
+        /// read only padding).
+        fn taps(&self, sp: &Span, list: &mut Vec<(usize, usize)>) {
+            let s = self.s;
+            let (kh, kw) = s.kernel;
+            let (dh, dw) = s.dilation;
+            list.clear();
+            for ky in 0..kh {
+                let lo = sp.rows.0 * s.stride.0 + ky * dh;
+                let hi = sp.rows.1 * s.stride.0 + ky * dh;
+                if hi < s.padding.top || lo >= s.padding.top + self.is.h {
+                    continue;
+                }
+                for kx in 0..kw {
+                    if let Some(ox0) = sp.col {
+                        let c = ox0 + kx * dw;
+                        if c + sp.width <= s.padding.left || c >= s.padding.left + self.is.w {
+                            continue;
+                        }
+                    }
+                    list.push((ky * dh * self.wp + kx * dw, ky * kw + kx));
+                }
+            }
+        }
+
+        /// Vector multiply-adds per input and output channel of one image under `plan`, plus
+        /// the copy out of the flat layout.
+        fn cost(&self, plan: Plan) -> usize {
+            let mut spans = Vec::new();
+            let mut list = Vec::new();
+            self.spans(plan, 0, self.os.h, &mut spans);
+            let mut total = 0;
+            for sp in &spans {
+                self.taps(sp, &mut list);
+                total += list.len() * sp.width.div_ceil(16);
+            }
+            if plan.flat {
+                total += self.os.h * self.wp / 16 / self.s.in_channels.max(1) * 4;
+            }
+            total
+        }
+
+        /// The cheapest plan.
+        fn plan(&self) -> Plan {
+            let mut best = Plan {
+                flat: false,
+                tile_w: 32,
+            };
+            let mut best_cost = self.cost(best);
+            for flat in [false, true] {
+                if flat && self.s.stride != (1, 1) {
+                    continue;
+                }
+                for tile_w in [32, 16] {
+                    let plan = Plan { flat, tile_w };
+                    let c = self.cost(plan);
+                    // Prefer wide row tiles unless another plan saves over 2 %.
+                    if c * 50 < best_cost * 49 {
+                        best = plan;
+                        best_cost = c;
+                    }
+                }
+            }
+            best
+        }
+    }
+
     /// The whole convolution: pads the input into `scratch[0]`, then runs every tile.
     ///
-    /// Tiles are 32 consecutive output pixels of one row, or, when that wastes fewer vector
-    /// lanes (narrow rows with little padding, stride 1), 32 consecutive positions of the
-    /// output laid out with the padded input's row pitch (the extra columns are computed into
-    /// `scratch[1]` and dropped when copying out). Tasks are (image, band of output rows);
-    /// within a task the input channels are split into chunks whose padded rows and weights
-    /// stay in L2, and for each chunk every block of output channels sweeps the band's tiles.
+    /// Tiles are 16 or 32 consecutive output pixels of one row, or, when that wastes fewer
+    /// vector lanes (narrow rows with little padding, stride 1), of the output laid out with
+    /// the padded input's row pitch (the extra columns are computed into `scratch[1]` and
+    /// dropped when copying out); the cheapest tiling counting skipped taps wins. Tasks are
+    /// (image, band of output rows); within a task the input channels are split into chunks
+    /// whose padded rows and weights stay in L2, and for each chunk every block of output
+    /// channels sweeps the band's tiles.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         s: &Conv2d,
@@ -534,26 +680,26 @@ mod direct {
         let pad = pad_input(s, x, is, xbuf);
         debug_assert!(pad.hp >= (os.h - 1) * s.stride.0 + s.extent().0);
         let xp: &[f32] = xbuf;
-        let (kh, kw) = s.kernel;
-        let (dh, dw) = s.dilation;
-        let taps = kh * kw;
+        let geom = Geom {
+            s,
+            is,
+            os,
+            wp: pad.wp,
+        };
+        let plan = geom.plan();
+        let taps = s.kernel.0 * s.kernel.1;
         let cin = s.in_channels;
         let (oh, ow) = (os.h, os.w);
-        // Lanes used per lane computed: one row at a time, or rows at the padded pitch.
-        let row_eff = ow as f64 / (16 * ow.div_ceil(16)) as f64;
-        let flat_eff = ((oh - 1) * pad.wp + ow) as f64 / (oh * pad.wp).div_ceil(16) as f64 / 16.0
-            * ow as f64
-            / pad.wp as f64;
-        let flat = s.stride == (1, 1) && flat_eff > row_eff + 0.03;
-        let z_len = os.n * s.out_channels * oh * pad.wp;
-        let (pitch, y_ptr) = if flat {
+        let pitch = geom.pitch(plan);
+        let z_len = os.n * s.out_channels * oh * pitch;
+        let y_ptr = if plan.flat {
             if zbuf.len() < z_len {
                 zbuf.clear();
                 zbuf.resize(z_len, 0.0);
             }
-            (pad.wp, SyncPtr(zbuf.as_mut_ptr()))
+            SyncPtr(zbuf.as_mut_ptr())
         } else {
-            (ow, SyncPtr(y.as_mut_ptr()))
+            SyncPtr(y.as_mut_ptr())
         };
         let out_plane = oh * pitch;
         let threads = rayon::current_num_threads().max(1);
@@ -562,7 +708,7 @@ mod direct {
         let band_rows = oh.div_ceil(bands);
         let bands = oh.div_ceil(band_rows);
         // Distinct padded rows a band reads per input channel.
-        let rows_read = (kh * band_rows).min((band_rows - 1) * s.stride.0 + s.extent().0);
+        let rows_read = (s.kernel.0 * band_rows).min((band_rows - 1) * s.stride.0 + s.extent().0);
         let max_mr = blocks.iter().map(|b| b.1).max().unwrap_or(1);
         let by_input = INPUT_BYTES / (rows_read * pad.wp * 4).max(1);
         let by_weight = WEIGHT_BYTES / (taps * max_mr * 4).max(1);
@@ -572,49 +718,13 @@ mod direct {
             let (n, band) = (task / bands, task % bands);
             let x_img = &xp[n * cin * pad.plane..];
             let (r0, r1) = (band * band_rows, ((band + 1) * band_rows).min(oh));
-            // The band's tiles.
             let mut spans = Vec::new();
-            if flat {
-                let end = (r1 * pitch).min((oh - 1) * pitch + ow);
-                for q in (r0 * pitch..end).step_by(TILE_W) {
-                    let width = TILE_W.min(end - q);
-                    let rows = (q / pitch, (q + width - 1) / pitch);
-                    spans.push(Span { x: q, out: q, width, rows, col: None });
-                }
-            } else {
-                for oy in r0..r1 {
-                    for ox0 in (0..ow).step_by(TILE_W) {
-                        spans.push(Span {
-                            x: oy * s.stride.0 * pad.wp + ox0,
-                            out: oy * ow + ox0,
-                            width: TILE_W.min(ow - ox0),
-                            rows: (oy, oy),
-                            col: Some(ox0),
-                        });
-                    }
-                }
-            }
-            // The taps that touch the input, per tile.
+            geom.spans(plan, r0, r1, &mut spans);
             let tap_lists: Vec<Vec<(usize, usize)>> = spans
                 .iter()
                 .map(|sp| {
                     let mut list = Vec::with_capacity(taps);
-                    for ky in 0..kh {
-                        let lo = sp.rows.0 * s.stride.0 + ky * dh;
-                        let hi = sp.rows.1 * s.stride.0 + ky * dh;
-                        if hi < s.padding.top || lo >= s.padding.top + is.h {
-                            continue;
-                        }
-                        for kx in 0..kw {
-                            if let Some(ox0) = sp.col {
-                                let c = ox0 + kx * dw;
-                                if c + sp.width <= s.padding.left || c >= s.padding.left + is.w {
-                                    continue;
-                                }
-                            }
-                            list.push((ky * dh * pad.wp + kx * dw, ky * kw + kx));
-                        }
-                    }
+                    geom.taps(sp, &mut list);
                     list
                 })
                 .collect();
@@ -655,7 +765,7 @@ mod direct {
                 }
             }
         });
-        if flat {
+        if plan.flat {
             // Drop the padding columns.
             let z: &[f32] = &zbuf[..z_len];
             y.par_chunks_mut(oh * ow)
@@ -728,12 +838,10 @@ pub fn max_pool2d(input: ArrayView4<f32>, spec: &MaxPool2d) -> Result<Array4<f32
     };
     let cols: Vec<(usize, usize)> = (0..ow).map(|ox| range(ox, sw, pl, kw, iw)).collect();
     let mut out = Array4::<f32>::zeros(os.dims());
-    let y = out
-        .as_slice_mut()
-        .ok_or_else(|| Error::InvalidSpec {
-            context: "max_pool2d".into(),
-            reason: "output is not contiguous".into(),
-        })?;
+    let y = out.as_slice_mut().ok_or_else(|| Error::InvalidSpec {
+        context: "max_pool2d".into(),
+        reason: "output is not contiguous".into(),
+    })?;
     y.par_chunks_mut(oh * ow)
         .zip(x.par_chunks(ih * iw))
         .for_each(|(yp, xp)| {
