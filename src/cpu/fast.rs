@@ -678,8 +678,8 @@ mod direct {
     ) {
         let [xbuf, zbuf] = scratch;
         let pad = pad_input(s, x, is, xbuf);
-        debug_assert!(pad.hp >= (os.h - 1) * s.stride.0 + s.extent().0);
         let xp: &[f32] = xbuf;
+        debug_assert!(pad.hp >= (os.h - 1) * s.stride.0 + s.extent().0);
         let geom = Geom {
             s,
             is,
