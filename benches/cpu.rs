@@ -4,11 +4,18 @@
 //! as GFLOP/s. `benches/onnxruntime_reference.py` times the same shapes on ONNX Runtime.
 //!
 //!     cargo bench --bench cpu [-- FILTER]
+//!
+//! With `CPU_BENCH_TABLE=1` it prints instead one line per shape: best and median wall-clock
+//! GFLOP/s over `CPU_BENCH_SECS` seconds (default 3) and GFLOP per second of process CPU time
+//! (Linux; less sensitive to other load on the machine, and with `RAYON_NUM_THREADS=1` the
+//! per-core efficiency):
+//!
+//!     CPU_BENCH_TABLE=1 cargo bench --bench cpu [-- FILTER]
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use dilated::cpu::fast::CpuConv2d;
 use dilated::{Conv2d, Shape};
 use ndarray::{Array1, Array4};
@@ -144,4 +151,73 @@ criterion_group! {
         .measurement_time(Duration::from_secs(2));
     targets = bench
 }
-criterion_main!(benches);
+/// Process CPU time (user + system) in seconds, from `/proc/self/stat`; `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // The kernel reports in USER_HZ, 100 on every Linux platform Rust targets.
+    Some(ticks / 100.0)
+}
+
+/// The table mode: best and median wall-clock rate, and rate per CPU-second.
+fn table(filter: &str) {
+    let secs: f64 = std::env::var("CPU_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0);
+    println!(
+        "threads {}; GFLOP/s (multiply-add = 2)",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:32} {:>8} {:>9} {:>9} {:>11} {:>5}",
+        "shape", "GFLOP", "best", "median", "per CPU-s", "runs"
+    );
+    let mut rng = StdRng::seed_from_u64(0);
+    for (name, input, specs) in cases() {
+        if !name.contains(filter) {
+            continue;
+        }
+        let mut chain = Chain::new(input, &specs, &mut rng);
+        chain.run();
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let mut times = Vec::new();
+        while start.elapsed().as_secs_f64() < secs || times.len() < 3 {
+            let t = Instant::now();
+            chain.run();
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let per_cpu = match (cpu0, cpu_seconds()) {
+            (Some(a), Some(b)) if b > a => {
+                format!(
+                    "{:11.1}",
+                    chain.flops as f64 * times.len() as f64 / (b - a) / 1e9
+                )
+            }
+            _ => format!("{:>11}", "-"),
+        };
+        times.sort_by(f64::total_cmp);
+        let g = chain.flops as f64 / 1e9;
+        println!(
+            "{name:32} {g:8.3} {:9.1} {:9.1} {per_cpu} {:5}",
+            g / times[0],
+            g / times[times.len() / 2],
+            times.len()
+        );
+    }
+}
+
+fn main() {
+    if std::env::var_os("CPU_BENCH_TABLE").is_some() {
+        let filter = std::env::args()
+            .skip(1)
+            .find(|a| !a.starts_with("--"))
+            .unwrap_or_default();
+        table(&filter);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -324,14 +324,19 @@ mod direct {
 
     use crate::spec::{Conv2d, Shape};
 
-    /// Output pixels per micro-kernel tile (two 16-lane vectors).
-
     /// A raw pointer that may cross threads; every task writes a disjoint part of the output.
     #[derive(Clone, Copy)]
     struct SyncPtr(*mut f32);
     // SAFETY: tasks write disjoint elements (distinct output channels or rows).
     unsafe impl Send for SyncPtr {}
     unsafe impl Sync for SyncPtr {}
+
+    impl SyncPtr {
+        /// The pointer (a method, so closures capture the whole `Send` wrapper).
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
 
     /// Arguments of one micro-kernel call.
     struct Tile<'a> {
@@ -714,7 +719,6 @@ mod direct {
         let by_weight = WEIGHT_BYTES / (taps * max_mr * 4).max(1);
         let chunks = cin.div_ceil(by_input.min(by_weight).clamp(1, cin));
         (0..os.n * bands).into_par_iter().for_each(|task| {
-            let y_ptr = y_ptr;
             let (n, band) = (task / bands, task % bands);
             let x_img = &xp[n * cin * pad.plane..];
             let (r0, r1) = (band * band_rows, ((band + 1) * band_rows).min(oh));
@@ -751,7 +755,7 @@ mod direct {
                             accumulate: chunk > 0,
                             relu: s.relu && chunk + 1 == chunks,
                             // SAFETY: inside the output (channel c0 + m < out, tile in plane).
-                            out: unsafe { y_ptr.0.add(out_off) },
+                            out: unsafe { y_ptr.get().add(out_off) },
                             out_plane,
                             mask,
                         };
