@@ -101,6 +101,12 @@ fn cases() -> Vec<(String, Shape, Vec<Conv2d>)> {
             vec![Conv2d::new(256, 256, 3).dilation(d).pad(d)],
         ));
     }
+    // Horizontal stride 2 takes the im2col + SGEMM fallback.
+    v.push((
+        "conv3x3_256_stride2_64x64".into(),
+        Shape::new(1, 256, 128, 128),
+        vec![Conv2d::new(256, 256, 3).stride(2).pad(1)],
+    ));
     v.push((
         "conv1x1_1024_64x64".into(),
         Shape::new(1, 1024, 64, 64),

@@ -286,33 +286,37 @@ fn im2col(
 ) {
     let cols = rows * ow;
     let (kh, kw) = s.kernel;
-    for ci in 0..s.in_channels {
-        let plane = &x[ci * ih * iw..(ci + 1) * ih * iw];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = &mut col[((ci * kh + ky) * kw + kx) * cols..][..cols];
-                for r in 0..rows {
-                    let iy = ((r0 + r) * s.stride.0 + ky * s.dilation.0) as isize
-                        - s.padding.top as isize;
-                    let dst = &mut row[r * ow..(r + 1) * ow];
-                    if iy < 0 || iy >= ih as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * iw..(iy as usize + 1) * iw];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * s.stride.1 + kx * s.dilation.1) as isize
-                            - s.padding.left as isize;
-                        *d = if ix >= 0 && ix < iw as isize {
-                            src[ix as usize]
-                        } else {
-                            0.0
-                        };
+    let per_channel = kh * kw * cols;
+    col[..s.in_channels * per_channel]
+        .par_chunks_mut(per_channel)
+        .enumerate()
+        .for_each(|(ci, col)| {
+            let plane = &x[ci * ih * iw..(ci + 1) * ih * iw];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let row = &mut col[(ky * kw + kx) * cols..][..cols];
+                    for r in 0..rows {
+                        let iy = ((r0 + r) * s.stride.0 + ky * s.dilation.0) as isize
+                            - s.padding.top as isize;
+                        let dst = &mut row[r * ow..(r + 1) * ow];
+                        if iy < 0 || iy >= ih as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * iw..(iy as usize + 1) * iw];
+                        for (ox, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * s.stride.1 + kx * s.dilation.1) as isize
+                                - s.padding.left as isize;
+                            *d = if ix >= 0 && ix < iw as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 /// The direct AVX-512 convolution.
