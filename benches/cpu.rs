@@ -16,8 +16,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use dilated::cpu::fast::CpuConv2d;
-use dilated::{Conv2d, Shape};
+use dilated::cpu::fast::{self, CpuConv2d};
+use dilated::{Conv2d, MaxPool2d, Shape};
 use ndarray::{Array1, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -147,7 +147,24 @@ fn bench(c: &mut Criterion) {
         group.bench_function(name, |b| b.iter(|| chain.run()));
     }
     group.finish();
+
+    // Memory-bound ops: throughput in bytes of input read.
+    let mut group = c.benchmark_group("cpu_fast_mem");
+    let x = Array4::from_shape_simple_fn(POOL_INPUT, || rng.random_range(-1.0f32..1.0));
+    group.throughput(Throughput::Bytes((x.len() * 4) as u64));
+    let pool = MaxPool2d::caffe(2, 2);
+    group.bench_function("max_pool_2x2s2_128x224x224", |b| {
+        b.iter(|| black_box(fast::max_pool2d(x.view(), &pool).expect("valid pool")))
+    });
+    let mut y = x.clone();
+    group.bench_function("relu_inplace_128x224x224", |b| {
+        b.iter(|| fast::relu_inplace(black_box(&mut y)))
+    });
+    group.finish();
 }
+
+/// Input of the pooling and ReLU benchmarks (a VGG pool2-sized activation).
+const POOL_INPUT: [usize; 4] = [1, 128, 224, 224];
 
 criterion_group! {
     name = benches;

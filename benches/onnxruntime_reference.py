@@ -161,6 +161,46 @@ def main():
             f"{flops / best / 1e9:12.1f} {flops / cpu / 1e9:11.1f}",
             flush=True,
         )
+    mem_ops(args, rng)
+
+
+def mem_ops(args, rng):
+    """MaxPool 2x2/2 (ceil) and Relu on a 1x128x224x224 input, in GB/s of input read."""
+    shape = [1, 128, 224, 224]
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    for name, node, out_shape in [
+        (
+            "max_pool_2x2s2_128x224x224",
+            helper.make_node(
+                "MaxPool", ["x"], ["out"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1
+            ),
+            [1, 128, 112, 112],
+        ),
+        ("relu_128x224x224", helper.make_node("Relu", ["x"], ["out"]), shape),
+    ]:
+        if args.filter not in name:
+            continue
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        for _ in range(2):
+            sess.run(None, {"x": x})
+        times = []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            sess.run(None, {"x": x})
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        print(f"{name:32} {x.nbytes / med / 1e9:8.1f} GB/s (median of {args.reps})", flush=True)
 
 
 if __name__ == "__main__":

@@ -853,27 +853,24 @@ pub fn max_pool2d(input: ArrayView4<f32>, spec: &MaxPool2d) -> Result<Array4<f32
     y.par_chunks_mut(oh * ow)
         .zip(x.par_chunks(ih * iw))
         .for_each(|(yp, xp)| {
-            // Horizontal maxima of each input row, then vertical maxima of those.
-            let mut hmax = vec![0f32; ih * ow];
-            for r in 0..ih {
-                let src = &xp[r * iw..(r + 1) * iw];
-                let dst = &mut hmax[r * ow..(r + 1) * ow];
-                for (d, &(a, b)) in dst.iter_mut().zip(&cols) {
-                    let mut m = src[a];
-                    for &v in &src[a + 1..b] {
+            // Per output row: the maxima down the window's rows (contiguous, vectorised), then
+            // across each window's columns of that one row.
+            let mut vmax = vec![0f32; iw];
+            for oy in 0..oh {
+                let (a, b) = range(oy, sh, pt, kh, ih);
+                vmax.copy_from_slice(&xp[a * iw..(a + 1) * iw]);
+                for r in a + 1..b {
+                    for (m, &v) in vmax.iter_mut().zip(&xp[r * iw..(r + 1) * iw]) {
+                        *m = nan_max(*m, v);
+                    }
+                }
+                let dst = &mut yp[oy * ow..(oy + 1) * ow];
+                for (d, &(c0, c1)) in dst.iter_mut().zip(&cols) {
+                    let mut m = vmax[c0];
+                    for &v in &vmax[c0 + 1..c1] {
                         m = nan_max(m, v);
                     }
                     *d = m;
-                }
-            }
-            for oy in 0..oh {
-                let (a, b) = range(oy, sh, pt, kh, ih);
-                let dst = &mut yp[oy * ow..(oy + 1) * ow];
-                dst.copy_from_slice(&hmax[a * ow..(a + 1) * ow]);
-                for r in a + 1..b {
-                    for (d, &v) in dst.iter_mut().zip(&hmax[r * ow..(r + 1) * ow]) {
-                        *d = nan_max(*d, v);
-                    }
                 }
             }
         });
