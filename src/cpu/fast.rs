@@ -2,11 +2,13 @@
 //!
 //! On x86-64 CPUs with AVX-512 a convolution with horizontal stride 1 runs as a direct,
 //! register-blocked convolution over a zero-padded copy of the input: each micro-kernel call
-//! computes a tile of up to [`MAX_MR`] output channels by up to 32 consecutive output pixels of
-//! one row, accumulating every input channel and kernel tap in registers (weights pre-packed at
+//! computes a tile of up to [`MAX_MR`] output channels by 16 or 32 consecutive output pixels
+//! (of one row, or of the output laid out at the padded input's row pitch when rows are narrow),
+//! accumulating every input channel and kernel tap in registers (weights pre-packed at
 //! [`CpuConv2d::new`], bias and ReLU fused into the store). Dilation only changes the offsets
-//! of the taps, and taps that fall wholly into the padding are skipped. Tiles are spread over
-//! the rayon thread pool. Elsewhere (no AVX-512, or horizontal stride above 1) the path falls
+//! of the taps, and taps that fall wholly into the padding are skipped. Work is cut into bands
+//! of output rows, groups of output channels and cache-sized chunks of input channels, and
+//! spread over the rayon thread pool. Elsewhere (no AVX-512, or horizontal stride above 1) the path falls
 //! back to im2col over bands of output rows plus the `gemm` crate's multi-threaded SGEMM.
 //!
 //! Also here: multi-threaded [`max_pool2d`] and [`relu_inplace`]. Everything is checked against
@@ -43,6 +45,9 @@ enum Method {
 
 /// A convolution layer prepared for the CPU: weights packed for the chosen method, plus a
 /// reusable scratch buffer for the padded input.
+///
+/// The layer is `Send + Sync`; concurrent calls on one layer take turns on the scratch buffer
+/// (each call itself uses every rayon thread).
 pub struct CpuConv2d {
     spec: Conv2d,
     method: Method,
@@ -524,6 +529,8 @@ mod direct {
     const INPUT_BYTES: usize = 384 << 10;
     /// Target bytes of one block's packed weights for one chunk of input channels.
     const WEIGHT_BYTES: usize = 160 << 10;
+    /// Target output pixels per band of rows.
+    const BAND_PIXELS: usize = 512;
 
     /// One micro-kernel tile of output pixels.
     #[derive(Clone, Copy)]
@@ -670,9 +677,9 @@ mod direct {
     /// vector lanes (narrow rows with little padding, stride 1), of the output laid out with
     /// the padded input's row pitch (the extra columns are computed into `scratch[1]` and
     /// dropped when copying out); the cheapest tiling counting skipped taps wins. Tasks are
-    /// (image, band of output rows); within a task the input channels are split into chunks
-    /// whose padded rows and weights stay in L2, and for each chunk every block of output
-    /// channels sweeps the band's tiles.
+    /// (image, band of output rows, group of output-channel blocks); within a task the input
+    /// channels are split into chunks whose padded rows and weights stay in L2, and for each
+    /// chunk every block of the group sweeps the band's tiles.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         s: &Conv2d,
@@ -712,18 +719,26 @@ mod direct {
         };
         let out_plane = oh * pitch;
         let threads = rayon::current_num_threads().max(1);
-        // Bands: enough tasks for balance (about 8 per thread).
-        let bands = (threads * 8).div_ceil(os.n).clamp(1, oh);
-        let band_rows = oh.div_ceil(bands);
+        // Tasks are (image, band of rows, group of output-channel blocks). Bands hold about
+        // BAND_PIXELS outputs, so each block's weights, once in cache, serve many tiles; the
+        // blocks are then split into groups until there are about 8 tasks per thread.
+        let band_rows = BAND_PIXELS.div_ceil(ow).clamp(1, oh);
         let bands = oh.div_ceil(band_rows);
+        let groups = (threads * 8).div_ceil(os.n * bands).clamp(1, blocks.len());
         // Distinct padded rows a band reads per input channel.
         let rows_read = (s.kernel.0 * band_rows).min((band_rows - 1) * s.stride.0 + s.extent().0);
         let max_mr = blocks.iter().map(|b| b.1).max().unwrap_or(1);
         let by_input = INPUT_BYTES / (rows_read * pad.wp * 4).max(1);
         let by_weight = WEIGHT_BYTES / (taps * max_mr * 4).max(1);
         let chunks = cin.div_ceil(by_input.min(by_weight).clamp(1, cin));
-        (0..os.n * bands).into_par_iter().for_each(|task| {
-            let (n, band) = (task / bands, task % bands);
+        (0..os.n * bands * groups).into_par_iter().for_each(|task| {
+            let (n, band, group) = (
+                task / (bands * groups),
+                task / groups % bands,
+                task % groups,
+            );
+            let my_blocks =
+                &blocks[group * blocks.len() / groups..(group + 1) * blocks.len() / groups];
             let x_img = &xp[n * cin * pad.plane..];
             let (r0, r1) = (band * band_rows, ((band + 1) * band_rows).min(oh));
             let mut spans = Vec::new();
@@ -739,7 +754,7 @@ mod direct {
             let mut scaled = Vec::with_capacity(taps);
             for chunk in 0..chunks {
                 let (ci0, ci1) = (chunk * cin / chunks, (chunk + 1) * cin / chunks);
-                for &(c0, mr) in blocks {
+                for &(c0, mr) in my_blocks {
                     let w_blk = &packed[(c0 * cin + ci0 * mr) * taps..(c0 * cin + ci1 * mr) * taps];
                     for (sp, list) in spans.iter().zip(&tap_lists) {
                         scaled.clear();
