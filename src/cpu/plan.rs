@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::cpu::fast::CpuConv2d;
+use crate::cpu::fast::{self, CpuConv2d};
 use crate::cpu::reference;
 use crate::error::Result;
 use crate::net::{Network, Op};
@@ -64,6 +64,12 @@ impl CpuPlan {
             let start = Instant::now();
             x = match step {
                 Step::Conv(conv) => conv.forward(x.view())?,
+                Step::Other(Op::MaxPool(p)) => fast::max_pool2d(x.view(), p)?,
+                Step::Other(Op::Relu) => {
+                    fast::relu_inplace(&mut x);
+                    x
+                }
+                // Softmax, zoom and the upsampling deconvolution act on the small class maps.
                 Step::Other(op) => reference::apply(op, x.view())?,
             };
             if timed {
