@@ -18,6 +18,17 @@
 //!
 //! Layer names are kept verbatim; mapping them onto a network's layers is the network's
 //! business.
+//!
+//! ```no_run
+//! use dilated::weights::{ExpectedLayer, WeightSet, write_safetensors};
+//!
+//! let weights = WeightSet::load("dilation8_pascal_voc.caffemodel")?;
+//! weights.check(&[ExpectedLayer::new("conv1_1", [64, 3, 3, 3], true)])?;
+//! let conv1 = weights.get("conv1_1").expect("checked above");
+//! assert_eq!(conv1.weight.dim(), (64, 3, 3, 3));
+//! write_safetensors("dilation8_pascal_voc.safetensors", &weights)?;
+//! # Ok::<(), dilated::Error>(())
+//! ```
 
 mod caffe;
 mod npy;
