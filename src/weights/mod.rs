@@ -9,7 +9,7 @@
 //!   [`read_npy4`], [`write_npy`].
 //!
 //! Every reader treats its input as hostile: any malformed file gives an
-//! [`Error`](crate::Error) (never a panic), and no length read from a file is trusted before
+//! [`Error`] (never a panic), and no length read from a file is trusted before
 //! it has been checked against the bytes actually present, so a corrupt length cannot make
 //! the reader allocate more than the file's size. Readers that take `&[u8]`
 //! (`*_bytes`) parse in-memory buffers the same way. Every writer writes a temporary file in
