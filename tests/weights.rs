@@ -800,6 +800,21 @@ fn hostile_lengths_are_rejected_without_allocating() {
     n.extend([0u8; 64]);
     let msg = read_npy4_bytes(&n).unwrap_err().to_string();
     assert!(msg.contains("needs"), "{msg}");
+
+    // Unclosed brackets, which make the Python-literal parser backtrack exponentially, are
+    // refused before parsing.
+    for text in [
+        "'x': [([([([([([(",
+        "'shape': ((((((1,),),),),),)",
+        "'x': (]",
+    ] {
+        let dict = format!("{{'descr': '<f4', 'fortran_order': False, {text}, }}\n");
+        let mut n = b"\x93NUMPY\x01\x00".to_vec();
+        n.extend((dict.len() as u16).to_le_bytes());
+        n.extend(dict.as_bytes());
+        let msg = read_npy4_bytes(&n).unwrap_err().to_string();
+        assert!(msg.contains("brackets"), "{msg}");
+    }
 }
 
 /// Every input saved under `tests/corpus/<target>/` (inputs that once crashed a reader, or

@@ -9,7 +9,7 @@
 //!   [`read_npy4`], [`write_npy`].
 //!
 //! Every reader treats its input as hostile: any malformed file gives an
-//! [`Error`](crate::Error) (never a panic), and no length read from a file is trusted before
+//! [`Error`] (never a panic), and no length read from a file is trusted before
 //! it has been checked against the bytes actually present, so a corrupt length cannot make
 //! the reader allocate more than the file's size. Readers that take `&[u8]`
 //! (`*_bytes`) parse in-memory buffers the same way. Every writer writes a temporary file in
@@ -18,6 +18,17 @@
 //!
 //! Layer names are kept verbatim; mapping them onto a network's layers is the network's
 //! business.
+//!
+//! ```no_run
+//! use dilated::weights::{ExpectedLayer, WeightSet, write_safetensors};
+//!
+//! let weights = WeightSet::load("dilation8_pascal_voc.caffemodel")?;
+//! weights.check(&[ExpectedLayer::new("conv1_1", [64, 3, 3, 3], true)])?;
+//! let conv1 = weights.get("conv1_1").expect("checked above");
+//! assert_eq!(conv1.weight.dim(), (64, 3, 3, 3));
+//! write_safetensors("dilation8_pascal_voc.safetensors", &weights)?;
+//! # Ok::<(), dilated::Error>(())
+//! ```
 
 mod caffe;
 mod npy;

@@ -60,6 +60,60 @@ fn invalid(path: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// Deepest bracket nesting accepted in a header (a `float32` header nests two deep:
+/// `{... 'shape': (...)}`).
+const MAX_NESTING: usize = 4;
+
+/// Rejects headers with unbalanced or deeply nested brackets before they reach the Python
+/// literal parser, whose backtracking takes time exponential in the number of unclosed
+/// brackets (twenty nested `[(` take seconds).
+fn screen_header(text: &[u8]) -> std::result::Result<(), String> {
+    let mut stack: Vec<u8> = Vec::new();
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for &c in text {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            b'\'' | b'"' => quote = Some(c),
+            b'(' | b'[' | b'{' => {
+                stack.push(c);
+                if stack.len() > MAX_NESTING {
+                    return Err(format!(
+                        "header nests brackets more than {MAX_NESTING} deep"
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => {
+                let open = match c {
+                    b')' => b'(',
+                    b']' => b'[',
+                    _ => b'{',
+                };
+                if stack.pop() != Some(open) {
+                    return Err("header has unbalanced brackets".to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err("header has an unterminated string".to_string());
+    }
+    if !stack.is_empty() {
+        return Err("header has unbalanced brackets".to_string());
+    }
+    Ok(())
+}
+
 fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> {
     let io = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -119,6 +173,9 @@ fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> 
             format!("header of {header_len} bytes (at most {MAX_HEADER} accepted)"),
         ));
     }
+    let mut text = vec![0u8; header_len as usize];
+    r.read_exact(&mut text).map_err(io)?;
+    screen_header(&text).map_err(|reason| invalid(path, reason))?;
     r.seek(SeekFrom::Start(0)).map_err(io)?;
     let header =
         Header::from_reader(&mut r).map_err(|e| invalid(path, format!("invalid header: {e}")))?;
