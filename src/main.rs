@@ -138,8 +138,8 @@ struct DemoArgs {
     /// Divides every front-end width by this (1 = the released size).
     #[arg(long, default_value_t = 8)]
     width_divisor: usize,
-    /// Input height and width, e.g. 500x500 (at least 373 per side).
-    #[arg(long, default_value = "500x500", value_parser = parse_size)]
+    /// Input height and width, e.g. 500x500; the default is VOC's deploy size (at least 373 per side).
+    #[arg(long, default_value = "900x900", value_parser = parse_size)]
     size: (usize, usize),
     /// Seed of the weights and the input.
     #[arg(long, default_value_t = 1)]
@@ -151,7 +151,7 @@ impl Default for DemoArgs {
         Self {
             model: "dilation8_pascal_voc".into(),
             width_divisor: 8,
-            size: (500, 500),
+            size: (900, 900),
             seed: 1,
         }
     }
