@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use dilated::cpu::CpuPlan;
 use dilated::cpu::fast::CpuConv2d;
+use dilated::gpu::Kernel;
 use dilated::net::ContextModule;
 use dilated::plan::GpuPlan;
-use dilated::gpu::Kernel;
 use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, Shape};
 use ndarray::{Array1, Array4};
 use rand::rngs::StdRng;
@@ -218,7 +218,12 @@ fn context_modules(c: &mut Criterion) {
     for (name, module, size) in modules {
         let net = module.build().expect("context module");
         let shape = Shape::new(1, module.classes, size, size);
-        let flops: u64 = net.report(shape).expect("report").iter().map(|r| r.flops).sum();
+        let flops: u64 = net
+            .report(shape)
+            .expect("report")
+            .iter()
+            .map(|r| r.flops)
+            .sum();
         let x = random(&mut rng, shape.dims());
         let mut group = c.benchmark_group(name);
         group

@@ -382,16 +382,7 @@ impl GpuConv2d {
         out_shape: Shape,
     ) -> Result<Vec<Dispatch>> {
         let s = &self.spec;
-        let want = self.output_shape(in_shape)?;
-        if want != out_shape {
-            return Err(Error::ShapeMismatch {
-                context: "conv2d output".into(),
-                left_name: "output tensor",
-                left: out_shape.dims().to_vec(),
-                right_name: "computed output",
-                right: want.dims().to_vec(),
-            });
-        }
+        expect_shape("conv2d", out_shape, self.output_shape(in_shape)?)?;
         let kernel = self.kernel_for(out_shape);
         let taps = s.kernel.0 * s.kernel.1;
         let w_row = s.in_channels * taps;
@@ -502,9 +493,30 @@ impl GpuConv2d {
 }
 
 /// Number of whole channel planes per chunk such that input and output windows fit.
-fn planes_per_chunk(gpu: &Gpu, in_plane: usize, out_plane: usize, what: &str) -> Result<usize> {
+/// Errors unless an output tensor has the shape the op computes.
+pub(crate) fn expect_shape(context: &str, got: Shape, want: Shape) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch {
+        context: context.to_string(),
+        left_name: "output tensor",
+        left: got.dims().to_vec(),
+        right_name: "computed output",
+        right: want.dims().to_vec(),
+    })
+}
+
+/// Chunks `(first plane, planes)` of whole channel planes (n * c flattened) for ops mapping each
+/// input plane to one output plane, so that input and output windows fit one binding.
+pub(crate) fn plane_chunks(
+    gpu: &Gpu,
+    what: &str,
+    input: Shape,
+    output: Shape,
+) -> Result<Vec<(usize, usize)>> {
     let max = gpu.max_binding_elems();
-    let biggest = in_plane.max(out_plane);
+    let biggest = input.plane().max(output.plane());
     if biggest > max {
         return Err(Error::ExceedsDeviceLimits {
             what: format!("one channel plane of {what}"),
@@ -513,7 +525,31 @@ fn planes_per_chunk(gpu: &Gpu, in_plane: usize, out_plane: usize, what: &str) ->
             limit: max as u64 * 4,
         });
     }
-    Ok(max / biggest)
+    let per = max / biggest;
+    let planes = input.n * input.c;
+    Ok((0..planes)
+        .step_by(per)
+        .map(|p0| (p0, per.min(planes - p0)))
+        .collect())
+}
+
+impl Gpu {
+    /// A dispatch of a one-element-per-invocation kernel over `invocations` elements.
+    pub(crate) fn linear_dispatch(
+        &self,
+        kernel: Kernel,
+        params: &[u8],
+        storage: &[(&wgpu::Buffer, Window)],
+        invocations: usize,
+    ) -> Result<Dispatch> {
+        let bind_group = self.bind(kernel, params, storage)?;
+        let groups = self.grid(invocations.div_ceil(WG_LINEAR as usize), kernel.name())?;
+        Ok(Dispatch {
+            kernel,
+            bind_group,
+            groups,
+        })
+    }
 }
 
 #[repr(C)]
@@ -562,21 +598,13 @@ pub(crate) fn prepare_max_pool_buffers(
     output: &wgpu::Buffer,
     out_shape: Shape,
 ) -> Result<Vec<Dispatch>> {
-    let want = spec.output_shape(in_shape, "max_pool2d")?;
-    if want != out_shape {
-        return Err(Error::ShapeMismatch {
-            context: "max_pool2d output".into(),
-            left_name: "output tensor",
-            left: out_shape.dims().to_vec(),
-            right_name: "computed output",
-            right: want.dims().to_vec(),
-        });
-    }
-    let per = planes_per_chunk(gpu, in_shape.plane(), out_shape.plane(), "max pooling")?;
-    let planes = in_shape.n * in_shape.c;
+    expect_shape(
+        "max_pool2d",
+        out_shape,
+        spec.output_shape(in_shape, "max_pool2d")?,
+    )?;
     let mut dispatches = Vec::new();
-    for p0 in (0..planes).step_by(per) {
-        let pn = per.min(planes - p0);
+    for (p0, pn) in plane_chunks(gpu, "max pooling", in_shape, out_shape)? {
         let in_win = gpu.window(input, p0 * in_shape.plane(), pn * in_shape.plane());
         let out_win = gpu.window(output, p0 * out_shape.plane(), pn * out_shape.plane());
         let total = pn * out_shape.plane();
@@ -598,17 +626,13 @@ pub(crate) fn prepare_max_pool_buffers(
             pad0: 0,
             pad1: 0,
         };
-        let bind_group = gpu.bind(
+        let storage = [(input, in_win), (output, out_win)];
+        dispatches.push(gpu.linear_dispatch(
             Kernel::MaxPool,
             bytemuck::bytes_of(&params),
-            &[(input, in_win), (output, out_win)],
-        )?;
-        let groups = gpu.grid(total.div_ceil(WG_LINEAR as usize), "max_pool2d")?;
-        dispatches.push(Dispatch {
-            kernel: Kernel::MaxPool,
-            bind_group,
-            groups,
-        });
+            &storage,
+            total,
+        )?);
     }
     Ok(dispatches)
 }
@@ -640,15 +664,7 @@ pub(crate) fn prepare_relu_buffers(
     output: &wgpu::Buffer,
     out_shape: Shape,
 ) -> Result<Vec<Dispatch>> {
-    if in_shape != out_shape {
-        return Err(Error::ShapeMismatch {
-            context: "relu".into(),
-            left_name: "input",
-            left: in_shape.dims().to_vec(),
-            right_name: "output",
-            right: out_shape.dims().to_vec(),
-        });
-    }
+    expect_shape("relu", out_shape, in_shape)?;
     let max = gpu.max_binding_elems();
     let len = in_shape.len();
     let mut dispatches = Vec::new();
@@ -662,17 +678,13 @@ pub(crate) fn prepare_relu_buffers(
             out_base: out_win.base,
             pad0: 0,
         };
-        let bind_group = gpu.bind(
+        let storage = [(input, in_win), (output, out_win)];
+        dispatches.push(gpu.linear_dispatch(
             Kernel::Relu,
             bytemuck::bytes_of(&params),
-            &[(input, in_win), (output, out_win)],
-        )?;
-        let groups = gpu.grid(n.div_ceil(WG_LINEAR as usize), "relu")?;
-        dispatches.push(Dispatch {
-            kernel: Kernel::Relu,
-            bind_group,
-            groups,
-        });
+            &storage,
+            n,
+        )?);
     }
     Ok(dispatches)
 }

@@ -5,8 +5,8 @@ use ndarray::{Array3, ArrayView4};
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
-use crate::gpu::kernels::{Kernel, WG_LINEAR};
-use crate::gpu::ops::Dispatch;
+use crate::gpu::kernels::Kernel;
+use crate::gpu::ops::{Dispatch, expect_shape, plane_chunks};
 use crate::gpu::tensor::GpuTensor;
 use crate::spec::{Deconv2d, Shape, Zoom};
 
@@ -17,19 +17,6 @@ fn too_big(what: &str, elems: usize, max: usize) -> Error {
         limit_name: "max_storage_buffer_binding_size",
         limit: max as u64 * 4,
     }
-}
-
-fn expect_shape(context: &str, got: Shape, want: Shape) -> Result<()> {
-    if got == want {
-        return Ok(());
-    }
-    Err(Error::ShapeMismatch {
-        context: context.to_string(),
-        left_name: "output tensor",
-        left: got.dims().to_vec(),
-        right_name: "computed output",
-        right: want.dims().to_vec(),
-    })
 }
 
 #[repr(C)]
@@ -81,17 +68,13 @@ pub(crate) fn prepare_per_pixel(
             out_base: out_win.base,
             pad: [0; 3],
         };
-        let bind_group = gpu.bind(
+        let storage = [(input, in_win), (output, out_win)];
+        dispatches.push(gpu.linear_dispatch(
             kernel,
             bytemuck::bytes_of(&params),
-            &[(input, in_win), (output, out_win)],
-        )?;
-        let groups = gpu.grid(total.div_ceil(WG_LINEAR as usize), kernel.name())?;
-        dispatches.push(Dispatch {
-            kernel,
-            bind_group,
-            groups,
-        });
+            &storage,
+            total,
+        )?);
     }
     Ok(dispatches)
 }
@@ -113,25 +96,6 @@ struct PlaneParams {
     d: u32,
     e: u32,
     pad: [u32; 3],
-}
-
-/// Chunks of whole channel planes for ops mapping each input plane to one output plane.
-fn plane_chunks(gpu: &Gpu, what: &str, input: Shape, output: Shape) -> Result<Vec<(usize, usize)>> {
-    let max = gpu.max_binding_elems();
-    let biggest = input.plane().max(output.plane());
-    if biggest > max {
-        return Err(too_big(
-            &format!("one channel plane of {what}"),
-            biggest,
-            max,
-        ));
-    }
-    let per = max / biggest;
-    let planes = input.n * input.c;
-    Ok((0..planes)
-        .step_by(per)
-        .map(|p0| (p0, per.min(planes - p0)))
-        .collect())
 }
 
 /// Bilinear zoom.
@@ -161,17 +125,12 @@ pub(crate) fn prepare_zoom(
             a: spec.factor as u32,
             ..Default::default()
         };
-        let bind_group = gpu.bind(
+        dispatches.push(gpu.linear_dispatch(
             Kernel::Zoom,
             bytemuck::bytes_of(&params),
             &[(input, in_win), (output, out_win)],
-        )?;
-        let groups = gpu.grid(total.div_ceil(WG_LINEAR as usize), "zoom")?;
-        dispatches.push(Dispatch {
-            kernel: Kernel::Zoom,
-            bind_group,
-            groups,
-        });
+            total,
+        )?);
     }
     Ok(dispatches)
 }
@@ -238,17 +197,12 @@ impl GpuDeconv2d {
                 e: p0 as u32,
                 pad: [0; 3],
             };
-            let bind_group = gpu.bind(
+            dispatches.push(gpu.linear_dispatch(
                 Kernel::Deconv,
                 bytemuck::bytes_of(&params),
                 &[(input, in_win), (&self.weight, w_win), (output, out_win)],
-            )?;
-            let groups = gpu.grid(total.div_ceil(WG_LINEAR as usize), "deconv2d")?;
-            dispatches.push(Dispatch {
-                kernel: Kernel::Deconv,
-                bind_group,
-                groups,
-            });
+                total,
+            )?);
         }
         Ok(dispatches)
     }
