@@ -30,7 +30,7 @@ struct Params {
 @compute @workgroup_size(WG_LINEAR)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG_LINEAR + lid;
+    let i = linear_invocation(wid, nwg, lid);
     if (i >= p.total) {
         return;
     }

@@ -23,6 +23,13 @@ pub const BLOCK_P: u32 = 4;
 /// Smallest subgroup size the register-blocked convolution works with.
 pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 
+/// Shared by the one-element-per-invocation kernels: the element index of an invocation in a
+/// grid folded over x and y (see `Gpu::grid`), so any element count fits the per-dimension limit.
+const LINEAR_INVOCATION: &str = "fn linear_invocation(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG_LINEAR + lid;
+}
+";
+
 /// One compute kernel of this crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -109,7 +116,7 @@ impl Kernel {
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
              const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
              const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {BLOCK_C}u;\n\
-             const BLOCK_P: u32 = {BLOCK_P}u;\n\n{file}"
+             const BLOCK_P: u32 = {BLOCK_P}u;\n\n{LINEAR_INVOCATION}\n{file}"
         )
     }
 
