@@ -463,8 +463,8 @@ impl Gpu {
             Ok(_) => Ok(()),
             Err(wgpu::PollError::Timeout) => {
                 let reason = format!(
-                    "{what}: no answer within {:.1} s (DILATED_GPU_TIMEOUT)",
-                    self.timeout.unwrap_or_default().as_secs_f64()
+                    "{what}: no answer within {:?} (DILATED_GPU_TIMEOUT)",
+                    self.timeout.unwrap_or_default()
                 );
                 self.lost.set(reason.clone());
                 Err(Error::Device(reason))
