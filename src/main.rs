@@ -176,7 +176,11 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // The executor's fallback warnings are printed by the commands themselves, once.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,dilated::executor=error"),
+    )
+    .init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
         Command::Demo(args) => demo(&args),

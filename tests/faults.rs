@@ -200,3 +200,89 @@ fn a_wait_that_runs_out_is_an_error_and_marks_the_device_lost() {
         device_error("after the timeout", gpu.download(&t));
     });
 }
+
+fn dilated_without_adapter(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dilated"))
+        .args(args)
+        .env("WGPU_ADAPTER_NAME", "no adapter is called this")
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn the_command_line_tool_falls_back_to_the_cpu_unless_told_not_to() {
+    use dilated::net::{Model, PresetOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let net = Model::Kitti
+        .build(&PresetOptions {
+            width_divisor: 32,
+            ..Default::default()
+        })
+        .unwrap();
+    let weights = dir.path().join("w.safetensors");
+    dilated::weights::write_safetensors(&weights, &net.weight_set().unwrap()).unwrap();
+    let x = random4(&mut rng(11), [1, 3, 377, 381]).mapv(|v| v * 60.0);
+    let input = dir.path().join("x.npy");
+    dilated::weights::write_npy(&input, &x).unwrap();
+    let output = dir.path().join("y.npy");
+    let mut args = vec![
+        "run",
+        "--model",
+        "kitti",
+        "--width-divisor",
+        "32",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let out = dilated_without_adapter(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("{stderr}");
+    assert!(
+        stderr.contains("warning: ran on the CPU instead of the GPU"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("computed on the CPU"));
+    let want = CpuPlan::new(&net).unwrap().forward(x.view()).unwrap();
+    assert_eq!(dilated::weights::read_npy4(&output).unwrap(), want);
+
+    // --gpu requires the device.
+    std::fs::remove_file(&output).unwrap();
+    args.push("--gpu");
+    let out = dilated_without_adapter(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!output.exists());
+
+    // Segmentation falls back the same way.
+    let img = dir.path().join("in.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 5) as u8, (y * 7) as u8, 9]))
+        .save(&img)
+        .unwrap();
+    let png = dir.path().join("labels.png");
+    let out = dilated_without_adapter(&[
+        "segment",
+        img.to_str().unwrap(),
+        "-o",
+        png.to_str().unwrap(),
+        "--model",
+        "dilation7_kitti",
+        "--width-divisor",
+        "32",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--tile",
+        "380x380",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("{stderr}");
+    assert!(stderr.contains("segmenting on the CPU"), "{stderr}");
+    assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (40, 30));
+}

@@ -320,3 +320,61 @@ fn whole_networks_agree_on_cpu_and_gpu() {
         );
     }
 }
+
+fn dilated(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dilated"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn the_command_line_tool_warns_about_nan_input() {
+    use dilated::net::{Model, PresetOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let net = Model::Kitti
+        .build(&PresetOptions {
+            width_divisor: 32,
+            ..Default::default()
+        })
+        .unwrap();
+    let weights = dir.path().join("w.safetensors");
+    dilated::weights::write_safetensors(&weights, &net.weight_set().unwrap()).unwrap();
+    let clean = random4(&mut rng(90), [1, 3, 381, 377]).mapv(|v| v * 60.0);
+    let mut dirty = clean.clone();
+    dirty[[0, 1, 200, 190]] = f32::NAN;
+    dirty[[0, 2, 10, 20]] = f32::INFINITY;
+    for (name, x) in [("clean", &clean), ("dirty", &dirty)] {
+        let input = dir.path().join(format!("{name}.npy"));
+        let output = dir.path().join(format!("{name}-out.npy"));
+        dilated::weights::write_npy(&input, x).unwrap();
+        let out = dilated(&[
+            "run",
+            "--model",
+            "kitti",
+            "--width-divisor",
+            "32",
+            "--cpu",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let y = dilated::weights::read_npy4(&output).unwrap();
+        if name == "clean" {
+            assert!(!stderr.contains("NaN"), "{stderr}");
+            assert!(y.iter().all(|v| v.is_finite()));
+        } else {
+            assert!(
+                stderr.contains("dirty.npy has 2 NaN or infinite values"),
+                "{stderr}"
+            );
+            assert!(stderr.contains("the output has"), "{stderr}");
+            assert!(y.iter().any(|v| v.is_nan()), "the NaN reaches the output");
+        }
+    }
+}
