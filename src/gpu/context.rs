@@ -54,7 +54,7 @@ impl GpuOptions {
 /// unreadable means [`DEFAULT_TIMEOUT`].
 fn timeout_from_env(value: Option<&str>) -> Option<Duration> {
     match value.map(|v| v.trim().parse::<f64>()) {
-        Some(Ok(s)) if s == 0.0 => None,
+        Some(Ok(0.0)) => None,
         Some(Ok(s)) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s.min(1e9))),
         Some(_) => {
             log::warn!("DILATED_GPU_TIMEOUT must be a number of seconds; using the default");
@@ -476,5 +476,23 @@ impl Gpu {
                 Err(Error::Device(format!("{what}: {e}")))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_from_the_environment() {
+        assert_eq!(timeout_from_env(None), Some(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_from_env(Some("0")), None);
+        assert_eq!(
+            timeout_from_env(Some(" 2.5 ")),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(timeout_from_env(Some("soon")), Some(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_from_env(Some("-3")), Some(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_from_env(Some("inf")), Some(DEFAULT_TIMEOUT));
     }
 }
