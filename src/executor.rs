@@ -14,7 +14,7 @@
 //!
 //! let net = Model::PascalVoc.build(&PresetOptions::default())?;
 //! let gpu = Gpu::new(); // may fail: no adapter
-//! let executor = Executor::gpu_or_cpu(&net, gpu.as_ref())?;
+//! let executor = Executor::gpu_or_cpu(&net, gpu.as_ref());
 //! let x = Array4::<f32>::zeros((1, 3, 500, 500));
 //! let run = executor.forward(x.view())?;
 //! if run.ran_on == RanOn::Cpu {
