@@ -36,8 +36,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var y = y_lo; y < y_hi; y++) {
         for (var x = x_lo; x < x_hi; x++) {
             let v = input[base + y * p.in_w + x];
-            // v != v is true only for NaN.
-            nan = nan || (v != v);
+            // NaN tested on the bits: `v != v` compiles to an ordered comparison, false for NaN.
+            nan = nan || (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
             if (!seen || v > m) {
                 m = v;
                 seen = true;

@@ -12,6 +12,15 @@ struct Params {
 @group(0) @binding(1) var<storage, read> input: array<f32>;
 @group(0) @binding(2) var<storage, read_write> output: array<f32>;
 
+// Linear interpolation leaving out a term of weight 0, so that an infinite neighbour at
+// weight 0 does not make the result NaN (0 * inf); `t` is never 1.
+fn lerp(lo: f32, hi: f32, t: f32) -> f32 {
+    if (t == 0.0) {
+        return lo;
+    }
+    return t * hi + (1.0 - t) * lo;
+}
+
 @compute @workgroup_size(WG_LINEAR)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -29,7 +38,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let c1 = min(c0 + 1u, p.in_w - 1u);
     let rt = f32(oy % p.factor) / f32(p.factor);
     let ct = f32(ox % p.factor) / f32(p.factor);
-    let v0 = rt * input[base + r1 * p.in_w + c0] + (1.0 - rt) * input[base + r0 * p.in_w + c0];
-    let v1 = rt * input[base + r1 * p.in_w + c1] + (1.0 - rt) * input[base + r0 * p.in_w + c1];
-    output[p.out_base + i] = (1.0 - ct) * v0 + ct * v1;
+    let v0 = lerp(input[base + r0 * p.in_w + c0], input[base + r1 * p.in_w + c0], rt);
+    let v1 = lerp(input[base + r0 * p.in_w + c1], input[base + r1 * p.in_w + c1], rt);
+    output[p.out_base + i] = lerp(v0, v1, ct);
 }

@@ -184,5 +184,21 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// True for failures of the GPU rather than of the request: no adapter, no device, a lost
+    /// device or failed submission, out of GPU memory, beyond the device's limits. The same work
+    /// may still succeed on the CPU (see [`crate::executor`]).
+    pub fn is_gpu_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::NoAdapter { .. }
+                | Error::RequestDevice { .. }
+                | Error::Device(_)
+                | Error::OutOfMemory { .. }
+                | Error::ExceedsDeviceLimits { .. }
+        )
+    }
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

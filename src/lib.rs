@@ -24,6 +24,7 @@
 
 pub mod cpu;
 pub mod error;
+pub mod executor;
 pub mod gpu;
 pub mod net;
 pub mod plan;

@@ -33,9 +33,11 @@ enum Command {
     Bench(BenchArgs),
     /// Converts weights between .caffemodel and .safetensors, checking them against a model.
     Convert(ConvertArgs),
-    /// Runs a network on an NCHW float32 .npy and writes the raw scores as .npy.
+    /// Runs a network on an NCHW float32 .npy and writes the raw scores as .npy (on the GPU,
+    /// or on the CPU with a warning when there is none or it fails).
     Run(RunArgs),
-    /// Segments an image into a colour-coded label PNG, as the reference predictor does.
+    /// Segments an image into a colour-coded label PNG, as the reference predictor does (on the
+    /// GPU, or on the CPU with a warning when there is none or it fails).
     Segment(SegmentArgs),
 }
 
@@ -73,6 +75,10 @@ struct RunArgs {
     /// Run on the CPU instead of the GPU.
     #[arg(long)]
     cpu: bool,
+    /// Require the GPU: fail instead of running on the CPU when there is no adapter or the GPU
+    /// run fails.
+    #[arg(long, conflicts_with = "cpu")]
+    gpu: bool,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +107,10 @@ struct SegmentArgs {
     /// Run on the CPU instead of the GPU.
     #[arg(long)]
     cpu: bool,
+    /// Require the GPU: fail instead of running on the CPU when there is no adapter or the GPU
+    /// run fails.
+    #[arg(long, conflicts_with = "cpu")]
+    gpu: bool,
     /// Tile size HxW (default: the model's deploy input size); each side must be 372 plus a
     /// multiple of 8.
     #[arg(long, value_parser = parse_size)]
@@ -166,7 +176,11 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // The executor's fallback warnings are printed by the commands themselves, once.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,dilated::executor=error"),
+    )
+    .init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
         Command::Demo(args) => demo(&args),
@@ -451,6 +465,19 @@ fn load_model(
     })?;
     if let Some(path) = weights {
         net.load_weights(&dilated::weights::WeightSet::load(path)?)?;
+        for layer in net.layers() {
+            match &layer.op {
+                dilated::net::Op::Conv { weight, bias, .. } => warn_non_finite(
+                    &format!("{}: the weights of layer {}", path.display(), layer.name),
+                    weight.iter().chain(bias.iter().flatten()).copied(),
+                ),
+                dilated::net::Op::Deconv { weight, .. } => warn_non_finite(
+                    &format!("{}: the weights of layer {}", path.display(), layer.name),
+                    weight.iter().copied(),
+                ),
+                _ => {}
+            }
+        }
     }
     Ok((model, net))
 }
@@ -490,65 +517,82 @@ fn warn_non_finite(what: &str, values: impl Iterator<Item = f32>) {
     }
 }
 
+/// Opens the GPU unless the CPU was asked for: `None` for `--cpu`, the error itself (to be
+/// answered by a CPU run) unless `--gpu` requires the device.
+fn open_gpu(
+    cpu: bool,
+    require: bool,
+) -> Result<Option<Result<Gpu, dilated::Error>>, dilated::Error> {
+    Ok(match (cpu, require) {
+        (true, _) => None,
+        (false, true) => Some(Ok(Gpu::new()?)),
+        (false, false) => Some(Gpu::new()),
+    })
+}
+
 fn run(args: &RunArgs) -> Result<(), dilated::Error> {
+    use dilated::executor::{Executor, RanOn};
     let (_, net) = load_model(&args.model, args.width_divisor, Some(&args.weights))?;
     let x = dilated::weights::read_npy4(&args.input)?;
     warn_non_finite(&args.input.display().to_string(), x.iter().copied());
-    let d = x.dim();
-    let shape = Shape::new(d.0, d.1, d.2, d.3);
-    let y = if args.cpu {
-        CpuPlan::new(&net)?.forward(x.view())?
-    } else {
-        let gpu = Gpu::new()?;
-        GpuPlan::new(&gpu, &net, shape)?.forward(x.view())?
+    let gpu = open_gpu(args.cpu, args.gpu)?;
+    let executor = match &gpu {
+        None => Executor::cpu(&net),
+        Some(Ok(g)) if args.gpu => Executor::gpu(&net, g),
+        Some(g) => Executor::gpu_or_cpu(&net, g.as_ref()),
     };
-    dilated::weights::write_npy(&args.output, &y)?;
-    println!("wrote {} {:?}", args.output.display(), y.dim());
+    let run = executor.forward(x.view())?;
+    if let (Some(why), Some(_)) = (&run.fallback_reason, &gpu) {
+        eprintln!("warning: ran on the CPU instead of the GPU: {why}");
+    }
+    warn_non_finite("the output", run.output.iter().copied());
+    dilated::weights::write_npy(&args.output, &run.output)?;
+    println!(
+        "wrote {} {:?} (computed on the {})",
+        args.output.display(),
+        run.output.dim(),
+        match run.ran_on {
+            RanOn::Gpu => "GPU",
+            RanOn::Cpu => "CPU",
+        }
+    );
     Ok(())
 }
 
 fn segment(args: &SegmentArgs) -> Result<(), dilated::Error> {
-    use dilated::segment::{
-        Backend, Segmenter, colorize, load_image_bgr, overlay, palette, save_png,
-    };
+    use dilated::segment::{Backend, colorize, load_image_bgr, overlay, palette, save_png};
     let image = load_image_bgr(&args.image)?;
+    // Pixels of 8-bit images are always finite: NaN or infinite values can only come from the
+    // weights, which `load_model` checks.
     let (model, net) = load_model(&args.model, args.width_divisor, args.weights.as_ref())?;
     if args.weights.is_none() {
         eprintln!(
             "warning: no --weights given: using randomly initialised weights; the labels are meaningless"
         );
     }
-    let gpu = if args.cpu { None } else { Some(Gpu::new()?) };
-    let backend = match &gpu {
-        Some(g) => Backend::Gpu(g),
-        None => Backend::Cpu,
-    };
-    let segmenter = Segmenter::new(model, &net, backend, args.tile)?;
-    let (h, w, _) = image.dim();
-    let (ty, tx) = segmenter.tiles(h, w);
-    let bar = (ty * tx > 1).then(|| {
-        let bar = indicatif::ProgressBar::new((ty * tx) as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:40}] {pos}/{len} tiles, {elapsed} elapsed, {eta} left",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!(
-            "{} on {}",
-            model.name(),
-            gpu.as_ref().map_or("the CPU", |g| g.name())
-        ));
-        bar
-    });
-    let result = segmenter.segment(image.view(), args.probs.is_some(), &mut |done, _| {
-        if let Some(b) = &bar {
-            b.set_position(done as u64);
+    let gpu = match open_gpu(args.cpu, args.gpu)? {
+        Some(Err(e)) => {
+            eprintln!("warning: no GPU ({e}); segmenting on the CPU");
+            None
         }
-    })?;
-    if let Some(b) = bar {
-        b.finish();
-    }
+        Some(Ok(g)) => Some(g),
+        None => None,
+    };
+    let on_gpu = |g: &Gpu| -> Result<_, dilated::Error> {
+        segment_on(args, &image, model, &net, Backend::Gpu(g), g.name())
+    };
+    let result = match &gpu {
+        Some(g) => match on_gpu(g) {
+            Err(e) if e.is_gpu_failure() && !args.gpu => {
+                eprintln!("warning: the GPU run failed ({e}); segmenting on the CPU");
+                segment_on(args, &image, model, &net, Backend::Cpu, "the CPU")?
+            }
+            other => other?,
+        },
+        None => segment_on(args, &image, model, &net, Backend::Cpu, "the CPU")?,
+    };
+    let (result, tiles, tile) = result;
+    let (h, w, _) = image.dim();
     let colored = colorize(&result.labels, &palette(model));
     let picture = if args.overlay {
         overlay(&image, &colored, 0.5)
@@ -560,11 +604,45 @@ fn segment(args: &SegmentArgs) -> Result<(), dilated::Error> {
     }
     save_png(&args.output, &picture)?;
     println!(
-        "wrote {} ({w}x{h}, {} tile(s) of {}x{})",
+        "wrote {} ({w}x{h}, {tiles} tile(s) of {}x{})",
         args.output.display(),
-        ty * tx,
-        segmenter.tile().0,
-        segmenter.tile().1
+        tile.0,
+        tile.1
     );
     Ok(())
+}
+
+/// Segments `image` on one backend: the result, the number of tiles and the tile size.
+fn segment_on(
+    args: &SegmentArgs,
+    image: &ndarray::Array3<f32>,
+    model: Model,
+    net: &dilated::net::Network,
+    backend: dilated::segment::Backend<'_>,
+    device: &str,
+) -> Result<(dilated::segment::Segmentation, usize, (usize, usize)), dilated::Error> {
+    use dilated::segment::Segmenter;
+    let segmenter = Segmenter::new(model, net, backend, args.tile)?;
+    let (h, w, _) = image.dim();
+    let (ty, tx) = segmenter.tiles(h, w);
+    let bar = (ty * tx > 1).then(|| {
+        let bar = indicatif::ProgressBar::new((ty * tx) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} tiles, {elapsed} elapsed, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("{} on {device}", model.name()));
+        bar
+    });
+    let result = segmenter.segment(image.view(), args.probs.is_some(), &mut |done, _| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish();
+    }
+    Ok((result?, ty * tx, segmenter.tile()))
 }

@@ -38,8 +38,15 @@ pub struct LayerTimes {
 /// A network compiled for one GPU and one input shape.
 ///
 /// Activations live in two buffers used in turn (each as large as the largest activation), so
-/// peak memory is the weights plus the input plus two activations. `forward` may be called from
-/// several threads; passes are serialised.
+/// peak memory is the weights plus the input plus two activations.
+///
+/// # Threads
+///
+/// `GpuPlan` is `Send + Sync`. [`GpuPlan::forward`] may be called from several threads at once:
+/// the passes of one plan are serialised by a mutex (they share the plan's buffers), so each
+/// gives exactly the result of a serial call; separate plans on the same [`Gpu`] run
+/// independently. A pass on a lost device, or one whose wait runs out, returns
+/// [`Error::Device`] (see [`Gpu`]'s fault handling).
 pub struct GpuPlan<'g> {
     gpu: &'g Gpu,
     input_shape: Shape,

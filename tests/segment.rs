@@ -142,7 +142,9 @@ fn any_image_size_works() {
     let seg = Segmenter::new(model, &net, Backend::Cpu, Some((500, 500))).unwrap();
     assert_eq!(seg.tiles(2, 2100), (1, 17));
     let mut calls = 0;
-    let out = seg.segment(image(2, 2100, 61).view(), false, &mut |_, _| calls += 1).unwrap();
+    let out = seg
+        .segment(image(2, 2100, 61).view(), false, &mut |_, _| calls += 1)
+        .unwrap();
     assert_eq!((out.labels.dim(), calls), ((2, 2100), 17));
 }
 

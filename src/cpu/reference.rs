@@ -173,7 +173,19 @@ pub fn argmax(input: ArrayView4<f32>) -> Array3<u32> {
     })
 }
 
+/// Linear interpolation leaving out a term of weight 0, so that an infinite neighbour at
+/// weight 0 does not make the result NaN (`0 * inf`).
+fn lerp(lo: f64, hi: f64, t: f64) -> f64 {
+    if t == 0.0 {
+        lo
+    } else {
+        t * hi + (1.0 - t) * lo
+    }
+}
+
 /// Bilinear zoom sampling at `(y / f, x / f)`, repeating the last row and column at the edge.
+/// An output depends only on the inputs it gives a positive weight, so NaN and infinities
+/// spread no further than the interpolation reaches.
 pub fn zoom(input: ArrayView4<f32>, spec: &Zoom) -> Result<Array4<f32>> {
     let out = spec.output_shape(shape_of(&input), "zoom")?;
     let (ih, iw) = (input.dim().2, input.dim().3);
@@ -190,9 +202,9 @@ pub fn zoom(input: ArrayView4<f32>, spec: &Zoom) -> Result<Array4<f32>> {
                     let c1 = (c0 + 1).min(iw - 1);
                     let ct = (ox % f) as f64 / f as f64;
                     let at = |r: usize, col: usize| input[[b, c, r, col]] as f64;
-                    let v0 = rt * at(r1, c0) + (1.0 - rt) * at(r0, c0);
-                    let v1 = rt * at(r1, c1) + (1.0 - rt) * at(r0, c1);
-                    y[[b, c, oy, ox]] = ((1.0 - ct) * v0 + ct * v1) as f32;
+                    let v0 = lerp(at(r0, c0), at(r1, c0), rt);
+                    let v1 = lerp(at(r0, c1), at(r1, c1), rt);
+                    y[[b, c, oy, ox]] = lerp(v0, v1, ct) as f32;
                 }
             }
         }

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::kernels::Kernels;
 
-/// How to pick an adapter. [`GpuOptions::from_env`] reads `WGPU_BACKEND`,
-/// `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF`.
+/// How to pick an adapter and how long to wait for it. [`GpuOptions::from_env`] reads
+/// `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` and `DILATED_GPU_TIMEOUT`.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Backends to consider. Without `WGPU_BACKEND` this is Vulkan, Metal and DX12, falling
@@ -18,7 +19,15 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Preference between a low-power and a high-performance adapter.
     pub power_preference: wgpu::PowerPreference,
+    /// Longest wait for one submission or read-back; `None` waits forever. A wait that runs
+    /// out returns [`Error::Device`] and marks the device lost (work may still be in flight on
+    /// it). Default [`DEFAULT_TIMEOUT`], or `DILATED_GPU_TIMEOUT` seconds (`0` for none).
+    pub timeout: Option<Duration>,
 }
+
+/// Longest wait for one submission unless [`GpuOptions::timeout`] says otherwise: generous, as
+/// a whole network at full resolution is one submission and software adapters are slow.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Default for GpuOptions {
     fn default() -> Self {
@@ -36,7 +45,22 @@ impl GpuOptions {
                 .filter(|s| !s.is_empty()),
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            timeout: timeout_from_env(std::env::var("DILATED_GPU_TIMEOUT").ok().as_deref()),
         }
+    }
+}
+
+/// `DILATED_GPU_TIMEOUT` in seconds (fractions allowed); `0` means no timeout; unset or
+/// unreadable means [`DEFAULT_TIMEOUT`].
+fn timeout_from_env(value: Option<&str>) -> Option<Duration> {
+    match value.map(|v| v.trim().parse::<f64>()) {
+        Some(Ok(0.0)) => None,
+        Some(Ok(s)) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s.min(1e9))),
+        Some(_) => {
+            log::warn!("DILATED_GPU_TIMEOUT must be a number of seconds; using the default");
+            Some(DEFAULT_TIMEOUT)
+        }
+        None => Some(DEFAULT_TIMEOUT),
     }
 }
 
@@ -138,16 +162,58 @@ fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+/// Whether the device is lost, and why.
+#[derive(Default)]
+struct Lost {
+    flag: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl Lost {
+    fn set(&self, reason: String) {
+        if let Ok(mut r) = self.reason.lock()
+            && r.is_empty()
+        {
+            *r = reason;
+        }
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> Option<String> {
+        if !self.flag.load(Ordering::SeqCst) {
+            return None;
+        }
+        let reason = self.reason.lock().map(|r| r.clone()).unwrap_or_default();
+        Some(reason)
+    }
+}
+
 /// A GPU device ready to run this crate's kernels.
 ///
-/// Cheap to share: all fields are reference-counted by wgpu, and the handle is `Send + Sync`.
+/// # Threads
+///
+/// `Gpu` is `Send + Sync`: share one handle (by reference or in an `Arc`) between threads and
+/// call anything on it from any of them. The one-shot ops ([`GpuConv2d::forward`](crate::GpuConv2d::forward),
+/// [`Gpu::relu`], [`Gpu::softmax`], ...) and [`crate::plan::GpuPlan::forward`] each record
+/// their own commands and wait for their own submission, so concurrent calls give the same
+/// results as the same calls made one after another. Errors are attributed to the thread that
+/// caused them: every operation runs inside wgpu error scopes, which are per thread; only
+/// device-wide events (a lost device, a timed-out wait) are reported to every caller.
+///
+/// # Faults
+///
+/// Every wait on the device is bounded by [`GpuOptions::timeout`]. A lost device (the driver
+/// reports it, [`wgpu::Device::destroy`] was called, or a wait timed out) makes every later
+/// operation return [`Error::Device`] promptly; [`Gpu::is_lost`] tells callers, for example
+/// to run on the CPU instead (see [`crate::executor`]).
 pub struct Gpu {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     report: AdapterReport,
     limits: wgpu::Limits,
     timestamps: bool,
-    lost: Arc<AtomicBool>,
+    timeout: Option<Duration>,
+    lost: Arc<Lost>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     pub(crate) kernels: Kernels,
 }
@@ -195,11 +261,14 @@ impl Gpu {
                 }
             }
         };
-        Self::from_adapter(adapter)
+        let mut gpu = Self::from_adapter(adapter)?;
+        gpu.timeout = options.timeout;
+        Ok(gpu)
     }
 
     /// Opens a device on a given adapter with the limits it offers and the optional features
-    /// this crate uses when present.
+    /// this crate uses when present; waits are bounded by [`DEFAULT_TIMEOUT`] (see
+    /// [`Gpu::set_timeout`]).
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
         let report = AdapterReport::of(&adapter);
         let mut features = wgpu::Features::empty();
@@ -223,10 +292,18 @@ impl Gpu {
             adapter: report.info.name.clone(),
             reason: e.to_string(),
         })?;
-        let lost = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(Lost::default());
         let flag = lost.clone();
-        device
-            .set_device_lost_callback(move |_reason, _message| flag.store(true, Ordering::SeqCst));
+        device.set_device_lost_callback(move |reason, message| {
+            flag.set(format!(
+                "{reason:?}{}",
+                if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                }
+            ));
+        });
         let uncaptured = Arc::new(Mutex::new(Vec::new()));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -242,9 +319,44 @@ impl Gpu {
             report,
             limits,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timeout: Some(DEFAULT_TIMEOUT),
             lost,
             uncaptured,
         })
+    }
+
+    /// The longest wait for one submission or read-back (`None`: no limit).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Sets the longest wait for one submission or read-back (`None`: no limit).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// Whether the device is lost (reported by the driver, destroyed, or a wait timed out);
+    /// every operation on a lost device returns [`Error::Device`]. Processes pending device
+    /// events first, without waiting.
+    pub fn is_lost(&self) -> bool {
+        if self.lost.get().is_none() {
+            // Runs pending callbacks, the device-lost one included.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
+        self.lost.get().is_some()
+    }
+
+    /// Why the device was lost, if it was.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.get()
+    }
+
+    /// Errors if the device is known to be lost.
+    fn check_lost(&self) -> Result<()> {
+        match self.lost.get() {
+            Some(reason) => Err(Error::Device(format!("the device was lost ({reason})"))),
+            None => Ok(()),
+        }
     }
 
     /// The adapter's description and offered limits.
@@ -285,11 +397,11 @@ impl Gpu {
         ((bytes - align) / 4) as usize
     }
 
-    /// Errors if the device was lost or an error escaped the error scopes.
+    /// Errors if the device was lost or an error escaped the error scopes. Every operation of
+    /// this crate runs inside error scopes, so what escapes them is device-wide (an internal
+    /// error) and is reported to whichever thread checks first.
     pub(crate) fn check_health(&self) -> Result<()> {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(Error::Device("the device was lost".into()));
-        }
+        self.check_lost()?;
         let mut errs = self
             .uncaptured
             .lock()
@@ -303,8 +415,10 @@ impl Gpu {
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns a captured error
-    /// into this crate's error.
+    /// into this crate's error. Error scopes are per thread, so concurrent callers each see
+    /// their own errors only. Fails at once, without running `f`, on a lost device.
     pub(crate) fn scoped<T>(&self, what: &str, bytes: u64, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_lost()?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
@@ -318,6 +432,10 @@ impl Gpu {
             });
         }
         if let Some(e) = v {
+            // A destroyed or lost device shows up as invalid objects: say so.
+            if self.is_lost() {
+                self.check_lost()?;
+            }
             return Err(Error::Device(format!("{what}: {e}")));
         }
         Ok(value)
@@ -325,13 +443,56 @@ impl Gpu {
 
     /// Submits command buffers and waits until the device has finished them.
     pub(crate) fn submit_and_wait(&self, commands: wgpu::CommandBuffer) -> Result<()> {
-        let index = self.queue.submit([commands]);
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(index),
-                timeout: None,
-            })
-            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        let index = self.scoped("submitting commands", 0, || self.queue.submit([commands]))?;
+        self.wait(Some(index), "waiting for the GPU")?;
         self.check_health()
+    }
+
+    /// Waits for a submission (or the latest one) within the timeout. A wait that times out
+    /// marks the device lost: its work may still be running and using the buffers.
+    pub(crate) fn wait(
+        &self,
+        submission_index: Option<wgpu::SubmissionIndex>,
+        what: &str,
+    ) -> Result<()> {
+        self.check_lost()?;
+        match self.device.poll(wgpu::PollType::Wait {
+            submission_index,
+            timeout: self.timeout,
+        }) {
+            Ok(_) => Ok(()),
+            Err(wgpu::PollError::Timeout) => {
+                let reason = format!(
+                    "{what}: no answer within {:?} (DILATED_GPU_TIMEOUT)",
+                    self.timeout.unwrap_or_default()
+                );
+                self.lost.set(reason.clone());
+                Err(Error::Device(reason))
+            }
+            Err(e) => {
+                if self.is_lost() {
+                    self.check_lost()?;
+                }
+                Err(Error::Device(format!("{what}: {e}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_from_the_environment() {
+        assert_eq!(timeout_from_env(None), Some(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_from_env(Some("0")), None);
+        assert_eq!(
+            timeout_from_env(Some(" 2.5 ")),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(timeout_from_env(Some("soon")), Some(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_from_env(Some("-3")), Some(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_from_env(Some("inf")), Some(DEFAULT_TIMEOUT));
     }
 }

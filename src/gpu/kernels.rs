@@ -25,7 +25,8 @@ pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 
 /// Shared by the one-element-per-invocation kernels: the element index of an invocation in a
 /// grid folded over x and y (see `Gpu::grid`), so any element count fits the per-dimension limit.
-const LINEAR_INVOCATION: &str = "fn linear_invocation(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+const LINEAR_INVOCATION: &str =
+    "fn linear_invocation(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG_LINEAR + lid;
 }
 ";

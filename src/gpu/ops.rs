@@ -2,7 +2,6 @@
 //! per-dimension workgroup limit, recorded as dispatches.
 
 use ndarray::{ArrayView1, ArrayView4};
-use wgpu::util::DeviceExt;
 
 use crate::cpu::reference::check_conv_params;
 use crate::error::{Error, Result};
@@ -76,7 +75,7 @@ impl Gpu {
     ) -> Result<wgpu::BindGroup> {
         self.scoped(kernel.name(), 0, || {
             self.bind_unscoped(kernel, params, storage)
-        })
+        })?
     }
 
     fn bind_unscoped(
@@ -84,14 +83,21 @@ impl Gpu {
         kernel: Kernel,
         params: &[u8],
         storage: &[(&wgpu::Buffer, Window)],
-    ) -> wgpu::BindGroup {
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(kernel.name()),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+    ) -> Result<wgpu::BindGroup> {
+        // Not `create_buffer_init`: it panics where the device is lost.
+        let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(kernel.name()),
+            size: (params.len() as u64).next_multiple_of(4).max(4),
+            usage: wgpu::BufferUsages::UNIFORM,
+            mapped_at_creation: true,
+        });
+        {
+            let mut range = uniform
+                .get_mapped_range_mut(..)
+                .map_err(|e| Error::Device(format!("{}: uniform buffer: {e}", kernel.name())))?;
+            range.slice(..params.len()).copy_from_slice(params);
+        }
+        uniform.unmap();
         let compiled = self.kernels.get(&self.device, kernel);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
@@ -103,11 +109,11 @@ impl Gpu {
                 resource: window.binding(buffer),
             });
         }
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        Ok(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.name()),
             layout: &compiled.layout,
             entries: &entries,
-        })
+        }))
     }
 }
 

@@ -118,10 +118,12 @@ impl Gpu {
         let piece = (STAGING_BYTES / 4) as usize;
         for (i, chunk) in data.chunks(piece).enumerate() {
             let offset = (start + i * piece) as u64 * 4;
-            self.queue
-                .write_buffer(buffer, offset, bytemuck::cast_slice(chunk));
+            self.scoped("writing to the GPU", chunk.len() as u64 * 4, || {
+                self.queue
+                    .write_buffer(buffer, offset, bytemuck::cast_slice(chunk));
+            })?;
         }
-        self.queue.submit([]);
+        self.scoped("submitting writes", 0, || self.queue.submit([]))?;
         self.check_health()
     }
 
@@ -195,9 +197,12 @@ impl Gpu {
         let mut done = 0u64;
         while done < total {
             let n = (total - done).min(staging_size);
-            let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(buffer, start as u64 * 4 + done, &staging, 0, n);
-            self.submit_and_wait(encoder.finish())?;
+            let commands = self.scoped("recording a read-back", 0, || {
+                let mut encoder = self.device.create_command_encoder(&Default::default());
+                encoder.copy_buffer_to_buffer(buffer, start as u64 * 4 + done, &staging, 0, n);
+                encoder.finish()
+            })?;
+            self.submit_and_wait(commands)?;
             out.extend_from_slice(bytemuck::cast_slice(&self.read_mapped(&staging, n)?));
             done += n;
         }
@@ -206,17 +211,30 @@ impl Gpu {
 
     /// Maps a read-back buffer, copies `len` bytes out and unmaps it.
     pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
-        let slice = buffer.slice(0..len);
+        let slice = buffer.slice(0..len.max(4));
         let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(format!("waiting for read-back: {e}")))?;
-        rx.recv()
-            .map_err(|_| Error::Device("read-back callback dropped".into()))?
-            .map_err(|e| Error::Device(format!("mapping the read-back buffer: {e}")))?;
+        self.scoped("mapping a read-back buffer", len, || {
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            })
+        })?;
+        self.wait(None, "waiting for a read-back")?;
+        // The callback has run by now, on this thread or on one polling concurrently (which
+        // may still be delivering it); a lost device answers it with an error.
+        let mapped = match rx.recv_timeout(self.timeout().unwrap_or(std::time::Duration::MAX)) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err(Error::Device("the read-back was never answered".into()));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                self.check_health()?;
+                return Err(Error::Device("read-back callback dropped".into()));
+            }
+        };
+        if let Err(e) = mapped {
+            self.check_health()?;
+            return Err(Error::Device(format!("mapping the read-back buffer: {e}")));
+        }
         let data = slice
             .get_mapped_range()
             .map_err(|e| Error::Device(format!("mapped range: {e}")))?
