@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use dilated::cpu::CpuPlan;
 use dilated::net::{Model, PresetOptions};
+use dilated::banded::{BandLayout, BandedPlan, PlanOptions};
 use dilated::plan::GpuPlan;
 use dilated::{Gpu, Shape};
 use ndarray::Array4;
@@ -73,6 +74,10 @@ struct RunArgs {
     /// Run on the CPU instead of the GPU.
     #[arg(long)]
     cpu: bool,
+    /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
+    /// horizontal bands as needed so the plan stays under it; results are unchanged.
+    #[arg(long, value_parser = parse_memory)]
+    max_memory: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -105,6 +110,10 @@ struct SegmentArgs {
     /// multiple of 8.
     #[arg(long, value_parser = parse_size)]
     tile: Option<(usize, usize)>,
+    /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
+    /// horizontal bands as needed so the plan stays under it; results are unchanged.
+    #[arg(long, value_parser = parse_memory)]
+    max_memory: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -128,6 +137,10 @@ struct BenchArgs {
     /// no device needed.
     #[arg(long)]
     plan_only: bool,
+    /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
+    /// horizontal bands as needed so the plan stays under it; results are unchanged.
+    #[arg(long, value_parser = parse_memory)]
+    max_memory: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -163,6 +176,14 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
         .ok_or_else(|| format!("expected HxW, got {s:?}"))?;
     let parse = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
     Ok((parse(h)?, parse(w)?))
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    dilated::banded::parse_memory_size(s).map_err(|e| e.to_string())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn main() -> ExitCode {
@@ -344,12 +365,40 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
             "peak GPU memory of the plan: {:.1} MiB ({peak} bytes)",
             peak as f64 / (1 << 20) as f64
         );
+        if let Some(budget) = args.max_memory {
+            match BandLayout::for_budget(&net, shape, budget)? {
+                None => println!(
+                    "within the budget of {:.1} MiB: the whole image in one pass",
+                    mib(budget)
+                ),
+                Some(l) => println!(
+                    "budget {:.1} MiB: {} bands of {} input rows ({} output rows of layers up to {}) each, then the rest on the stitched {}; {:.1} GFLOP in all\n\
+                     peak GPU memory of the banded plan: {:.1} MiB ({} bytes)",
+                    mib(budget),
+                    l.bands.len(),
+                    l.band_height,
+                    l.rows_per_band,
+                    net.layers()[l.banded_layers - 1].name,
+                    l.stitched_shape,
+                    l.flops(&net)? as f64 / 1e9,
+                    mib(l.peak_memory),
+                    l.peak_memory
+                ),
+            }
+        }
         return Ok(());
     }
     let runs = args.runs.max(1);
     let x = generated_input(shape, 1);
     let gpu = Gpu::new()?;
-    let plan = GpuPlan::new(&gpu, &net, shape)?;
+    let plan = BandedPlan::new(
+        &gpu,
+        &net,
+        shape,
+        &PlanOptions {
+            max_memory: args.max_memory,
+        },
+    )?;
     plan.forward(x.view())?;
     let gpu_runs = (0..runs)
         .map(|_| {
@@ -374,10 +423,14 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
         Some((median(cpu_runs), layers))
     };
     println!(
-        "adapter: {} ({:?}); peak GPU memory {:.1} MiB",
+        "adapter: {} ({:?}); peak GPU memory {:.1} MiB{}",
         gpu.name(),
         gpu.adapter().info.backend,
-        plan.peak_memory() as f64 / (1 << 20) as f64
+        plan.peak_memory() as f64 / (1 << 20) as f64,
+        match plan.layout() {
+            Some(l) => format!(" in {} bands of {} input rows", l.bands.len(), l.band_height),
+            None => String::new(),
+        }
     );
     println!(
         "GPU layer times: {}",
@@ -500,7 +553,10 @@ fn run(args: &RunArgs) -> Result<(), dilated::Error> {
         CpuPlan::new(&net)?.forward(x.view())?
     } else {
         let gpu = Gpu::new()?;
-        GpuPlan::new(&gpu, &net, shape)?.forward(x.view())?
+        let options = PlanOptions {
+            max_memory: args.max_memory,
+        };
+        BandedPlan::new(&gpu, &net, shape, &options)?.forward(x.view())?
     };
     dilated::weights::write_npy(&args.output, &y)?;
     println!("wrote {} {:?}", args.output.display(), y.dim());
@@ -523,7 +579,10 @@ fn segment(args: &SegmentArgs) -> Result<(), dilated::Error> {
         Some(g) => Backend::Gpu(g),
         None => Backend::Cpu,
     };
-    let segmenter = Segmenter::new(model, &net, backend, args.tile)?;
+    let options = PlanOptions {
+        max_memory: args.max_memory,
+    };
+    let segmenter = Segmenter::with_options(model, &net, backend, args.tile, &options)?;
     let (h, w, _) = image.dim();
     let (ty, tx) = segmenter.tiles(h, w);
     let bar = (ty * tx > 1).then(|| {
@@ -559,6 +618,13 @@ fn segment(args: &SegmentArgs) -> Result<(), dilated::Error> {
         dilated::weights::write_npy(path, p)?;
     }
     save_png(&args.output, &picture)?;
+    if let (Some(budget), Some(bytes)) = (args.max_memory, segmenter.gpu_memory()) {
+        println!(
+            "GPU memory of the plan: {:.1} MiB (budget {:.1} MiB)",
+            mib(bytes),
+            mib(budget)
+        );
+    }
     println!(
         "wrote {} ({w}x{h}, {} tiles of {}x{})",
         args.output.display(),
