@@ -133,6 +133,7 @@ fn estimate(layers: &[Layer], input: Shape) -> Result<u64> {
     Ok(estimate_layers(layers, input, &shapes) + timestamp_bytes(layers.len()))
 }
 
+/// Bytes of the weights of `layers` on the GPU (as plans count them).
 fn weight_bytes(layers: &[Layer]) -> u64 {
     estimate_layers(layers, Shape::new(0, 0, 0, 0), &[Shape::new(0, 0, 0, 0)])
 }
@@ -162,7 +163,7 @@ impl BandLayout {
     /// one before) through the network's leading row-local layers, for an input of
     /// `input_shape`. A value at least the whole output's height gives a single band.
     pub fn with_rows(network: &Network, input_shape: Shape, rows_per_band: usize) -> Result<Self> {
-        let shapes = network.shapes(input_shape)?;
+        network.shapes(input_shape)?;
         let banded = bandable_layers(network);
         if banded == 0 {
             return Err(Error::InvalidSpec {
@@ -173,14 +174,29 @@ impl BandLayout {
                 ),
             });
         }
+        Self::of_layers(network.layers(), banded, input_shape, rows_per_band)
+    }
+
+    /// The layout for `layers`, of which the first `banded` are row-local.
+    fn of_layers(
+        layers: &[Layer],
+        banded: usize,
+        input_shape: Shape,
+        rows_per_band: usize,
+    ) -> Result<Self> {
         if rows_per_band == 0 {
             return Err(Error::ZeroDimension {
                 context: "band layout".into(),
                 what: "rows per band",
             });
         }
-        let (front, rest) = network.layers().split_at(banded);
-        let stitched = shapes[banded - 1];
+        let (front, rest) = layers.split_at(banded);
+        let stitched = *layer_shapes(front, input_shape)?
+            .last()
+            .ok_or_else(|| Error::InvalidSpec {
+                context: "band layout".into(),
+                reason: "no layers to run in bands".into(),
+            })?;
         let n = rows_per_band.min(stitched.h);
         let stride: usize = front
             .iter()
@@ -262,103 +278,6 @@ impl BandLayout {
         })
     }
 
-    /// The layout with the fewest bands whose plan stays within `max_memory` bytes of GPU
-    /// memory, or `None` when the network runs whole within it. Bands are then evened out
-    /// (same count, fewer rows each, less overlap). An error tells the least memory that
-    /// would do, and says when the weights alone exceed the budget.
-    pub fn for_budget(
-        network: &Network,
-        input_shape: Shape,
-        max_memory: u64,
-    ) -> Result<Option<Self>> {
-        let shapes = network.shapes(input_shape)?;
-        let whole = estimate_layers(network.layers(), input_shape, &shapes)
-            + timestamp_bytes(network.layers().len());
-        if whole <= max_memory {
-            return Ok(None);
-        }
-        let weights = weight_bytes(network.layers());
-        let too_small = |needed: u64, why: String| Error::MemoryBudget {
-            budget: max_memory,
-            needed,
-            reason: why,
-        };
-        let banded = bandable_layers(network);
-        if banded == 0 {
-            return Err(too_small(
-                whole,
-                format!(
-                    "network {} cannot run in bands (its first layer is padded vertically)",
-                    network.name()
-                ),
-            ));
-        }
-        let out_h = shapes[banded - 1].h;
-        let mut smallest = None;
-        for n in (1..=out_h).rev() {
-            let layout = Self::with_rows(network, input_shape, n)?;
-            if layout.bands.len() < 2 {
-                continue;
-            }
-            if layout.peak_memory <= max_memory {
-                let count = layout.bands.len();
-                let even = Self::with_rows(network, input_shape, out_h.div_ceil(count))?;
-                let best = if even.bands.len() <= count && even.peak_memory <= max_memory {
-                    even
-                } else {
-                    layout
-                };
-                return Ok(Some(best));
-            }
-            smallest = Some(layout.peak_memory);
-        }
-        let needed = smallest.unwrap_or(whole).min(whole);
-        Err(if weights > max_memory {
-            too_small(
-                needed,
-                format!("the weights of {} alone take {weights} bytes", network.name()),
-            )
-        } else {
-            too_small(
-                needed,
-                format!(
-                    "bands of one output row of {} at {}x{} still need more",
-                    network.name(),
-                    input_shape.h,
-                    input_shape.w
-                ),
-            )
-        })
-    }
-
-    /// Floating-point operations of a banded forward pass of `network` (convolutions and the
-    /// deconvolution, multiply-add = 2): every band through the banded layers, the rest once.
-    /// Compare with [`Network::report`] for the whole-image cost.
-    pub fn flops(&self, network: &Network) -> Result<u64> {
-        let cost = |layers: &[Layer], input: Shape| -> Result<u64> {
-            let mut s = input;
-            let mut total = 0;
-            for l in layers {
-                let out = l.op.output_shape(s, &l.name)?;
-                total += match &l.op {
-                    Op::Conv { spec, .. } => spec.flops(out),
-                    Op::Deconv { spec, .. } => spec.flops(s),
-                    _ => 0,
-                };
-                s = out;
-            }
-            Ok(total)
-        };
-        let (front, rest) = network
-            .layers()
-            .split_at(self.banded_layers.min(network.layers().len()));
-        let band = Shape {
-            h: self.band_height,
-            ..self.input_shape
-        };
-        Ok(self.bands.len() as u64 * cost(front, band)? + cost(rest, self.stitched_shape)?)
-    }
-
     /// Runs `front` (the network's first [`BandLayout::banded_layers`] layers, on any backend)
     /// on every band of `input` and stitches the output rows into the whole map.
     pub fn run(
@@ -400,54 +319,287 @@ impl BandLayout {
     }
 }
 
-/// Splits a network into its first `at` layers and the rest (`None` when nothing is left).
-/// Weights are copied.
-pub fn split_network(network: &Network, at: usize) -> Result<(Network, Option<Network>)> {
-    let at = at.min(network.layers().len());
-    let (front, rest) = network.layers().split_at(at);
-    let build = |name: String, mut channels: usize, layers: &[Layer]| {
-        let mut b = Network::builder(name, channels);
-        for l in layers {
-            let name = l.name.clone();
-            b = match &l.op {
-                Op::Conv { spec, weight, bias } => {
-                    channels = spec.out_channels;
-                    b.conv(name, *spec, weight.clone(), bias.clone())
-                }
-                Op::MaxPool(p) => b.max_pool(name, *p),
-                Op::Relu => b.relu(name),
-                Op::Softmax => b.softmax(name),
-                Op::Zoom(z) => b.zoom(name, z.factor),
-                Op::Deconv { spec, weight } => b.deconv(name, *spec, weight.clone()),
+/// One stage of a [`BandedLayout`]: a run of row-local layers and its bands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stage {
+    /// The stage's layers (indices into the network).
+    pub layers: Range<usize>,
+    /// How the stage's input is cut into bands (its `banded_layers` is the stage's length).
+    pub bands: BandLayout,
+}
+
+/// A network run within a memory budget: its leading row-local layers in stages, each stage
+/// processed band by band with its output stitched (on the host) into the next stage's input,
+/// then the remaining layers once on the last stitched map.
+///
+/// Stages end after every layer with a vertical stride (the pools, where the map shrinks
+/// fourfold) and before every layer whose vertical window spans 8 rows or more (fc6, whose
+/// 24-row halo would otherwise make the stage before it recompute rows); so the rows that
+/// neighbouring bands share are few and the work stays close to the whole-image run's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BandedLayout {
+    /// The whole input's shape.
+    pub input_shape: Shape,
+    /// The stages, in order.
+    pub stages: Vec<Stage>,
+    /// Index of the first layer run once on the stitched map (the network's length if none).
+    pub rest_start: usize,
+    /// GPU memory of the plan: every stage's band plan and the plan of the remaining layers,
+    /// as [`GpuPlan::estimate_memory`] counts them, plus room for timestamp buffers (an upper
+    /// bound of what [`BandedPlan::peak_memory`] reports).
+    pub peak_memory: u64,
+}
+
+impl BandedLayout {
+    /// Stage boundaries of the leading `banded` layers: `(start, end)` pairs.
+    fn stage_ranges(layers: &[Layer], banded: usize) -> Vec<Range<usize>> {
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        for (i, l) in layers[..banded].iter().enumerate() {
+            let Some((extent, stride)) = row_window(&l.op) else {
+                break;
             };
+            if extent >= 8 && i > start {
+                ranges.push(start..i);
+                start = i;
+            }
+            if stride > 1 {
+                ranges.push(start..i + 1);
+                start = i + 1;
+            }
         }
-        b.build().map(|n| (n, channels))
-    };
-    let (head, channels) = build(
-        format!("{} (bands)", network.name()),
-        network.in_channels(),
-        front,
-    )?;
-    let tail = if rest.is_empty() {
-        None
-    } else {
-        Some(build(format!("{} (rest)", network.name()), channels, rest)?.0)
-    };
-    Ok((head, tail))
+        if start < banded {
+            ranges.push(start..banded);
+        }
+        ranges
+    }
+
+    /// The stages with given output rows per band.
+    fn with_stage_rows(
+        network: &Network,
+        input_shape: Shape,
+        ranges: &[Range<usize>],
+        rows: &[usize],
+        shapes: &[Shape],
+    ) -> Result<Self> {
+        let layers = network.layers();
+        let mut stages = Vec::with_capacity(ranges.len());
+        let mut peak = 0;
+        for (range, &n) in ranges.iter().zip(rows) {
+            let input = if range.start == 0 {
+                input_shape
+            } else {
+                shapes[range.start - 1]
+            };
+            let stage_layers = &layers[range.clone()];
+            let bands = BandLayout::of_layers(stage_layers, stage_layers.len(), input, n)?;
+            peak += bands.peak_memory;
+            stages.push(Stage {
+                layers: range.clone(),
+                bands,
+            });
+        }
+        let rest_start = ranges.last().map_or(0, |r| r.end);
+        let rest_input = if rest_start == 0 {
+            input_shape
+        } else {
+            shapes[rest_start - 1]
+        };
+        peak += estimate(&layers[rest_start..], rest_input)?;
+        Ok(Self {
+            input_shape,
+            stages,
+            rest_start,
+            peak_memory: peak,
+        })
+    }
+
+    /// The layout for `network` at `input_shape` that keeps the plan within `max_memory`
+    /// bytes of GPU memory, or `None` when the network runs whole within it. Starting from
+    /// one band per stage, the stage holding the most memory gets one band more until the
+    /// plan fits. An error tells the least memory that would do, and says when the weights
+    /// alone exceed the budget.
+    pub fn for_budget(
+        network: &Network,
+        input_shape: Shape,
+        max_memory: u64,
+    ) -> Result<Option<Self>> {
+        let shapes = network.shapes(input_shape)?;
+        let layers = network.layers();
+        let whole = estimate_layers(layers, input_shape, &shapes) + timestamp_bytes(layers.len());
+        if whole <= max_memory {
+            return Ok(None);
+        }
+        let too_small = |needed: u64| {
+            let weights = weight_bytes(layers);
+            Error::MemoryBudget {
+                budget: max_memory,
+                needed,
+                reason: if weights > max_memory {
+                    format!("the weights of {} alone take {weights} bytes", network.name())
+                } else {
+                    format!(
+                        "{} at {}x{} needs more even in bands of one row",
+                        network.name(),
+                        input_shape.h,
+                        input_shape.w
+                    )
+                },
+            }
+        };
+        let banded = bandable_layers(network);
+        if banded == 0 {
+            return Err(too_small(whole));
+        }
+        let ranges = Self::stage_ranges(layers, banded);
+        let heights: Vec<usize> = ranges.iter().map(|r| shapes[r.end - 1].h).collect();
+        let mut counts = vec![1usize; ranges.len()];
+        let rows = |counts: &[usize]| -> Vec<usize> {
+            heights
+                .iter()
+                .zip(counts)
+                .map(|(&h, &k)| h.div_ceil(k))
+                .collect()
+        };
+        let mut layout = Self::with_stage_rows(network, input_shape, &ranges, &rows(&counts), &shapes)?;
+        while layout.peak_memory > max_memory {
+            // One band more for the stage whose activations take the most memory among those
+            // that can still be split.
+            let activations = |i: usize| {
+                layout.stages[i].bands.peak_memory - weight_bytes(&layers[ranges[i].clone()])
+            };
+            let Some(i) = (0..ranges.len())
+                .filter(|&i| layout.stages[i].bands.rows_per_band > 1)
+                .max_by_key(|&i| activations(i))
+            else {
+                return Err(too_small(layout.peak_memory.min(whole)));
+            };
+            let n = layout.stages[i].bands.rows_per_band;
+            while heights[i].div_ceil(counts[i]) >= n {
+                counts[i] += 1;
+            }
+            layout = Self::with_stage_rows(network, input_shape, &ranges, &rows(&counts), &shapes)?;
+        }
+        Ok(Some(layout))
+    }
+
+    /// One line per stage: its layers, bands, band height and rows per band.
+    pub fn describe(&self, network: &Network) -> String {
+        let name = |i: usize| network.layers().get(i).map_or("?", |l| l.name.as_str());
+        let mut lines: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| {
+                let b = &s.bands;
+                format!(
+                    "{}..{}: {} band{} of {}x{} input rows -> {} output rows ({} per band)",
+                    name(s.layers.start),
+                    name(s.layers.end - 1),
+                    b.bands.len(),
+                    if b.bands.len() == 1 { "" } else { "s" },
+                    b.band_height,
+                    b.input_shape.w,
+                    b.stitched_shape.h,
+                    b.rows_per_band
+                )
+            })
+            .collect();
+        let n = network.layers().len();
+        if self.rest_start < n {
+            lines.push(format!(
+                "{}..{}: whole",
+                name(self.rest_start),
+                name(n - 1)
+            ));
+        }
+        lines.join("\n")
+    }
+
+    /// Total number of bands over the stages.
+    pub fn band_count(&self) -> usize {
+        self.stages.iter().map(|s| s.bands.bands.len()).sum()
+    }
+
+    /// Floating-point operations of a forward pass of `network` in this layout (convolutions
+    /// and the deconvolution, multiply-add = 2), counting rows that neighbouring bands share
+    /// once per band. Compare with [`Network::report`] for the whole-image cost.
+    pub fn flops(&self, network: &Network) -> Result<u64> {
+        let layers = network.layers();
+        let mut total = 0;
+        let mut input = self.input_shape;
+        for stage in &self.stages {
+            let band = Shape {
+                h: stage.bands.band_height,
+                ..stage.bands.input_shape
+            };
+            total += stage.bands.bands.len() as u64 * layers_flops(&layers[stage.layers.clone()], band)?;
+            input = stage.bands.stitched_shape;
+        }
+        Ok(total + layers_flops(&layers[self.rest_start.min(layers.len())..], input)?)
+    }
+}
+
+/// Convolution and deconvolution FLOPs of a run of layers.
+fn layers_flops(layers: &[Layer], input: Shape) -> Result<u64> {
+    let mut s = input;
+    let mut total = 0;
+    for l in layers {
+        let out = l.op.output_shape(s, &l.name)?;
+        total += match &l.op {
+            Op::Conv { spec, .. } => spec.flops(out),
+            Op::Deconv { spec, .. } => spec.flops(s),
+            _ => 0,
+        };
+        s = out;
+    }
+    Ok(total)
+}
+
+/// A copy of the layers `range` of `network` as a network of its own.
+pub fn sub_network(network: &Network, range: Range<usize>) -> Result<Network> {
+    let layers = network.layers();
+    let range = range.start.min(layers.len())..range.end.min(layers.len());
+    let mut channels = network.in_channels();
+    for l in &layers[..range.start] {
+        if let Op::Conv { spec, .. } = &l.op {
+            channels = spec.out_channels;
+        }
+    }
+    let mut b = Network::builder(
+        format!("{} [{}..{}]", network.name(), range.start, range.end),
+        channels,
+    );
+    for l in &layers[range] {
+        let name = l.name.clone();
+        b = match &l.op {
+            Op::Conv { spec, weight, bias } => b.conv(name, *spec, weight.clone(), bias.clone()),
+            Op::MaxPool(p) => b.max_pool(name, *p),
+            Op::Relu => b.relu(name),
+            Op::Softmax => b.softmax(name),
+            Op::Zoom(z) => b.zoom(name, z.factor),
+            Op::Deconv { spec, weight } => b.deconv(name, *spec, weight.clone()),
+        };
+    }
+    b.build()
+}
+
+struct StagePlan<'g> {
+    bands: BandLayout,
+    plan: GpuPlan<'g>,
 }
 
 enum Inner<'g> {
     Whole(GpuPlan<'g>),
     Bands {
-        layout: BandLayout,
-        front: GpuPlan<'g>,
+        layout: BandedLayout,
+        stages: Vec<StagePlan<'g>>,
         rest: Option<GpuPlan<'g>>,
     },
 }
 
 /// A network compiled for one GPU and one input shape within an optional memory budget: a
-/// whole-image [`GpuPlan`] when it fits, otherwise a plan for one band of the leading
-/// row-local layers (run band after band, one submission each) and a plan for the remaining
+/// whole-image [`GpuPlan`] when it fits, otherwise the stages of a [`BandedLayout`], each a
+/// plan for one band run band after band (one submission each), and a plan for the remaining
 /// layers on the stitched map. Results equal the whole-image run's.
 pub struct BandedPlan<'g> {
     inner: Inner<'g>,
@@ -464,7 +616,7 @@ impl<'g> BandedPlan<'g> {
         options: &PlanOptions,
     ) -> Result<Self> {
         let layout = match options.max_memory {
-            Some(budget) => BandLayout::for_budget(network, input_shape, budget)?,
+            Some(budget) => BandedLayout::for_budget(network, input_shape, budget)?,
             None => None,
         };
         match layout {
@@ -477,61 +629,72 @@ impl<'g> BandedPlan<'g> {
         }
     }
 
-    /// Compiles `network` to run in the bands of `layout` (built for this network).
-    pub fn with_layout(gpu: &'g Gpu, network: &Network, layout: BandLayout) -> Result<Self> {
+    /// Compiles `network` to run in the stages and bands of `layout` (made for this network).
+    pub fn with_layout(gpu: &'g Gpu, network: &Network, layout: BandedLayout) -> Result<Self> {
         let output_shape = network.output_shape(layout.input_shape)?;
-        let (front_net, rest_net) = split_network(network, layout.banded_layers)?;
-        let band_shape = Shape {
-            h: layout.band_height,
-            ..layout.input_shape
+        let mut stages = Vec::with_capacity(layout.stages.len());
+        for stage in &layout.stages {
+            let net = sub_network(network, stage.layers.clone())?;
+            let band = Shape {
+                h: stage.bands.band_height,
+                ..stage.bands.input_shape
+            };
+            stages.push(StagePlan {
+                bands: stage.bands.clone(),
+                plan: GpuPlan::new(gpu, &net, band)?,
+            });
+        }
+        let n = network.layers().len();
+        let rest = if layout.rest_start < n {
+            let input = layout
+                .stages
+                .last()
+                .map_or(layout.input_shape, |s| s.bands.stitched_shape);
+            let net = sub_network(network, layout.rest_start..n)?;
+            Some(GpuPlan::new(gpu, &net, input)?)
+        } else {
+            None
         };
-        let front = GpuPlan::new(gpu, &front_net, band_shape)?;
-        drop(front_net);
-        let rest = rest_net
-            .map(|n| GpuPlan::new(gpu, &n, layout.stitched_shape))
-            .transpose()?;
         Ok(Self {
             input_shape: layout.input_shape,
             output_shape,
             inner: Inner::Bands {
                 layout,
-                front,
+                stages,
                 rest,
             },
         })
     }
 
     /// GPU memory a plan for `network` at `input_shape` within `options` will hold (an upper
-    /// bound, computed without a device; see [`BandLayout::peak_memory`]).
+    /// bound, computed without a device; see [`BandedLayout::peak_memory`]).
     pub fn estimate_memory(
         network: &Network,
         input_shape: Shape,
         options: &PlanOptions,
     ) -> Result<u64> {
         let layout = match options.max_memory {
-            Some(budget) => BandLayout::for_budget(network, input_shape, budget)?,
+            Some(budget) => BandedLayout::for_budget(network, input_shape, budget)?,
             None => None,
         };
         match layout {
             Some(l) => Ok(l.peak_memory),
-            None => {
-                Ok(GpuPlan::estimate_memory(network, input_shape)?
-                    + timestamp_bytes(network.layers().len()))
-            }
+            None => Ok(GpuPlan::estimate_memory(network, input_shape)?
+                + timestamp_bytes(network.layers().len())),
         }
     }
 
-    /// The band layout, `None` when the network runs whole.
-    pub fn layout(&self) -> Option<&BandLayout> {
+    /// The stages and bands, `None` when the network runs whole.
+    pub fn layout(&self) -> Option<&BandedLayout> {
         match &self.inner {
             Inner::Whole(_) => None,
             Inner::Bands { layout, .. } => Some(layout),
         }
     }
 
-    /// Number of bands per forward pass (1 when the network runs whole).
+    /// Number of bands per forward pass over all stages (1 when the network runs whole).
     pub fn bands(&self) -> usize {
-        self.layout().map_or(1, |l| l.bands.len())
+        self.layout().map_or(1, |l| l.band_count())
     }
 
     /// The input shape the plan was compiled for.
@@ -544,84 +707,90 @@ impl<'g> BandedPlan<'g> {
         self.output_shape
     }
 
-    /// Bytes of GPU memory the plan holds (both plans when banded).
-    pub fn peak_memory(&self) -> u64 {
+    fn plans(&self) -> Vec<&GpuPlan<'g>> {
         match &self.inner {
-            Inner::Whole(p) => p.peak_memory(),
-            Inner::Bands { front, rest, .. } => {
-                front.peak_memory() + rest.as_ref().map_or(0, |r| r.peak_memory())
-            }
+            Inner::Whole(p) => vec![p],
+            Inner::Bands { stages, rest, .. } => stages
+                .iter()
+                .map(|s| &s.plan)
+                .chain(rest.as_ref())
+                .collect(),
         }
+    }
+
+    /// Bytes of GPU memory the plan holds (every stage's plan when banded).
+    pub fn peak_memory(&self) -> u64 {
+        self.plans().iter().map(|p| p.peak_memory()).sum()
     }
 
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
-        match &self.inner {
-            Inner::Whole(p) => p.weight_bytes(),
-            Inner::Bands { front, rest, .. } => {
-                front.weight_bytes() + rest.as_ref().map_or(0, |r| r.weight_bytes())
-            }
-        }
+        self.plans().iter().map(|p| p.weight_bytes()).sum()
     }
 
     /// Runs the network on an input of the compiled shape.
     pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
-        match &self.inner {
-            Inner::Whole(p) => p.forward(input),
-            Inner::Bands {
-                layout,
-                front,
-                rest,
-            } => {
-                let stitched = layout.run(input, |band| front.forward(band))?;
-                match rest {
-                    Some(r) => r.forward(stitched.view()),
-                    None => Ok(stitched),
-                }
-            }
-        }
+        Ok(self.run(input, None)?)
     }
 
     /// Runs the network and measures each layer (see [`GpuPlan::forward_profiled`]); a banded
-    /// layer's time is summed over the bands.
+    /// layer's time is summed over its bands.
     pub fn forward_profiled(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
-        match &self.inner {
-            Inner::Whole(p) => p.forward_profiled(input),
-            Inner::Bands {
-                layout,
-                front,
-                rest,
-            } => {
-                let mut sums: Vec<(String, Duration)> = Vec::new();
-                let mut from_timestamps = true;
-                let stitched = layout.run(input, |band| {
-                    let (y, t) = front.forward_profiled(band)?;
-                    from_timestamps &= t.from_timestamps;
+        let mut times = LayerTimes {
+            layers: Vec::new(),
+            from_timestamps: true,
+        };
+        let out = self.run(input, Some(&mut times))?;
+        Ok((out, times))
+    }
+
+    fn run(&self, input: ArrayView4<f32>, mut times: Option<&mut LayerTimes>) -> Result<Array4<f32>> {
+        let (stages, rest) = match &self.inner {
+            Inner::Whole(p) => {
+                return match times {
+                    None => p.forward(input),
+                    Some(t) => {
+                        let (y, pt) = p.forward_profiled(input)?;
+                        *t = pt;
+                        Ok(y)
+                    }
+                };
+            }
+            Inner::Bands { stages, rest, .. } => (stages, rest),
+        };
+        let mut x: Option<Array4<f32>> = None;
+        for stage in stages {
+            let mut sums: Vec<(String, Duration)> = Vec::new();
+            let view = x.as_ref().map_or(input.view(), |a| a.view());
+            let y = stage.bands.run(view, |band| match times.as_deref_mut() {
+                None => stage.plan.forward(band),
+                Some(t) => {
+                    let (y, bt) = stage.plan.forward_profiled(band)?;
+                    t.from_timestamps &= bt.from_timestamps;
                     if sums.is_empty() {
-                        sums = t.layers;
+                        sums = bt.layers;
                     } else {
-                        for ((_, sum), (_, d)) in sums.iter_mut().zip(t.layers) {
+                        for ((_, sum), (_, d)) in sums.iter_mut().zip(bt.layers) {
                             *sum += d;
                         }
                     }
                     Ok(y)
-                })?;
-                let out = match rest {
-                    Some(r) => {
-                        let (y, t) = r.forward_profiled(stitched.view())?;
-                        from_timestamps &= t.from_timestamps;
-                        sums.extend(t.layers);
-                        y
-                    }
-                    None => stitched,
-                };
-                Ok((
-                    out,
-                    LayerTimes {
-                        layers: sums,
-                        from_timestamps,
-                    },
-                ))
+                }
+            })?;
+            if let Some(t) = times.as_deref_mut() {
+                t.layers.extend(sums);
+            }
+            x = Some(y);
+        }
+        let view = x.as_ref().map_or(input.view(), |a| a.view());
+        match (rest, times) {
+            (None, _) => Ok(x.unwrap_or_else(|| input.to_owned())),
+            (Some(r), None) => r.forward(view),
+            (Some(r), Some(t)) => {
+                let (y, rt) = r.forward_profiled(view)?;
+                t.from_timestamps &= rt.from_timestamps;
+                t.layers.extend(rt.layers);
+                Ok(y)
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use dilated::cpu::CpuPlan;
 use dilated::net::{Model, PresetOptions};
-use dilated::banded::{BandLayout, BandedPlan, PlanOptions};
+use dilated::banded::{BandedLayout, BandedPlan, PlanOptions};
 use dilated::plan::GpuPlan;
 use dilated::{Gpu, Shape};
 use ndarray::Array4;
@@ -366,21 +366,17 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
             peak as f64 / (1 << 20) as f64
         );
         if let Some(budget) = args.max_memory {
-            match BandLayout::for_budget(&net, shape, budget)? {
+            match BandedLayout::for_budget(&net, shape, budget)? {
                 None => println!(
                     "within the budget of {:.1} MiB: the whole image in one pass",
                     mib(budget)
                 ),
                 Some(l) => println!(
-                    "budget {:.1} MiB: {} bands of {} input rows ({} output rows of layers up to {}) each, then the rest on the stitched {}; {:.1} GFLOP in all\n\
+                    "budget {:.1} MiB: in stages of horizontal bands, {:.1} GFLOP in all\n{}\n\
                      peak GPU memory of the banded plan: {:.1} MiB ({} bytes)",
                     mib(budget),
-                    l.bands.len(),
-                    l.band_height,
-                    l.rows_per_band,
-                    net.layers()[l.banded_layers - 1].name,
-                    l.stitched_shape,
                     l.flops(&net)? as f64 / 1e9,
+                    l.describe(&net),
                     mib(l.peak_memory),
                     l.peak_memory
                 ),
@@ -428,7 +424,7 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
         gpu.adapter().info.backend,
         plan.peak_memory() as f64 / (1 << 20) as f64,
         match plan.layout() {
-            Some(l) => format!(" in {} bands of {} input rows", l.bands.len(), l.band_height),
+            Some(l) => format!(" in {} bands over {} stages", l.band_count(), l.stages.len()),
             None => String::new(),
         }
     );
