@@ -191,12 +191,13 @@ impl BandLayout {
             });
         }
         let (front, rest) = layers.split_at(banded);
-        let stitched = *layer_shapes(front, input_shape)?
-            .last()
-            .ok_or_else(|| Error::InvalidSpec {
-                context: "band layout".into(),
-                reason: "no layers to run in bands".into(),
-            })?;
+        let stitched =
+            *layer_shapes(front, input_shape)?
+                .last()
+                .ok_or_else(|| Error::InvalidSpec {
+                    context: "band layout".into(),
+                    reason: "no layers to run in bands".into(),
+                })?;
         let n = rows_per_band.min(stitched.h);
         let stride: usize = front
             .iter()
@@ -436,7 +437,10 @@ impl BandedLayout {
                 budget: max_memory,
                 needed,
                 reason: if weights > max_memory {
-                    format!("the weights of {} alone take {weights} bytes", network.name())
+                    format!(
+                        "the weights of {} alone take {weights} bytes",
+                        network.name()
+                    )
                 } else {
                     format!(
                         "{} at {}x{} needs more even in bands of one row",
@@ -461,7 +465,8 @@ impl BandedLayout {
                 .map(|(&h, &k)| h.div_ceil(k))
                 .collect()
         };
-        let mut layout = Self::with_stage_rows(network, input_shape, &ranges, &rows(&counts), &shapes)?;
+        let mut layout =
+            Self::with_stage_rows(network, input_shape, &ranges, &rows(&counts), &shapes)?;
         while layout.peak_memory > max_memory {
             // One band more for the stage whose activations take the most memory among those
             // that can still be split.
@@ -506,11 +511,7 @@ impl BandedLayout {
             .collect();
         let n = network.layers().len();
         if self.rest_start < n {
-            lines.push(format!(
-                "{}..{}: whole",
-                name(self.rest_start),
-                name(n - 1)
-            ));
+            lines.push(format!("{}..{}: whole", name(self.rest_start), name(n - 1)));
         }
         lines.join("\n")
     }
@@ -532,7 +533,8 @@ impl BandedLayout {
                 h: stage.bands.band_height,
                 ..stage.bands.input_shape
             };
-            total += stage.bands.bands.len() as u64 * layers_flops(&layers[stage.layers.clone()], band)?;
+            total +=
+                stage.bands.bands.len() as u64 * layers_flops(&layers[stage.layers.clone()], band)?;
             input = stage.bands.stitched_shape;
         }
         Ok(total + layers_flops(&layers[self.rest_start.min(layers.len())..], input)?)
@@ -730,7 +732,7 @@ impl<'g> BandedPlan<'g> {
 
     /// Runs the network on an input of the compiled shape.
     pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
-        Ok(self.run(input, None)?)
+        self.run(input, None)
     }
 
     /// Runs the network and measures each layer (see [`GpuPlan::forward_profiled`]); a banded
@@ -744,7 +746,11 @@ impl<'g> BandedPlan<'g> {
         Ok((out, times))
     }
 
-    fn run(&self, input: ArrayView4<f32>, mut times: Option<&mut LayerTimes>) -> Result<Array4<f32>> {
+    fn run(
+        &self,
+        input: ArrayView4<f32>,
+        mut times: Option<&mut LayerTimes>,
+    ) -> Result<Array4<f32>> {
         let (stages, rest) = match &self.inner {
             Inner::Whole(p) => {
                 return match times {

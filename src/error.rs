@@ -107,7 +107,9 @@ pub enum Error {
     },
 
     /// A memory budget too small for the network at this input size, even processed in bands.
-    #[error("a GPU memory budget of {budget} bytes is too small: {reason} (at least {needed} bytes needed)")]
+    #[error(
+        "a GPU memory budget of {budget} bytes is too small: {reason} (at least {needed} bytes needed)"
+    )]
     MemoryBudget {
         /// The budget given.
         budget: u64,

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use dilated::banded::{BandedLayout, BandedPlan, PlanOptions};
 use dilated::cpu::CpuPlan;
 use dilated::net::{Model, PresetOptions};
-use dilated::banded::{BandedLayout, BandedPlan, PlanOptions};
 use dilated::plan::GpuPlan;
 use dilated::{Gpu, Shape};
 use ndarray::Array4;
@@ -424,7 +424,11 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
         gpu.adapter().info.backend,
         plan.peak_memory() as f64 / (1 << 20) as f64,
         match plan.layout() {
-            Some(l) => format!(" in {} bands over {} stages", l.band_count(), l.stages.len()),
+            Some(l) => format!(
+                " in {} bands over {} stages",
+                l.band_count(),
+                l.stages.len()
+            ),
             None => String::new(),
         }
     );

@@ -4,11 +4,11 @@
 
 use ndarray::{Array2, Array3, Array4, ArrayView3, s};
 
+use crate::banded::{BandedPlan, PlanOptions};
 use crate::cpu::{CpuPlan, reference};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::net::{Model, ModelInfo, Network, Upsampling};
-use crate::banded::{BandedPlan, PlanOptions};
 use crate::spec::{Shape, Zoom};
 
 /// Where the network runs.
