@@ -106,6 +106,19 @@ pub enum Error {
         bytes: u64,
     },
 
+    /// A memory budget too small for the network at this input size, even processed in bands.
+    #[error(
+        "a GPU memory budget of {budget} bytes is too small: {reason} (at least {needed} bytes needed)"
+    )]
+    MemoryBudget {
+        /// The budget given.
+        budget: u64,
+        /// The least memory that would do.
+        needed: u64,
+        /// Why, e.g. the weights alone exceed the budget.
+        reason: String,
+    },
+
     /// The device was lost, or a submission or read-back failed.
     #[error("GPU device error: {0}")]
     Device(String),

@@ -27,11 +27,11 @@ use std::sync::{Arc, Mutex};
 
 use ndarray::{Array4, ArrayView4};
 
+use crate::banded::{BandedPlan, PlanOptions};
 use crate::cpu::CpuPlan;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::net::Network;
-use crate::plan::GpuPlan;
 use crate::spec::Shape;
 
 /// Where an [`Executor`] may run a network.
@@ -76,8 +76,9 @@ pub struct Executor<'g> {
     no_gpu: Option<String>,
     /// The GPU plan of the most recent input shape (plans hold GPU memory, so only one is
     /// kept).
-    plan: Mutex<Option<(Shape, Arc<GpuPlan<'g>>)>>,
+    plan: Mutex<Option<(Shape, Arc<BandedPlan<'g>>)>>,
     cpu: Mutex<Option<Arc<CpuPlan>>>,
+    options: PlanOptions,
 }
 
 impl<'g> Executor<'g> {
@@ -94,7 +95,14 @@ impl<'g> Executor<'g> {
             no_gpu,
             plan: Mutex::new(None),
             cpu: Mutex::new(None),
+            options: PlanOptions::default(),
         }
+    }
+
+    /// Sets the GPU plan's options (a memory budget makes it process the image in bands).
+    pub fn with_plan_options(mut self, options: PlanOptions) -> Self {
+        self.options = options;
+        self
     }
 
     /// Runs `network` on the CPU only.
@@ -197,7 +205,7 @@ impl<'g> Executor<'g> {
                 _ => {
                     // Free the old plan's memory before building the new one.
                     *cached = None;
-                    let plan = Arc::new(GpuPlan::new(gpu, &self.network, shape)?);
+                    let plan = Arc::new(BandedPlan::new(gpu, &self.network, shape, &self.options)?);
                     *cached = Some((shape, plan.clone()));
                     plan
                 }

@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod banded;
 pub mod cpu;
 pub mod error;
 pub mod executor;
@@ -32,6 +33,7 @@ pub mod segment;
 pub mod spec;
 pub mod weights;
 
+pub use banded::{BandedPlan, PlanOptions};
 pub use error::{Error, Result};
 pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, GpuTensor};
 pub use spec::{Conv2d, Deconv2d, MaxPool2d, Padding, Shape, Zoom};

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use dilated::banded::{BandedLayout, BandedPlan, PlanOptions};
 use dilated::cpu::CpuPlan;
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::GpuPlan;
@@ -79,6 +80,10 @@ struct RunArgs {
     /// run fails.
     #[arg(long, conflicts_with = "cpu")]
     gpu: bool,
+    /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
+    /// horizontal bands as needed so the plan stays under it; results are unchanged.
+    #[arg(long, value_parser = parse_memory)]
+    max_memory: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -115,6 +120,10 @@ struct SegmentArgs {
     /// multiple of 8.
     #[arg(long, value_parser = parse_size)]
     tile: Option<(usize, usize)>,
+    /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
+    /// horizontal bands as needed so the plan stays under it; results are unchanged.
+    #[arg(long, value_parser = parse_memory)]
+    max_memory: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -138,6 +147,10 @@ struct BenchArgs {
     /// no device needed.
     #[arg(long)]
     plan_only: bool,
+    /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
+    /// horizontal bands as needed so the plan stays under it; results are unchanged.
+    #[arg(long, value_parser = parse_memory)]
+    max_memory: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +186,14 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
         .ok_or_else(|| format!("expected HxW, got {s:?}"))?;
     let parse = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
     Ok((parse(h)?, parse(w)?))
+}
+
+fn parse_memory(s: &str) -> Result<u64, String> {
+    dilated::banded::parse_memory_size(s).map_err(|e| e.to_string())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
 }
 
 fn main() -> ExitCode {
@@ -358,12 +379,36 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
             "peak GPU memory of the plan: {:.1} MiB ({peak} bytes)",
             peak as f64 / (1 << 20) as f64
         );
+        if let Some(budget) = args.max_memory {
+            match BandedLayout::for_budget(&net, shape, budget)? {
+                None => println!(
+                    "within the budget of {:.1} MiB: the whole image in one pass",
+                    mib(budget)
+                ),
+                Some(l) => println!(
+                    "budget {:.1} MiB: in stages of horizontal bands, {:.1} GFLOP in all\n{}\n\
+                     peak GPU memory of the banded plan: {:.1} MiB ({} bytes)",
+                    mib(budget),
+                    l.flops(&net)? as f64 / 1e9,
+                    l.describe(&net),
+                    mib(l.peak_memory),
+                    l.peak_memory
+                ),
+            }
+        }
         return Ok(());
     }
     let runs = args.runs.max(1);
     let x = generated_input(shape, 1);
     let gpu = Gpu::new()?;
-    let plan = GpuPlan::new(&gpu, &net, shape)?;
+    let plan = BandedPlan::new(
+        &gpu,
+        &net,
+        shape,
+        &PlanOptions {
+            max_memory: args.max_memory,
+        },
+    )?;
     plan.forward(x.view())?;
     let gpu_runs = (0..runs)
         .map(|_| {
@@ -388,10 +433,18 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
         Some((median(cpu_runs), layers))
     };
     println!(
-        "adapter: {} ({:?}); peak GPU memory {:.1} MiB",
+        "adapter: {} ({:?}); peak GPU memory {:.1} MiB{}",
         gpu.name(),
         gpu.adapter().info.backend,
-        plan.peak_memory() as f64 / (1 << 20) as f64
+        plan.peak_memory() as f64 / (1 << 20) as f64,
+        match plan.layout() {
+            Some(l) => format!(
+                " in {} bands over {} stages",
+                l.band_count(),
+                l.stages.len()
+            ),
+            None => String::new(),
+        }
     );
     println!(
         "GPU layer times: {}",
@@ -536,11 +589,15 @@ fn run(args: &RunArgs) -> Result<(), dilated::Error> {
     let x = dilated::weights::read_npy4(&args.input)?;
     warn_non_finite(&args.input.display().to_string(), x.iter().copied());
     let gpu = open_gpu(args.cpu, args.gpu)?;
+    let options = PlanOptions {
+        max_memory: args.max_memory,
+    };
     let executor = match &gpu {
         None => Executor::cpu(&net),
         Some(Ok(g)) if args.gpu => Executor::gpu(&net, g),
         Some(g) => Executor::gpu_or_cpu(&net, g.as_ref()),
-    };
+    }
+    .with_plan_options(options);
     let run = executor.forward(x.view())?;
     if let (Some(why), Some(_)) = (&run.fallback_reason, &gpu) {
         eprintln!("warning: ran on the CPU instead of the GPU: {why}");
@@ -622,7 +679,17 @@ fn segment_on(
     device: &str,
 ) -> Result<(dilated::segment::Segmentation, usize, (usize, usize)), dilated::Error> {
     use dilated::segment::Segmenter;
-    let segmenter = Segmenter::new(model, net, backend, args.tile)?;
+    let options = PlanOptions {
+        max_memory: args.max_memory,
+    };
+    let segmenter = Segmenter::with_options(model, net, backend, args.tile, &options)?;
+    if let (Some(budget), Some(bytes)) = (args.max_memory, segmenter.gpu_memory()) {
+        println!(
+            "GPU memory of the plan: {:.1} MiB (budget {:.1} MiB)",
+            mib(bytes),
+            mib(budget)
+        );
+    }
     let (h, w, _) = image.dim();
     let (ty, tx) = segmenter.tiles(h, w);
     let bar = (ty * tx > 1).then(|| {

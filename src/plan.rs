@@ -10,8 +10,26 @@ use crate::error::{Error, Result};
 use crate::gpu::ops::{Dispatch, prepare_max_pool_buffers, prepare_relu_buffers};
 use crate::gpu::output_ops::{GpuDeconv2d, prepare_per_pixel, prepare_zoom};
 use crate::gpu::{Gpu, GpuConv2d, Kernel};
-use crate::net::{Network, Op};
+use crate::net::{Layer, Network, Op};
 use crate::spec::Shape;
+
+/// [`GpuPlan::estimate_memory`] for a run of layers whose output shapes are already known.
+pub(crate) fn estimate_layers(layers: &[Layer], input_shape: Shape, shapes: &[Shape]) -> u64 {
+    let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
+    let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
+    let weights: u64 = layers
+        .iter()
+        .map(|l| match &l.op {
+            Op::Conv { spec, .. } => {
+                4 * (spec.weight_len() + if spec.bias { spec.out_channels } else { 1 }) as u64
+            }
+            Op::Deconv { spec, .. } => 4 * (spec.channels * spec.kernel * spec.kernel) as u64,
+            _ => 0,
+        })
+        .sum();
+    let output = shapes.last().map_or(4, |s| s.bytes());
+    input_shape.bytes() + ping_pong * largest + output + weights
+}
 
 struct PlannedLayer {
     name: String,
@@ -213,21 +231,7 @@ impl<'g> GpuPlan<'g> {
     /// aside).
     pub fn estimate_memory(network: &Network, input_shape: Shape) -> Result<u64> {
         let shapes = network.shapes(input_shape)?;
-        let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
-        let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
-        let weights: u64 = network
-            .layers()
-            .iter()
-            .map(|l| match &l.op {
-                Op::Conv { spec, .. } => {
-                    4 * (spec.weight_len() + if spec.bias { spec.out_channels } else { 1 }) as u64
-                }
-                Op::Deconv { spec, .. } => 4 * (spec.channels * spec.kernel * spec.kernel) as u64,
-                _ => 0,
-            })
-            .sum();
-        let output = shapes.last().map_or(4, |s| s.bytes());
-        Ok(input_shape.bytes() + ping_pong * largest + output + weights)
+        Ok(estimate_layers(network.layers(), input_shape, &shapes))
     }
 
     /// The input shape the plan was compiled for.

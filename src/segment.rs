@@ -4,11 +4,11 @@
 
 use ndarray::{Array2, Array3, Array4, ArrayView3, s};
 
+use crate::banded::{BandedPlan, PlanOptions};
 use crate::cpu::{CpuPlan, reference};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::net::{Model, ModelInfo, Network, Upsampling};
-use crate::plan::GpuPlan;
 use crate::spec::{Shape, Zoom};
 
 /// Where the network runs.
@@ -20,7 +20,9 @@ pub enum Backend<'g> {
 }
 
 enum Runner<'g> {
-    Gpu(&'g Gpu, Box<GpuPlan<'g>>),
+    /// The plan, and whether upsampling and argmax run on the GPU too (not under a memory
+    /// budget: the plan's figure is then all the GPU memory the segmenter holds).
+    Gpu(&'g Gpu, Box<BandedPlan<'g>>, bool),
     Cpu(CpuPlan),
 }
 
@@ -61,6 +63,19 @@ impl<'g> Segmenter<'g> {
         backend: Backend<'g>,
         tile: Option<(usize, usize)>,
     ) -> Result<Self> {
+        Self::with_options(model, network, backend, tile, &PlanOptions::default())
+    }
+
+    /// [`Segmenter::new`] with plan options: under a GPU memory budget
+    /// (`options.max_memory`) each tile is processed in bands as needed, and the upsampling
+    /// and argmax of the stitched scores run on the CPU.
+    pub fn with_options(
+        model: Model,
+        network: &Network,
+        backend: Backend<'g>,
+        tile: Option<(usize, usize)>,
+        options: &PlanOptions,
+    ) -> Result<Self> {
         let info = model.info();
         let tile = tile.unwrap_or(info.input_size);
         for (v, what) in [(tile.0, "height"), (tile.1, "width")] {
@@ -79,7 +94,11 @@ impl<'g> Segmenter<'g> {
         let shape = Shape::new(1, 3, tile.0, tile.1);
         let tile_output = network.output_shape(shape)?;
         let runner = match backend {
-            Backend::Gpu(gpu) => Runner::Gpu(gpu, Box::new(GpuPlan::new(gpu, network, shape)?)),
+            Backend::Gpu(gpu) => Runner::Gpu(
+                gpu,
+                Box::new(BandedPlan::new(gpu, network, shape, options)?),
+                options.max_memory.is_none(),
+            ),
             Backend::Cpu => Runner::Cpu(CpuPlan::new(network)?),
         };
         Ok(Self {
@@ -88,6 +107,14 @@ impl<'g> Segmenter<'g> {
             runner,
             tile_output,
         })
+    }
+
+    /// Bytes of GPU memory the segmenter's plan holds (`None` on the CPU).
+    pub fn gpu_memory(&self) -> Option<u64> {
+        match &self.runner {
+            Runner::Gpu(_, plan, _) => Some(plan.peak_memory()),
+            Runner::Cpu(_) => None,
+        }
     }
 
     /// The tile size (height, width) of the network's input.
@@ -138,7 +165,7 @@ impl<'g> Segmenter<'g> {
 
     fn run_tile(&self, input: &Array4<f32>) -> Result<Array4<f32>> {
         match &self.runner {
-            Runner::Gpu(_, plan) => plan.forward(input.view()),
+            Runner::Gpu(_, plan, _) => plan.forward(input.view()),
             Runner::Cpu(plan) => plan.forward(input.view()),
         }
     }
@@ -182,7 +209,7 @@ impl<'g> Segmenter<'g> {
         let zoom = Zoom { factor };
         // Full-resolution probabilities (cropped to the image) and labels.
         let (probs, labels) = match &self.runner {
-            Runner::Gpu(gpu, _) => {
+            Runner::Gpu(gpu, _, true) => {
                 let t = gpu.upload(stitched.view())?;
                 let full = if factor > 1 { gpu.zoom(&zoom, &t)? } else { t };
                 let labels = gpu.argmax(&full)?;
@@ -193,7 +220,7 @@ impl<'g> Segmenter<'g> {
                 };
                 (probs, labels)
             }
-            Runner::Cpu(_) => {
+            Runner::Gpu(_, _, false) | Runner::Cpu(_) => {
                 let full = if factor > 1 {
                     reference::zoom(stitched.view(), &zoom)?
                 } else {
