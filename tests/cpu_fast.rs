@@ -246,3 +246,61 @@ fn relu_matches_reference() {
     fast::relu_inplace(&mut y);
     assert_eq!(common::rel_error(y.view(), want.view()), 0.0);
 }
+
+/// The first element where `got` differs from `want` (NaN matches NaN, infinities must be equal,
+/// finite values within 1e-5 relative to max(|want|, 1)).
+fn first_mismatch(got: &ndarray::Array4<f32>, want: &ndarray::Array4<f32>) -> Option<String> {
+    got.indexed_iter()
+        .zip(want.iter())
+        .find_map(|((i, &a), &b)| {
+            let same =
+                (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+            (!same).then(|| format!("at {i:?}: fast {a} vs reference {b}"))
+        })
+}
+
+#[test]
+fn softmax_and_deconvolution_match_the_reference() {
+    use dilated::Deconv2d;
+    use dilated::cpu::{fast, reference};
+    for (i, shape) in [
+        [1usize, 21, 33, 47],
+        [2, 19, 16, 5],
+        [1, 1, 1, 1],
+        [1, 3, 70, 90],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut x = common::random4(&mut common::rng(500 + i as u64), shape).mapv(|v| v * 30.0);
+        // Non-finite values propagate as in the reference.
+        if shape[2] > 4 {
+            x[[0, 0, 1, 1]] = f32::NAN;
+            x[[0, shape[1] - 1, 2, 3]] = f32::INFINITY;
+            x[[0, 0, 3, 2]] = f32::NEG_INFINITY;
+        }
+        let m = first_mismatch(&fast::softmax(x.view()), &reference::softmax(x.view()));
+        assert!(m.is_none(), "softmax {shape:?} {m:?}");
+        for (j, spec) in [
+            Deconv2d::bilinear(shape[1], 8),
+            Deconv2d {
+                channels: shape[1],
+                kernel: 5,
+                stride: 3,
+                pad: 1,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let w = common::random4(
+                &mut common::rng(600 + 10 * i as u64 + j as u64),
+                spec.weight_shape(),
+            );
+            let got = fast::deconv2d(x.view(), &spec, w.view()).unwrap();
+            let want = reference::deconv2d(x.view(), &spec, w.view()).unwrap();
+            let m = first_mismatch(&got, &want);
+            assert!(m.is_none(), "deconv {spec:?} on {shape:?} {m:?}");
+        }
+    }
+}

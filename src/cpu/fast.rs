@@ -892,6 +892,113 @@ pub fn max_pool2d(input: ArrayView4<f32>, spec: &MaxPool2d) -> Result<Array4<f32
     Ok(out)
 }
 
+/// Softmax over channels at every pixel, multi-threaded, in f32 (same formula as the
+/// reference: `exp(x - max) / sum`, so NaN and infinities behave the same way).
+pub fn softmax(input: ArrayView4<f32>) -> Array4<f32> {
+    let input = input.as_standard_layout();
+    let (n, c, h, w) = input.dim();
+    let plane = h * w;
+    let x = input.as_slice().unwrap_or(&[]);
+    let mut y = vec![0f32; x.len()];
+    const CHUNK: usize = 4096;
+    for b in 0..n {
+        let xi = &x[b * c * plane..(b + 1) * c * plane];
+        let yi = &mut y[b * c * plane..(b + 1) * c * plane];
+        let mut m = vec![f32::NEG_INFINITY; plane];
+        m.par_chunks_mut(CHUNK).enumerate().for_each(|(i, m)| {
+            for k in 0..c {
+                let row = &xi[k * plane + i * CHUNK..][..m.len()];
+                for (m, &v) in m.iter_mut().zip(row) {
+                    *m = m.max(v);
+                }
+            }
+        });
+        yi.par_chunks_mut(plane)
+            .zip(xi.par_chunks(plane))
+            .for_each(|(y, x)| {
+                for ((y, &x), &m) in y.iter_mut().zip(x).zip(&m) {
+                    *y = (x - m).exp();
+                }
+            });
+        let mut sum = vec![0f32; plane];
+        {
+            let yr: &[f32] = yi;
+            sum.par_chunks_mut(CHUNK).enumerate().for_each(|(i, s)| {
+                for k in 0..c {
+                    let row = &yr[k * plane + i * CHUNK..][..s.len()];
+                    for (s, &v) in s.iter_mut().zip(row) {
+                        *s += v;
+                    }
+                }
+            });
+        }
+        yi.par_chunks_mut(plane).for_each(|y| {
+            for (y, &s) in y.iter_mut().zip(&sum) {
+                *y /= s;
+            }
+        });
+    }
+    Array4::from_shape_vec((n, c, h, w), y).unwrap_or_else(|_| Array4::zeros((n, c, h, w)))
+}
+
+/// Per-channel transposed convolution (no bias), multi-threaded over channel planes: each output
+/// gathers the inputs whose stride-spread reaches it (the same terms the reference scatters).
+pub fn deconv2d(
+    input: ArrayView4<f32>,
+    spec: &crate::spec::Deconv2d,
+    weight: ArrayView4<f32>,
+) -> Result<Array4<f32>> {
+    let out = spec.output_shape(shape_of(&input), "deconv2d")?;
+    if weight.shape() != spec.weight_shape() {
+        return Err(Error::ShapeMismatch {
+            context: "deconv2d".into(),
+            left_name: "weight",
+            left: weight.shape().to_vec(),
+            right_name: "layer spec [channels, 1, k, k]",
+            right: spec.weight_shape().to_vec(),
+        });
+    }
+    let input = input.as_standard_layout();
+    let weight = weight.as_standard_layout();
+    let (x, w) = (
+        input.as_slice().unwrap_or(&[]),
+        weight.as_slice().unwrap_or(&[]),
+    );
+    let (ih, iw) = (input.dim().2, input.dim().3);
+    let (k, s, pad) = (spec.kernel, spec.stride, spec.pad);
+    let mut y = vec![0f32; out.len()];
+    y.par_chunks_mut(out.plane())
+        .enumerate()
+        .for_each(|(p, yp)| {
+            let xp = &x[p * ih * iw..(p + 1) * ih * iw];
+            let wp = &w[(p % spec.channels) * k * k..][..k * k];
+            for oy in 0..out.h {
+                let ty = oy + pad;
+                for ox in 0..out.w {
+                    let tx = ox + pad;
+                    let mut acc = 0f32;
+                    for ky in (ty % s..k.min(ty + 1)).step_by(s) {
+                        let iy = (ty - ky) / s;
+                        if iy >= ih {
+                            continue;
+                        }
+                        for kx in (tx % s..k.min(tx + 1)).step_by(s) {
+                            let ix = (tx - kx) / s;
+                            if ix < iw {
+                                acc += xp[iy * iw + ix] * wp[ky * k + kx];
+                            }
+                        }
+                    }
+                    yp[oy * out.w + ox] = acc;
+                }
+            }
+        });
+    Array4::from_shape_vec(out.dims(), y).map_err(|e| Error::InvalidSpec {
+        context: "deconv2d".into(),
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

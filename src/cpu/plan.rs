@@ -69,7 +69,11 @@ impl CpuPlan {
                     fast::relu_inplace(&mut x);
                     x
                 }
-                // Softmax, zoom and the upsampling deconvolution act on the small class maps.
+                Step::Other(Op::Softmax) => fast::softmax(x.view()),
+                Step::Other(Op::Deconv { spec, weight }) => {
+                    fast::deconv2d(x.view(), spec, weight.view())?
+                }
+                // The zoom (after the network in the presets) from the reference.
                 Step::Other(op) => reference::apply(op, x.view())?,
             };
             if timed {
