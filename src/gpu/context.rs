@@ -206,6 +206,12 @@ impl Lost {
 /// reports it, [`wgpu::Device::destroy`] was called, or a wait timed out) makes every later
 /// operation return [`Error::Device`] promptly; [`Gpu::is_lost`] tells callers, for example
 /// to run on the CPU instead (see [`crate::executor`]).
+///
+/// # One handle per set of objects
+///
+/// Tensors, layers and plans belong to the `Gpu` that made them; passing them to another `Gpu`
+/// handle (another wgpu instance) is not detected and makes wgpu panic. Create one `Gpu` and
+/// share it.
 pub struct Gpu {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
