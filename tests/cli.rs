@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{gpu, random4, rel_error, rng};
 use dilated::cpu::CpuPlan;
@@ -15,10 +14,7 @@ use dilated::weights::{WeightSet, read_npy4, write_caffemodel, write_npy};
 use dilated::{Error, Shape};
 
 fn dilated(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dilated"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    common::run_cli(args, &[])
 }
 
 fn stderr(o: &std::process::Output) -> String {

@@ -202,11 +202,7 @@ fn a_wait_that_runs_out_is_an_error_and_marks_the_device_lost() {
 }
 
 fn dilated_without_adapter(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_dilated"))
-        .args(args)
-        .env("WGPU_ADAPTER_NAME", "no adapter is called this")
-        .output()
-        .expect("the binary runs")
+    common::run_cli(args, &[("WGPU_ADAPTER_NAME", "no adapter is called this")])
 }
 
 #[test]

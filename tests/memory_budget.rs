@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{gpu, random4, rel_error, rng};
 use dilated::banded::{BandLayout, BandedLayout, BandedPlan, PlanOptions, sub_network};
 use dilated::cpu::{CpuPlan, reference};
@@ -306,17 +304,17 @@ fn segmenter_under_a_budget_labels_like_the_unbudgeted_one() {
 
 #[test]
 fn bench_plan_only_prints_the_banded_peak() {
-    let out = Command::new(env!("CARGO_BIN_EXE_dilated"))
-        .args([
+    let out = common::run_cli(
+        &[
             "bench",
             "--plan-only",
             "--width-divisor",
             "8",
             "--max-memory",
             "250M",
-        ])
-        .output()
-        .unwrap();
+        ],
+        &[],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -333,9 +331,6 @@ fn bench_plan_only_prints_the_banded_peak() {
         .and_then(|b| b.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(bytes <= 250 * MIB, "{line}");
-    let out = Command::new(env!("CARGO_BIN_EXE_dilated"))
-        .args(["bench", "--plan-only", "--max-memory", "12Q"])
-        .output()
-        .unwrap();
+    let out = common::run_cli(&["bench", "--plan-only", "--max-memory", "12Q"], &[]);
     assert!(!out.status.success());
 }

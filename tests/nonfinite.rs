@@ -322,10 +322,7 @@ fn whole_networks_agree_on_cpu_and_gpu() {
 }
 
 fn dilated(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_dilated"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
+    common::run_cli(args, &[])
 }
 
 #[test]

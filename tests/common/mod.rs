@@ -58,3 +58,12 @@ pub fn rel_error(a: ArrayView4<f32>, reference: ArrayView4<f32>) -> f64 {
         max_diff / max_ref
     }
 }
+
+/// Runs the `dilated` command-line tool with arguments and extra environment variables.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dilated"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
