@@ -539,6 +539,47 @@ pub(crate) fn plane_chunks(
         .collect())
 }
 
+/// Records a kernel mapping each input channel plane to one output plane (max pooling, zoom,
+/// deconvolution) over chunks of whole planes. Its uniform is the shared header `planes, in_h,
+/// in_w, in_base, out_h, out_w, out_base, total` followed by the kernel's own eight words,
+/// `tail(first plane of the chunk)`; `extra` buffers are bound between input and output.
+pub(crate) fn prepare_planes(
+    gpu: &Gpu,
+    kernel: Kernel,
+    (input, in_shape): (&wgpu::Buffer, Shape),
+    extra: &[(&wgpu::Buffer, Window)],
+    (output, out_shape): (&wgpu::Buffer, Shape),
+    tail: impl Fn(usize) -> [u32; 8],
+) -> Result<Vec<Dispatch>> {
+    let mut dispatches = Vec::new();
+    for (p0, pn) in plane_chunks(gpu, kernel.name(), in_shape, out_shape)? {
+        let in_win = gpu.window(input, p0 * in_shape.plane(), pn * in_shape.plane());
+        let out_win = gpu.window(output, p0 * out_shape.plane(), pn * out_shape.plane());
+        let total = pn * out_shape.plane();
+        let header = [
+            pn as u32,
+            in_shape.h as u32,
+            in_shape.w as u32,
+            in_win.base,
+            out_shape.h as u32,
+            out_shape.w as u32,
+            out_win.base,
+            total as u32,
+        ];
+        let params: Vec<u32> = header.into_iter().chain(tail(p0)).collect();
+        let mut storage = vec![(input, in_win)];
+        storage.extend_from_slice(extra);
+        storage.push((output, out_win));
+        dispatches.push(gpu.linear_dispatch(
+            kernel,
+            bytemuck::cast_slice(&params),
+            &storage,
+            total,
+        )?);
+    }
+    Ok(dispatches)
+}
+
 impl Gpu {
     /// A dispatch of a one-element-per-invocation kernel over `invocations` elements.
     pub(crate) fn linear_dispatch(
@@ -556,27 +597,6 @@ impl Gpu {
             groups,
         })
     }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct PoolParams {
-    planes: u32,
-    in_h: u32,
-    in_w: u32,
-    in_base: u32,
-    out_h: u32,
-    out_w: u32,
-    out_base: u32,
-    total: u32,
-    k_h: u32,
-    k_w: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_top: u32,
-    pad_left: u32,
-    pad0: u32,
-    pad1: u32,
 }
 
 /// Records max pooling of `input` into `output`.
@@ -609,38 +629,24 @@ pub(crate) fn prepare_max_pool_buffers(
         out_shape,
         spec.output_shape(in_shape, "max_pool2d")?,
     )?;
-    let mut dispatches = Vec::new();
-    for (p0, pn) in plane_chunks(gpu, "max pooling", in_shape, out_shape)? {
-        let in_win = gpu.window(input, p0 * in_shape.plane(), pn * in_shape.plane());
-        let out_win = gpu.window(output, p0 * out_shape.plane(), pn * out_shape.plane());
-        let total = pn * out_shape.plane();
-        let params = PoolParams {
-            planes: pn as u32,
-            in_h: in_shape.h as u32,
-            in_w: in_shape.w as u32,
-            in_base: in_win.base,
-            out_h: out_shape.h as u32,
-            out_w: out_shape.w as u32,
-            out_base: out_win.base,
-            total: total as u32,
-            k_h: spec.kernel.0 as u32,
-            k_w: spec.kernel.1 as u32,
-            stride_h: spec.stride.0 as u32,
-            stride_w: spec.stride.1 as u32,
-            pad_top: spec.padding.top as u32,
-            pad_left: spec.padding.left as u32,
-            pad0: 0,
-            pad1: 0,
-        };
-        let storage = [(input, in_win), (output, out_win)];
-        dispatches.push(gpu.linear_dispatch(
-            Kernel::MaxPool,
-            bytemuck::bytes_of(&params),
-            &storage,
-            total,
-        )?);
-    }
-    Ok(dispatches)
+    let tail = [
+        spec.kernel.0 as u32,
+        spec.kernel.1 as u32,
+        spec.stride.0 as u32,
+        spec.stride.1 as u32,
+        spec.padding.top as u32,
+        spec.padding.left as u32,
+        0,
+        0,
+    ];
+    prepare_planes(
+        gpu,
+        Kernel::MaxPool,
+        (input, in_shape),
+        &[],
+        (output, out_shape),
+        |_| tail,
+    )
 }
 
 #[repr(C)]

@@ -6,7 +6,7 @@ use ndarray::{Array3, ArrayView4};
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
 use crate::gpu::kernels::Kernel;
-use crate::gpu::ops::{Dispatch, expect_shape, plane_chunks};
+use crate::gpu::ops::{Dispatch, expect_shape, prepare_planes};
 use crate::gpu::tensor::GpuTensor;
 use crate::spec::{Deconv2d, Shape, Zoom};
 
@@ -79,25 +79,6 @@ pub(crate) fn prepare_per_pixel(
     Ok(dispatches)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct PlaneParams {
-    planes: u32,
-    in_h: u32,
-    in_w: u32,
-    in_base: u32,
-    out_h: u32,
-    out_w: u32,
-    out_base: u32,
-    total: u32,
-    a: u32,
-    b: u32,
-    c: u32,
-    d: u32,
-    e: u32,
-    pad: [u32; 3],
-}
-
 /// Bilinear zoom.
 pub(crate) fn prepare_zoom(
     gpu: &Gpu,
@@ -108,31 +89,15 @@ pub(crate) fn prepare_zoom(
     out_shape: Shape,
 ) -> Result<Vec<Dispatch>> {
     expect_shape("zoom", out_shape, spec.output_shape(in_shape, "zoom")?)?;
-    let mut dispatches = Vec::new();
-    for (p0, pn) in plane_chunks(gpu, "zoom", in_shape, out_shape)? {
-        let in_win = gpu.window(input, p0 * in_shape.plane(), pn * in_shape.plane());
-        let out_win = gpu.window(output, p0 * out_shape.plane(), pn * out_shape.plane());
-        let total = pn * out_shape.plane();
-        let params = PlaneParams {
-            planes: pn as u32,
-            in_h: in_shape.h as u32,
-            in_w: in_shape.w as u32,
-            in_base: in_win.base,
-            out_h: out_shape.h as u32,
-            out_w: out_shape.w as u32,
-            out_base: out_win.base,
-            total: total as u32,
-            a: spec.factor as u32,
-            ..Default::default()
-        };
-        dispatches.push(gpu.linear_dispatch(
-            Kernel::Zoom,
-            bytemuck::bytes_of(&params),
-            &[(input, in_win), (output, out_win)],
-            total,
-        )?);
-    }
-    Ok(dispatches)
+    let tail = [spec.factor as u32, 0, 0, 0, 0, 0, 0, 0];
+    prepare_planes(
+        gpu,
+        Kernel::Zoom,
+        (input, in_shape),
+        &[],
+        (output, out_shape),
+        |_| tail,
+    )
 }
 
 /// Per-channel transposed convolution layer with its weights on the GPU.
@@ -176,35 +141,20 @@ impl GpuDeconv2d {
         let s = &self.spec;
         expect_shape("deconv2d", out_shape, s.output_shape(in_shape, "deconv2d")?)?;
         let w_win = gpu.window(&self.weight, 0, s.channels * s.kernel * s.kernel);
-        let mut dispatches = Vec::new();
-        for (p0, pn) in plane_chunks(gpu, "deconvolution", in_shape, out_shape)? {
-            let in_win = gpu.window(input, p0 * in_shape.plane(), pn * in_shape.plane());
-            let out_win = gpu.window(output, p0 * out_shape.plane(), pn * out_shape.plane());
-            let total = pn * out_shape.plane();
-            let params = PlaneParams {
-                planes: pn as u32,
-                in_h: in_shape.h as u32,
-                in_w: in_shape.w as u32,
-                in_base: in_win.base,
-                out_h: out_shape.h as u32,
-                out_w: out_shape.w as u32,
-                out_base: out_win.base,
-                total: total as u32,
-                a: s.kernel as u32,
-                b: s.stride as u32,
-                c: s.pad as u32,
-                d: s.channels as u32,
-                e: p0 as u32,
-                pad: [0; 3],
-            };
-            dispatches.push(gpu.linear_dispatch(
-                Kernel::Deconv,
-                bytemuck::bytes_of(&params),
-                &[(input, in_win), (&self.weight, w_win), (output, out_win)],
-                total,
-            )?);
-        }
-        Ok(dispatches)
+        let (k, stride, pad, c) = (
+            s.kernel as u32,
+            s.stride as u32,
+            s.pad as u32,
+            s.channels as u32,
+        );
+        prepare_planes(
+            gpu,
+            Kernel::Deconv,
+            (input, in_shape),
+            &[(&self.weight, w_win)],
+            (output, out_shape),
+            |p0| [k, stride, pad, c, p0 as u32, 0, 0, 0],
+        )
     }
 
     /// Runs the layer into a new tensor.
