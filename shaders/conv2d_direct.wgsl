@@ -12,20 +12,7 @@
 // flags: 1 add bias, 2 ReLU, 4 accumulate into the existing output (input-channel split).
 // Workgroups are linearised over x and y so any size fits the per-dimension limit.
 
-struct Params {
-    in_c: u32, in_h: u32, in_w: u32, in_base: u32,
-    out_c: u32, out_h: u32, out_w: u32, out_base: u32,
-    k_h: u32, k_w: u32, dil_h: u32, dil_w: u32,
-    stride_h: u32, stride_w: u32, pad_top: u32, pad_left: u32,
-    w_base: u32, w_row: u32, bias_base: u32, flags: u32,
-    batch: u32, in_batch_stride: u32, out_batch_stride: u32, total: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> input: array<f32>;
-@group(0) @binding(2) var<storage, read> weight: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> output: array<f32>;
+// Params and bindings: shaders/conv_interface.wgsl (spliced in before this file).
 
 @compute @workgroup_size(WG_LINEAR)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

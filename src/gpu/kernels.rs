@@ -107,11 +107,21 @@ impl Kernel {
     /// `// BLOCK:` template lines of the register-blocked kernel expanded.
     pub fn source(self) -> String {
         let pointwise = self == Kernel::ConvPointwise;
-        let file = if self == Kernel::ConvBlocked {
+        let mut file = if self == Kernel::ConvBlocked {
             expand_blocks(self.file())
         } else {
             self.file().to_string()
         };
+        if matches!(
+            self,
+            Kernel::ConvDirect | Kernel::ConvTiled | Kernel::ConvPointwise | Kernel::ConvBlocked
+        ) {
+            // The convolutions share one uniform layout and set of bindings.
+            file = format!(
+                "{}\n{file}",
+                include_str!("../../shaders/conv_interface.wgsl")
+            );
+        }
         format!(
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
