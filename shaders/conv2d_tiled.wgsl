@@ -1,18 +1,68 @@
 // Tiled convolution as an implicit matrix product, per image:
 //   out[co, p] = sum_k W[co, k] * X[k, p],   k = (ky, kx, ci),  p = (oy, ox)
-// where X is the im2col matrix, never materialised: each workgroup stages a TILE_M x TILE_K
-// block of weights and a TILE_K x TILE_N block of input patches in workgroup memory, and each
-// of its 16 x 16 invocations accumulates 4 x 4 outputs (4 output channels x 4 pixels) in
-// registers. With POINTWISE (1x1, stride 1, no padding) X is the input itself.
+// where X is the im2col matrix, never materialised. Each workgroup owns a TILE_M (128) output
+// channels x TILE_N (128) pixels block of the output; per step it stages a TILE_M x TILE_K (8)
+// block of weights and a TILE_K x TILE_N block of input patches in workgroup memory, and each of
+// its 16 x 16 invocations accumulates 8 x 8 outputs (8 channels x 8 pixels, sixteen vec4
+// registers). Each step reads two vec4 of weights and two vec4 of pixels from workgroup memory
+// for 64 multiply-adds. The next step's global loads are issued into registers before the
+// current step's arithmetic, so their latency hides behind it (one tile buffer, two barriers).
+// With POINTWISE (1x1, stride 1, no padding) X is the input itself.
 //
-// Buffers and Params are those of conv2d_direct.wgsl (windows with base offsets, weight rows
-// of `w_row` elements laid out [kh][kw][in], flags 1 bias / 2 ReLU / 4 accumulate). `total` is the number of
-// workgroups: tiles over pixels x tiles over output channels x images.
+// Invocation (tx, ty) = (lid % 16, lid / 16) owns channels 4 ty .. 4 ty + 3 and 64 + 4 ty ..
+// 64 + 4 ty + 3 of the tile, and pixels 4 tx .. 4 tx + 3 and 64 + 4 tx .. 64 + 4 tx + 3, so a
+// step's workgroup-memory reads are contiguous vec4 runs across the invocations.
+//
+// Loading, invocation lid fetches:
+// - weights: reduction index k0 + lid % 8 of the 4 channels 4 (lid / 8) .. + 3 (a warp reads
+//   4 rows x 8 consecutive floats), stored as one vec4 of the [k][m] tile;
+// - input: reduction index k0 + lid / 32 at the 4 consecutive pixels 4 (lid % 32) .. + 3 (a warp
+//   reads 128 consecutive pixels), stored as one vec4 of the [k][n] tile. The reduction index is
+//   carried as (ci, ky, kx) and advanced by TILE_K each step, so no division is needed per load.
+//
+// Buffers and Params: shaders/conv_interface.wgsl (spliced in before this file). Weight rows of
+// `w_row` elements are laid out [kh][kw][in]; flags 1 bias / 2 ReLU / 4 accumulate. `total` is
+// the number of workgroups: tiles over pixels (fastest, so neighbouring workgroups share a weight
+// tile) x tiles over output channels x images.
 
-// Params and bindings: shaders/conv_interface.wgsl (spliced in before this file).
+const_assert TILE_M == 128u && TILE_N == 128u && TILE_K == 8u && WG_TILED == 256u;
 
-var<workgroup> tile_w: array<f32, TILE_K * TILE_M>; // [k][m]
-var<workgroup> tile_x: array<f32, TILE_K * TILE_N>; // [k][n]
+// vec4s per k row of the weight tile, padded by one so the transposing stores spread over banks.
+const W_ROW4: u32 = TILE_M / 4u + 1u;
+const X_ROW4: u32 = TILE_N / 4u;
+var<workgroup> tile_w: array<vec4<f32>, TILE_K * W_ROW4>; // [k][m / 4]
+var<workgroup> tile_x: array<vec4<f32>, TILE_K * X_ROW4>; // [k][n / 4]
+
+// Writes one output element with the flags' accumulate, bias and ReLU.
+fn store(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
+    if (co >= p.out_c || px >= pixels) {
+        return;
+    }
+    let o = out_img + co * pixels + px;
+    var v = acc;
+    if ((p.flags & 4u) != 0u) {
+        v += output[o];
+    }
+    if ((p.flags & 1u) != 0u) {
+        v += bias[p.bias_base + co];
+    }
+    if ((p.flags & 2u) != 0u) {
+        v = select(v, 0.0, v < 0.0);
+    }
+    output[o] = v;
+}
+
+// Writes the 4 x 2 x 4 outputs of one channel: pixels px .. px + 3 and px + 64 .. px + 67.
+fn store_row(co: u32, px: u32, pixels: u32, out_img: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    store(co, px, pixels, out_img, lo.x);
+    store(co, px + 1u, pixels, out_img, lo.y);
+    store(co, px + 2u, pixels, out_img, lo.z);
+    store(co, px + 3u, pixels, out_img, lo.w);
+    store(co, px + 64u, pixels, out_img, hi.x);
+    store(co, px + 65u, pixels, out_img, hi.y);
+    store(co, px + 66u, pixels, out_img, hi.z);
+    store(co, px + 67u, pixels, out_img, hi.w);
+}
 
 @compute @workgroup_size(WG_TILED)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -34,97 +84,156 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let in_img = p.in_base + b * p.in_batch_stride;
     let in_plane = p.in_h * p.in_w;
 
-    // This invocation's column of the input tile is fixed: decode its pixel once.
-    let load_n = lid % TILE_N;
-    let load_p = n0 + load_n;
-    let p_ok = load_p < pixels;
-    let oy = load_p / p.out_w;
-    let ox = load_p % p.out_w;
-    let y0 = i32(oy * p.stride_h) - i32(p.pad_top);
-    let x0 = i32(ox * p.stride_w) - i32(p.pad_left);
+    // Weight loads: 4 channel rows (clamped; channels past the end load zero) at one k.
+    let ka = lid % TILE_K;
+    let ma = (lid / TILE_K) * 4u;
+    let last_c = p.out_c - 1u;
+    let rows = vec4<u32>(min(m0 + ma, last_c), min(m0 + ma + 1u, last_c),
+                         min(m0 + ma + 2u, last_c), min(m0 + ma + 3u, last_c)) * p.w_row
+               + vec4<u32>(p.w_base);
+    let row_ok = vec4<u32>(m0 + ma, m0 + ma + 1u, m0 + ma + 2u, m0 + ma + 3u) < vec4<u32>(p.out_c);
+
+    // Input loads: 4 consecutive pixels at one k. Pixel j's window corner (y0[j], x0[j]);
+    // pixels past the end are marked by y0 = -2^30, which no tap brings into the image.
+    let kb = lid / X_ROW4;
+    let nb = (lid % X_ROW4) * 4u;
+    var y0: vec4<i32>;
+    var x0: vec4<i32>;
+    var q: vec4<u32>;
+    for (var j = 0u; j < 4u; j++) {
+        let px = n0 + nb + j;
+        q[j] = px;
+        if (px < pixels) {
+            y0[j] = i32((px / p.out_w) * p.stride_h) - i32(p.pad_top);
+            x0[j] = i32((px % p.out_w) * p.stride_w) - i32(p.pad_left);
+        } else {
+            y0[j] = -1073741824;
+            x0[j] = 0;
+        }
+    }
+    // (ci, ky, kx) of reduction index kb + k0.
+    var ci = kb % max(p.in_c, 1u);
+    let tap = kb / max(p.in_c, 1u);
+    var ky = tap / p.k_w;
+    var kx = tap % p.k_w;
 
     let tx = lid % 16u;
     let ty = lid / 16u;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // c{i}{h}: channel i of this invocation (4 ty + i, or 64 + 4 ty + i - 4 for i >= 4) at
+    // its pixel run h (4 tx .. 4 tx + 3, or 64 + 4 tx .. 64 + 4 tx + 3).
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0);
+    var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0);
+    var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0);
+    var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0);
+    var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0);
+    var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0);
+    var c71 = vec4<f32>(0.0);
 
-    for (var k0 = 0u; k0 < k_total; k0 += TILE_K) {
-        // Weights: TILE_M x TILE_K, read along k (contiguous in memory).
-        for (var r = 0u; r < (TILE_M * TILE_K) / WG_TILED; r++) {
-            let e = lid + r * WG_TILED;
-            let m = e / TILE_K;
-            let kk = e % TILE_K;
-            var v = 0.0;
-            if (m0 + m < p.out_c && k0 + kk < k_total) {
-                let k = k0 + kk;
-                v = weight[p.w_base + (m0 + m) * p.w_row + (k / p.in_c) * in_total + k % p.in_c];
+    var w_next = vec4<f32>(0.0);
+    var x_next = vec4<f32>(0.0);
+    var k0 = 0u;
+    loop {
+        // Global loads of step k0 into registers (zeros past the end of the reduction).
+        {
+            let k = k0 + ka;
+            var wv = vec4<f32>(0.0);
+            if (k < k_total) {
+                var wk = k;
+                if (p.in_c != in_total) {
+                    // An input-channel chunk: rows hold all in_total channels of each tap.
+                    wk = (k / p.in_c) * in_total + k % p.in_c;
+                }
+                wv = select(wv, vec4<f32>(weight[rows.x + wk], weight[rows.y + wk],
+                                          weight[rows.z + wk], weight[rows.w + wk]), row_ok);
             }
-            tile_w[kk * TILE_M + m] = v;
-        }
-        // Input patches: TILE_K x TILE_N, read along pixels.
-        for (var r = 0u; r < (TILE_K * TILE_N) / WG_TILED; r++) {
-            let kk = lid / TILE_N + r * (WG_TILED / TILE_N);
-            let k = k0 + kk;
-            var v = 0.0;
-            if (p_ok && k < k_total) {
+            w_next = wv;
+            var xv = vec4<f32>(0.0);
+            if (k0 + kb < k_total) {
+                let plane = in_img + ci * in_plane;
                 if (POINTWISE) {
-                    v = input[in_img + k * in_plane + load_p];
+                    for (var j = 0u; j < 4u; j++) {
+                        if (q[j] < pixels) {
+                            xv[j] = input[plane + q[j]];
+                        }
+                    }
                 } else {
-                    let ci = k % p.in_c;
-                    let t = k / p.in_c;
-                    let iy = y0 + i32((t / p.k_w) * p.dil_h);
-                    let ix = x0 + i32((t % p.k_w) * p.dil_w);
-                    if (iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w)) {
-                        v = input[in_img + ci * in_plane + u32(iy) * p.in_w + u32(ix)];
+                    let dy = i32(ky * p.dil_h);
+                    let dx = i32(kx * p.dil_w);
+                    for (var j = 0u; j < 4u; j++) {
+                        let iy = y0[j] + dy;
+                        let ix = x0[j] + dx;
+                        if (iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w)) {
+                            xv[j] = input[plane + u32(iy) * p.in_w + u32(ix)];
+                        }
                     }
                 }
             }
-            tile_x[kk * TILE_N + load_n] = v;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            var a: array<f32, 4>;
-            var x: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = tile_w[kk * TILE_M + ty * 4u + i];
-                x[i] = tile_x[kk * TILE_N + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(a[i], x[j], acc[i][j]);
+            x_next = xv;
+            ci += TILE_K;
+            loop {
+                if (ci < p.in_c) {
+                    break;
+                }
+                ci -= p.in_c;
+                kx += 1u;
+                if (kx == p.k_w) {
+                    kx = 0u;
+                    ky += 1u;
                 }
             }
         }
+        // Arithmetic of step k0 - TILE_K, staged in workgroup memory, while those loads fly.
+        if (k0 > 0u) {
+            for (var kk = 0u; kk < TILE_K; kk++) {
+                let a0 = tile_w[kk * W_ROW4 + ty];
+                let a1 = tile_w[kk * W_ROW4 + ty + 16u];
+                let b0 = tile_x[kk * X_ROW4 + tx];
+                let b1 = tile_x[kk * X_ROW4 + tx + 16u];
+                c00 = fma(vec4<f32>(a0.x), b0, c00);
+                c01 = fma(vec4<f32>(a0.x), b1, c01);
+                c10 = fma(vec4<f32>(a0.y), b0, c10);
+                c11 = fma(vec4<f32>(a0.y), b1, c11);
+                c20 = fma(vec4<f32>(a0.z), b0, c20);
+                c21 = fma(vec4<f32>(a0.z), b1, c21);
+                c30 = fma(vec4<f32>(a0.w), b0, c30);
+                c31 = fma(vec4<f32>(a0.w), b1, c31);
+                c40 = fma(vec4<f32>(a1.x), b0, c40);
+                c41 = fma(vec4<f32>(a1.x), b1, c41);
+                c50 = fma(vec4<f32>(a1.y), b0, c50);
+                c51 = fma(vec4<f32>(a1.y), b1, c51);
+                c60 = fma(vec4<f32>(a1.z), b0, c60);
+                c61 = fma(vec4<f32>(a1.z), b1, c61);
+                c70 = fma(vec4<f32>(a1.w), b0, c70);
+                c71 = fma(vec4<f32>(a1.w), b1, c71);
+            }
+        }
+        if (k0 >= k_total) {
+            break;
+        }
         workgroupBarrier();
+        tile_w[ka * W_ROW4 + ma / 4u] = w_next;
+        tile_x[kb * X_ROW4 + nb / 4u] = x_next;
+        workgroupBarrier();
+        k0 += TILE_K;
     }
 
     let out_img = p.out_base + b * p.out_batch_stride;
-    for (var i = 0u; i < 4u; i++) {
-        let co = m0 + ty * 4u + i;
-        if (co >= p.out_c) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let px = n0 + tx + 16u * j;
-            if (px >= pixels) {
-                continue;
-            }
-            let o = out_img + co * pixels + px;
-            var v = acc[i][j];
-            if ((p.flags & 4u) != 0u) {
-                v += output[o];
-            }
-            if ((p.flags & 1u) != 0u) {
-                v += bias[p.bias_base + co];
-            }
-            if ((p.flags & 2u) != 0u) {
-                v = select(v, 0.0, v < 0.0);
-            }
-            output[o] = v;
-        }
-    }
+    let px = n0 + 4u * tx;
+    store_row(m0 + 4u * ty + 0u, px, pixels, out_img, c00, c01);
+    store_row(m0 + 4u * ty + 1u, px, pixels, out_img, c10, c11);
+    store_row(m0 + 4u * ty + 2u, px, pixels, out_img, c20, c21);
+    store_row(m0 + 4u * ty + 3u, px, pixels, out_img, c30, c31);
+    store_row(m0 + 64u + 4u * ty + 0u, px, pixels, out_img, c40, c41);
+    store_row(m0 + 64u + 4u * ty + 1u, px, pixels, out_img, c50, c51);
+    store_row(m0 + 64u + 4u * ty + 2u, px, pixels, out_img, c60, c61);
+    store_row(m0 + 64u + 4u * ty + 3u, px, pixels, out_img, c70, c71);
 }

@@ -50,12 +50,21 @@ fn fixed_spec(i: usize) -> Option<(Conv2d, Shape)> {
                 .padding(Padding::new(0, 1, 2, 3)),
             Shape::new(3, 3, 45, 50),
         ),
+        // More output channels and pixels than one 128 x 128 tile of the tiled kernel.
+        4 => (
+            Conv2d::new(24, 136, 3).dilation(3).pad(3),
+            Shape::new(1, 24, 19, 23),
+        ),
+        5 => (
+            Conv2d::new(40, 136, 1).with_relu(true),
+            Shape::new(2, 40, 12, 13),
+        ),
         _ => return None,
     })
 }
 
 fn random_spec(rng: &mut StdRng, i: usize) -> (Conv2d, Shape) {
-    if let Some(fixed) = fixed_spec(i.wrapping_sub(CONFIGS - 4)) {
+    if let Some(fixed) = fixed_spec(i.wrapping_sub(CONFIGS - 6)) {
         return fixed;
     }
     let channels = [1, 3, 17, 65, 2, 5, 8, 32, 33];

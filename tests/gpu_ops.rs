@@ -5,7 +5,7 @@ mod common;
 
 use common::{gpu, random1, random4, rel_error, rng};
 use dilated::cpu::reference;
-use dilated::{Conv2d, ConvAlgorithm, GpuConv2d, MaxPool2d, Padding, Shape};
+use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, MaxPool2d, Padding, Shape};
 use ndarray::Array4;
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -14,7 +14,16 @@ const TOLERANCE: f64 = 1e-5;
 
 /// Runs one convolution on the GPU (poisoned output) and on the reference; returns the error.
 fn check_conv(seed: u64, spec: Conv2d, input_shape: [usize; 4], algorithm: ConvAlgorithm) -> f64 {
-    let gpu = gpu();
+    check_conv_on(gpu(), seed, spec, input_shape, algorithm)
+}
+
+fn check_conv_on(
+    gpu: &Gpu,
+    seed: u64,
+    spec: Conv2d,
+    input_shape: [usize; 4],
+    algorithm: ConvAlgorithm,
+) -> f64 {
     let mut r = rng(seed);
     let x = random4(&mut r, input_shape);
     let w = random4(&mut r, spec.weight_shape());
@@ -233,9 +242,47 @@ fn activations_over_one_binding_are_split_over_channels() {
 }
 
 #[test]
+fn every_kernel_splits_over_a_capped_binding() {
+    // With storage bindings capped at 64 KiB (16,320 floats once aligned), these small layers
+    // take every split path: input-channel chunks whose partial sums accumulate in the output,
+    // output-channel chunks, weight windows starting mid-buffer and one image per window.
+    let mut capped = Gpu::new().unwrap();
+    assert!(capped.set_max_binding_bytes(Some(100)).is_err());
+    capped.set_max_binding_bytes(Some(64 << 10)).unwrap();
+    let cases = [
+        // Input planes of 930: chunks of 17 input and 17 output channels.
+        (
+            Conv2d::new(20, 150, 3).dilation(2).pad(2).with_relu(true),
+            [2, 20, 30, 31],
+        ),
+        // Non-square dilated kernel, stride 2, asymmetric padding.
+        (
+            Conv2d::new(33, 40, 1)
+                .kernel(3, 2)
+                .dilation_hw(1, 3)
+                .stride(2)
+                .padding(Padding::new(1, 2, 0, 3)),
+            [1, 33, 41, 37],
+        ),
+        // 1x1: chunks of 24 channels.
+        (Conv2d::new(40, 140, 1), [1, 40, 25, 27]),
+    ];
+    for (i, (spec, shape)) in cases.into_iter().enumerate() {
+        for alg in [
+            ConvAlgorithm::Direct,
+            ConvAlgorithm::Tiled,
+            ConvAlgorithm::Blocked,
+            ConvAlgorithm::Auto,
+        ] {
+            let err = check_conv_on(&capped, 97 + i as u64, spec, shape, alg);
+            assert!(err <= TOLERANCE, "case {i} {alg:?} {spec:?}: {err:e}");
+        }
+    }
+}
+
+#[test]
 fn more_than_65535_workgroups() {
-    // 2100 x 2100 outputs: 68,907 workgroups of 64 for the direct kernel and as many pixel
-    // tiles for the tiled one.
+    // 2100 x 2100 outputs: 68,907 workgroups of 64 for the direct kernel.
     let err = check_conv(
         94,
         Conv2d::new(1, 1, 3).pad(1),
@@ -243,10 +290,11 @@ fn more_than_65535_workgroups() {
         ConvAlgorithm::Direct,
     );
     assert!(err <= TOLERANCE, "direct: {err:e}");
+    // 4 images x 16,426 tiles of 128 pixels, in one dispatch: 65,704 workgroups.
     let err = check_conv(
         95,
-        Conv2d::new(2, 16, 1),
-        [1, 2, 2100, 2100],
+        Conv2d::new(2, 2, 1),
+        [4, 2, 1450, 1450],
         ConvAlgorithm::Tiled,
     );
     assert!(err <= TOLERANCE, "tiled 1x1: {err:e}");

@@ -29,6 +29,9 @@ pub struct GpuOptions {
 /// a whole network at full resolution is one submission and software adapters are slow.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Smallest cap [`Gpu::set_max_binding_bytes`] accepts.
+pub const MIN_BINDING_CAP: u64 = 4096;
+
 impl Default for GpuOptions {
     fn default() -> Self {
         Self::from_env()
@@ -219,6 +222,8 @@ pub struct Gpu {
     limits: wgpu::Limits,
     timestamps: bool,
     timeout: Option<Duration>,
+    /// Cap on one storage binding below the device's limit (see `set_max_binding_bytes`).
+    binding_cap: Option<u64>,
     lost: Arc<Lost>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     pub(crate) kernels: Kernels,
@@ -326,6 +331,7 @@ impl Gpu {
             limits,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timeout: Some(DEFAULT_TIMEOUT),
+            binding_cap: None,
             lost,
             uncaptured,
         })
@@ -339,6 +345,24 @@ impl Gpu {
     /// Sets the longest wait for one submission or read-back (`None`: no limit).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
+    }
+
+    /// Caps one storage binding at `bytes` below the device's own
+    /// `max_storage_buffer_binding_size` (`None` lifts the cap). Tensors and weights are then
+    /// split into windows of at most that size exactly as on a device with that limit: to run
+    /// the split paths on small problems, or to mimic a smaller device. At least
+    /// [`MIN_BINDING_CAP`] bytes; a smaller cap is an [`Error::InvalidSpec`].
+    pub fn set_max_binding_bytes(&mut self, bytes: Option<u64>) -> Result<()> {
+        if let Some(b) = bytes
+            && b < MIN_BINDING_CAP
+        {
+            return Err(Error::InvalidSpec {
+                context: "storage binding cap".into(),
+                reason: format!("{b} bytes is below the smallest cap, {MIN_BINDING_CAP} bytes"),
+            });
+        }
+        self.binding_cap = bytes;
+        Ok(())
     }
 
     /// Whether the device is lost (reported by the driver, destroyed, or a wait timed out);
@@ -398,7 +422,10 @@ impl Gpu {
     /// Largest number of f32 elements one storage binding may hold, leaving room for the
     /// offset alignment of a window.
     pub(crate) fn max_binding_elems(&self) -> usize {
-        let bytes = self.limits.max_storage_buffer_binding_size;
+        let bytes = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.binding_cap.unwrap_or(u64::MAX));
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         ((bytes - align) / 4) as usize
     }

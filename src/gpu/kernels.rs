@@ -6,12 +6,12 @@ use std::sync::OnceLock;
 /// Invocations per workgroup of the one-element-per-invocation kernels.
 pub const WG_LINEAR: u32 = 64;
 /// Output channels per workgroup tile of the tiled convolution.
-pub const TILE_M: u32 = 64;
+pub const TILE_M: u32 = 128;
 /// Output pixels per workgroup tile of the tiled convolution.
-pub const TILE_N: u32 = 64;
+pub const TILE_N: u32 = 128;
 /// Reduction depth staged in workgroup memory per step of the tiled convolution.
-pub const TILE_K: u32 = 16;
-/// Invocations per workgroup of the tiled convolution (16 x 16, each 4 x 4 outputs).
+pub const TILE_K: u32 = 8;
+/// Invocations per workgroup of the tiled convolution (16 x 16, each 8 x 8 outputs).
 pub const WG_TILED: u32 = 256;
 /// Invocations per workgroup of the register-blocked convolution.
 pub const WG_BLOCKED: u32 = 64;
