@@ -23,7 +23,10 @@
 // Buffers and Params: shaders/conv_interface.wgsl (spliced in before this file). Weight rows of
 // `w_row` elements are laid out [kh][kw][in]; flags 1 bias / 2 ReLU / 4 accumulate. `total` is
 // the number of workgroups: tiles over pixels (fastest, so neighbouring workgroups share a weight
-// tile) x tiles over output channels x images.
+// tile) x tiles over output channels x reduction slices (`k_split`) x images. With a split
+// reduction each slice covers a run of whole TILE_K steps and writes its raw partial sums (the
+// host clears the flags) to slice `s` of image `b` at `out_base + (b k_split + s)
+// out_batch_stride`.
 
 const_assert TILE_M == 128u && TILE_N == 128u && TILE_K == 8u && WG_TILED == 256u;
 
@@ -74,12 +77,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let pixels = p.out_h * p.out_w;
     let tiles_n = (pixels + TILE_N - 1u) / TILE_N;
     let tiles_m = (p.out_c + TILE_M - 1u) / TILE_M;
+    let slices = max(p.k_split, 1u);
     let n0 = (g % tiles_n) * TILE_N;
     let m0 = ((g / tiles_n) % tiles_m) * TILE_M;
-    let b = g / (tiles_n * tiles_m);
+    let s = (g / (tiles_n * tiles_m)) % slices;
+    let b = g / (tiles_n * tiles_m * slices);
 
     let taps = p.k_h * p.k_w;
     let k_total = p.in_c * taps;
+    // This workgroup's share of the reduction, [k_begin, k_end), in whole steps.
+    let k_per = (k_total + slices * TILE_K - 1u) / (slices * TILE_K) * TILE_K;
+    let k_begin = min(s * k_per, k_total);
+    let k_end = min(k_begin + k_per, k_total);
     let in_total = p.w_row / taps;
     let in_img = p.in_base + b * p.in_batch_stride;
     let in_plane = p.in_h * p.in_w;
@@ -111,9 +120,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             x0[j] = 0;
         }
     }
-    // (ci, ky, kx) of reduction index kb + k0.
-    var ci = kb % max(p.in_c, 1u);
-    let tap = kb / max(p.in_c, 1u);
+    // (ci, ky, kx) of reduction index k0 + kb.
+    var ci = (k_begin + kb) % p.in_c;
+    let tap = (k_begin + kb) / p.in_c;
     var ky = tap / p.k_w;
     var kx = tap % p.k_w;
 
@@ -140,13 +149,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     var w_next = vec4<f32>(0.0);
     var x_next = vec4<f32>(0.0);
-    var k0 = 0u;
+    var k0 = k_begin;
     loop {
         // Global loads of step k0 into registers (zeros past the end of the reduction).
         {
             let k = k0 + ka;
             var wv = vec4<f32>(0.0);
-            if (k < k_total) {
+            if (k < k_end) {
                 var wk = k;
                 if (p.in_c != in_total) {
                     // An input-channel chunk: rows hold all in_total channels of each tap.
@@ -157,7 +166,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             w_next = wv;
             var xv = vec4<f32>(0.0);
-            if (k0 + kb < k_total) {
+            if (k0 + kb < k_end) {
                 let plane = in_img + ci * in_plane;
                 if (POINTWISE) {
                     for (var j = 0u; j < 4u; j++) {
@@ -192,7 +201,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         // Arithmetic of step k0 - TILE_K, staged in workgroup memory, while those loads fly.
-        if (k0 > 0u) {
+        if (k0 > k_begin) {
             for (var kk = 0u; kk < TILE_K; kk++) {
                 let a0 = tile_w[kk * W_ROW4 + ty];
                 let a1 = tile_w[kk * W_ROW4 + ty + 16u];
@@ -216,7 +225,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 c71 = fma(vec4<f32>(a1.w), b1, c71);
             }
         }
-        if (k0 >= k_total) {
+        if (k0 >= k_end) {
             break;
         }
         workgroupBarrier();
@@ -226,7 +235,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         k0 += TILE_K;
     }
 
-    let out_img = p.out_base + b * p.out_batch_stride;
+    let out_img = p.out_base + (b * slices + s) * p.out_batch_stride;
     let px = n0 + 4u * tx;
     store_row(m0 + 4u * ty + 0u, px, pixels, out_img, c00, c01);
     store_row(m0 + 4u * ty + 1u, px, pixels, out_img, c10, c11);

@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use ndarray::{Array4, ArrayView4};
 
 use crate::error::{Error, Result};
-use crate::gpu::ops::{Dispatch, prepare_max_pool_buffers, prepare_relu_buffers};
+use crate::gpu::ops::{
+    Dispatch, prepare_max_pool_buffers, prepare_relu_buffers, split_scratch_bytes,
+};
 use crate::gpu::output_ops::{GpuDeconv2d, prepare_per_pixel, prepare_zoom};
-use crate::gpu::{Gpu, GpuConv2d, Kernel};
+use crate::gpu::{ConvAlgorithm, Gpu, GpuConv2d, Kernel};
 use crate::net::{Layer, Network, Op};
 use crate::spec::Shape;
 
@@ -27,8 +29,18 @@ pub(crate) fn estimate_layers(layers: &[Layer], input_shape: Shape, shapes: &[Sh
             _ => 0,
         })
         .sum();
+    // Partial sums of the layers whose reduction the tiled kernel splits (one buffer, shared).
+    let scratch: u64 = layers
+        .iter()
+        .zip(shapes)
+        .map(|(l, &out)| match &l.op {
+            Op::Conv { spec, .. } => split_scratch_bytes(spec, out),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
     let output = shapes.last().map_or(4, |s| s.bytes());
-    input_shape.bytes() + ping_pong * largest + output + weights
+    input_shape.bytes() + ping_pong * largest + output + weights + scratch
 }
 
 struct PlannedLayer {
@@ -56,7 +68,9 @@ pub struct LayerTimes {
 /// A network compiled for one GPU and one input shape.
 ///
 /// Activations live in two buffers used in turn (each as large as the largest activation), so
-/// peak memory is the weights plus the input plus two activations.
+/// peak memory is the weights plus the input plus two activations, plus the partial sums of
+/// the largest split reduction (layers with too few output tiles to fill a GPU split their
+/// reduction; they share one scratch buffer).
 ///
 /// # Threads
 ///
@@ -79,11 +93,23 @@ pub struct GpuPlan<'g> {
     // Keep the weights alive for the bind groups' sake (they hold them too; this documents it).
     _convs: Vec<GpuConv2d>,
     _deconvs: Vec<GpuDeconv2d>,
+    _scratch: Option<wgpu::Buffer>,
 }
 
 impl<'g> GpuPlan<'g> {
     /// Compiles `network` for inputs of shape `input_shape`.
     pub fn new(gpu: &'g Gpu, network: &Network, input_shape: Shape) -> Result<Self> {
+        Self::with_algorithm(gpu, network, input_shape, ConvAlgorithm::Auto)
+    }
+
+    /// Compiles `network` with every convolution forced to one kernel choice (see
+    /// [`GpuConv2d::with_algorithm`]); [`GpuPlan::new`] lets each layer choose.
+    pub fn with_algorithm(
+        gpu: &'g Gpu,
+        network: &Network,
+        input_shape: Shape,
+        algorithm: ConvAlgorithm,
+    ) -> Result<Self> {
         let shapes = network.shapes(input_shape)?;
         if shapes.is_empty() {
             return Err(Error::InvalidSpec {
@@ -107,10 +133,43 @@ impl<'g> GpuPlan<'g> {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
 
-        let mut layers = Vec::with_capacity(shapes.len());
+        // Weights first, so the scratch buffer the layers share for split reductions is sized
+        // before any layer is recorded.
         let mut convs = Vec::new();
         let mut deconvs = Vec::new();
         let mut weight_bytes = 0;
+        let mut scratch_len = 0;
+        let mut in_shape = input_shape;
+        for (layer, &out_shape) in network.layers().iter().zip(&shapes) {
+            match &layer.op {
+                Op::Conv { spec, weight, bias } => {
+                    let conv =
+                        GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))?
+                            .with_algorithm(algorithm);
+                    weight_bytes += conv.weight_bytes();
+                    scratch_len = scratch_len.max(conv.scratch_bytes(gpu, in_shape)?);
+                    convs.push(conv);
+                }
+                Op::Deconv { spec, weight } => {
+                    let deconv = GpuDeconv2d::new(gpu, *spec, weight.view())?;
+                    weight_bytes += deconv.weight_bytes();
+                    deconvs.push(deconv);
+                }
+                _ => {}
+            }
+            in_shape = out_shape;
+        }
+        let scratch = match scratch_len {
+            0 => None,
+            bytes => Some(gpu.create_buffer(
+                "plan split partial sums",
+                bytes,
+                wgpu::BufferUsages::STORAGE,
+            )?),
+        };
+
+        let mut layers = Vec::with_capacity(shapes.len());
+        let (mut next_conv, mut next_deconv) = (convs.iter(), deconvs.iter());
         let mut in_shape = input_shape;
         for (i, (layer, &out_shape)) in network.layers().iter().zip(&shapes).enumerate() {
             let src = if i == 0 {
@@ -134,25 +193,16 @@ impl<'g> GpuPlan<'g> {
                 other => other,
             };
             let dispatches = match &layer.op {
-                Op::Conv { spec, weight, bias } => {
-                    let conv =
-                        GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))?;
-                    weight_bytes += conv.weight_bytes();
-                    let d = conv
-                        .prepare_buffers(gpu, src, in_shape, dst, out_shape)
-                        .map_err(named)?;
-                    convs.push(conv);
-                    d
-                }
-                Op::Deconv { spec, weight } => {
-                    let deconv = GpuDeconv2d::new(gpu, *spec, weight.view())?;
-                    weight_bytes += deconv.weight_bytes();
-                    let d = deconv
-                        .prepare_buffers(gpu, src, in_shape, dst, out_shape)
-                        .map_err(named)?;
-                    deconvs.push(deconv);
-                    d
-                }
+                Op::Conv { .. } => next_conv
+                    .next()
+                    .ok_or_else(|| Error::Device("plan: convolution missing".into()))?
+                    .prepare_buffers(gpu, src, in_shape, dst, out_shape, scratch.as_ref())
+                    .map_err(named)?,
+                Op::Deconv { .. } => next_deconv
+                    .next()
+                    .ok_or_else(|| Error::Device("plan: deconvolution missing".into()))?
+                    .prepare_buffers(gpu, src, in_shape, dst, out_shape)
+                    .map_err(named)?,
                 Op::MaxPool(p) => prepare_max_pool_buffers(gpu, p, src, in_shape, dst, out_shape)
                     .map_err(named)?,
                 Op::Relu => {
@@ -203,6 +253,7 @@ impl<'g> GpuPlan<'g> {
         };
 
         let peak_bytes = input.size()
+            + scratch.as_ref().map_or(0, |b| b.size())
             + activations.iter().map(|b| b.size()).sum::<u64>()
             + staging.size()
             + weight_bytes
@@ -222,13 +273,15 @@ impl<'g> GpuPlan<'g> {
             pass: Mutex::new(()),
             _convs: convs,
             _deconvs: deconvs,
+            _scratch: scratch,
         })
     }
 
     /// GPU memory a plan for `network` at `input_shape` will hold, computed without a device:
     /// weights (4 bytes for the placeholder bias of a bias-free layer), the input, the two
-    /// activation buffers and the read-back buffer (timestamp buffers, a few bytes per layer,
-    /// aside).
+    /// activation buffers, the read-back buffer and the largest split reduction's partial sums
+    /// as the tiled kernel would split it (an upper bound: adapters whose kernels do not split
+    /// hold none; timestamp buffers, a few bytes per layer, aside).
     pub fn estimate_memory(network: &Network, input_shape: Shape) -> Result<u64> {
         let shapes = network.shapes(input_shape)?;
         Ok(estimate_layers(network.layers(), input_shape, &shapes))
@@ -253,6 +306,19 @@ impl<'g> GpuPlan<'g> {
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// The kernels each layer dispatches, in order, by layer name.
+    pub fn layer_kernels(&self) -> Vec<(&str, Vec<Kernel>)> {
+        self.layers
+            .iter()
+            .map(|l| {
+                (
+                    l.name.as_str(),
+                    l.dispatches.iter().map(|d| d.kernel).collect(),
+                )
+            })
+            .collect()
     }
 
     /// Number of dispatches per forward pass.

@@ -42,6 +42,9 @@ pub enum Kernel {
     ConvPointwise,
     /// Register-blocked convolution without workgroup memory.
     ConvBlocked,
+    /// Second pass of a tiled convolution whose reduction was split: adds the partial sums,
+    /// then bias and ReLU.
+    ConvSplitReduce,
     /// ReLU on its own.
     Relu,
     /// Max pooling.
@@ -58,11 +61,12 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 11] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
         Kernel::ConvBlocked,
+        Kernel::ConvSplitReduce,
         Kernel::Relu,
         Kernel::MaxPool,
         Kernel::Softmax,
@@ -78,6 +82,7 @@ impl Kernel {
             Kernel::ConvTiled => "conv2d_tiled",
             Kernel::ConvPointwise => "conv2d_tiled_pointwise",
             Kernel::ConvBlocked => "conv2d_blocked",
+            Kernel::ConvSplitReduce => "conv2d_split_reduce",
             Kernel::Relu => "relu",
             Kernel::MaxPool => "max_pool",
             Kernel::Softmax => "softmax",
@@ -94,6 +99,7 @@ impl Kernel {
                 include_str!("../../shaders/conv2d_tiled.wgsl")
             }
             Kernel::ConvBlocked => include_str!("../../shaders/conv2d_blocked.wgsl"),
+            Kernel::ConvSplitReduce => include_str!("../../shaders/conv2d_split_reduce.wgsl"),
             Kernel::Relu => include_str!("../../shaders/relu.wgsl"),
             Kernel::MaxPool => include_str!("../../shaders/max_pool.wgsl"),
             Kernel::Softmax => include_str!("../../shaders/softmax.wgsl"),
@@ -139,7 +145,7 @@ impl Kernel {
             | Kernel::ConvTiled
             | Kernel::ConvPointwise
             | Kernel::ConvBlocked => 4,
-            Kernel::Deconv => 3,
+            Kernel::Deconv | Kernel::ConvSplitReduce => 3,
             Kernel::Relu | Kernel::MaxPool | Kernel::Softmax | Kernel::Argmax | Kernel::Zoom => 2,
         }
     }

@@ -159,6 +159,65 @@ struct ConvParams {
     in_batch_stride: u32,
     out_batch_stride: u32,
     total: u32,
+    k_split: u32,
+    pad: [u32; 3],
+}
+
+/// Uniform of `conv2d_split_reduce.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SplitReduceParams {
+    out_c: u32,
+    pixels: u32,
+    slices: u32,
+    total: u32,
+    out_base: u32,
+    out_batch_stride: u32,
+    bias_base: u32,
+    flags: u32,
+}
+
+/// The tiled convolution splits its reduction (split-K) when it would launch fewer workgroups
+/// than this: a large GPU needs several resident workgroups per multiprocessor to hide memory
+/// latency, and a layer with few output tiles (few pixels, such as fc6 on a small input, or few
+/// channels) would leave most of it idle.
+pub const SPLIT_TARGET_WORKGROUPS: usize = 512;
+/// Least reduction depth (input channels x taps) per slice of a split reduction.
+pub const SPLIT_MIN_DEPTH: usize = 256;
+/// Most slices a reduction is split into.
+pub const SPLIT_MAX_SLICES: usize = 16;
+/// Most bytes of partial sums one split convolution holds.
+pub const SPLIT_SCRATCH_BYTES: u64 = 64 << 20;
+
+/// Slices the tiled convolution splits its reduction of depth `depth` into, when one slice
+/// launches `tiles` workgroups and writes `partial` floats; 1 for no split. At most
+/// `max_elems` floats of partial sums, so they fit one binding.
+pub(crate) fn split_slices(tiles: usize, depth: usize, partial: usize, max_elems: usize) -> usize {
+    if tiles >= SPLIT_TARGET_WORKGROUPS {
+        return 1;
+    }
+    let room = ((SPLIT_SCRATCH_BYTES / 4) as usize).min(max_elems);
+    SPLIT_TARGET_WORKGROUPS
+        .div_ceil(tiles.max(1))
+        .min(depth / SPLIT_MIN_DEPTH)
+        .min(SPLIT_MAX_SLICES)
+        .min(room / partial.max(1))
+        .max(1)
+}
+
+/// Bytes of partial sums the tiled convolution of `spec` producing `output` holds when its
+/// reduction is split, computed without a device (as if nothing were chunked; with storage
+/// bindings of 128 MiB or more a chunked layer has too many tiles to split).
+pub(crate) fn split_scratch_bytes(spec: &Conv2d, output: Shape) -> u64 {
+    let tiles = output.n
+        * spec.out_channels.div_ceil(TILE_M as usize)
+        * output.plane().div_ceil(TILE_N as usize);
+    let depth = spec.in_channels * spec.kernel.0 * spec.kernel.1;
+    let partial = output.len();
+    match split_slices(tiles, depth, partial, usize::MAX) {
+        1 => 0,
+        slices => (slices * partial) as u64 * 4,
+    }
 }
 
 const FLAG_BIAS: u32 = 1;
@@ -376,9 +435,55 @@ impl GpuConv2d {
             input.shape(),
             &output.buffer,
             output.shape(),
+            None,
         )
     }
 
+    /// The chunks of a run at `out_shape`, each with the number of slices its reduction is
+    /// split into (tiled kernels on few tiles), and the floats of partial sums the largest
+    /// split chunk needs (0 without a split).
+    fn chunks_and_splits(
+        &self,
+        gpu: &Gpu,
+        in_shape: Shape,
+        out_shape: Shape,
+    ) -> Result<(Vec<(ConvChunk, usize)>, usize)> {
+        let kernel = self.kernel_for(out_shape);
+        let taps = self.spec.kernel.0 * self.spec.kernel.1;
+        let pixels = out_shape.plane();
+        let max = gpu.max_binding_elems();
+        let mut scratch = 0;
+        let chunks = conv_chunks(&self.spec, in_shape, out_shape, max)?
+            .into_iter()
+            .map(|ch| {
+                let partial = ch.nb * ch.co_n * pixels;
+                let k = if matches!(kernel, Kernel::ConvTiled | Kernel::ConvPointwise) {
+                    let tiles = ch.nb
+                        * ch.co_n.div_ceil(TILE_M as usize)
+                        * pixels.div_ceil(TILE_N as usize);
+                    split_slices(tiles, ch.ci_n * taps, partial, max)
+                } else {
+                    1
+                };
+                if k > 1 {
+                    scratch = scratch.max(k * partial);
+                }
+                (ch, k)
+            })
+            .collect();
+        Ok((chunks, scratch))
+    }
+
+    /// Bytes of partial sums a run at `in_shape` needs in a scratch buffer passed to
+    /// [`GpuConv2d::prepare_buffers`] (0 when no reduction is split).
+    pub(crate) fn scratch_bytes(&self, gpu: &Gpu, in_shape: Shape) -> Result<u64> {
+        let out_shape = self.output_shape(in_shape)?;
+        Ok(self.chunks_and_splits(gpu, in_shape, out_shape)?.1 as u64 * 4)
+    }
+
+    /// Records the dispatches. A split reduction keeps its partial sums in `scratch` when
+    /// given (at least [`GpuConv2d::scratch_bytes`] long; a plan shares one among its layers,
+    /// which run one after another), else in a buffer of its own.
     pub(crate) fn prepare_buffers(
         &self,
         gpu: &Gpu,
@@ -386,25 +491,41 @@ impl GpuConv2d {
         in_shape: Shape,
         output: &wgpu::Buffer,
         out_shape: Shape,
+        scratch: Option<&wgpu::Buffer>,
     ) -> Result<Vec<Dispatch>> {
         let s = &self.spec;
         expect_shape("conv2d", out_shape, self.output_shape(in_shape)?)?;
         let kernel = self.kernel_for(out_shape);
         let taps = s.kernel.0 * s.kernel.1;
         let w_row = s.in_channels * taps;
+        let pixels = out_shape.plane();
+        let (chunks, scratch_len) = self.chunks_and_splits(gpu, in_shape, out_shape)?;
+        let own;
+        let scratch = match scratch {
+            _ if scratch_len == 0 => None,
+            Some(b) if b.size() >= scratch_len as u64 * 4 => Some(b),
+            _ => {
+                own = gpu.create_buffer(
+                    "conv split partial sums",
+                    scratch_len as u64 * 4,
+                    wgpu::BufferUsages::STORAGE,
+                )?;
+                Some(&own)
+            }
+        };
         let mut dispatches = Vec::new();
-        for ch in conv_chunks(s, in_shape, out_shape, gpu.max_binding_elems())? {
+        for &(ch, k_split) in &chunks {
             let in_start = (ch.n0 * in_shape.c + ch.ci0) * in_shape.plane();
             let in_len = if ch.nb > 1 {
                 ch.nb * in_shape.c * in_shape.plane()
             } else {
                 ch.ci_n * in_shape.plane()
             };
-            let out_start = (ch.n0 * out_shape.c + ch.co0) * out_shape.plane();
+            let out_start = (ch.n0 * out_shape.c + ch.co0) * pixels;
             let out_len = if ch.nb > 1 {
-                ch.nb * out_shape.c * out_shape.plane()
+                ch.nb * out_shape.c * pixels
             } else {
-                ch.co_n * out_shape.plane()
+                ch.co_n * pixels
             };
             let in_win = gpu.window(input, in_start, in_len);
             let out_win = gpu.window(output, out_start, out_len);
@@ -425,7 +546,6 @@ impl GpuConv2d {
             if s.relu && ch.ci0 + ch.ci_n == s.in_channels {
                 flags |= FLAG_RELU;
             }
-            let pixels = out_shape.plane();
             let total = match kernel {
                 Kernel::ConvDirect => ch.nb * ch.co_n * pixels,
                 Kernel::ConvBlocked => {
@@ -433,13 +553,19 @@ impl GpuConv2d {
                         * ch.co_n.div_ceil(BLOCK_C as usize)
                         * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize)
                 }
-                _ => ch.nb * ch.co_n.div_ceil(TILE_M as usize) * pixels.div_ceil(TILE_N as usize),
+                _ => {
+                    ch.nb
+                        * k_split
+                        * ch.co_n.div_ceil(TILE_M as usize)
+                        * pixels.div_ceil(TILE_N as usize)
+                }
             };
             let groups = match kernel {
                 Kernel::ConvDirect => gpu.grid(total.div_ceil(WG_LINEAR as usize), "conv2d")?,
                 _ => gpu.grid(total, "conv2d")?,
             };
-            let params = ConvParams {
+            let out_batch_stride = (out_shape.c * pixels) as u32;
+            let mut params = ConvParams {
                 in_c: ch.ci_n as u32,
                 in_h: in_shape.h as u32,
                 in_w: in_shape.w as u32,
@@ -462,9 +588,37 @@ impl GpuConv2d {
                 flags,
                 batch: ch.nb as u32,
                 in_batch_stride: (in_shape.c * in_shape.plane()) as u32,
-                out_batch_stride: (out_shape.c * out_shape.plane()) as u32,
+                out_batch_stride,
                 total: total as u32,
+                k_split: 1,
+                pad: [0; 3],
             };
+            let Some(scratch) = scratch.filter(|_| k_split > 1) else {
+                let bind_group = gpu.bind(
+                    kernel,
+                    bytemuck::bytes_of(&params),
+                    &[
+                        (input, in_win),
+                        (&self.weight, w_win),
+                        (&self.bias, b_win),
+                        (output, out_win),
+                    ],
+                )?;
+                dispatches.push(Dispatch {
+                    kernel,
+                    bind_group,
+                    groups,
+                });
+                continue;
+            };
+            // Split reduction: raw partial sums of every slice into the scratch buffer, then a
+            // second pass adds them up with the flags.
+            let partial = ch.nb * ch.co_n * pixels;
+            let scratch_win = gpu.window(scratch, 0, k_split * partial);
+            params.k_split = k_split as u32;
+            params.flags = 0;
+            params.out_base = 0;
+            params.out_batch_stride = (ch.co_n * pixels) as u32;
             let bind_group = gpu.bind(
                 kernel,
                 bytemuck::bytes_of(&params),
@@ -472,13 +626,37 @@ impl GpuConv2d {
                     (input, in_win),
                     (&self.weight, w_win),
                     (&self.bias, b_win),
-                    (output, out_win),
+                    (scratch, scratch_win),
                 ],
             )?;
             dispatches.push(Dispatch {
                 kernel,
                 bind_group,
                 groups,
+            });
+            let reduce = SplitReduceParams {
+                out_c: ch.co_n as u32,
+                pixels: pixels as u32,
+                slices: k_split as u32,
+                total: partial as u32,
+                out_base: out_win.base,
+                out_batch_stride,
+                bias_base: b_win.base,
+                flags,
+            };
+            let bind_group = gpu.bind(
+                Kernel::ConvSplitReduce,
+                bytemuck::bytes_of(&reduce),
+                &[
+                    (scratch, scratch_win),
+                    (&self.bias, b_win),
+                    (output, out_win),
+                ],
+            )?;
+            dispatches.push(Dispatch {
+                kernel: Kernel::ConvSplitReduce,
+                bind_group,
+                groups: gpu.grid(partial.div_ceil(WG_LINEAR as usize), "conv2d split sum")?,
             });
         }
         Ok(dispatches)
