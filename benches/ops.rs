@@ -1,15 +1,18 @@
 //! Convolution throughput, GPU and CPU side by side, in GFLOP/s (a multiply-add counts 2).
 //!
 //! `cargo bench --bench ops` runs: conv3x3 256->256 on 64x64 with dilation 1, 2, 4, 8 and 16
-//! (padding = dilation, so the output stays 64x64); conv1x1 1024->1024 on 64x64; an fc6-like
+//! (padding = dilation, so the output stays 64x64); a conv5-like conv3x3 512->512 with dilation
+//! 2 on 64x64; conv1x1 1024->1024 on 64x64; an fc6-like
 //! 7x7 dilation-4 512->1024 layer with a 32x32 output; and, as the baseline, the GPU direct and
 //! workgroup-tiled kernels on conv3x3 256->256 with dilation 1. The GPU side times forward
 //! passes with the input, weights and output already on the GPU (dispatches recorded once);
 //! `gpu` is the kernel `ConvAlgorithm::Auto` picks on this adapter. The CPU side is
 //! `dilated::cpu::fast::CpuConv2d`. Then whole context modules as compiled plans (one
 //! submission per pass on the GPU, `CpuPlan` on the CPU): basic and large for 21 classes at
-//! 66x66 and Cityscapes' basic module (19 classes, dilations to 64) at 128x128. Set `DILATED_BENCH_ALL_KERNELS=1` to time every GPU kernel
-//! on every shape (slow on software adapters). A GFLOP/s summary is printed at the end.
+//! 66x66 and Cityscapes' basic module (19 classes, dilations to 64) at 128x128. Set
+//! `DILATED_BENCH_ALL_KERNELS=1` to time every GPU kernel on every shape (slow on software
+//! adapters), or `DILATED_BENCH_KERNELS=tiled` (a comma-separated list of `blocked`, `tiled`,
+//! `direct`) for those kernels on every shape. A GFLOP/s summary is printed at the end.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -61,6 +64,12 @@ fn layers() -> Vec<Layer> {
             input: Shape::new(1, 256, 64, 64),
         })
         .collect();
+    // conv5-like: 512 -> 512 with dilation 2 (the front-end's conv5 layers).
+    v.push(Layer {
+        name: "conv3x3_512_d2",
+        spec: Conv2d::new(512, 512, 3).dilation(2).pad(2),
+        input: Shape::new(1, 512, 64, 64),
+    });
     v.push(Layer {
         name: "conv1x1_1024",
         spec: Conv2d::new(1024, 1024, 1),
@@ -159,6 +168,13 @@ fn convolutions(c: &mut Criterion) {
         eprintln!("adapter: {} ({:?})", g.name(), g.adapter().info.backend);
     }
     let all = std::env::var_os("DILATED_BENCH_ALL_KERNELS").is_some();
+    // Extra kernels on every shape, e.g. `DILATED_BENCH_KERNELS=tiled` or `blocked,tiled`.
+    let extra = std::env::var("DILATED_BENCH_KERNELS").unwrap_or_default();
+    let wanted = |label: &str| {
+        extra
+            .split(',')
+            .any(|k| !k.is_empty() && label == format!("gpu_{}", k.trim()))
+    };
     let mut rng = StdRng::seed_from_u64(7);
     for layer in layers() {
         let data = (
@@ -188,12 +204,12 @@ fn convolutions(c: &mut Criterion) {
                 ConvAlgorithm::Auto,
                 None,
             );
-            if all || layer.name == "conv3x3_256_d1" {
-                for (label, algorithm) in [
-                    ("gpu_blocked", ConvAlgorithm::Blocked),
-                    ("gpu_tiled", ConvAlgorithm::Tiled),
-                    ("gpu_direct", ConvAlgorithm::Direct),
-                ] {
+            for (label, algorithm) in [
+                ("gpu_blocked", ConvAlgorithm::Blocked),
+                ("gpu_tiled", ConvAlgorithm::Tiled),
+                ("gpu_direct", ConvAlgorithm::Direct),
+            ] {
+                if all || wanted(label) || layer.name == "conv3x3_256_d1" {
                     bench_gpu(&mut group, gpu, &layer, &data, label, algorithm, Some(auto));
                 }
             }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use ndarray::{Array4, ArrayView4, s};
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{ConvAlgorithm, Gpu, Kernel};
 use crate::net::{Layer, Network, Op};
 use crate::plan::{GpuPlan, LayerTimes, estimate_layers};
 use crate::spec::Shape;
@@ -135,12 +135,17 @@ fn estimate(layers: &[Layer], input: Shape) -> Result<u64> {
         return Ok(0);
     }
     let shapes = layer_shapes(layers, input)?;
-    Ok(estimate_layers(layers, input, &shapes) + timestamp_bytes(layers.len()))
+    Ok(estimate_layers(layers, input, &shapes, false) + timestamp_bytes(layers.len()))
 }
 
 /// Bytes of the weights of `layers` on the GPU (as plans count them).
 fn weight_bytes(layers: &[Layer]) -> u64 {
-    estimate_layers(layers, Shape::new(0, 0, 0, 0), &[Shape::new(0, 0, 0, 0)])
+    estimate_layers(
+        layers,
+        Shape::new(0, 0, 0, 0),
+        &[Shape::new(0, 0, 0, 0)],
+        false,
+    )
 }
 
 /// What the leading layers make of a band: the band's output height and how many of its top
@@ -270,7 +275,7 @@ impl BandLayout {
         }
         let band_in = band_shape(h);
         let band_out = layer_shapes(front, band_in)?;
-        let peak = estimate_layers(front, band_in, &band_out)
+        let peak = estimate_layers(front, band_in, &band_out, false)
             + timestamp_bytes(front.len())
             + estimate(rest, stitched)?;
         Ok(Self {
@@ -434,7 +439,8 @@ impl BandedLayout {
     ) -> Result<Option<Self>> {
         let shapes = network.shapes(input_shape)?;
         let layers = network.layers();
-        let whole = estimate_layers(layers, input_shape, &shapes) + timestamp_bytes(layers.len());
+        let whole =
+            estimate_layers(layers, input_shape, &shapes, true) + timestamp_bytes(layers.len());
         if whole <= max_memory {
             return Ok(None);
         }
@@ -687,7 +693,7 @@ impl<'g> BandedPlan<'g> {
             };
             stages.push(StagePlan {
                 bands: stage.bands.clone(),
-                plan: GpuPlan::new(gpu, &net, band)?,
+                plan: GpuPlan::build(gpu, &net, band, ConvAlgorithm::Auto, false)?,
             });
         }
         let n = network.layers().len();
@@ -697,7 +703,13 @@ impl<'g> BandedPlan<'g> {
                 .last()
                 .map_or(layout.input_shape, |s| s.bands.stitched_shape);
             let net = sub_network(network, layout.rest_start..n)?;
-            Some(GpuPlan::new(gpu, &net, input)?)
+            Some(GpuPlan::build(
+                gpu,
+                &net,
+                input,
+                ConvAlgorithm::Auto,
+                false,
+            )?)
         } else {
             None
         };
@@ -762,6 +774,20 @@ impl<'g> BandedPlan<'g> {
                 .chain(rest.as_ref())
                 .collect(),
         }
+    }
+
+    /// The kernels each layer dispatches, by layer name, in order (from the first band that
+    /// runs the layer; bands of one stage make the same choices up to their height).
+    pub fn layer_kernels(&self) -> Vec<(String, Vec<Kernel>)> {
+        let mut out: Vec<(String, Vec<Kernel>)> = Vec::new();
+        for plan in self.plans() {
+            for (name, kernels) in plan.layer_kernels() {
+                if !out.iter().any(|(n, _)| n == name) {
+                    out.push((name.to_string(), kernels));
+                }
+            }
+        }
+        out
     }
 
     /// Bytes of GPU memory the plan holds (every stage's plan when banded).

@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use dilated::banded::{BandedLayout, BandedPlan, PlanOptions};
 use dilated::cpu::CpuPlan;
+use dilated::gpu::Kernel;
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::GpuPlan;
 use dilated::{Gpu, Shape};
@@ -458,18 +459,33 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
     let cpu_sum: f64 = cpu
         .as_ref()
         .map_or(0.0, |(_, l)| l.layers.iter().map(|(_, d)| ms(*d)).sum());
+    let kernels = plan.layer_kernels();
     println!(
-        "\n{:<14} {:>20} {:>9} | {:>10} {:>8} {:>6} | {:>10} {:>8} {:>6}",
-        "layer", "output", "GFLOP", "GPU ms", "GFLOP/s", "share", "CPU ms", "GFLOP/s", "share"
+        "\n{:<14} {:>20} {:>9} | {:<13} {:>10} {:>8} {:>6} | {:>10} {:>8} {:>6}",
+        "layer",
+        "output",
+        "GFLOP",
+        "GPU kernel",
+        "GPU ms",
+        "GFLOP/s",
+        "share",
+        "CPU ms",
+        "GFLOP/s",
+        "share"
     );
     for (i, r) in report.iter().enumerate() {
         let g = ms(gpu_layers.layers[i].1);
         let gf = r.flops as f64 / 1e9;
+        let kernel = kernels
+            .iter()
+            .find(|(n, _)| *n == r.name)
+            .map_or(String::new(), |(_, k)| kernel_label(k));
         print!(
-            "{:<14} {:>20} {:>9.2} | {:>10.2} {:>8.1} {:>5.1}% |",
+            "{:<14} {:>20} {:>9.2} | {:<13} {:>10.2} {:>8.1} {:>5.1}% |",
             r.name,
             r.output.to_string(),
             gf,
+            kernel,
             g,
             gf / g * 1e3,
             100.0 * g / gpu_sum
@@ -503,6 +519,25 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
         );
     }
     Ok(())
+}
+
+/// Short names of the distinct kernels a layer dispatches, for the bench table.
+fn kernel_label(kernels: &[Kernel]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for k in kernels {
+        let name = match k {
+            Kernel::ConvDirect => "direct",
+            Kernel::ConvTiled => "tiled",
+            Kernel::ConvPointwise => "tiled-1x1",
+            Kernel::ConvBlocked => "blocked",
+            Kernel::ConvSplitReduce => "+split",
+            other => other.name(),
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(" ")
 }
 
 /// Builds a preset and loads weights into it.

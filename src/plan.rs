@@ -15,8 +15,14 @@ use crate::gpu::{ConvAlgorithm, Gpu, GpuConv2d, Kernel};
 use crate::net::{Layer, Network, Op};
 use crate::spec::Shape;
 
-/// [`GpuPlan::estimate_memory`] for a run of layers whose output shapes are already known.
-pub(crate) fn estimate_layers(layers: &[Layer], input_shape: Shape, shapes: &[Shape]) -> u64 {
+/// [`GpuPlan::estimate_memory`] for a run of layers whose output shapes are already known;
+/// `split`: whether the plan may split reductions (and hold their partial sums).
+pub(crate) fn estimate_layers(
+    layers: &[Layer],
+    input_shape: Shape,
+    shapes: &[Shape],
+    split: bool,
+) -> u64 {
     let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
     let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
     let weights: u64 = layers
@@ -34,7 +40,7 @@ pub(crate) fn estimate_layers(layers: &[Layer], input_shape: Shape, shapes: &[Sh
         .iter()
         .zip(shapes)
         .map(|(l, &out)| match &l.op {
-            Op::Conv { spec, .. } => split_scratch_bytes(spec, out),
+            Op::Conv { spec, .. } if split => split_scratch_bytes(spec, out),
             _ => 0,
         })
         .max()
@@ -99,7 +105,7 @@ pub struct GpuPlan<'g> {
 impl<'g> GpuPlan<'g> {
     /// Compiles `network` for inputs of shape `input_shape`.
     pub fn new(gpu: &'g Gpu, network: &Network, input_shape: Shape) -> Result<Self> {
-        Self::with_algorithm(gpu, network, input_shape, ConvAlgorithm::Auto)
+        Self::build(gpu, network, input_shape, ConvAlgorithm::Auto, true)
     }
 
     /// Compiles `network` with every convolution forced to one kernel choice (see
@@ -109,6 +115,18 @@ impl<'g> GpuPlan<'g> {
         network: &Network,
         input_shape: Shape,
         algorithm: ConvAlgorithm,
+    ) -> Result<Self> {
+        Self::build(gpu, network, input_shape, algorithm, true)
+    }
+
+    /// Compiles `network`; `split`: whether convolutions may split their reductions (see
+    /// [`GpuConv2d::with_split`]).
+    pub(crate) fn build(
+        gpu: &'g Gpu,
+        network: &Network,
+        input_shape: Shape,
+        algorithm: ConvAlgorithm,
+        split: bool,
     ) -> Result<Self> {
         let shapes = network.shapes(input_shape)?;
         if shapes.is_empty() {
@@ -145,7 +163,8 @@ impl<'g> GpuPlan<'g> {
                 Op::Conv { spec, weight, bias } => {
                     let conv =
                         GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))?
-                            .with_algorithm(algorithm);
+                            .with_algorithm(algorithm)
+                            .with_split(split);
                     weight_bytes += conv.weight_bytes();
                     scratch_len = scratch_len.max(conv.scratch_bytes(gpu, in_shape)?);
                     convs.push(conv);
@@ -284,7 +303,12 @@ impl<'g> GpuPlan<'g> {
     /// hold none; timestamp buffers, a few bytes per layer, aside).
     pub fn estimate_memory(network: &Network, input_shape: Shape) -> Result<u64> {
         let shapes = network.shapes(input_shape)?;
-        Ok(estimate_layers(network.layers(), input_shape, &shapes))
+        Ok(estimate_layers(
+            network.layers(),
+            input_shape,
+            &shapes,
+            true,
+        ))
     }
 
     /// The input shape the plan was compiled for.

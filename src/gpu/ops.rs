@@ -309,6 +309,8 @@ pub struct GpuConv2d {
     cpu_adapter: bool,
     /// Subgroups are enabled and hold at least [`BLOCKED_MIN_SUBGROUP`] invocations.
     blocked_supported: bool,
+    /// Whether the tiled kernel may split its reduction.
+    split: bool,
 }
 
 /// Most f32 elements per piece of the host-side weight reordering, bounding its scratch memory.
@@ -360,6 +362,7 @@ impl GpuConv2d {
             cpu_adapter: info.device_type == wgpu::DeviceType::Cpu,
             blocked_supported: gpu.device.features().contains(wgpu::Features::SUBGROUP)
                 && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
+            split: true,
         })
     }
 
@@ -368,6 +371,15 @@ impl GpuConv2d {
     /// least 8 invocations; [`GpuConv2d::kernel_for`] tells which kernel runs.
     pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
         self.algorithm = algorithm;
+        self
+    }
+
+    /// Whether the tiled kernel may split a deep reduction over several workgroups per output
+    /// tile when the layer has too few tiles to fill the GPU (default: yes). A split holds the
+    /// partial sums in a scratch buffer (at most [`SPLIT_SCRATCH_BYTES`]) and adds them in a
+    /// second pass; plans built under a memory budget do not split.
+    pub fn with_split(mut self, split: bool) -> Self {
+        self.split = split;
         self
     }
 
@@ -457,7 +469,8 @@ impl GpuConv2d {
             .into_iter()
             .map(|ch| {
                 let partial = ch.nb * ch.co_n * pixels;
-                let k = if matches!(kernel, Kernel::ConvTiled | Kernel::ConvPointwise) {
+                let k = if self.split && matches!(kernel, Kernel::ConvTiled | Kernel::ConvPointwise)
+                {
                     let tiles = ch.nb
                         * ch.co_n.div_ceil(TILE_M as usize)
                         * pixels.div_ceil(TILE_N as usize);
