@@ -400,8 +400,10 @@ impl GpuConv2d {
     /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
     /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`). On other
     /// adapters it picks the workgroup-tiled kernel (its pointwise variant for 1x1 layers), or the
-    /// direct kernel when the layer has so few output channels or pixels that a tile would be
-    /// mostly idle.
+    /// direct kernel when the layer has fewer than `TILE_M / 4` (32) output channels or
+    /// `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be mostly idle. The tiled
+    /// kernel may further split its reduction (see [`GpuConv2d::with_split`]); the dispatches
+    /// [`GpuConv2d::prepare`] returns name every kernel that runs.
     pub fn kernel_for(&self, output: Shape) -> Kernel {
         let tiled = if self.spec.is_pointwise() {
             Kernel::ConvPointwise
