@@ -9,16 +9,19 @@
 // current step's arithmetic, so their latency hides behind it (one tile buffer, two barriers).
 // With POINTWISE (1x1, stride 1, no padding) X is the input itself.
 //
-// Invocation (tx, ty) = (lid % 16, lid / 16) owns channels 4 ty .. 4 ty + 3 and 64 + 4 ty ..
-// 64 + 4 ty + 3 of the tile, and pixels 4 tx .. 4 tx + 3 and 64 + 4 tx .. 64 + 4 tx + 3, so a
-// step's workgroup-memory reads are contiguous vec4 runs across the invocations.
+// The input tile is stored as vec4 v of row k holding pixels v, v + 32, v + 64, v + 96 of the
+// tile. Invocation (tx, ty) = (lid % 16, lid / 16) owns channels 4 ty .. 4 ty + 3 and
+// 64 + 4 ty .. 64 + 4 ty + 3 of the tile (weight vec4s ty and ty + 16), and pixels tx + 16 i,
+// i < 8 (input vec4s tx and tx + 16), so a step's workgroup-memory reads are contiguous vec4
+// runs across the invocations, and each output row is written 16 consecutive pixels at a time.
 //
 // Loading, invocation lid fetches:
 // - weights: reduction index k0 + lid % 8 of the 4 channels 4 (lid / 8) .. + 3 (a warp reads
 //   4 rows x 8 consecutive floats), stored as one vec4 of the [k][m] tile;
-// - input: reduction index k0 + lid / 32 at the 4 consecutive pixels 4 (lid % 32) .. + 3 (a warp
-//   reads 128 consecutive pixels), stored as one vec4 of the [k][n] tile. The reduction index is
-//   carried as (ci, ky, kx) and advanced by TILE_K each step, so no division is needed per load.
+// - input: reduction index k0 + lid / 32 at pixels lid % 32 + 32 j, j < 4 (each of a warp's
+//   4 loads reads 32 consecutive pixels), stored as one vec4 of the [k][n] tile. The reduction
+//   index is carried as (ci, ky, kx) and advanced by TILE_K each step, so no division is needed
+//   per load.
 //
 // Buffers and Params: shaders/conv_interface.wgsl (spliced in before this file). Weight rows of
 // `w_row` elements are laid out [kh][kw][in]; flags 1 bias / 2 ReLU / 4 accumulate. `total` is
@@ -55,16 +58,16 @@ fn store(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
     output[o] = v;
 }
 
-// Writes the 4 x 2 x 4 outputs of one channel: pixels px .. px + 3 and px + 64 .. px + 67.
+// Writes the 8 outputs of one channel: pixels px + 32 j (`lo`) and px + 16 + 32 j (`hi`).
 fn store_row(co: u32, px: u32, pixels: u32, out_img: u32, lo: vec4<f32>, hi: vec4<f32>) {
     store(co, px, pixels, out_img, lo.x);
-    store(co, px + 1u, pixels, out_img, lo.y);
-    store(co, px + 2u, pixels, out_img, lo.z);
-    store(co, px + 3u, pixels, out_img, lo.w);
-    store(co, px + 64u, pixels, out_img, hi.x);
-    store(co, px + 65u, pixels, out_img, hi.y);
-    store(co, px + 66u, pixels, out_img, hi.z);
-    store(co, px + 67u, pixels, out_img, hi.w);
+    store(co, px + 16u, pixels, out_img, hi.x);
+    store(co, px + 32u, pixels, out_img, lo.y);
+    store(co, px + 48u, pixels, out_img, hi.y);
+    store(co, px + 64u, pixels, out_img, lo.z);
+    store(co, px + 80u, pixels, out_img, hi.z);
+    store(co, px + 96u, pixels, out_img, lo.w);
+    store(co, px + 112u, pixels, out_img, hi.w);
 }
 
 @compute @workgroup_size(WG_TILED)
@@ -102,15 +105,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                + vec4<u32>(p.w_base);
     let row_ok = vec4<u32>(m0 + ma, m0 + ma + 1u, m0 + ma + 2u, m0 + ma + 3u) < vec4<u32>(p.out_c);
 
-    // Input loads: 4 consecutive pixels at one k. Pixel j's window corner (y0[j], x0[j]);
+    // Input loads: 4 pixels 32 apart at one k. Pixel j's window corner (y0[j], x0[j]);
     // pixels past the end are marked by y0 = -2^30, which no tap brings into the image.
     let kb = lid / X_ROW4;
-    let nb = (lid % X_ROW4) * 4u;
+    let nb = lid % X_ROW4;
     var y0: vec4<i32>;
     var x0: vec4<i32>;
     var q: vec4<u32>;
     for (var j = 0u; j < 4u; j++) {
-        let px = n0 + nb + j;
+        let px = n0 + nb + 32u * j;
         q[j] = px;
         if (px < pixels) {
             y0[j] = i32((px / p.out_w) * p.stride_h) - i32(p.pad_top);
@@ -129,7 +132,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let tx = lid % 16u;
     let ty = lid / 16u;
     // c{i}{h}: channel i of this invocation (4 ty + i, or 64 + 4 ty + i - 4 for i >= 4) at
-    // its pixel run h (4 tx .. 4 tx + 3, or 64 + 4 tx .. 64 + 4 tx + 3).
+    // its pixels tx + 32 j (h = 0) or tx + 16 + 32 j (h = 1), j < 4.
     var c00 = vec4<f32>(0.0);
     var c01 = vec4<f32>(0.0);
     var c10 = vec4<f32>(0.0);
@@ -230,13 +233,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
         tile_w[ka * W_ROW4 + ma / 4u] = w_next;
-        tile_x[kb * X_ROW4 + nb / 4u] = x_next;
+        tile_x[kb * X_ROW4 + nb] = x_next;
         workgroupBarrier();
         k0 += TILE_K;
     }
 
     let out_img = p.out_base + (b * slices + s) * p.out_batch_stride;
-    let px = n0 + 4u * tx;
+    let px = n0 + tx;
     store_row(m0 + 4u * ty + 0u, px, pixels, out_img, c00, c01);
     store_row(m0 + 4u * ty + 1u, px, pixels, out_img, c10, c11);
     store_row(m0 + 4u * ty + 2u, px, pixels, out_img, c20, c21);
