@@ -266,6 +266,10 @@ fn every_kernel_splits_over_a_capped_binding() {
         ),
         // 1x1: chunks of 24 channels.
         (Conv2d::new(40, 140, 1), [1, 40, 25, 27]),
+        // Input-channel chunks of 40, output-channel chunks of 8 (2,000-float weight rows):
+        // the tiled kernel also splits each chunk's reduction in 3 and sums the slices into the
+        // accumulated output.
+        (Conv2d::new(80, 40, 5).with_relu(true), [1, 80, 20, 20]),
     ];
     for (i, (spec, shape)) in cases.into_iter().enumerate() {
         for alg in [
