@@ -7,7 +7,8 @@ use crate::cpu::reference::check_conv_params;
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
 use crate::gpu::kernels::{
-    BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
+    BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
+    WG_TILED,
 };
 use crate::gpu::tensor::{GpuTensor, Window};
 use crate::spec::{Conv2d, MaxPool2d, Shape};
@@ -311,6 +312,17 @@ pub struct GpuConv2d {
     blocked_supported: bool,
     /// Whether the tiled kernel may split its reduction.
     split: bool,
+    /// The device allows the tiled kernel's workgroup size and workgroup memory.
+    tiled_supported: bool,
+}
+
+/// Whether a device's limits allow the tiled kernel: a 256 x 1 x 1 workgroup and its two tiles
+/// in workgroup memory (the weight tile's rows padded by one vec4).
+fn tiled_fits(limits: &wgpu::Limits) -> bool {
+    let shared = 16 * TILE_K * (TILE_M / 4 + 1) + 16 * TILE_K * (TILE_N / 4);
+    limits.max_compute_invocations_per_workgroup >= WG_TILED
+        && limits.max_compute_workgroup_size_x >= WG_TILED
+        && limits.max_compute_workgroup_storage_size >= shared
 }
 
 /// Most f32 elements per piece of the host-side weight reordering, bounding its scratch memory.
@@ -363,12 +375,15 @@ impl GpuConv2d {
             blocked_supported: gpu.device.features().contains(wgpu::Features::SUBGROUP)
                 && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
             split: true,
+            tiled_supported: tiled_fits(gpu.limits()),
         })
     }
 
     /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by adapter and geometry.
     /// [`ConvAlgorithm::Blocked`] falls back to `Tiled` where the device lacks subgroups of at
-    /// least 8 invocations; [`GpuConv2d::kernel_for`] tells which kernel runs.
+    /// least 8 invocations, and `Tiled` to `Direct` where its limits are below the tiled
+    /// kernel's 256 invocations and 8.25 KiB of workgroup memory (under the WebGPU defaults, so
+    /// only on unusual devices); [`GpuConv2d::kernel_for`] tells which kernel runs.
     pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
         self.algorithm = algorithm;
         self
@@ -405,7 +420,9 @@ impl GpuConv2d {
     /// kernel may further split its reduction (see [`GpuConv2d::with_split`]); the dispatches
     /// [`GpuConv2d::prepare`] returns name every kernel that runs.
     pub fn kernel_for(&self, output: Shape) -> Kernel {
-        let tiled = if self.spec.is_pointwise() {
+        let tiled = if !self.tiled_supported {
+            Kernel::ConvDirect
+        } else if self.spec.is_pointwise() {
             Kernel::ConvPointwise
         } else {
             Kernel::ConvTiled
@@ -957,5 +974,37 @@ mod tests {
             assert!(seen.iter().all(|&s| s == 1), "max {max}");
         }
         assert!(conv_chunks(&spec, input, output, 1000).is_err());
+    }
+
+    #[test]
+    fn tiled_kernel_fits_the_webgpu_defaults_only() {
+        assert!(tiled_fits(&wgpu::Limits::default()));
+        assert!(tiled_fits(&wgpu::Limits::downlevel_defaults()));
+        let small = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 128,
+            ..wgpu::Limits::default()
+        };
+        assert!(!tiled_fits(&small));
+        let little_shared = wgpu::Limits {
+            max_compute_workgroup_storage_size: 8 << 10,
+            ..wgpu::Limits::default()
+        };
+        assert!(!tiled_fits(&little_shared));
+    }
+
+    #[test]
+    fn split_slices_fill_the_gpu_within_depth_and_memory() {
+        // Enough tiles: no split.
+        assert_eq!(split_slices(SPLIT_TARGET_WORKGROUPS, 1 << 20, 1, usize::MAX), 1);
+        // fc6-like (64 tiles, depth 25088): 8 slices bring 512 workgroups.
+        assert_eq!(split_slices(64, 25088, 1 << 20, usize::MAX), 8);
+        // Shallow reductions are not split below SPLIT_MIN_DEPTH per slice.
+        assert_eq!(split_slices(1, 3 * SPLIT_MIN_DEPTH + 5, 100, usize::MAX), 3);
+        assert_eq!(split_slices(1, SPLIT_MIN_DEPTH * 2 - 1, 100, usize::MAX), 1);
+        // At most SPLIT_MAX_SLICES, and the partial sums fit the scratch cap and one binding.
+        assert_eq!(split_slices(1, 1 << 20, 100, usize::MAX), SPLIT_MAX_SLICES);
+        let cap = (SPLIT_SCRATCH_BYTES / 4) as usize;
+        assert_eq!(split_slices(1, 1 << 20, cap / 3, usize::MAX), 3);
+        assert_eq!(split_slices(1, 1 << 20, 1000, 2500), 2);
     }
 }
