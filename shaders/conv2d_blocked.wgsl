@@ -38,17 +38,7 @@ fn write_out(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
         return;
     }
     let o = out_img + co * pixels + px;
-    var v = acc;
-    if ((p.flags & 4u) != 0u) {
-        v += output[o];
-    }
-    if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_base + co];
-    }
-    if ((p.flags & 2u) != 0u) {
-        v = select(v, 0.0, v < 0.0);
-    }
-    output[o] = v;
+    output[o] = finish(acc, o, co);
 }
 
 fn write_pixels(co: u32, px0: u32, pixels: u32, out_img: u32, acc: vec4<f32>) {

@@ -48,14 +48,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
     let o = p.out_base + b * p.out_batch_stride + co * plane + oy * p.out_w + ox;
-    if ((p.flags & 4u) != 0u) {
-        acc += output[o];
-    }
-    if ((p.flags & 1u) != 0u) {
-        acc += bias[p.bias_base + co];
-    }
-    if ((p.flags & 2u) != 0u) {
-        acc = select(acc, 0.0, acc < 0.0);
-    }
-    output[o] = acc;
+    output[o] = finish(acc, o, co);
 }

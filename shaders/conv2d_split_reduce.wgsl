@@ -1,7 +1,7 @@
 // Second pass of a convolution whose reduction was split over `slices` workgroups per tile
 // (conv2d_tiled.wgsl with k_split > 1): adds each output element's partial sums in slice order
-// (so the result does not depend on scheduling), then applies the flags as the convolution
-// kernels do: 4 accumulate into the existing output, 1 add bias, 2 ReLU. One invocation per
+// (so the result does not depend on scheduling), then applies the flags with the convolution
+// kernels' `finish`: 4 accumulate into the existing output, 1 add bias, 2 ReLU. One invocation per
 // output element of `batch` images of `out_c` channels x `pixels`.
 //
 // `partial` is the scratch buffer laid out [image][slice][channel][pixel]; `output` is the
@@ -34,14 +34,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         at += image;
     }
     let o = p.out_base + b * p.out_batch_stride + e;
-    if ((p.flags & 4u) != 0u) {
-        v += output[o];
-    }
-    if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_base + e / p.pixels];
-    }
-    if ((p.flags & 2u) != 0u) {
-        v = select(v, 0.0, v < 0.0);
-    }
-    output[o] = v;
+    output[o] = finish(v, o, e / p.pixels);
 }

@@ -45,17 +45,7 @@ fn store(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
         return;
     }
     let o = out_img + co * pixels + px;
-    var v = acc;
-    if ((p.flags & 4u) != 0u) {
-        v += output[o];
-    }
-    if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_base + co];
-    }
-    if ((p.flags & 2u) != 0u) {
-        v = select(v, 0.0, v < 0.0);
-    }
-    output[o] = v;
+    output[o] = finish(acc, o, co);
 }
 
 // Writes the 8 outputs of one channel: pixels px + 32 j (`lo`) and px + 16 + 32 j (`hi`).

@@ -1,5 +1,6 @@
 // The interface every convolution kernel shares, spliced in before conv2d_direct.wgsl,
-// conv2d_tiled.wgsl and conv2d_blocked.wgsl; it must match `ConvParams` in src/gpu/ops.rs.
+// conv2d_tiled.wgsl and conv2d_blocked.wgsl together with `finish`, the flags' epilogue
+// (`CONV_FINISH` in src/gpu/kernels.rs); it must match `ConvParams` in src/gpu/ops.rs.
 // `input` and `output` are windows of larger NCHW f32 tensors whose chunk starts at `in_base` /
 // `out_base`; weights are rows of `w_row` elements per output channel from `w_base`; flags:
 // 1 add bias, 2 ReLU, 4 accumulate into the existing output (input-channel split).

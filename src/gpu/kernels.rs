@@ -31,6 +31,27 @@ const LINEAR_INVOCATION: &str =
 }
 ";
 
+/// Shared by the convolution kernels and the split-reduction pass (whose uniforms name `flags`
+/// and `bias_base` alike, and which bind `bias` and `output`): the end of every output
+/// element, the flags applied in order.
+const CONV_FINISH: &str =
+    "// Output element `o` of channel `co` from its sum: flags 4 accumulate into the existing
+// output, 1 add the bias, 2 ReLU.
+fn finish(sum: f32, o: u32, co: u32) -> f32 {
+    var v = sum;
+    if ((p.flags & 4u) != 0u) {
+        v += output[o];
+    }
+    if ((p.flags & 1u) != 0u) {
+        v += bias[p.bias_base + co];
+    }
+    if ((p.flags & 2u) != 0u) {
+        v = select(v, 0.0, v < 0.0);
+    }
+    return v;
+}
+";
+
 /// One compute kernel of this crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -124,9 +145,11 @@ impl Kernel {
         ) {
             // The convolutions share one uniform layout and set of bindings.
             file = format!(
-                "{}\n{file}",
+                "{}\n{CONV_FINISH}\n{file}",
                 include_str!("../../shaders/conv_interface.wgsl")
             );
+        } else if self == Kernel::ConvSplitReduce {
+            file = format!("{file}\n{CONV_FINISH}");
         }
         format!(
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\

@@ -625,32 +625,22 @@ impl GpuConv2d {
                 k_split: 1,
                 pad: [0; 3],
             };
-            let Some(scratch) = scratch.filter(|_| k_split > 1) else {
-                let bind_group = gpu.bind(
-                    kernel,
-                    bytemuck::bytes_of(&params),
-                    &[
-                        (input, in_win),
-                        (&self.weight, w_win),
-                        (&self.bias, b_win),
-                        (output, out_win),
-                    ],
-                )?;
-                dispatches.push(Dispatch {
-                    kernel,
-                    bind_group,
-                    groups,
-                });
-                continue;
-            };
-            // Split reduction: raw partial sums of every slice into the scratch buffer, then a
-            // second pass adds them up with the flags.
+            // A split reduction writes every slice's raw partial sums to the scratch buffer;
+            // a second pass adds them up with the flags.
             let partial = ch.nb * ch.co_n * pixels;
-            let scratch_win = gpu.window(scratch, 0, k_split * partial);
-            params.k_split = k_split as u32;
-            params.flags = 0;
-            params.out_base = 0;
-            params.out_batch_stride = (ch.co_n * pixels) as u32;
+            let split = scratch
+                .filter(|_| k_split > 1)
+                .map(|b| (b, gpu.window(b, 0, k_split * partial)));
+            let target = match split {
+                Some(scratch) => {
+                    params.k_split = k_split as u32;
+                    params.flags = 0;
+                    params.out_base = 0;
+                    params.out_batch_stride = (ch.co_n * pixels) as u32;
+                    scratch
+                }
+                None => (output, out_win),
+            };
             let bind_group = gpu.bind(
                 kernel,
                 bytemuck::bytes_of(&params),
@@ -658,7 +648,7 @@ impl GpuConv2d {
                     (input, in_win),
                     (&self.weight, w_win),
                     (&self.bias, b_win),
-                    (scratch, scratch_win),
+                    target,
                 ],
             )?;
             dispatches.push(Dispatch {
@@ -666,6 +656,9 @@ impl GpuConv2d {
                 bind_group,
                 groups,
             });
+            let Some((scratch, scratch_win)) = split else {
+                continue;
+            };
             let reduce = SplitReduceParams {
                 out_c: ch.co_n as u32,
                 pixels: pixels as u32,
@@ -995,7 +988,10 @@ mod tests {
     #[test]
     fn split_slices_fill_the_gpu_within_depth_and_memory() {
         // Enough tiles: no split.
-        assert_eq!(split_slices(SPLIT_TARGET_WORKGROUPS, 1 << 20, 1, usize::MAX), 1);
+        assert_eq!(
+            split_slices(SPLIT_TARGET_WORKGROUPS, 1 << 20, 1, usize::MAX),
+            1
+        );
         // fc6-like (64 tiles, depth 25088): 8 slices bring 512 workgroups.
         assert_eq!(split_slices(64, 25088, 1 << 20, usize::MAX), 8);
         // Shallow reductions are not split below SPLIT_MIN_DEPTH per slice.
