@@ -40,6 +40,9 @@ pub struct PlanOptions {
     /// When the whole network at its input size does not fit, the image is processed in
     /// horizontal bands (see [`BandLayout`]).
     pub max_memory: Option<u64>,
+    /// Convolution kernel choice for every layer (default: each layer chooses, see
+    /// [`crate::GpuConv2d::kernel_for`]).
+    pub algorithm: ConvAlgorithm,
 }
 
 impl PlanOptions {
@@ -47,6 +50,7 @@ impl PlanOptions {
     pub fn with_max_memory(max_memory: u64) -> Self {
         Self {
             max_memory: Some(max_memory),
+            ..Self::default()
         }
     }
 }
@@ -672,10 +676,15 @@ impl<'g> BandedPlan<'g> {
             None => None,
         };
         match layout {
-            Some(layout) => Self::with_layout(gpu, network, layout),
+            Some(layout) => Self::build(gpu, network, layout, options.algorithm),
             None => Ok(Self {
                 output_shape: network.output_shape(input_shape)?,
-                inner: Inner::Whole(GpuPlan::new(gpu, network, input_shape)?),
+                inner: Inner::Whole(GpuPlan::with_algorithm(
+                    gpu,
+                    network,
+                    input_shape,
+                    options.algorithm,
+                )?),
                 input_shape,
             }),
         }
@@ -683,6 +692,15 @@ impl<'g> BandedPlan<'g> {
 
     /// Compiles `network` to run in the stages and bands of `layout` (made for this network).
     pub fn with_layout(gpu: &'g Gpu, network: &Network, layout: BandedLayout) -> Result<Self> {
+        Self::build(gpu, network, layout, ConvAlgorithm::Auto)
+    }
+
+    fn build(
+        gpu: &'g Gpu,
+        network: &Network,
+        layout: BandedLayout,
+        algorithm: ConvAlgorithm,
+    ) -> Result<Self> {
         let output_shape = network.output_shape(layout.input_shape)?;
         let mut stages = Vec::with_capacity(layout.stages.len());
         for stage in &layout.stages {
@@ -693,7 +711,7 @@ impl<'g> BandedPlan<'g> {
             };
             stages.push(StagePlan {
                 bands: stage.bands.clone(),
-                plan: GpuPlan::build(gpu, &net, band, ConvAlgorithm::Auto, false)?,
+                plan: GpuPlan::build(gpu, &net, band, algorithm, false)?,
             });
         }
         let n = network.layers().len();
@@ -703,13 +721,7 @@ impl<'g> BandedPlan<'g> {
                 .last()
                 .map_or(layout.input_shape, |s| s.bands.stitched_shape);
             let net = sub_network(network, layout.rest_start..n)?;
-            Some(GpuPlan::build(
-                gpu,
-                &net,
-                input,
-                ConvAlgorithm::Auto,
-                false,
-            )?)
+            Some(GpuPlan::build(gpu, &net, input, algorithm, false)?)
         } else {
             None
         };

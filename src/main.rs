@@ -10,7 +10,7 @@ use dilated::cpu::CpuPlan;
 use dilated::gpu::Kernel;
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::GpuPlan;
-use dilated::{Gpu, Shape};
+use dilated::{ConvAlgorithm, Gpu, Shape};
 use ndarray::Array4;
 
 #[derive(Parser)]
@@ -152,6 +152,30 @@ struct BenchArgs {
     /// horizontal bands as needed so the plan stays under it; results are unchanged.
     #[arg(long, value_parser = parse_memory)]
     max_memory: Option<u64>,
+    /// Convolution kernel for every layer; `auto` lets each layer choose (the table names the
+    /// choice).
+    #[arg(long, value_enum, default_value_t = Algorithm::Auto)]
+    algorithm: Algorithm,
+}
+
+/// `--algorithm` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Algorithm {
+    Auto,
+    Direct,
+    Tiled,
+    Blocked,
+}
+
+impl From<Algorithm> for ConvAlgorithm {
+    fn from(a: Algorithm) -> Self {
+        match a {
+            Algorithm::Auto => ConvAlgorithm::Auto,
+            Algorithm::Direct => ConvAlgorithm::Direct,
+            Algorithm::Tiled => ConvAlgorithm::Tiled,
+            Algorithm::Blocked => ConvAlgorithm::Blocked,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -408,6 +432,7 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
         shape,
         &PlanOptions {
             max_memory: args.max_memory,
+            algorithm: args.algorithm.into(),
         },
     )?;
     plan.forward(x.view())?;
@@ -626,6 +651,7 @@ fn run(args: &RunArgs) -> Result<(), dilated::Error> {
     let gpu = open_gpu(args.cpu, args.gpu)?;
     let options = PlanOptions {
         max_memory: args.max_memory,
+        ..Default::default()
     };
     let executor = match &gpu {
         None => Executor::cpu(&net),
@@ -716,6 +742,7 @@ fn segment_on(
     use dilated::segment::Segmenter;
     let options = PlanOptions {
         max_memory: args.max_memory,
+        ..Default::default()
     };
     let segmenter = Segmenter::with_options(model, net, backend, args.tile, &options)?;
     if let (Some(budget), Some(bytes)) = (args.max_memory, segmenter.gpu_memory()) {

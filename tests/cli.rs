@@ -1,6 +1,6 @@
 //! The command-line tool and model weights end to end: caffemodel files written in both
 //! protobuf forms load into presets and give the same output as the arrays they came from;
-//! convert, run and segment work and fail cleanly.
+//! convert, run and segment work and fail cleanly; bench names each layer's kernel.
 
 mod common;
 
@@ -322,4 +322,40 @@ fn segment_writes_a_palette_png_and_fails_cleanly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(files_in(dir.path()), before, "{args:?} left files behind");
     }
+}
+
+#[test]
+fn bench_names_the_kernel_of_every_layer() {
+    // Every convolution forced to the tiled kernel: fc6 of this small input has one tile and a
+    // reduction of 784, so it runs split.
+    let out = dilated(&[
+        "bench",
+        "--model",
+        "dilation8_pascal_voc",
+        "--width-divisor",
+        "32",
+        "--size",
+        "380x390",
+        "--runs",
+        "1",
+        "--no-cpu",
+        "--algorithm",
+        "tiled",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{stdout}"))
+            .to_string()
+    };
+    assert!(row("conv1_1").contains("| tiled "), "{}", row("conv1_1"));
+    assert!(row("fc6").contains("tiled +split"), "{}", row("fc6"));
+    assert!(row("fc7").contains("tiled-1x1"), "{}", row("fc7"));
+    assert!(row("pool1").contains("max_pool"), "{}", row("pool1"));
+    let out = dilated(&["bench", "--plan-only", "--algorithm", "fastest"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("fastest"), "{}", stderr(&out));
 }
