@@ -206,19 +206,24 @@ pub(crate) fn split_slices(tiles: usize, depth: usize, partial: usize, max_elems
         .max(1)
 }
 
-/// Bytes of partial sums the tiled convolution of `spec` producing `output` holds when its
-/// reduction is split, computed without a device (as if nothing were chunked; with storage
-/// bindings of 128 MiB or more a chunked layer has too many tiles to split).
+/// Most bytes of partial sums the tiled convolution of `spec` producing `output` holds when its
+/// reduction is split, computed without a device: the largest over windows of any number of
+/// whole images (a window of fewer channels only arises, with storage bindings of 128 MiB or
+/// more, for outputs of over 1,024 tiles per image, which are never split).
 pub(crate) fn split_scratch_bytes(spec: &Conv2d, output: Shape) -> u64 {
-    let tiles = output.n
-        * spec.out_channels.div_ceil(TILE_M as usize)
-        * output.plane().div_ceil(TILE_N as usize);
+    let image_tiles =
+        spec.out_channels.div_ceil(TILE_M as usize) * output.plane().div_ceil(TILE_N as usize);
     let depth = spec.in_channels * spec.kernel.0 * spec.kernel.1;
-    let partial = output.len();
-    match split_slices(tiles, depth, partial, usize::MAX) {
-        1 => 0,
-        slices => (slices * partial) as u64 * 4,
-    }
+    let image = spec.out_channels * output.plane();
+    (1..=output.n.max(1))
+        .map(
+            |nb| match split_slices(nb * image_tiles, depth, nb * image, usize::MAX) {
+                1 => 0,
+                slices => (slices * nb * image) as u64 * 4,
+            },
+        )
+        .max()
+        .unwrap_or(0)
 }
 
 const FLAG_BIAS: u32 = 1;
