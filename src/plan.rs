@@ -49,6 +49,24 @@ pub(crate) fn estimate_layers(
     input_shape.bytes() + ping_pong * largest + output + weights + scratch
 }
 
+/// An error of the layer `name`, which says so when it is about the device's limits.
+fn named_after(name: &str, e: Error) -> Error {
+    match e {
+        Error::ExceedsDeviceLimits {
+            what,
+            bytes,
+            limit_name,
+            limit,
+        } => Error::ExceedsDeviceLimits {
+            what: format!("layer {name}: {what}"),
+            bytes,
+            limit_name,
+            limit,
+        },
+        other => other,
+    }
+}
+
 struct PlannedLayer {
     name: String,
     output: Shape,
@@ -166,7 +184,10 @@ impl<'g> GpuPlan<'g> {
                             .with_algorithm(algorithm)
                             .with_split(split);
                     weight_bytes += conv.weight_bytes();
-                    scratch_len = scratch_len.max(conv.scratch_bytes(gpu, in_shape)?);
+                    let bytes = conv
+                        .scratch_bytes(gpu, in_shape)
+                        .map_err(|e| named_after(&layer.name, e))?;
+                    scratch_len = scratch_len.max(bytes);
                     convs.push(conv);
                 }
                 Op::Deconv { spec, weight } => {
@@ -197,20 +218,7 @@ impl<'g> GpuPlan<'g> {
                 &activations[(i - 1) % ping_pong]
             };
             let dst = &activations[i % ping_pong];
-            let named = |e: Error| match e {
-                Error::ExceedsDeviceLimits {
-                    what,
-                    bytes,
-                    limit_name,
-                    limit,
-                } => Error::ExceedsDeviceLimits {
-                    what: format!("layer {}: {what}", layer.name),
-                    bytes,
-                    limit_name,
-                    limit,
-                },
-                other => other,
-            };
+            let named = |e| named_after(&layer.name, e);
             let dispatches = match &layer.op {
                 Op::Conv { .. } => next_conv
                     .next()

@@ -271,6 +271,19 @@ fn builder_errors_name_the_layer() {
         .err()
         .expect("too small");
     assert!(matches!(err, Error::Layer { .. }), "{err:?}");
+    // A plane over the device's binding limit (capped at 4 KiB here) names its layer.
+    let mut small = dilated::Gpu::new().unwrap();
+    small.set_max_binding_bytes(Some(4096)).unwrap();
+    let net = ContextModule::basic(2).build().unwrap();
+    let err = GpuPlan::new(&small, &net, Shape::new(1, 2, 40, 40))
+        .err()
+        .expect("a 40x40 plane exceeds 4 KiB");
+    match &err {
+        Error::ExceedsDeviceLimits { what, .. } => {
+            assert!(what.starts_with("layer "), "{what}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 /// Full-size presets: parameters, GFLOP and largest activation against NETWORK.md.
