@@ -37,7 +37,7 @@ const_assert TILE_M == 128u && TILE_N == 128u && TILE_K == 8u && WG_TILED == 256
 const W_ROW4: u32 = TILE_M / 4u + 1u;
 const X_ROW4: u32 = TILE_N / 4u;
 var<workgroup> tile_w: array<vec4<f32>, TILE_K * W_ROW4>; // [k][m / 4]
-var<workgroup> tile_x: array<vec4<f32>, TILE_K * X_ROW4>; // [k][n / 4]
+var<workgroup> tile_x: array<vec4<f32>, TILE_K * X_ROW4>; // [k][n % 32], component n / 32
 
 // Writes one output element with the flags' accumulate, bias and ReLU.
 fn store(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
