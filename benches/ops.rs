@@ -87,6 +87,27 @@ fn random(rng: &mut StdRng, shape: [usize; 4]) -> Array4<f32> {
     Array4::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
 }
 
+/// Times `run` as the benchmark `label` of `group`, recording its GFLOP/s under `id`.
+fn timed(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    label: impl Into<String>,
+    id: &str,
+    flops: u64,
+    mut run: impl FnMut(),
+) {
+    group.bench_function(label.into(), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                run();
+            }
+            let elapsed = start.elapsed();
+            record(id, flops, elapsed, iters);
+            elapsed
+        })
+    });
+}
+
 fn bench_gpu(
     group: &mut BenchmarkGroup<'_, WallTime>,
     gpu: &Gpu,
@@ -116,16 +137,8 @@ fn bench_gpu(
     }
     gpu.run(&dispatches).expect("warm-up run");
     let id = format!("{}/{label} ({kernel:?})", layer.name);
-    group.bench_function(format!("{label} ({kernel:?})"), |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                gpu.run(&dispatches).expect("run");
-            }
-            let elapsed = start.elapsed();
-            record(&id, flops, elapsed, iters);
-            elapsed
-        })
+    timed(group, format!("{label} ({kernel:?})"), &id, flops, || {
+        gpu.run(&dispatches).expect("run");
     });
     kernel
 }
@@ -143,16 +156,8 @@ fn bench_cpu(
     );
     let conv = CpuConv2d::new(layer.spec, data.1.view(), Some(data.2.view())).expect("weights");
     let id = format!("{}/cpu_fast", layer.name);
-    group.bench_function("cpu_fast", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                std::hint::black_box(conv.forward(data.0.view()).expect("forward"));
-            }
-            let elapsed = start.elapsed();
-            record(&id, flops, elapsed, iters);
-            elapsed
-        })
+    timed(group, "cpu_fast", &id, flops, || {
+        std::hint::black_box(conv.forward(data.0.view()).expect("forward"));
     });
 }
 
@@ -251,30 +256,14 @@ fn context_modules(c: &mut Criterion) {
             let plan = GpuPlan::new(gpu, &net, shape).expect("plan");
             plan.forward(x.view()).expect("warm-up");
             let id = format!("{name}/gpu");
-            group.bench_function("gpu", |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        std::hint::black_box(plan.forward(x.view()).expect("forward"));
-                    }
-                    let elapsed = start.elapsed();
-                    record(&id, flops, elapsed, iters);
-                    elapsed
-                })
+            timed(&mut group, "gpu", &id, flops, || {
+                std::hint::black_box(plan.forward(x.view()).expect("forward"));
             });
         }
         let plan = CpuPlan::new(&net).expect("cpu plan");
         let id = format!("{name}/cpu_fast");
-        group.bench_function("cpu_fast", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    std::hint::black_box(plan.forward(x.view()).expect("forward"));
-                }
-                let elapsed = start.elapsed();
-                record(&id, flops, elapsed, iters);
-                elapsed
-            })
+        timed(&mut group, "cpu_fast", &id, flops, || {
+            std::hint::black_box(plan.forward(x.view()).expect("forward"));
         });
         group.finish();
     }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{gpu, random4, rel_error, rng};
 use dilated::cpu::CpuPlan;
 use dilated::net::{Model, Network, PresetOptions};
@@ -38,15 +36,6 @@ fn random_preset(model: Model, divisor: usize, seed: u64) -> Network {
         net.set_weights(&name, w, b).unwrap();
     }
     net
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -313,14 +302,18 @@ fn segment_writes_a_palette_png_and_fails_cleanly() {
             "/nonexistent-dir/x.png",
         ),
     ];
-    let before = files_in(dir.path());
+    let before = common::files_in(dir.path());
     for (args, needle) in cases {
         let out = dilated(&args);
         let err = stderr(&out);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
-        assert_eq!(files_in(dir.path()), before, "{args:?} left files behind");
+        assert_eq!(
+            common::files_in(dir.path()),
+            before,
+            "{args:?} left files behind"
+        );
     }
 }
 

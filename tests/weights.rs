@@ -2,6 +2,8 @@
 //! the writer, `WeightSet::check`, and robustness against truncated, corrupted and hostile
 //! input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use dilated::Error;
@@ -80,15 +82,6 @@ fn tmpdir() -> tempfile::TempDir {
 }
 
 /// Files in `dir` (names), sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn caffemodel_round_trip_in_both_forms() {
     let set = sample_set(1);
@@ -640,8 +633,8 @@ fn unwritable_paths_give_io_errors_and_leave_nothing_behind() {
     assert!(matches!(e, Error::Io { .. }), "{e}");
     assert!(write_safetensors(&target, &set).is_err());
     assert!(write_npy(&target, &a).is_err());
-    assert_eq!(listing(&sub), ["taken"]);
-    assert_eq!(listing(&target), ["keep"]);
+    assert_eq!(common::files_in(&sub), ["taken"]);
+    assert_eq!(common::files_in(&target), ["keep"]);
 
     // Invalid weights are refused before any file is created.
     let mut bad = WeightSet::new();
@@ -654,13 +647,13 @@ fn unwritable_paths_give_io_errors_and_leave_nothing_behind() {
     );
     assert!(write_caffemodel(sub.join("bad.caffemodel"), &bad, false).is_err());
     assert!(write_safetensors(sub.join("bad.safetensors"), &bad).is_err());
-    assert_eq!(listing(&sub), ["taken"]);
+    assert_eq!(common::files_in(&sub), ["taken"]);
 
     // A successful write replaces an existing file and leaves no temporary file.
     let out = sub.join("m.caffemodel");
     std::fs::write(&out, b"old").unwrap();
     write_caffemodel(&out, &set, false).unwrap();
-    assert_eq!(listing(&sub), ["m.caffemodel", "taken"]);
+    assert_eq!(common::files_in(&sub), ["m.caffemodel", "taken"]);
     assert_same_set(&read_caffemodel(&out).unwrap(), &set);
 }
 

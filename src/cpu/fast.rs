@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use ndarray::{Array4, ArrayView1, ArrayView4};
 use rayon::prelude::*;
 
-use crate::cpu::reference::{check_conv_params, shape_of};
+use crate::cpu::reference::{check_conv_params, check_deconv_weight, shape_of};
 use crate::error::{Error, Result};
 use crate::spec::{Conv2d, MaxPool2d, Shape};
 
@@ -949,15 +949,7 @@ pub fn deconv2d(
     weight: ArrayView4<f32>,
 ) -> Result<Array4<f32>> {
     let out = spec.output_shape(shape_of(&input), "deconv2d")?;
-    if weight.shape() != spec.weight_shape() {
-        return Err(Error::ShapeMismatch {
-            context: "deconv2d".into(),
-            left_name: "weight",
-            left: weight.shape().to_vec(),
-            right_name: "layer spec [channels, 1, k, k]",
-            right: spec.weight_shape().to_vec(),
-        });
-    }
+    check_deconv_weight(spec, &weight)?;
     let input = input.as_standard_layout();
     let weight = weight.as_standard_layout();
     let (x, w) = (

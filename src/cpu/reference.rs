@@ -15,6 +15,20 @@ pub(crate) fn shape_of(a: &ArrayView4<f32>) -> Shape {
     Shape::new(d.0, d.1, d.2, d.3)
 }
 
+/// Checks a per-channel transposed convolution's weight shape (`[channels, 1, k, k]`).
+pub fn check_deconv_weight(spec: &Deconv2d, weight: &ArrayView4<f32>) -> Result<()> {
+    if weight.shape() != spec.weight_shape() {
+        return Err(Error::ShapeMismatch {
+            context: "deconv2d".into(),
+            left_name: "weight",
+            left: weight.shape().to_vec(),
+            right_name: "layer spec [channels, 1, k, k]",
+            right: spec.weight_shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks weight and bias shapes against a convolution spec.
 pub fn check_conv_params(
     spec: &Conv2d,
@@ -220,15 +234,7 @@ pub fn deconv2d(
     weight: ArrayView4<f32>,
 ) -> Result<Array4<f32>> {
     let out = spec.output_shape(shape_of(&input), "deconv2d")?;
-    if weight.shape() != spec.weight_shape() {
-        return Err(Error::ShapeMismatch {
-            context: "deconv2d".into(),
-            left_name: "weight",
-            left: weight.shape().to_vec(),
-            right_name: "layer spec [channels, 1, k, k]",
-            right: spec.weight_shape().to_vec(),
-        });
-    }
+    check_deconv_weight(spec, &weight)?;
     let (ih, iw) = (input.dim().2, input.dim().3);
     let mut y = ndarray::Array4::<f64>::zeros(out.dims());
     for b in 0..out.n {

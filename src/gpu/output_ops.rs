@@ -109,15 +109,7 @@ pub struct GpuDeconv2d {
 impl GpuDeconv2d {
     /// Uploads weights `[channels, 1, k, k]`.
     pub fn new(gpu: &Gpu, spec: Deconv2d, weight: ArrayView4<f32>) -> Result<Self> {
-        if weight.shape() != spec.weight_shape() {
-            return Err(Error::ShapeMismatch {
-                context: "deconv2d".into(),
-                left_name: "weight",
-                left: weight.shape().to_vec(),
-                right_name: "layer spec [channels, 1, k, k]",
-                right: spec.weight_shape().to_vec(),
-            });
-        }
+        crate::cpu::reference::check_deconv_weight(&spec, &weight)?;
         let data: Vec<f32> = weight.iter().copied().collect();
         Ok(Self {
             spec,

@@ -81,6 +81,23 @@ pub(crate) fn write_atomic(
     Ok(())
 }
 
+/// An error reading a `format` file: an early end becomes [`Error::InvalidFile`] (the file is
+/// shorter than its own header says), anything else [`Error::Io`].
+pub(crate) fn read_error(path: &str, format: &'static str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::InvalidFile {
+            path: path.to_string(),
+            format,
+            reason: "the file ended early (was it changed while being read?)".into(),
+        }
+    } else {
+        Error::Io {
+            path: path.to_string(),
+            source: e,
+        }
+    }
+}
+
 /// Opens `path` for reading, returning it and its length in bytes.
 pub(crate) fn open(path: &Path) -> Result<(File, u64)> {
     let io_err = |source| Error::Io {

@@ -12,7 +12,7 @@ use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use py_literal::Value;
 
-use super::{BYTES_PATH, open, write_atomic};
+use super::{BYTES_PATH, open, read_error, write_atomic};
 use crate::error::{Error, Result};
 
 const FORMAT: &str = "npy";
@@ -115,19 +115,7 @@ fn screen_header(text: &[u8]) -> std::result::Result<(), String> {
 }
 
 fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> {
-    let io = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            invalid(
-                path,
-                "the file ended early (was it changed while being read?)",
-            )
-        } else {
-            Error::Io {
-                path: path.to_string(),
-                source: e,
-            }
-        }
-    };
+    let io = |e: std::io::Error| read_error(path, FORMAT, e);
     if len < 10 {
         return Err(invalid(
             path,

@@ -11,7 +11,7 @@ use std::path::Path;
 use ::safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use ndarray::{Array1, Array4};
 
-use super::{BYTES_PATH, LayerWeights, WeightSet, open, write_atomic};
+use super::{BYTES_PATH, LayerWeights, WeightSet, open, read_error, write_atomic};
 use crate::error::{Error, Result};
 
 const FORMAT: &str = "safetensors";
@@ -108,17 +108,7 @@ fn invalid(path: &str, reason: impl Into<String>) -> Error {
 }
 
 fn io_error(path: &str, e: io::Error) -> Error {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        invalid(
-            path,
-            "the file ended early (was it changed while being read?)",
-        )
-    } else {
-        Error::Io {
-            path: path.to_string(),
-            source: e,
-        }
-    }
+    read_error(path, FORMAT, e)
 }
 
 /// Reads `n_bytes` of little-endian f32 values.

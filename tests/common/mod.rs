@@ -67,3 +67,13 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .output()
         .expect("the binary runs")
 }
+
+/// The names of the entries of `dir`, sorted.
+pub fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
