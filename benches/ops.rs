@@ -18,10 +18,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
-use dilated::cpu::CpuPlan;
 use dilated::cpu::fast::CpuConv2d;
 use dilated::gpu::Kernel;
 use dilated::net::ContextModule;
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
 use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, Shape};
 use ndarray::{Array1, Array4};

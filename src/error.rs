@@ -200,7 +200,7 @@ pub enum Error {
 impl Error {
     /// True for failures of the GPU rather than of the request: no adapter, no device, a lost
     /// device or failed submission, out of GPU memory, beyond the device's limits. The same work
-    /// may still succeed on the CPU (see [`crate::executor`]).
+    /// may still succeed on the CPU (see [`crate::plan::executor`]).
     pub fn is_gpu_failure(&self) -> bool {
         matches!(
             self,

@@ -22,18 +22,17 @@
 
 #![warn(missing_docs)]
 
-pub mod banded;
 pub mod cpu;
 pub mod error;
-pub mod executor;
 pub mod gpu;
 pub mod net;
 pub mod plan;
 pub mod segment;
 pub mod spec;
+pub mod timing;
 pub mod weights;
 
-pub use banded::{BandedPlan, PlanOptions};
 pub use error::{Error, Result};
 pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, GpuTensor};
+pub use plan::{Plan, PlanOptions};
 pub use spec::{Conv2d, Deconv2d, MaxPool2d, Padding, Shape, Zoom};

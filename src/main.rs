@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use dilated::banded::{BandedLayout, BandedPlan, PlanOptions};
-use dilated::cpu::CpuPlan;
 use dilated::gpu::Kernel;
 use dilated::net::{Model, PresetOptions};
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
+use dilated::plan::{BandedLayout, Plan, PlanOptions};
 use dilated::{ConvAlgorithm, Gpu, Shape};
 use ndarray::Array4;
 
@@ -214,7 +214,7 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
-    dilated::banded::parse_memory_size(s).map_err(|e| e.to_string())
+    dilated::plan::parse_memory_size(s).map_err(|e| e.to_string())
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -426,7 +426,7 @@ fn bench(args: &BenchArgs) -> Result<(), dilated::Error> {
     let runs = args.runs.max(1);
     let x = generated_input(shape, 1);
     let gpu = Gpu::new()?;
-    let plan = BandedPlan::new(
+    let plan = Plan::new(
         &gpu,
         &net,
         shape,
@@ -644,7 +644,7 @@ fn open_gpu(
 }
 
 fn run(args: &RunArgs) -> Result<(), dilated::Error> {
-    use dilated::executor::{Executor, RanOn};
+    use dilated::plan::executor::{Executor, RanOn};
     let (_, net) = load_model(&args.model, args.width_divisor, Some(&args.weights))?;
     let x = dilated::weights::read_npy4(&args.input)?;
     warn_non_finite(&args.input.display().to_string(), x.iter().copied());

@@ -4,11 +4,11 @@
 
 use ndarray::{Array2, Array3, Array4, ArrayView3, s};
 
-use crate::banded::{BandedPlan, PlanOptions};
-use crate::cpu::{CpuPlan, reference};
+use crate::cpu::reference;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::net::{Model, ModelInfo, Network, Upsampling};
+use crate::plan::{CpuPlan, Plan, PlanOptions};
 use crate::spec::{Shape, Zoom};
 
 /// Where the network runs.
@@ -22,7 +22,7 @@ pub enum Backend<'g> {
 enum Runner<'g> {
     /// The plan, and whether upsampling and argmax run on the GPU too (not under a memory
     /// budget: the plan's figure is then all the GPU memory the segmenter holds).
-    Gpu(&'g Gpu, Box<BandedPlan<'g>>, bool),
+    Gpu(&'g Gpu, Box<Plan<'g>>, bool),
     Cpu(CpuPlan),
 }
 
@@ -96,7 +96,7 @@ impl<'g> Segmenter<'g> {
         let runner = match backend {
             Backend::Gpu(gpu) => Runner::Gpu(
                 gpu,
-                Box::new(BandedPlan::new(gpu, network, shape, options)?),
+                Box::new(Plan::new(gpu, network, shape, options)?),
                 options.max_memory.is_none(),
             ),
             Backend::Cpu => Runner::Cpu(CpuPlan::new(network)?),

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{gpu, random4, rel_error, rng};
-use dilated::cpu::CpuPlan;
 use dilated::net::{Model, Network, PresetOptions};
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
 use dilated::weights::{WeightSet, read_npy4, write_caffemodel, write_npy};
 use dilated::{Error, Shape};

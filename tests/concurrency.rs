@@ -7,11 +7,12 @@ mod common;
 use std::sync::Arc;
 
 use common::{gpu, random4, rel_error, rng};
-use dilated::cpu::{CpuPlan, reference};
-use dilated::executor::Executor;
+use dilated::cpu::reference;
 use dilated::gpu::GpuDeconv2d;
 use dilated::net::Network;
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
+use dilated::plan::executor::Executor;
 use dilated::{Conv2d, Error, Gpu, GpuConv2d, GpuTensor, MaxPool2d, Shape, Zoom};
 use ndarray::{Array3, Array4};
 

@@ -7,10 +7,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{random4, rel_error, rng};
-use dilated::cpu::CpuPlan;
-use dilated::executor::{Executor, RanOn, RunOn};
 use dilated::net::Network;
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
+use dilated::plan::executor::{Executor, RanOn, RunOn};
 use dilated::{Conv2d, Error, Gpu, GpuConv2d, GpuOptions, MaxPool2d, Shape, Zoom};
 
 /// Runs `f` on its own thread and fails the test if it has not finished within `limit`.

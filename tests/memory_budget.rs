@@ -5,10 +5,12 @@
 mod common;
 
 use common::{gpu, random4, rel_error, rng};
-use dilated::banded::{BandLayout, BandedLayout, BandedPlan, PlanOptions, sub_network};
-use dilated::cpu::{CpuPlan, reference};
+use dilated::cpu::reference;
 use dilated::net::{FrontEnd, Model, Network, PresetOptions};
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
+use dilated::plan::layout::sub_network;
+use dilated::plan::{BandedLayout, Bands, Plan, PlanOptions};
 use dilated::segment::{Backend, Segmenter};
 use dilated::{Conv2d, Error, Shape};
 use ndarray::{Array3, Array4, ArrayView4};
@@ -55,7 +57,7 @@ fn front_end_in_bands_equals_the_whole_image_bit_for_bit_on_the_reference() {
         let x = random4(&mut rng(9100 + i as u64), shape.dims());
         let whole = reference_forward(&net, x.view());
         for rows in [1, 2, 3] {
-            let layout = BandLayout::with_rows(&net, shape, rows).unwrap();
+            let layout = Bands::with_rows(&net, shape, rows).unwrap();
             assert!(
                 layout.bands.len() > 1 || layout.band_height == h,
                 "height {h}, {rows} rows: {layout:?}"
@@ -83,7 +85,7 @@ fn budgeted_stages_equal_the_whole_image_bit_for_bit_on_the_reference() {
     let shape = Shape::new(1, 3, 421, 380);
     let x = random4(&mut rng(9200), shape.dims());
     let whole = reference_forward(&net, x.view());
-    let unbudgeted = BandedPlan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
+    let unbudgeted = Plan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
     let budget = unbudgeted / 4;
     let layout = BandedLayout::for_budget(&net, shape, budget)
         .unwrap()
@@ -131,8 +133,7 @@ fn width_reduced_cityscapes_under_a_budget_equals_the_unbudgeted_run() {
         assert!(whole.peak_memory() > budget);
         let want = whole.forward(x.view()).unwrap();
         drop(whole);
-        let plan =
-            BandedPlan::new(gpu, &net, shape, &PlanOptions::with_max_memory(budget)).unwrap();
+        let plan = Plan::new(gpu, &net, shape, &PlanOptions::with_max_memory(budget)).unwrap();
         let layout = plan.layout().expect("banded");
         assert!(
             plan.bands() >= 2 * layout.stages.len(),
@@ -206,7 +207,7 @@ fn activation_larger_than_a_storage_binding_runs_whole_and_in_bands() {
     drop(whole);
 
     let budget = 256 * MIB;
-    let plan = BandedPlan::new(gpu, &net, shape, &PlanOptions::with_max_memory(budget)).unwrap();
+    let plan = Plan::new(gpu, &net, shape, &PlanOptions::with_max_memory(budget)).unwrap();
     assert!(plan.bands() > 1);
     assert!(plan.peak_memory() <= budget);
     let err = rel_error(plan.forward(x.view()).unwrap().view(), cpu.view());
@@ -219,8 +220,8 @@ fn profiled_banded_forward_times_every_layer_and_matches() {
     let net = cityscapes(64);
     let shape = Shape::new(1, 3, 420, 400);
     let x = random4(&mut rng(9500), shape.dims());
-    let whole = BandedPlan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
-    let plan = BandedPlan::new(gpu, &net, shape, &PlanOptions::with_max_memory(whole - 1)).unwrap();
+    let whole = Plan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
+    let plan = Plan::new(gpu, &net, shape, &PlanOptions::with_max_memory(whole - 1)).unwrap();
     assert!(plan.bands() > 1);
     let (y, times) = plan.forward_profiled(x.view()).unwrap();
     let names: Vec<&str> = times.layers.iter().map(|(n, _)| n.as_str()).collect();
@@ -234,8 +235,8 @@ fn budgets_that_cannot_be_met_say_why() {
     let net = cityscapes(8);
     let shape = Shape::new(1, 3, 1396, 1396);
     let weights: u64 = net.weight_set().unwrap().num_parameters() as u64 * 4;
-    let err = BandedPlan::estimate_memory(&net, shape, &PlanOptions::with_max_memory(weights / 2))
-        .unwrap_err();
+    let err =
+        Plan::estimate_memory(&net, shape, &PlanOptions::with_max_memory(weights / 2)).unwrap_err();
     let Error::MemoryBudget { needed, reason, .. } = &err else {
         panic!("{err}")
     };
@@ -243,18 +244,16 @@ fn budgets_that_cannot_be_met_say_why() {
     assert!(*needed > weights, "{err}");
     // Above the weights but below what one-row bands need: the error gives the least that
     // does, and that amount is accepted.
-    let err =
-        BandedPlan::estimate_memory(&net, shape, &PlanOptions::with_max_memory(weights + MIB))
-            .unwrap_err();
+    let err = Plan::estimate_memory(&net, shape, &PlanOptions::with_max_memory(weights + MIB))
+        .unwrap_err();
     let Error::MemoryBudget { needed, reason, .. } = &err else {
         panic!("{err}")
     };
     assert!(!reason.contains("weights"), "{err}");
-    let fits =
-        BandedPlan::estimate_memory(&net, shape, &PlanOptions::with_max_memory(*needed)).unwrap();
+    let fits = Plan::estimate_memory(&net, shape, &PlanOptions::with_max_memory(*needed)).unwrap();
     assert!(fits <= *needed);
     // A generous budget changes nothing.
-    let unbudgeted = BandedPlan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
+    let unbudgeted = Plan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
     assert_eq!(
         BandedLayout::for_budget(&net, shape, unbudgeted).unwrap(),
         None

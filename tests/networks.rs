@@ -4,10 +4,10 @@
 mod common;
 
 use common::{gpu, random4, rel_error, rng};
-use dilated::cpu::CpuPlan;
 use dilated::net::{ContextModule, ContextPadding, Model, Network, PresetOptions};
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
-use dilated::{BandedPlan, Conv2d, ConvAlgorithm, Error, PlanOptions, Shape};
+use dilated::{Conv2d, ConvAlgorithm, Error, Plan, PlanOptions, Shape};
 use ndarray::Array4;
 
 /// Fails if any element differs from the input by more than `tol`.
@@ -145,8 +145,7 @@ fn plans_with_every_kernel_agree_with_the_cpu() {
         compare_scores(&out, &cpu, &format!("{algorithm:?}"));
         if algorithm == ConvAlgorithm::Tiled {
             // The estimate with room for timestamp buffers.
-            let estimate =
-                BandedPlan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
+            let estimate = Plan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
             assert!(
                 plan.peak_memory() <= estimate,
                 "peak {} over the estimate {estimate}",

@@ -5,9 +5,10 @@
 mod common;
 
 use common::{gpu, random4, rng};
-use dilated::cpu::{CpuPlan, fast, reference};
+use dilated::cpu::{fast, reference};
 use dilated::gpu::GpuDeconv2d;
 use dilated::net::Network;
+use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
 use dilated::{Conv2d, ConvAlgorithm, Deconv2d, GpuConv2d, MaxPool2d, Padding, Shape, Zoom};
 use ndarray::{Array4, ArrayView4};

@@ -1,8 +1,4 @@
-//! The CPU side: the plain reference (the test oracle), the fast path used for CPU runs, and
-//! networks prepared for the CPU.
+//! The CPU side: the plain reference (the test oracle) and the fast path used for CPU runs.
 
 pub mod fast;
-mod plan;
 pub mod reference;
-
-pub use plan::CpuPlan;

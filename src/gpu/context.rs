@@ -208,7 +208,7 @@ impl Lost {
 /// Every wait on the device is bounded by [`GpuOptions::timeout`]. A lost device (the driver
 /// reports it, [`wgpu::Device::destroy`] was called, or a wait timed out) makes every later
 /// operation return [`Error::Device`] promptly; [`Gpu::is_lost`] tells callers, for example
-/// to run on the CPU instead (see [`crate::executor`]).
+/// to run on the CPU instead (see [`crate::plan::executor`]).
 ///
 /// # One handle per set of objects
 ///

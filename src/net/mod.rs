@@ -1,5 +1,5 @@
 //! Networks as data: a list of named layers with their weights, built and validated once,
-//! run by either backend ([`crate::plan::GpuPlan`], [`crate::cpu::CpuPlan`]).
+//! run by either backend ([`crate::plan::GpuPlan`], [`crate::plan::CpuPlan`]).
 
 mod context;
 mod presets;

@@ -9,7 +9,7 @@ use crate::cpu::fast::{self, CpuConv2d};
 use crate::cpu::reference;
 use crate::error::Result;
 use crate::net::{Network, Op};
-use crate::plan::LayerTimes;
+use crate::timing::LayerTimes;
 
 enum Step {
     Conv(CpuConv2d),

@@ -14,6 +14,7 @@ use crate::gpu::output_ops::{GpuDeconv2d, prepare_per_pixel, prepare_zoom};
 use crate::gpu::{ConvAlgorithm, Gpu, GpuConv2d, Kernel};
 use crate::net::{Layer, Network, Op};
 use crate::spec::Shape;
+use crate::timing::LayerTimes;
 
 /// [`GpuPlan::estimate_memory`] for a run of layers whose output shapes are already known;
 /// `split`: whether the plan may split reductions (and hold their partial sums).
@@ -77,16 +78,6 @@ struct Timestamps {
     queries: wgpu::QuerySet,
     resolved: wgpu::Buffer,
     staging: wgpu::Buffer,
-}
-
-/// Per-layer times of one forward pass.
-#[derive(Clone, Debug)]
-pub struct LayerTimes {
-    /// `(layer name, time)` in order.
-    pub layers: Vec<(String, Duration)>,
-    /// Whether the times come from GPU timestamp queries (otherwise the pass was run layer by
-    /// layer with a wait after each, timed on the host).
-    pub from_timestamps: bool,
 }
 
 /// A network compiled for one GPU and one input shape.

@@ -27,11 +27,12 @@ use std::sync::{Arc, Mutex};
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::banded::{BandedPlan, PlanOptions};
-use crate::cpu::CpuPlan;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::net::Network;
+use crate::plan::banded::Plan;
+use crate::plan::cpu::CpuPlan;
+use crate::plan::options::PlanOptions;
 use crate::spec::Shape;
 
 /// Where an [`Executor`] may run a network.
@@ -76,7 +77,7 @@ pub struct Executor<'g> {
     no_gpu: Option<String>,
     /// The GPU plan of the most recent input shape (plans hold GPU memory, so only one is
     /// kept).
-    plan: Mutex<Option<(Shape, Arc<BandedPlan<'g>>)>>,
+    plan: Mutex<Option<(Shape, Arc<Plan<'g>>)>>,
     cpu: Mutex<Option<Arc<CpuPlan>>>,
     options: PlanOptions,
 }
@@ -205,7 +206,7 @@ impl<'g> Executor<'g> {
                 _ => {
                     // Free the old plan's memory before building the new one.
                     *cached = None;
-                    let plan = Arc::new(BandedPlan::new(gpu, &self.network, shape, &self.options)?);
+                    let plan = Arc::new(Plan::new(gpu, &self.network, shape, &self.options)?);
                     *cached = Some((shape, plan.clone()));
                     plan
                 }

@@ -23,42 +23,18 @@
 //! stitched on the host, then a second plan runs the rest of the network.
 
 use std::ops::Range;
-use std::time::Duration;
 
 use ndarray::{Array4, ArrayView4, s};
 
 use crate::error::{Error, Result};
-use crate::gpu::{ConvAlgorithm, Gpu, Kernel};
 use crate::net::{Layer, Network, Op};
-use crate::plan::{GpuPlan, LayerTimes, estimate_layers};
+use crate::plan::compiled::estimate_layers;
 use crate::spec::Shape;
-
-/// Options of a GPU plan.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PlanOptions {
-    /// Most bytes of GPU memory the plan may hold (weights included); `None` for no limit.
-    /// When the whole network at its input size does not fit, the image is processed in
-    /// horizontal bands (see [`BandLayout`]).
-    pub max_memory: Option<u64>,
-    /// Convolution kernel choice for every layer (default: each layer chooses, see
-    /// [`crate::GpuConv2d::kernel_for`]).
-    pub algorithm: ConvAlgorithm,
-}
-
-impl PlanOptions {
-    /// Options with a memory budget in bytes.
-    pub fn with_max_memory(max_memory: u64) -> Self {
-        Self {
-            max_memory: Some(max_memory),
-            ..Self::default()
-        }
-    }
-}
 
 /// One band: which input rows it reads and which output rows of the banded layers it gives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Band {
-    /// First input row of the band (it spans [`BandLayout::band_height`] rows).
+    /// First input row of the band (it spans [`Bands::band_height`] rows).
     pub input_start: usize,
     /// Output rows of the banded layers (whole-image numbering) taken from this band.
     pub rows: Range<usize>,
@@ -68,7 +44,7 @@ pub struct Band {
 
 /// How an input is cut into bands for the leading row-local layers of a network.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BandLayout {
+pub struct Bands {
     /// The whole input's shape.
     pub input_shape: Shape,
     /// Number of leading layers run band by band; the rest run once on the stitched map.
@@ -84,7 +60,7 @@ pub struct BandLayout {
     pub stitched_shape: Shape,
     /// GPU memory of the banded plan: the band plan and the plan of the remaining layers, as
     /// [`GpuPlan::estimate_memory`] counts them, plus room for timestamp buffers (an upper
-    /// bound of what [`BandedPlan::peak_memory`] reports).
+    /// bound of what [`Plan::peak_memory`] reports).
     pub peak_memory: u64,
 }
 
@@ -117,7 +93,7 @@ pub fn bandable_layers(network: &Network) -> usize {
 const BAND_COST: f64 = 1e9;
 
 /// Bytes of the timestamp buffers a plan of `layers` layers may hold.
-fn timestamp_bytes(layers: usize) -> u64 {
+pub(crate) fn timestamp_bytes(layers: usize) -> u64 {
     32 * layers as u64
 }
 
@@ -172,7 +148,7 @@ fn band_rows(layers: &[Layer], band: Shape, at_bottom: bool) -> Result<(usize, u
     Ok((shape.h, if at_bottom { shape.h } else { valid }))
 }
 
-impl BandLayout {
+impl Bands {
     /// Bands of `rows_per_band` output rows each (the last band may give fewer or overlap the
     /// one before) through the network's leading row-local layers, for an input of
     /// `input_shape`. A value at least the whole output's height gives a single band.
@@ -293,7 +269,7 @@ impl BandLayout {
         })
     }
 
-    /// Runs `front` (the network's first [`BandLayout::banded_layers`] layers, on any backend)
+    /// Runs `front` (the network's first [`Bands::banded_layers`] layers, on any backend)
     /// on every band of `input` and stitches the output rows into the whole map.
     pub fn run(
         &self,
@@ -340,7 +316,7 @@ pub struct Stage {
     /// The stage's layers (indices into the network).
     pub layers: Range<usize>,
     /// How the stage's input is cut into bands (its `banded_layers` is the stage's length).
-    pub bands: BandLayout,
+    pub bands: Bands,
 }
 
 /// A network run within a memory budget: its leading row-local layers in stages, each stage
@@ -361,7 +337,7 @@ pub struct BandedLayout {
     pub rest_start: usize,
     /// GPU memory of the plan: every stage's band plan and the plan of the remaining layers,
     /// as [`GpuPlan::estimate_memory`] counts them, plus room for timestamp buffers (an upper
-    /// bound of what [`BandedPlan::peak_memory`] reports).
+    /// bound of what [`Plan::peak_memory`] reports).
     pub peak_memory: u64,
 }
 
@@ -407,7 +383,7 @@ impl BandedLayout {
                 shapes[range.start - 1]
             };
             let stage_layers = &layers[range.clone()];
-            let bands = BandLayout::of_layers(stage_layers, stage_layers.len(), input, n)?;
+            let bands = Bands::of_layers(stage_layers, stage_layers.len(), input, n)?;
             peak += bands.peak_memory;
             stages.push(Stage {
                 layers: range.clone(),
@@ -639,293 +615,6 @@ pub fn sub_network(network: &Network, range: Range<usize>) -> Result<Network> {
     b.build()
 }
 
-struct StagePlan<'g> {
-    bands: BandLayout,
-    plan: GpuPlan<'g>,
-}
-
-enum Inner<'g> {
-    Whole(GpuPlan<'g>),
-    Bands {
-        layout: BandedLayout,
-        stages: Vec<StagePlan<'g>>,
-        rest: Option<GpuPlan<'g>>,
-    },
-}
-
-/// A network compiled for one GPU and one input shape within an optional memory budget: a
-/// whole-image [`GpuPlan`] when it fits, otherwise the stages of a [`BandedLayout`], each a
-/// plan for one band run band after band (one submission each), and a plan for the remaining
-/// layers on the stitched map. Results equal the whole-image run's.
-pub struct BandedPlan<'g> {
-    inner: Inner<'g>,
-    input_shape: Shape,
-    output_shape: Shape,
-}
-
-impl<'g> BandedPlan<'g> {
-    /// Compiles `network` for inputs of `input_shape` within `options.max_memory`.
-    pub fn new(
-        gpu: &'g Gpu,
-        network: &Network,
-        input_shape: Shape,
-        options: &PlanOptions,
-    ) -> Result<Self> {
-        let layout = match options.max_memory {
-            Some(budget) => BandedLayout::for_budget(network, input_shape, budget)?,
-            None => None,
-        };
-        match layout {
-            Some(layout) => Self::build(gpu, network, layout, options.algorithm),
-            None => Ok(Self {
-                output_shape: network.output_shape(input_shape)?,
-                inner: Inner::Whole(GpuPlan::with_algorithm(
-                    gpu,
-                    network,
-                    input_shape,
-                    options.algorithm,
-                )?),
-                input_shape,
-            }),
-        }
-    }
-
-    /// Compiles `network` to run in the stages and bands of `layout` (made for this network).
-    pub fn with_layout(gpu: &'g Gpu, network: &Network, layout: BandedLayout) -> Result<Self> {
-        Self::build(gpu, network, layout, ConvAlgorithm::Auto)
-    }
-
-    fn build(
-        gpu: &'g Gpu,
-        network: &Network,
-        layout: BandedLayout,
-        algorithm: ConvAlgorithm,
-    ) -> Result<Self> {
-        let output_shape = network.output_shape(layout.input_shape)?;
-        let mut stages = Vec::with_capacity(layout.stages.len());
-        for stage in &layout.stages {
-            let net = sub_network(network, stage.layers.clone())?;
-            let band = Shape {
-                h: stage.bands.band_height,
-                ..stage.bands.input_shape
-            };
-            stages.push(StagePlan {
-                bands: stage.bands.clone(),
-                plan: GpuPlan::build(gpu, &net, band, algorithm, false)?,
-            });
-        }
-        let n = network.layers().len();
-        let rest = if layout.rest_start < n {
-            let input = layout
-                .stages
-                .last()
-                .map_or(layout.input_shape, |s| s.bands.stitched_shape);
-            let net = sub_network(network, layout.rest_start..n)?;
-            Some(GpuPlan::build(gpu, &net, input, algorithm, false)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            input_shape: layout.input_shape,
-            output_shape,
-            inner: Inner::Bands {
-                layout,
-                stages,
-                rest,
-            },
-        })
-    }
-
-    /// GPU memory a plan for `network` at `input_shape` within `options` will hold (an upper
-    /// bound, computed without a device; see [`BandedLayout::peak_memory`]).
-    pub fn estimate_memory(
-        network: &Network,
-        input_shape: Shape,
-        options: &PlanOptions,
-    ) -> Result<u64> {
-        let layout = match options.max_memory {
-            Some(budget) => BandedLayout::for_budget(network, input_shape, budget)?,
-            None => None,
-        };
-        match layout {
-            Some(l) => Ok(l.peak_memory),
-            None => Ok(GpuPlan::estimate_memory(network, input_shape)?
-                + timestamp_bytes(network.layers().len())),
-        }
-    }
-
-    /// The stages and bands, `None` when the network runs whole.
-    pub fn layout(&self) -> Option<&BandedLayout> {
-        match &self.inner {
-            Inner::Whole(_) => None,
-            Inner::Bands { layout, .. } => Some(layout),
-        }
-    }
-
-    /// Number of bands per forward pass over all stages (1 when the network runs whole).
-    pub fn bands(&self) -> usize {
-        self.layout().map_or(1, |l| l.band_count())
-    }
-
-    /// The input shape the plan was compiled for.
-    pub fn input_shape(&self) -> Shape {
-        self.input_shape
-    }
-
-    /// The output shape.
-    pub fn output_shape(&self) -> Shape {
-        self.output_shape
-    }
-
-    fn plans(&self) -> Vec<&GpuPlan<'g>> {
-        match &self.inner {
-            Inner::Whole(p) => vec![p],
-            Inner::Bands { stages, rest, .. } => stages
-                .iter()
-                .map(|s| &s.plan)
-                .chain(rest.as_ref())
-                .collect(),
-        }
-    }
-
-    /// The kernels each layer dispatches, by layer name, in order (from the first band that
-    /// runs the layer; bands of one stage make the same choices up to their height).
-    pub fn layer_kernels(&self) -> Vec<(String, Vec<Kernel>)> {
-        let mut out: Vec<(String, Vec<Kernel>)> = Vec::new();
-        for plan in self.plans() {
-            for (name, kernels) in plan.layer_kernels() {
-                if !out.iter().any(|(n, _)| n == name) {
-                    out.push((name.to_string(), kernels));
-                }
-            }
-        }
-        out
-    }
-
-    /// Bytes of GPU memory the plan holds (every stage's plan when banded).
-    pub fn peak_memory(&self) -> u64 {
-        self.plans().iter().map(|p| p.peak_memory()).sum()
-    }
-
-    /// Bytes of weights on the GPU.
-    pub fn weight_bytes(&self) -> u64 {
-        self.plans().iter().map(|p| p.weight_bytes()).sum()
-    }
-
-    /// Runs the network on an input of the compiled shape.
-    pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
-        self.run(input, None)
-    }
-
-    /// Runs the network and measures each layer (see [`GpuPlan::forward_profiled`]); a banded
-    /// layer's time is summed over its bands.
-    pub fn forward_profiled(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
-        let mut times = LayerTimes {
-            layers: Vec::new(),
-            from_timestamps: true,
-        };
-        let out = self.run(input, Some(&mut times))?;
-        Ok((out, times))
-    }
-
-    fn run(
-        &self,
-        input: ArrayView4<f32>,
-        mut times: Option<&mut LayerTimes>,
-    ) -> Result<Array4<f32>> {
-        let (stages, rest) = match &self.inner {
-            Inner::Whole(p) => {
-                return match times {
-                    None => p.forward(input),
-                    Some(t) => {
-                        let (y, pt) = p.forward_profiled(input)?;
-                        *t = pt;
-                        Ok(y)
-                    }
-                };
-            }
-            Inner::Bands { stages, rest, .. } => (stages, rest),
-        };
-        let mut x: Option<Array4<f32>> = None;
-        for stage in stages {
-            let mut sums: Vec<(String, Duration)> = Vec::new();
-            let view = x.as_ref().map_or(input.view(), |a| a.view());
-            let y = stage.bands.run(view, |band| match times.as_deref_mut() {
-                None => stage.plan.forward(band),
-                Some(t) => {
-                    let (y, bt) = stage.plan.forward_profiled(band)?;
-                    t.from_timestamps &= bt.from_timestamps;
-                    if sums.is_empty() {
-                        sums = bt.layers;
-                    } else {
-                        for ((_, sum), (_, d)) in sums.iter_mut().zip(bt.layers) {
-                            *sum += d;
-                        }
-                    }
-                    Ok(y)
-                }
-            })?;
-            if let Some(t) = times.as_deref_mut() {
-                t.layers.extend(sums);
-            }
-            x = Some(y);
-        }
-        let view = x.as_ref().map_or(input.view(), |a| a.view());
-        match (rest, times) {
-            (None, _) => Ok(x.unwrap_or_else(|| input.to_owned())),
-            (Some(r), None) => r.forward(view),
-            (Some(r), Some(t)) => {
-                let (y, rt) = r.forward_profiled(view)?;
-                t.from_timestamps &= rt.from_timestamps;
-                t.layers.extend(rt.layers);
-                Ok(y)
-            }
-        }
-    }
-}
-
-/// Parses a byte count: a number with an optional binary suffix `K`, `M`, `G` or `T`
-/// (powers of 1024; `KiB`, `MB`, ... are read the same), e.g. `512M`, `1.5G`, `2147483648`.
-pub fn parse_memory_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let bad = |why: &str| Error::InvalidSpec {
-        context: "memory size".into(),
-        reason: format!("{text:?}: {why} (expected e.g. 512M, 1.5G or a byte count)"),
-    };
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let unit = unit.trim().to_ascii_lowercase();
-    let unit = unit
-        .strip_suffix("ib")
-        .or_else(|| unit.strip_suffix('b'))
-        .unwrap_or(&unit);
-    let scale: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return Err(bad("unknown unit")),
-    };
-    if number.is_empty() {
-        return Err(bad("no number"));
-    }
-    let bytes = if number.contains('.') {
-        let v: f64 = number.parse().map_err(|_| bad("not a number"))?;
-        let b = (v * scale as f64).round();
-        if !(0.0..1.8e19).contains(&b) {
-            return Err(bad("out of range"));
-        }
-        b as u64
-    } else {
-        let v: u64 = number.parse().map_err(|_| bad("not a number"))?;
-        v.checked_mul(scale).ok_or_else(|| bad("out of range"))?
-    };
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -941,18 +630,6 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn memory_sizes_parse() {
-        assert_eq!(parse_memory_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_memory_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_memory_size("1.5GiB").unwrap(), 3 << 29);
-        assert_eq!(parse_memory_size(" 64 kb").unwrap(), 64 << 10);
-        assert_eq!(parse_memory_size("1000").unwrap(), 1000);
-        for bad in ["", "M", "12Q", "1.2.3G", "99999999999999999999T", "-1G"] {
-            assert!(parse_memory_size(bad).is_err(), "{bad:?}");
-        }
-    }
-
     /// Every output row is covered once, every band is in phase with the front-end's stride
     /// 8 and inside the image, and only complete windows feed the rows a band gives, for
     /// image heights of every residue modulo 8.
@@ -963,7 +640,7 @@ mod tests {
             let shape = Shape::new(1, 3, h, 380);
             let out_h = net.output_shape(shape).unwrap().h;
             for n in [1, 2, 3, 7, 16, out_h] {
-                let l = BandLayout::with_rows(&net, shape, n).unwrap();
+                let l = Bands::with_rows(&net, shape, n).unwrap();
                 assert_eq!(l.banded_layers, net.layers().len());
                 let mut next = 0;
                 for (i, b) in l.bands.iter().enumerate() {
@@ -993,11 +670,11 @@ mod tests {
     fn band_height_is_eight_rows_per_output_row_plus_the_field() {
         let net = front_end();
         // 1396 - 372 is a multiple of 8: bands of n rows read 8n + 372 input rows.
-        let l = BandLayout::with_rows(&net, Shape::new(1, 3, 1396, 400), 16).unwrap();
+        let l = Bands::with_rows(&net, Shape::new(1, 3, 1396, 400), 16).unwrap();
         assert_eq!(l.band_height, 8 * 16 + 372);
         assert_eq!(l.bands.len(), 8);
         // 1024 - 372 = 652 = 4 (mod 8): four more rows keep the last band in phase.
-        let l = BandLayout::with_rows(&net, Shape::new(1, 3, 1024, 400), 16).unwrap();
+        let l = Bands::with_rows(&net, Shape::new(1, 3, 1024, 400), 16).unwrap();
         assert_eq!(l.band_height, 8 * 16 + 376);
     }
 }
