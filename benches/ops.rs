@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use dilated::cpu::fast::CpuConv2d;
 use dilated::gpu::Kernel;
+use dilated::gpu::{GpuLayer, Io};
 use dilated::net::ContextModule;
 use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
@@ -130,7 +131,9 @@ fn bench_gpu(
     let output = gpu
         .empty(conv.output_shape(layer.input).expect("shape"))
         .expect("output");
-    let dispatches = conv.prepare(gpu, &input, &output).expect("prepare");
+    let dispatches = conv
+        .prepare(gpu, &Io::tensors(&input, &output))
+        .expect("prepare");
     let kernel = conv.kernel_for(output.shape());
     if skip == Some(kernel) {
         return kernel;

@@ -2,6 +2,7 @@
 //!
 //!     cargo run --release --example dilated_conv
 
+use dilated::gpu::GpuLayer;
 use dilated::{Conv2d, Gpu, GpuConv2d, cpu};
 use ndarray::{Array1, Array4};
 

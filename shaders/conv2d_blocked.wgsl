@@ -10,14 +10,12 @@
 // subgroups of at least 8 invocations. The reduction runs over taps (outer) and input channels
 // (inner), so dilation only changes the tap offsets, computed once per tap.
 //
-// Buffers and Params are those of conv2d_direct.wgsl. Weights are stored per output channel as
+// Params: shaders/common/conv_params.wgsl. Weights are stored per output channel as
 // [kh][kw][in] rows of `w_row` elements; `w_base` is the chunk's first input channel in row 0.
 // `total` is the number of workgroups: channel blocks (fastest) x pixel blocks x images.
 // A workgroup covers BLOCK_C channels and BLOCK_P * WG_BLOCKED pixels; invocation `lid` takes
 // pixels lid + j * WG_BLOCKED, j < BLOCK_P. The lines marked `// BLOCK:` are generated from
-// BLOCK_C in src/gpu/kernels.rs.
-
-// Params and bindings: shaders/conv_interface.wgsl (spliced in before this file).
+// BLOCK_C in src/gpu/shader.rs.
 
 // Offset in an input plane of the tap (ky, kx) of output pixel `px`, or -1 in the padding.
 fn tap_offset(px: u32, ky: u32, kx: u32) -> i32 {
@@ -32,20 +30,11 @@ fn fetch(off: i32, plane: u32) -> f32 {
     return select(0.0, input[plane + u32(max(off, 0))], off >= 0);
 }
 
-// Writes one output element with the flags' accumulate, bias and ReLU.
-fn write_out(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
-    if (co >= p.out_c || px >= pixels) {
-        return;
-    }
-    let o = out_img + co * pixels + px;
-    output[o] = finish(acc, o, co);
-}
-
 fn write_pixels(co: u32, px0: u32, pixels: u32, out_img: u32, acc: vec4<f32>) {
-    write_out(co, px0, pixels, out_img, acc.x);
-    write_out(co, px0 + WG_BLOCKED, pixels, out_img, acc.y);
-    write_out(co, px0 + 2u * WG_BLOCKED, pixels, out_img, acc.z);
-    write_out(co, px0 + 3u * WG_BLOCKED, pixels, out_img, acc.w);
+    store_output(co, px0, pixels, out_img, acc.x);
+    store_output(co, px0 + WG_BLOCKED, pixels, out_img, acc.y);
+    store_output(co, px0 + 2u * WG_BLOCKED, pixels, out_img, acc.z);
+    store_output(co, px0 + 3u * WG_BLOCKED, pixels, out_img, acc.w);
 }
 
 @compute @workgroup_size(WG_BLOCKED)

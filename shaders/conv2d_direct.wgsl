@@ -10,17 +10,9 @@
 // w_base + co * w_row + (ky * k_w + kx) * (w_row / (k_h * k_w)) + ci.
 // The chunk covers `batch` images x `out_c` output channels x `in_c` input channels.
 // flags: 1 add bias, 2 ReLU, 4 accumulate into the existing output (input-channel split).
-// Workgroups are linearised over x and y so any size fits the per-dimension limit.
+// Params: shaders/common/conv_params.wgsl; entry point: shaders/common/linear.wgsl.
 
-// Params and bindings: shaders/conv_interface.wgsl (spliced in before this file).
-
-@compute @workgroup_size(WG_LINEAR)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = linear_invocation(wid, nwg, lid);
-    if (i >= p.total) {
-        return;
-    }
+fn element(i: u32) {
     let plane = p.out_h * p.out_w;
     let ox = i % p.out_w;
     let oy = (i / p.out_w) % p.out_h;

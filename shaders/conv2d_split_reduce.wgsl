@@ -1,8 +1,8 @@
 // Second pass of a convolution whose reduction was split over `slices` workgroups per tile
 // (conv2d_tiled.wgsl with k_split > 1): adds each output element's partial sums in slice order
 // (so the result does not depend on scheduling), then applies the flags with the convolution
-// kernels' `finish`: 4 accumulate into the existing output, 1 add bias, 2 ReLU. One invocation per
-// output element of `batch` images of `out_c` channels x `pixels`.
+// kernels' `finish` (shaders/common/conv_finish.wgsl). One invocation per output element of the
+// chunk's images of `out_c` channels x `pixels`.
 //
 // `partial` is the scratch buffer laid out [image][slice][channel][pixel]; `output` is the
 // window of the convolution's output whose chunk starts at `out_base`.
@@ -12,27 +12,19 @@ struct Params {
     out_base: u32, out_batch_stride: u32, bias_base: u32, flags: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> partial: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> output: array<f32>;
+fn element_count() -> u32 {
+    return p.total;
+}
 
-@compute @workgroup_size(WG_LINEAR)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = linear_invocation(wid, nwg, lid);
-    if (i >= p.total) {
-        return;
-    }
+fn element(i: u32) {
     let image = p.out_c * p.pixels;
-    let b = i / image;
     let e = i % image;
     var v = 0.0;
-    var at = b * p.slices * image + e;
+    var at = (i / image) * p.slices * image + e;
     for (var s = 0u; s < p.slices; s++) {
         v += partial[at];
         at += image;
     }
-    let o = p.out_base + b * p.out_batch_stride + e;
+    let o = p.out_base + (i / image) * p.out_batch_stride + e;
     output[o] = finish(v, o, e / p.pixels);
 }

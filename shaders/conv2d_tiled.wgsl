@@ -23,7 +23,7 @@
 //   index is carried as (ci, ky, kx) and advanced by TILE_K each step, so no division is needed
 //   per load.
 //
-// Buffers and Params: shaders/conv_interface.wgsl (spliced in before this file). Weight rows of
+// Params: shaders/common/conv_params.wgsl. Weight rows of
 // `w_row` elements are laid out [kh][kw][in]; flags 1 bias / 2 ReLU / 4 accumulate. `total` is
 // the number of workgroups: tiles over pixels (fastest, so neighbouring workgroups share a weight
 // tile) x tiles over output channels x reduction slices (`k_split`) x images. With a split
@@ -39,25 +39,16 @@ const X_ROW4: u32 = TILE_N / 4u;
 var<workgroup> tile_w: array<vec4<f32>, TILE_K * W_ROW4>; // [k][m / 4]
 var<workgroup> tile_x: array<vec4<f32>, TILE_K * X_ROW4>; // [k][n % 32], component n / 32
 
-// Writes one output element with the flags' accumulate, bias and ReLU.
-fn store(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
-    if (co >= p.out_c || px >= pixels) {
-        return;
-    }
-    let o = out_img + co * pixels + px;
-    output[o] = finish(acc, o, co);
-}
-
 // Writes the 8 outputs of one channel: pixels px + 32 j (`lo`) and px + 16 + 32 j (`hi`).
 fn store_row(co: u32, px: u32, pixels: u32, out_img: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    store(co, px, pixels, out_img, lo.x);
-    store(co, px + 16u, pixels, out_img, hi.x);
-    store(co, px + 32u, pixels, out_img, lo.y);
-    store(co, px + 48u, pixels, out_img, hi.y);
-    store(co, px + 64u, pixels, out_img, lo.z);
-    store(co, px + 80u, pixels, out_img, hi.z);
-    store(co, px + 96u, pixels, out_img, lo.w);
-    store(co, px + 112u, pixels, out_img, hi.w);
+    store_output(co, px, pixels, out_img, lo.x);
+    store_output(co, px + 16u, pixels, out_img, hi.x);
+    store_output(co, px + 32u, pixels, out_img, lo.y);
+    store_output(co, px + 48u, pixels, out_img, hi.y);
+    store_output(co, px + 64u, pixels, out_img, lo.z);
+    store_output(co, px + 80u, pixels, out_img, hi.z);
+    store_output(co, px + 96u, pixels, out_img, lo.w);
+    store_output(co, px + 112u, pixels, out_img, hi.w);
 }
 
 @compute @workgroup_size(WG_TILED)

@@ -123,6 +123,12 @@ pub enum Error {
     #[error("GPU device error: {0}")]
     Device(String),
 
+    /// A broken invariant inside this crate (a bug, or a panic in another thread holding a
+    /// lock): never a reason to retry elsewhere, so never a GPU failure that falls back to the
+    /// CPU. Please report it.
+    #[error("internal error in dilated: {0}")]
+    Internal(String),
+
     /// A layer name or network structure problem found while building a network.
     #[error("layer {layer}: {reason}")]
     Layer {
@@ -200,7 +206,8 @@ pub enum Error {
 impl Error {
     /// True for failures of the GPU rather than of the request: no adapter, no device, a lost
     /// device or failed submission, out of GPU memory, beyond the device's limits. The same work
-    /// may still succeed on the CPU (see [`crate::plan::executor`]).
+    /// may still succeed on the CPU (see [`crate::plan::executor`]). [`Error::Internal`] is
+    /// not one of them: a bug does not go away on the CPU, and must not be hidden by a fallback.
     pub fn is_gpu_failure(&self) -> bool {
         matches!(
             self,

@@ -5,7 +5,7 @@
 //! implementation of every op that checks the GPU.
 //!
 //! ```no_run
-//! use dilated::{Conv2d, Gpu, GpuConv2d, cpu};
+//! use dilated::{Conv2d, Gpu, GpuConv2d, GpuLayer, cpu};
 //! use ndarray::{Array1, Array4};
 //!
 //! let gpu = Gpu::new()?;
@@ -33,6 +33,6 @@ pub mod timing;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, GpuTensor};
+pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuLayer, GpuOptions, GpuTensor};
 pub use plan::{Plan, PlanOptions};
 pub use spec::{Conv2d, Deconv2d, MaxPool2d, Padding, Shape, Zoom};

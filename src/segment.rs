@@ -6,7 +6,7 @@ use ndarray::{Array2, Array3, Array4, ArrayView3, s};
 
 use crate::cpu::reference;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, GpuLayer, GpuZoom};
 use crate::net::{Model, ModelInfo, Network, Upsampling};
 use crate::plan::{CpuPlan, Plan, PlanOptions};
 use crate::spec::{Shape, Zoom};
@@ -211,7 +211,11 @@ impl<'g> Segmenter<'g> {
         let (probs, labels) = match &self.runner {
             Runner::Gpu(gpu, _, true) => {
                 let t = gpu.upload(stitched.view())?;
-                let full = if factor > 1 { gpu.zoom(&zoom, &t)? } else { t };
+                let full = if factor > 1 {
+                    GpuZoom::new(zoom).forward(gpu, &t)?
+                } else {
+                    t
+                };
                 let labels = gpu.argmax(&full)?;
                 let probs = if want_probabilities {
                     Some(gpu.download(&full)?)

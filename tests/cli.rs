@@ -29,11 +29,14 @@ fn random_preset(model: Model, divisor: usize, seed: u64) -> Network {
         })
         .unwrap();
     let mut r = rng(seed);
-    for (name, shape, bias) in net.expected_weights() {
+    for layer in net.required_weights() {
+        let shape = layer.weight_shape;
         let fan_in = (shape[1] * shape[2] * shape[3]) as f32;
         let w = random4(&mut r, shape).mapv(|v| v * (3.0 / fan_in).sqrt());
-        let b = bias.then(|| common::random1(&mut r, shape[0]).mapv(|v| v * 0.1));
-        net.set_weights(&name, w, b).unwrap();
+        let b = layer
+            .bias
+            .then(|| common::random1(&mut r, shape[0]).mapv(|v| v * 0.1));
+        net.set_weights(&layer.name, w, b).unwrap();
     }
     net
 }

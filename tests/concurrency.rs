@@ -9,6 +9,7 @@ use std::sync::Arc;
 use common::{gpu, random4, rel_error, rng};
 use dilated::cpu::reference;
 use dilated::gpu::GpuDeconv2d;
+use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom};
 use dilated::net::Network;
 use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
@@ -175,10 +176,10 @@ fn one_shot(gpu: &Gpu, layers: &Layers, seed: u64) -> Result<OneShot, Error> {
     Ok(OneShot {
         conv: gpu.download(&layers.conv.forward(gpu, &t)?)?,
         deconv: gpu.download(&layers.deconv.forward(gpu, &t)?)?,
-        relu: gpu.download(&gpu.relu(&t)?)?,
-        pool: gpu.download(&gpu.max_pool2d(&pool, &t)?)?,
-        softmax: gpu.download(&gpu.softmax(&t)?)?,
-        zoom: gpu.download(&gpu.zoom(&Zoom { factor: 3 }, &t)?)?,
+        relu: gpu.download(&GpuRelu.forward(gpu, &t)?)?,
+        pool: gpu.download(&GpuMaxPool2d::new(pool).forward(gpu, &t)?)?,
+        softmax: gpu.download(&GpuSoftmax.forward(gpu, &t)?)?,
+        zoom: gpu.download(&GpuZoom::new(Zoom { factor: 3 }).forward(gpu, &t)?)?,
         argmax: gpu.argmax(&t)?,
     })
 }
@@ -264,8 +265,8 @@ fn one_threads_errors_are_not_reported_to_another() {
                 let mut errors = 0;
                 for _ in 0..3 * ITERATIONS {
                     errors += usize::from(gpu.download(&foreign).is_err());
-                    errors += usize::from(gpu.relu(&foreign).is_err());
-                    errors += usize::from(gpu.softmax(&foreign).is_err());
+                    errors += usize::from(GpuRelu.forward(gpu, &foreign).is_err());
+                    errors += usize::from(GpuSoftmax.forward(gpu, &foreign).is_err());
                 }
                 errors
             })

@@ -4,6 +4,7 @@ mod common;
 
 use common::gpu;
 use dilated::cpu::reference;
+use dilated::gpu::GpuLayer;
 use dilated::{Conv2d, Error, GpuConv2d, MaxPool2d, Shape};
 use ndarray::{Array1, Array4};
 

@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{random4, rel_error, rng};
+use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom};
 use dilated::net::Network;
 use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
@@ -136,10 +137,13 @@ fn a_destroyed_device_fails_promptly_and_the_executor_falls_back() {
             "new conv",
             GpuConv2d::new(&gpu, spec, w.view(), Some(b.view())),
         );
-        device_error("relu", gpu.relu(&t));
-        device_error("softmax", gpu.softmax(&t));
-        device_error("max pool", gpu.max_pool2d(&MaxPool2d::caffe(2, 2), &t));
-        device_error("zoom", gpu.zoom(&Zoom { factor: 2 }, &t));
+        device_error("relu", GpuRelu.forward(&gpu, &t));
+        device_error("softmax", GpuSoftmax.forward(&gpu, &t));
+        device_error(
+            "max pool",
+            GpuMaxPool2d::new(MaxPool2d::caffe(2, 2)).forward(&gpu, &t),
+        );
+        device_error("zoom", GpuZoom::new(Zoom { factor: 2 }).forward(&gpu, &t));
         device_error("argmax", gpu.argmax(&t));
         device_error("empty", gpu.empty(SHAPE));
         let elapsed = start.elapsed();

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use common::{gpu, random1, random4, rel_error, rng};
 use dilated::gpu::Kernel;
+use dilated::gpu::{GpuLayer, Io};
 use dilated::{Conv2d, ConvAlgorithm, GpuConv2d, Padding, Shape, cpu};
 use ndarray::{Array1, Array4};
 use rand::Rng;
@@ -178,7 +179,9 @@ fn check_all(algorithm: ConvAlgorithm) -> BTreeSet<String> {
         let out_shape = conv.output_shape(input.shape()).expect("output shape");
         let kernel = conv.kernel_for(out_shape);
         let output = gpu.filled(out_shape, f32::NAN).expect("output");
-        let dispatches = conv.prepare(gpu, &input, &output).expect("prepare");
+        let dispatches = conv
+            .prepare(gpu, &Io::tensors(&input, &output))
+            .expect("prepare");
         kernels.extend(dispatches.iter().map(|d| format!("{:?}", d.kernel())));
         gpu.run(&dispatches).expect("forward");
         let got = gpu.download(&output).expect("download");

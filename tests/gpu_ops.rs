@@ -5,6 +5,7 @@ mod common;
 
 use common::{gpu, random1, random4, rel_error, rng};
 use dilated::cpu::reference;
+use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuRelu};
 use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, MaxPool2d, Padding, Shape};
 use ndarray::Array4;
 use rand::Rng;
@@ -306,7 +307,7 @@ fn more_than_65535_workgroups() {
     let x = random4(&mut rng(96), [1, 1, 2100, 2100]);
     let input = gpu.upload(x.view()).unwrap();
     let mut out = gpu.filled(input.shape(), f32::NAN).unwrap();
-    gpu.relu_into(&input, &mut out).unwrap();
+    GpuRelu.forward_into(gpu, &input, &mut out).unwrap();
     let err = rel_error(
         gpu.download(&out).unwrap().view(),
         reference::relu(x.view()).view(),
@@ -322,7 +323,9 @@ fn check_pool(seed: u64, spec: MaxPool2d, shape: [usize; 4]) -> f64 {
     let mut out = gpu
         .filled(spec.output_shape(input.shape(), "pool").unwrap(), f32::NAN)
         .unwrap();
-    gpu.max_pool2d_into(&spec, &input, &mut out).unwrap();
+    GpuMaxPool2d::new(spec)
+        .forward_into(gpu, &input, &mut out)
+        .unwrap();
     rel_error(gpu.download(&out).unwrap().view(), want.view())
 }
 
@@ -379,7 +382,7 @@ fn relu_matches_reference() {
         let x = random4(&mut rng(400 + i as u64), shape);
         let input = gpu.upload(x.view()).unwrap();
         let mut out = gpu.filled(input.shape(), f32::NAN).unwrap();
-        gpu.relu_into(&input, &mut out).unwrap();
+        GpuRelu.forward_into(gpu, &input, &mut out).unwrap();
         let got = gpu.download(&out).unwrap();
         assert_eq!(rel_error(got.view(), reference::relu(x.view()).view()), 0.0);
         assert!(got.iter().all(|&v| v >= 0.0));

@@ -6,6 +6,7 @@ mod common;
 use common::{gpu, random4, rel_error, rng};
 use dilated::cpu::reference;
 use dilated::gpu::GpuDeconv2d;
+use dilated::gpu::{GpuLayer, GpuSoftmax, GpuZoom};
 use dilated::{Deconv2d, Zoom};
 use ndarray::Array4;
 
@@ -20,7 +21,7 @@ fn softmax_matches_reference() {
         let x = random4(&mut rng(600 + i as u64), shape).mapv(|v| v * 60.0);
         let input = gpu.upload(x.view()).unwrap();
         let mut out = gpu.filled(input.shape(), f32::NAN).unwrap();
-        gpu.softmax_into(&input, &mut out).unwrap();
+        GpuSoftmax.forward_into(gpu, &input, &mut out).unwrap();
         let got = gpu.download(&out).unwrap();
         let err = rel_error(got.view(), reference::softmax(x.view()).view());
         assert!(err <= 1e-5, "softmax {shape:?}: {err:e}");
@@ -58,7 +59,9 @@ fn zoom_matches_reference() {
         let mut out = gpu
             .filled(spec.output_shape(input.shape(), "zoom").unwrap(), f32::NAN)
             .unwrap();
-        gpu.zoom_into(&spec, &input, &mut out).unwrap();
+        GpuZoom::new(spec)
+            .forward_into(gpu, &input, &mut out)
+            .unwrap();
         let got = gpu.download(&out).unwrap();
         let err = rel_error(got.view(), reference::zoom(x.view(), &spec).unwrap().view());
         assert!(err <= 1e-6, "zoom x{f} {shape:?}: {err:e}");

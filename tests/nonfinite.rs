@@ -7,6 +7,7 @@ mod common;
 use common::{gpu, random4, rng};
 use dilated::cpu::{fast, reference};
 use dilated::gpu::GpuDeconv2d;
+use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom};
 use dilated::net::Network;
 use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
@@ -146,7 +147,7 @@ fn relu_keeps_nan_and_clamps_negative_infinity() {
     assert_eq!(want[[1, 2, 6, 8]], 0.0, "ReLU(-inf) is 0");
     let t = gpu.upload(x.view()).unwrap();
     let mut out = gpu_out(t.shape());
-    gpu.relu_into(&t, &mut out).unwrap();
+    GpuRelu.forward_into(gpu, &t, &mut out).unwrap();
     same_pattern("relu", gpu.download(&out).unwrap().view(), want.view(), 0.0);
     // The fused ReLU of a convolution as well: a 1x1 convolution of one channel with weight 1
     // is the identity (more channels would mix in 0 * inf = NaN).
@@ -193,7 +194,9 @@ fn max_pool_windows_with_nan_give_nan() {
         assert!(want[[0, 0, 0, 0]].is_nan(), "the window holding the NaN");
         let t = gpu.upload(x.view()).unwrap();
         let mut out = gpu_out(pool.output_shape(t.shape(), "pool").unwrap());
-        gpu.max_pool2d_into(&pool, &t, &mut out).unwrap();
+        GpuMaxPool2d::new(pool)
+            .forward_into(gpu, &t, &mut out)
+            .unwrap();
         let got = gpu.download(&out).unwrap();
         same_pattern(&format!("max pool {i}"), got.view(), want.view(), 0.0);
     }
@@ -204,7 +207,8 @@ fn max_pool_windows_with_nan_give_nan() {
     assert_eq!(want[[0, 0, 0, 0]], f32::NEG_INFINITY);
     let got = gpu
         .download(
-            &gpu.max_pool2d(&pool, &gpu.upload(x.view()).unwrap())
+            &GpuMaxPool2d::new(pool)
+                .forward(gpu, &gpu.upload(x.view()).unwrap())
                 .unwrap(),
         )
         .unwrap();
@@ -218,7 +222,7 @@ fn softmax_argmax_zoom_and_deconv_agree() {
     let t = gpu.upload(x.view()).unwrap();
 
     let mut out = gpu_out(t.shape());
-    gpu.softmax_into(&t, &mut out).unwrap();
+    GpuSoftmax.forward_into(gpu, &t, &mut out).unwrap();
     let want = reference::softmax(x.view());
     same_pattern(
         "softmax",
@@ -233,7 +237,7 @@ fn softmax_argmax_zoom_and_deconv_agree() {
     for factor in [1, 3, 8] {
         let zoom = Zoom { factor };
         let mut out = gpu_out(zoom.output_shape(t.shape(), "zoom").unwrap());
-        gpu.zoom_into(&zoom, &t, &mut out).unwrap();
+        GpuZoom::new(zoom).forward_into(gpu, &t, &mut out).unwrap();
         let want = reference::zoom(x.view(), &zoom).unwrap();
         same_pattern(
             &format!("zoom {factor}"),
@@ -253,7 +257,11 @@ fn softmax_argmax_zoom_and_deconv_agree() {
     assert_eq!(want[[0, 0, 0, 0]], x1[[0, 0, 0, 0]]);
     assert!(want[[0, 0, 0, 1]].is_finite() && want[[0, 0, 1, 1]] == f32::INFINITY);
     let got = gpu
-        .download(&gpu.zoom(&zoom, &gpu.upload(x1.view()).unwrap()).unwrap())
+        .download(
+            &GpuZoom::new(zoom)
+                .forward(gpu, &gpu.upload(x1.view()).unwrap())
+                .unwrap(),
+        )
         .unwrap();
     same_pattern("zoom of one infinity", got.view(), want.view(), 1e-6);
 

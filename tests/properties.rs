@@ -7,6 +7,7 @@ mod common;
 use common::{gpu, rel_error};
 use dilated::cpu::{fast, reference};
 use dilated::gpu::GpuDeconv2d;
+use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuZoom};
 use dilated::{Conv2d, ConvAlgorithm, Deconv2d, Error, GpuConv2d, MaxPool2d, Padding, Shape, Zoom};
 use ndarray::{Array1, Array4};
 use proptest::prelude::*;
@@ -189,7 +190,7 @@ proptest! {
         let shape = pool.output_shape(input, "pool");
         let r = reference::max_pool2d(x.view(), &pool);
         let gpu = gpu();
-        let g = gpu.upload(x.view()).and_then(|t| gpu.max_pool2d(&pool, &t)).and_then(|t| gpu.download(&t));
+        let g = gpu.upload(x.view()).and_then(|t| GpuMaxPool2d::new(pool).forward(gpu, &t)).and_then(|t| gpu.download(&t));
         // Caffe's size: rounded (up or down) window count, less a last window that would start
         // in the far padding.
         let axis = |size: usize, lo: usize, hi: usize, k: usize, s: usize| -> Option<usize> {
@@ -275,7 +276,7 @@ proptest! {
         let x = random4(seed, input.dims());
         let r = reference::zoom(x.view(), &zoom);
         let gpu = gpu();
-        let g = gpu.upload(x.view()).and_then(|t| gpu.zoom(&zoom, &t)).and_then(|t| gpu.download(&t));
+        let g = gpu.upload(x.view()).and_then(|t| GpuZoom::new(zoom).forward(gpu, &t)).and_then(|t| gpu.download(&t));
         if factor > 0 && h > 0 {
             let want = Shape::new(n, c, h * factor, w * factor);
             prop_assert_eq!(zoom.output_shape(input, "z").unwrap(), want);

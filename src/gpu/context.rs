@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::kernels::Kernels;
+use crate::gpu::shader::Kernels;
 
 /// How to pick an adapter and how long to wait for it. [`GpuOptions::from_env`] reads
 /// `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` and `DILATED_GPU_TIMEOUT`.
@@ -438,7 +438,7 @@ impl Gpu {
         let mut errs = self
             .uncaptured
             .lock()
-            .map_err(|_| Error::Device("error log poisoned".into()))?;
+            .map_err(|_| Error::Internal("the device error log is poisoned".into()))?;
         if !errs.is_empty() {
             let msg = errs.join("; ");
             errs.clear();

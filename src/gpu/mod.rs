@@ -1,13 +1,21 @@
-//! The GPU side: device setup, tensors, kernels and ops.
+//! The GPU side: device setup, tensors, the kernels' sources and pipelines, and one layer type
+//! per op behind [`GpuLayer`].
+//!
+//! Adding an op takes one file in `ops/` (its uniform declared with `uniform!`, its layer type
+//! implementing [`GpuLayer`]) and one shader in `shaders/` listed in [`shader::Kernel`].
 
 pub mod context;
-pub mod kernels;
+pub mod dispatch;
+pub mod layer;
 pub mod ops;
-pub mod output_ops;
+pub mod shader;
 pub mod tensor;
 
 pub use context::{AdapterReport, Gpu, GpuOptions, list_adapters};
-pub use kernels::Kernel;
-pub use ops::{ConvAlgorithm, Dispatch, GpuConv2d};
-pub use output_ops::GpuDeconv2d;
+pub use dispatch::Dispatch;
+pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
+pub use ops::{
+    ConvAlgorithm, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom,
+};
+pub use shader::Kernel;
 pub use tensor::GpuTensor;

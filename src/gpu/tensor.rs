@@ -176,7 +176,7 @@ impl Gpu {
     pub fn download(&self, tensor: &GpuTensor) -> Result<Array4<f32>> {
         let data = self.read_f32(&tensor.buffer, 0, tensor.shape.len())?;
         Array4::from_shape_vec(tensor.shape.dims(), data)
-            .map_err(|e| Error::Device(format!("read-back of {}: {e}", tensor.shape)))
+            .map_err(|e| Error::Internal(format!("read-back of {}: {e}", tensor.shape)))
     }
 
     /// Reads `len` f32 elements starting at element `start` of a buffer.

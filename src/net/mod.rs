@@ -247,18 +247,6 @@ impl Network {
         Ok(reports)
     }
 
-    /// The weights this network expects, for checking a weight file against it.
-    pub fn expected_weights(&self) -> Vec<(String, [usize; 4], bool)> {
-        self.layers
-            .iter()
-            .filter_map(|l| match &l.op {
-                Op::Conv { spec, .. } => Some((l.name.clone(), spec.weight_shape(), spec.bias)),
-                Op::Deconv { spec, .. } => Some((l.name.clone(), spec.weight_shape(), false)),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Replaces a layer's weights (and bias), checking shapes.
     pub fn set_weights(
         &mut self,

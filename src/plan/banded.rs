@@ -65,11 +65,6 @@ impl<'g> Plan<'g> {
         }
     }
 
-    /// Compiles `network` to run in the stages and bands of `layout` (made for this network).
-    pub fn with_layout(gpu: &'g Gpu, network: &Network, layout: BandedLayout) -> Result<Self> {
-        Self::build(gpu, network, layout, ConvAlgorithm::Auto)
-    }
-
     fn build(
         gpu: &'g Gpu,
         network: &Network,

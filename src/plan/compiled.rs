@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 use ndarray::{Array4, ArrayView4};
 
 use crate::error::{Error, Result};
-use crate::gpu::ops::{
-    Dispatch, prepare_max_pool_buffers, prepare_relu_buffers, split_scratch_bytes,
-};
-use crate::gpu::output_ops::{GpuDeconv2d, prepare_per_pixel, prepare_zoom};
-use crate::gpu::{ConvAlgorithm, Gpu, GpuConv2d, Kernel};
+use crate::gpu::layer::named_after;
+use crate::gpu::ops::conv_chunks::split_scratch_bytes;
+use crate::gpu::{ConvAlgorithm, Dispatch, Gpu, GpuLayer, Io, Kernel, LayerOptions, layer_for};
 use crate::net::{Layer, Network, Op};
 use crate::spec::Shape;
 use crate::timing::LayerTimes;
@@ -50,28 +48,12 @@ pub(crate) fn estimate_layers(
     input_shape.bytes() + ping_pong * largest + output + weights + scratch
 }
 
-/// An error of the layer `name`, which says so when it is about the device's limits.
-fn named_after(name: &str, e: Error) -> Error {
-    match e {
-        Error::ExceedsDeviceLimits {
-            what,
-            bytes,
-            limit_name,
-            limit,
-        } => Error::ExceedsDeviceLimits {
-            what: format!("layer {name}: {what}"),
-            bytes,
-            limit_name,
-            limit,
-        },
-        other => other,
-    }
-}
-
 struct PlannedLayer {
     name: String,
     output: Shape,
     dispatches: Vec<Dispatch>,
+    /// The layer's weights, bound by the dispatches (which hold them too; this documents it).
+    _op: Box<dyn GpuLayer>,
 }
 
 struct Timestamps {
@@ -105,9 +87,6 @@ pub struct GpuPlan<'g> {
     weight_bytes: u64,
     peak_bytes: u64,
     pass: Mutex<()>,
-    // Keep the weights alive for the bind groups' sake (they hold them too; this documents it).
-    _convs: Vec<GpuConv2d>,
-    _deconvs: Vec<GpuDeconv2d>,
     _scratch: Option<wgpu::Buffer>,
 }
 
@@ -160,34 +139,19 @@ impl<'g> GpuPlan<'g> {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
 
-        // Weights first, so the scratch buffer the layers share for split reductions is sized
-        // before any layer is recorded.
-        let mut convs = Vec::new();
-        let mut deconvs = Vec::new();
+        // Every layer built (weights uploaded) before any is recorded, so the scratch buffer
+        // the layers share for split reductions is sized first.
+        let options = LayerOptions { algorithm, split };
+        let mut built = Vec::with_capacity(shapes.len());
         let mut weight_bytes = 0;
         let mut scratch_len = 0;
         let mut in_shape = input_shape;
         for (layer, &out_shape) in network.layers().iter().zip(&shapes) {
-            match &layer.op {
-                Op::Conv { spec, weight, bias } => {
-                    let conv =
-                        GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))?
-                            .with_algorithm(algorithm)
-                            .with_split(split);
-                    weight_bytes += conv.weight_bytes();
-                    let bytes = conv
-                        .scratch_bytes(gpu, in_shape)
-                        .map_err(|e| named_after(&layer.name, e))?;
-                    scratch_len = scratch_len.max(bytes);
-                    convs.push(conv);
-                }
-                Op::Deconv { spec, weight } => {
-                    let deconv = GpuDeconv2d::new(gpu, *spec, weight.view())?;
-                    weight_bytes += deconv.weight_bytes();
-                    deconvs.push(deconv);
-                }
-                _ => {}
-            }
+            let named = |e| named_after(&layer.name, e);
+            let op = layer_for(gpu, &layer.op, options).map_err(named)?;
+            weight_bytes += op.weight_bytes();
+            scratch_len = scratch_len.max(op.scratch_bytes(gpu, in_shape).map_err(named)?);
+            built.push((layer.name.clone(), in_shape, out_shape, op));
             in_shape = out_shape;
         }
         let scratch = match scratch_len {
@@ -198,47 +162,26 @@ impl<'g> GpuPlan<'g> {
                 wgpu::BufferUsages::STORAGE,
             )?),
         };
-
-        let mut layers = Vec::with_capacity(shapes.len());
-        let (mut next_conv, mut next_deconv) = (convs.iter(), deconvs.iter());
-        let mut in_shape = input_shape;
-        for (i, (layer, &out_shape)) in network.layers().iter().zip(&shapes).enumerate() {
-            let src = if i == 0 {
-                &input
-            } else {
-                &activations[(i - 1) % ping_pong]
+        let mut layers = Vec::with_capacity(built.len());
+        for (i, (name, input_shape, output_shape, op)) in built.into_iter().enumerate() {
+            let io = Io {
+                input: if i == 0 {
+                    &input
+                } else {
+                    &activations[(i - 1) % ping_pong]
+                },
+                input_shape,
+                output: &activations[i % ping_pong],
+                output_shape,
+                scratch: scratch.as_ref(),
             };
-            let dst = &activations[i % ping_pong];
-            let named = |e| named_after(&layer.name, e);
-            let dispatches = match &layer.op {
-                Op::Conv { .. } => next_conv
-                    .next()
-                    .ok_or_else(|| Error::Device("plan: convolution missing".into()))?
-                    .prepare_buffers(gpu, src, in_shape, dst, out_shape, scratch.as_ref())
-                    .map_err(named)?,
-                Op::Deconv { .. } => next_deconv
-                    .next()
-                    .ok_or_else(|| Error::Device("plan: deconvolution missing".into()))?
-                    .prepare_buffers(gpu, src, in_shape, dst, out_shape)
-                    .map_err(named)?,
-                Op::MaxPool(p) => prepare_max_pool_buffers(gpu, p, src, in_shape, dst, out_shape)
-                    .map_err(named)?,
-                Op::Relu => {
-                    prepare_relu_buffers(gpu, src, in_shape, dst, out_shape).map_err(named)?
-                }
-                Op::Softmax => {
-                    prepare_per_pixel(gpu, Kernel::Softmax, src, in_shape, dst).map_err(named)?
-                }
-                Op::Zoom(z) => {
-                    prepare_zoom(gpu, z, src, in_shape, dst, out_shape).map_err(named)?
-                }
-            };
+            let dispatches = op.prepare(gpu, &io).map_err(|e| named_after(&name, e))?;
             layers.push(PlannedLayer {
-                name: layer.name.clone(),
-                output: out_shape,
+                name,
+                output: output_shape,
                 dispatches,
+                _op: op,
             });
-            in_shape = out_shape;
         }
 
         let timestamps = if gpu.has_timestamps() {
@@ -289,8 +232,6 @@ impl<'g> GpuPlan<'g> {
             weight_bytes,
             peak_bytes,
             pass: Mutex::new(()),
-            _convs: convs,
-            _deconvs: deconvs,
             _scratch: scratch,
         })
     }
@@ -320,8 +261,8 @@ impl<'g> GpuPlan<'g> {
         self.layers.last().map_or(self.input_shape, |l| l.output)
     }
 
-    /// Bytes of GPU memory the plan holds: weights, input, the two activation buffers and the
-    /// read-back buffer.
+    /// Bytes of GPU memory the plan holds: weights, the input, the activation buffers, the
+    /// read-back buffer, the split reductions' shared scratch and the timestamp buffers.
     pub fn peak_memory(&self) -> u64 {
         self.peak_bytes
     }
@@ -342,11 +283,6 @@ impl<'g> GpuPlan<'g> {
                 )
             })
             .collect()
-    }
-
-    /// Number of dispatches per forward pass.
-    pub fn dispatch_count(&self) -> usize {
-        self.layers.iter().map(|l| l.dispatches.len()).sum()
     }
 
     /// Runs the network on an input of the compiled shape.
@@ -407,7 +343,7 @@ impl<'g> GpuPlan<'g> {
         let _pass = self
             .pass
             .lock()
-            .map_err(|_| Error::Device("a previous forward pass panicked".into()))?;
+            .map_err(|_| Error::Internal("a previous forward pass of this plan panicked".into()))?;
         self.upload(&input)?;
         let gpu = self.gpu;
         let ts = if timed {
@@ -448,7 +384,7 @@ impl<'g> GpuPlan<'g> {
             self.output_shape().dims(),
             bytemuck::cast_slice::<u8, f32>(&data).to_vec(),
         )
-        .map_err(|e| Error::Device(format!("read-back: {e}")))?;
+        .map_err(|e| Error::Internal(format!("read-back: {e}")))?;
         let times = match ts {
             Some(t) => {
                 let raw = gpu.read_mapped(&t.staging, t.staging.size())?;
@@ -478,7 +414,7 @@ impl<'g> GpuPlan<'g> {
         let _pass = self
             .pass
             .lock()
-            .map_err(|_| Error::Device("a previous forward pass panicked".into()))?;
+            .map_err(|_| Error::Internal("a previous forward pass of this plan panicked".into()))?;
         self.upload(&input)?;
         self.gpu.submit_and_wait(
             self.gpu
@@ -496,7 +432,7 @@ impl<'g> GpuPlan<'g> {
             .gpu
             .read_f32(self.output_buffer(), 0, self.output_shape().len())?;
         let out = Array4::from_shape_vec(self.output_shape().dims(), raw)
-            .map_err(|e| Error::Device(format!("read-back: {e}")))?;
+            .map_err(|e| Error::Internal(format!("read-back: {e}")))?;
         Ok((
             out,
             LayerTimes {

@@ -133,11 +133,6 @@ impl<'g> Executor<'g> {
         self.run_on
     }
 
-    /// The GPU, if the executor has one.
-    pub fn device(&self) -> Option<&'g Gpu> {
-        self.gpu
-    }
-
     /// The network.
     pub fn network(&self) -> &Network {
         &self.network

@@ -1,0 +1,448 @@
+//! Convolution on the GPU: weights uploaded once in the kernels' layout, the kernel chosen per
+//! layer (direct, tiled with an optional split reduction, or register-blocked), the work split
+//! into chunks that fit one storage binding (see [`crate::gpu::ops::conv_chunks`]).
+
+use ndarray::{ArrayView1, ArrayView4};
+
+use crate::cpu::reference::check_conv_params;
+use crate::error::Result;
+use crate::gpu::context::Gpu;
+use crate::gpu::dispatch::{Dispatch, expect_shape};
+use crate::gpu::layer::{GpuLayer, Io};
+use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks, split_slices};
+use crate::gpu::shader::{
+    BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
+    WG_TILED, uniform,
+};
+use crate::spec::{Conv2d, Shape};
+
+/// Which convolution kernel to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Chosen from the adapter and the layer's geometry (see [`GpuConv2d::kernel_for`]).
+    #[default]
+    Auto,
+    /// One output per invocation.
+    Direct,
+    /// Workgroup-tiled implicit matrix product (the pointwise variant for 1x1 layers).
+    Tiled,
+    /// Register-blocked without workgroup memory, weights shared through subgroup broadcasts
+    /// (for adapters that run shaders on CPU cores; needs subgroups of at least 8).
+    Blocked,
+}
+
+uniform! {
+    /// Uniform of the convolution kernels (`shaders/common/conv_params.wgsl`).
+    pub(crate) struct ConvParams {
+        in_c: u32, in_h: u32, in_w: u32, in_base: u32,
+        out_c: u32, out_h: u32, out_w: u32, out_base: u32,
+        k_h: u32, k_w: u32, dil_h: u32, dil_w: u32,
+        stride_h: u32, stride_w: u32, pad_top: u32, pad_left: u32,
+        w_base: u32, w_row: u32, bias_base: u32, flags: u32,
+        batch: u32, in_batch_stride: u32, out_batch_stride: u32, total: u32,
+        k_split: u32, pad0: u32, pad1: u32, pad2: u32,
+    }
+}
+
+uniform! {
+    /// Uniform of `shaders/conv2d_split_reduce.wgsl`.
+    pub(crate) struct SplitReduceParams {
+        out_c: u32, pixels: u32, slices: u32, total: u32,
+        out_base: u32, out_batch_stride: u32, bias_base: u32, flags: u32,
+    }
+}
+
+const FLAG_BIAS: u32 = 1;
+const FLAG_RELU: u32 = 2;
+const FLAG_ACCUMULATE: u32 = 4;
+
+/// A convolution layer with its weights on the GPU.
+///
+/// The weights are stored per output channel as `[kh][kw][in]` rows (input channels innermost),
+/// so the kernels read consecutive weights while they walk the input channels of one tap, and a
+/// range of output channels stays one contiguous window.
+pub struct GpuConv2d {
+    spec: Conv2d,
+    weight: wgpu::Buffer,
+    bias: wgpu::Buffer,
+    /// The uniform's fields fixed by the spec; each chunk fills in its windows and sizes.
+    template: ConvParams,
+    algorithm: ConvAlgorithm,
+    /// The device runs shaders on CPU cores (lavapipe, llvmpipe, SwiftShader, WARP).
+    cpu_adapter: bool,
+    /// Subgroups are enabled and hold at least [`BLOCKED_MIN_SUBGROUP`] invocations.
+    blocked_supported: bool,
+    /// Whether the tiled kernel may split its reduction.
+    split: bool,
+    /// The device allows the tiled kernel's workgroup size and workgroup memory.
+    tiled_supported: bool,
+}
+
+/// Whether a device's limits allow the tiled kernel: a 256 x 1 x 1 workgroup and its two tiles
+/// in workgroup memory (the weight tile's rows padded by one vec4).
+fn tiled_fits(limits: &wgpu::Limits) -> bool {
+    let shared = 16 * TILE_K * (TILE_M / 4 + 1) + 16 * TILE_K * (TILE_N / 4);
+    limits.max_compute_invocations_per_workgroup >= WG_TILED
+        && limits.max_compute_workgroup_size_x >= WG_TILED
+        && limits.max_compute_workgroup_storage_size >= shared
+}
+
+/// Most f32 elements per piece of the host-side weight reordering, bounding its scratch memory.
+const UPLOAD_ELEMS: usize = 4 << 20;
+
+impl GpuConv2d {
+    /// Validates and uploads weights `[out, in, kh, kw]` and the bias (required iff `spec.bias`).
+    pub fn new(
+        gpu: &Gpu,
+        spec: Conv2d,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Result<Self> {
+        check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
+        // [out][in][kh][kw] -> [out][kh][kw][in], uploaded a few output channels at a time.
+        let w_row = spec.in_channels * spec.kernel.0 * spec.kernel.1;
+        let buffer = gpu.create_buffer(
+            "conv weight",
+            spec.weight_len() as u64 * 4,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let rows = (UPLOAD_ELEMS / w_row).max(1);
+        let reordered = weight.permuted_axes([0, 2, 3, 1]);
+        let mut piece = Vec::with_capacity(rows.min(spec.out_channels) * w_row);
+        for co0 in (0..spec.out_channels).step_by(rows) {
+            let co1 = (co0 + rows).min(spec.out_channels);
+            piece.clear();
+            piece.extend(
+                reordered
+                    .slice(ndarray::s![co0..co1, .., .., ..])
+                    .iter()
+                    .copied(),
+            );
+            gpu.write_f32(&buffer, co0 * w_row, &piece)?;
+        }
+        let weight = buffer;
+        let bias = match bias {
+            Some(b) => gpu.storage_from_slice("conv bias", &b.to_vec())?,
+            None => gpu.storage_from_slice("conv bias (none)", &[0.0])?,
+        };
+        let info = &gpu.adapter().info;
+        let template = ConvParams {
+            k_h: spec.kernel.0 as u32,
+            k_w: spec.kernel.1 as u32,
+            dil_h: spec.dilation.0 as u32,
+            dil_w: spec.dilation.1 as u32,
+            stride_h: spec.stride.0 as u32,
+            stride_w: spec.stride.1 as u32,
+            pad_top: spec.padding.top as u32,
+            pad_left: spec.padding.left as u32,
+            w_row: w_row as u32,
+            ..ConvParams::default()
+        };
+        Ok(Self {
+            spec,
+            weight,
+            bias,
+            template,
+            algorithm: ConvAlgorithm::Auto,
+            cpu_adapter: info.device_type == wgpu::DeviceType::Cpu,
+            blocked_supported: gpu.device.features().contains(wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
+            split: true,
+            tiled_supported: tiled_fits(gpu.limits()),
+        })
+    }
+
+    /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by adapter and geometry.
+    /// [`ConvAlgorithm::Blocked`] falls back to `Tiled` where the device lacks subgroups of at
+    /// least 8 invocations, and `Tiled` to `Direct` where its limits are below the tiled
+    /// kernel's 256 invocations and 8.25 KiB of workgroup memory (under the WebGPU defaults, so
+    /// only on unusual devices); [`GpuConv2d::kernel_for`] tells which kernel runs.
+    pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// Whether the tiled kernel may split a deep reduction over several workgroups per output
+    /// tile when the layer has too few tiles to fill the GPU (default: yes). A split holds the
+    /// partial sums in a scratch buffer (at most [`SPLIT_SCRATCH_BYTES`]) and adds them in a
+    /// second pass; plans built under a memory budget do not split.
+    pub fn with_split(mut self, split: bool) -> Self {
+        self.split = split;
+        self
+    }
+
+    /// The layer's spec.
+    pub fn spec(&self) -> &Conv2d {
+        &self.spec
+    }
+
+    /// The kernel used for an output shape.
+    ///
+    /// `Auto` picks, on an adapter that runs shaders on CPU cores (device type `Cpu`, such as
+    /// lavapipe) with subgroups of at least 8, the register-blocked kernel for every shape: there
+    /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
+    /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`). On other
+    /// adapters it picks the workgroup-tiled kernel (its pointwise variant for 1x1 layers), or the
+    /// direct kernel when the layer has fewer than `TILE_M / 4` (32) output channels or
+    /// `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be mostly idle. The tiled
+    /// kernel may further split its reduction (see [`GpuConv2d::with_split`]); the dispatches
+    /// [`GpuLayer::prepare`] returns name every kernel that runs.
+    pub fn kernel_for(&self, output: Shape) -> Kernel {
+        let tiled = if !self.tiled_supported {
+            Kernel::ConvDirect
+        } else if self.spec.is_pointwise() {
+            Kernel::ConvPointwise
+        } else {
+            Kernel::ConvTiled
+        };
+        match self.algorithm {
+            ConvAlgorithm::Direct => Kernel::ConvDirect,
+            ConvAlgorithm::Tiled => tiled,
+            ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
+            ConvAlgorithm::Blocked => tiled,
+            ConvAlgorithm::Auto if self.cpu_adapter && self.blocked_supported => {
+                Kernel::ConvBlocked
+            }
+            // A tile of TILE_M channels x TILE_N pixels is mostly idle when the layer has few of
+            // either; the direct kernel wastes nothing there.
+            ConvAlgorithm::Auto => {
+                if output.c * 4 < TILE_M as usize || output.plane() * 4 < TILE_N as usize {
+                    Kernel::ConvDirect
+                } else {
+                    tiled
+                }
+            }
+        }
+    }
+
+    /// The chunks of a run at `out_shape`, each with the number of slices its reduction is
+    /// split into (tiled kernels on few tiles), and the floats of partial sums the largest
+    /// split chunk needs (0 without a split).
+    fn chunks_and_splits(
+        &self,
+        gpu: &Gpu,
+        in_shape: Shape,
+        out_shape: Shape,
+    ) -> Result<(Vec<(ConvChunk, usize)>, usize)> {
+        let kernel = self.kernel_for(out_shape);
+        let taps = self.spec.kernel.0 * self.spec.kernel.1;
+        let pixels = out_shape.plane();
+        let max = gpu.max_binding_elems();
+        let mut scratch = 0;
+        let chunks = conv_chunks(&self.spec, in_shape, out_shape, max)?
+            .into_iter()
+            .map(|ch| {
+                let partial = ch.nb * ch.co_n * pixels;
+                let k = if self.split && matches!(kernel, Kernel::ConvTiled | Kernel::ConvPointwise)
+                {
+                    let tiles = ch.nb
+                        * ch.co_n.div_ceil(TILE_M as usize)
+                        * pixels.div_ceil(TILE_N as usize);
+                    split_slices(tiles, ch.ci_n * taps, partial, max)
+                } else {
+                    1
+                };
+                if k > 1 {
+                    scratch = scratch.max(k * partial);
+                }
+                (ch, k)
+            })
+            .collect();
+        Ok((chunks, scratch))
+    }
+}
+
+impl GpuLayer for GpuConv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn output_shape(&self, input: Shape) -> Result<Shape> {
+        self.spec.output_shape(input, "conv2d")
+    }
+
+    /// Bytes of weights and bias on the GPU.
+    fn weight_bytes(&self) -> u64 {
+        self.weight.size() + self.bias.size()
+    }
+
+    /// Bytes of partial sums a run at `input` keeps in scratch (0 when no reduction is split).
+    fn scratch_bytes(&self, gpu: &Gpu, input: Shape) -> Result<u64> {
+        let out_shape = self.output_shape(input)?;
+        Ok(self.chunks_and_splits(gpu, input, out_shape)?.1 as u64 * 4)
+    }
+
+    /// Records the dispatches. A split reduction keeps its partial sums in `io.scratch` when
+    /// given (a plan shares one among its layers, which run one after another), else in a
+    /// buffer of its own.
+    fn prepare(&self, gpu: &Gpu, io: &Io<'_>) -> Result<Vec<Dispatch>> {
+        let (input, in_shape, output, out_shape) =
+            (io.input, io.input_shape, io.output, io.output_shape);
+        let s = &self.spec;
+        expect_shape("conv2d", out_shape, self.output_shape(in_shape)?)?;
+        let kernel = self.kernel_for(out_shape);
+        let taps = s.kernel.0 * s.kernel.1;
+        let w_row = s.in_channels * taps;
+        let pixels = out_shape.plane();
+        let (chunks, scratch_len) = self.chunks_and_splits(gpu, in_shape, out_shape)?;
+        let own;
+        let scratch = match io.scratch {
+            _ if scratch_len == 0 => None,
+            Some(b) if b.size() >= scratch_len as u64 * 4 => Some(b),
+            _ => {
+                own = gpu.create_buffer(
+                    "conv split partial sums",
+                    scratch_len as u64 * 4,
+                    wgpu::BufferUsages::STORAGE,
+                )?;
+                Some(&own)
+            }
+        };
+        let mut dispatches = Vec::new();
+        for &(ch, k_split) in &chunks {
+            let in_start = (ch.n0 * in_shape.c + ch.ci0) * in_shape.plane();
+            let in_len = if ch.nb > 1 {
+                ch.nb * in_shape.c * in_shape.plane()
+            } else {
+                ch.ci_n * in_shape.plane()
+            };
+            let out_start = (ch.n0 * out_shape.c + ch.co0) * pixels;
+            let out_len = if ch.nb > 1 {
+                ch.nb * out_shape.c * pixels
+            } else {
+                ch.co_n * pixels
+            };
+            let in_win = gpu.window(input, in_start, in_len);
+            let out_win = gpu.window(output, out_start, out_len);
+            let w_win = gpu.window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
+
+            let b_win = if s.bias {
+                gpu.window(&self.bias, ch.co0, ch.co_n)
+            } else {
+                gpu.window(&self.bias, 0, 1)
+            };
+            let mut flags = 0;
+            if ch.ci0 > 0 {
+                flags |= FLAG_ACCUMULATE;
+            }
+            if s.bias && ch.ci0 == 0 {
+                flags |= FLAG_BIAS;
+            }
+            if s.relu && ch.ci0 + ch.ci_n == s.in_channels {
+                flags |= FLAG_RELU;
+            }
+            let total = match kernel {
+                Kernel::ConvDirect => ch.nb * ch.co_n * pixels,
+                Kernel::ConvBlocked => {
+                    ch.nb
+                        * ch.co_n.div_ceil(BLOCK_C as usize)
+                        * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize)
+                }
+                _ => {
+                    ch.nb
+                        * k_split
+                        * ch.co_n.div_ceil(TILE_M as usize)
+                        * pixels.div_ceil(TILE_N as usize)
+                }
+            };
+            let workgroups = match kernel {
+                Kernel::ConvDirect => total.div_ceil(WG_LINEAR as usize),
+                _ => total,
+            };
+            let out_batch_stride = (out_shape.c * pixels) as u32;
+            let mut params = ConvParams {
+                in_c: ch.ci_n as u32,
+                in_h: in_shape.h as u32,
+                in_w: in_shape.w as u32,
+                in_base: in_win.base,
+                out_c: ch.co_n as u32,
+                out_h: out_shape.h as u32,
+                out_w: out_shape.w as u32,
+                out_base: out_win.base,
+                w_base: w_win.base + ch.ci0 as u32,
+                bias_base: b_win.base,
+                flags,
+                batch: ch.nb as u32,
+                in_batch_stride: (in_shape.c * in_shape.plane()) as u32,
+                out_batch_stride,
+                total: total as u32,
+                k_split: 1,
+                ..self.template
+            };
+            // A split reduction writes every slice's raw partial sums to the scratch buffer;
+            // a second pass adds them up with the flags.
+            let partial = ch.nb * ch.co_n * pixels;
+            let split = scratch
+                .filter(|_| k_split > 1)
+                .map(|b| (b, gpu.window(b, 0, k_split * partial)));
+            let target = match split {
+                Some(scratch) => {
+                    params.k_split = k_split as u32;
+                    params.flags = 0;
+                    params.out_base = 0;
+                    params.out_batch_stride = (ch.co_n * pixels) as u32;
+                    scratch
+                }
+                None => (output, out_win),
+            };
+            dispatches.push(gpu.dispatch(
+                kernel,
+                &params,
+                &[
+                    (input, in_win),
+                    (&self.weight, w_win),
+                    (&self.bias, b_win),
+                    target,
+                ],
+                workgroups,
+            )?);
+            let Some((scratch, scratch_win)) = split else {
+                continue;
+            };
+            let reduce = SplitReduceParams {
+                out_c: ch.co_n as u32,
+                pixels: pixels as u32,
+                slices: k_split as u32,
+                total: partial as u32,
+                out_base: out_win.base,
+                out_batch_stride,
+                bias_base: b_win.base,
+                flags,
+            };
+            dispatches.push(gpu.linear_dispatch(
+                Kernel::ConvSplitReduce,
+                &reduce,
+                &[
+                    (scratch, scratch_win),
+                    (&self.bias, b_win),
+                    (output, out_win),
+                ],
+                partial,
+            )?);
+        }
+        Ok(dispatches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiled_kernel_fits_the_webgpu_defaults_only() {
+        assert!(tiled_fits(&wgpu::Limits::default()));
+        assert!(tiled_fits(&wgpu::Limits::downlevel_defaults()));
+        let small = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 128,
+            ..wgpu::Limits::default()
+        };
+        assert!(!tiled_fits(&small));
+        let little_shared = wgpu::Limits {
+            max_compute_workgroup_storage_size: 8 << 10,
+            ..wgpu::Limits::default()
+        };
+        assert!(!tiled_fits(&little_shared));
+    }
+}

@@ -1,0 +1,439 @@
+//! The WGSL kernels as data: each kernel lists its shared parts (`shaders/common/`), its own
+//! file and its storage bindings; its source is assembled from them with the shared constants
+//! spliced in, and its pipeline and bind group layout are built from the same list, once per
+//! device on first use. Every kernel's uniform is a `#[repr(C)]` Rust struct declared with
+//! [`uniform!`](crate::gpu::shader::uniform), whose layout a test checks against the WGSL
+//! struct by naga reflection.
+
+use std::sync::OnceLock;
+
+/// Invocations per workgroup of the one-element-per-invocation kernels.
+pub const WG_LINEAR: u32 = 64;
+/// Output channels per workgroup tile of the tiled convolution.
+pub const TILE_M: u32 = 128;
+/// Output pixels per workgroup tile of the tiled convolution.
+pub const TILE_N: u32 = 128;
+/// Reduction depth staged in workgroup memory per step of the tiled convolution.
+pub const TILE_K: u32 = 8;
+/// Invocations per workgroup of the tiled convolution (16 x 16, each 8 x 8 outputs).
+pub const WG_TILED: u32 = 256;
+/// Invocations per workgroup of the register-blocked convolution.
+pub const WG_BLOCKED: u32 = 64;
+/// Output channels per invocation (and per workgroup) of the register-blocked convolution; a
+/// multiple of 8, the subgroup lanes its weights are broadcast from.
+pub const BLOCK_C: u32 = 32;
+/// Output pixels per invocation of the register-blocked convolution (one `vec4`).
+pub const BLOCK_P: u32 = 4;
+/// Smallest subgroup size the register-blocked convolution works with.
+pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
+
+/// The layout of a uniform struct or of one of its fields, as Rust lays it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UniformLayout {
+    /// A `u32`.
+    U32,
+    /// A nested struct: its size and its fields `(name, offset, layout)` in order.
+    Struct {
+        /// Size in bytes.
+        size: usize,
+        /// Fields in declaration order.
+        fields: Vec<(&'static str, usize, UniformLayout)>,
+    },
+}
+
+/// A kernel uniform (or a part of one): plain old data whose layout is known field by field.
+pub trait Uniform: bytemuck::Pod {
+    /// The field-by-field layout.
+    fn layout() -> UniformLayout;
+}
+
+impl Uniform for u32 {
+    fn layout() -> UniformLayout {
+        UniformLayout::U32
+    }
+}
+
+/// Declares a kernel uniform: a `#[repr(C)]` Pod struct of `u32`s and nested uniforms, with
+/// its [`Uniform`] layout for the reflection test.
+macro_rules! uniform {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name {
+            $(#[allow(missing_docs)] pub $field: $ty),*
+        }
+
+        impl $crate::gpu::shader::Uniform for $name {
+            fn layout() -> $crate::gpu::shader::UniformLayout {
+                $crate::gpu::shader::UniformLayout::Struct {
+                    size: std::mem::size_of::<$name>(),
+                    fields: vec![$((
+                        stringify!($field),
+                        std::mem::offset_of!($name, $field),
+                        <$ty as $crate::gpu::shader::Uniform>::layout(),
+                    )),*],
+                }
+            }
+        }
+    };
+}
+pub(crate) use uniform;
+
+/// A shared piece of WGSL in `shaders/common/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The entry point of one-element-per-invocation kernels (`main` calling `element(i)`).
+    Linear,
+    /// The convolutions' uniform.
+    ConvParams,
+    /// The convolutions' epilogue (`finish`, `store_output`).
+    ConvFinish,
+    /// The plane-to-plane kernels' uniform header and output position.
+    Planes,
+    /// The per-pixel channel reductions' uniform.
+    PerPixel,
+}
+
+impl Part {
+    fn source(self) -> &'static str {
+        match self {
+            Part::Linear => include_str!("../../shaders/common/linear.wgsl"),
+            Part::ConvParams => include_str!("../../shaders/common/conv_params.wgsl"),
+            Part::ConvFinish => include_str!("../../shaders/common/conv_finish.wgsl"),
+            Part::Planes => include_str!("../../shaders/common/planes.wgsl"),
+            Part::PerPixel => include_str!("../../shaders/common/per_pixel.wgsl"),
+        }
+    }
+}
+
+/// The element type of a storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Elem {
+    F32,
+    U32,
+}
+
+/// A storage binding after the uniform (binding 0): name in the WGSL, element type, and
+/// whether the kernel writes it.
+type Storage = (&'static str, Elem, bool);
+
+const READ: bool = false;
+const WRITE: bool = true;
+
+/// One compute kernel of this crate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Direct convolution, one output per invocation.
+    ConvDirect,
+    /// Tiled implicit-GEMM convolution, any geometry.
+    ConvTiled,
+    /// Tiled matrix product for 1x1 convolutions.
+    ConvPointwise,
+    /// Register-blocked convolution without workgroup memory.
+    ConvBlocked,
+    /// Second pass of a tiled convolution whose reduction was split: adds the partial sums,
+    /// then bias and ReLU.
+    ConvSplitReduce,
+    /// ReLU on its own.
+    Relu,
+    /// Max pooling.
+    MaxPool,
+    /// Softmax over channels.
+    Softmax,
+    /// Argmax over channels into a label map.
+    Argmax,
+    /// Bilinear zoom by an integer factor.
+    Zoom,
+    /// Per-channel transposed convolution (in-network upsampling).
+    Deconv,
+}
+
+/// How a kernel's source is put together.
+struct Definition {
+    name: &'static str,
+    /// Shared parts, spliced in this order before the kernel's own file.
+    parts: &'static [Part],
+    file: &'static str,
+    storage: &'static [Storage],
+}
+
+const CONV_STORAGE: &[Storage] = &[
+    ("input", Elem::F32, READ),
+    ("weight", Elem::F32, READ),
+    ("bias", Elem::F32, READ),
+    ("output", Elem::F32, WRITE),
+];
+const UNARY: &[Storage] = &[("input", Elem::F32, READ), ("output", Elem::F32, WRITE)];
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 11] = [
+        Kernel::ConvDirect,
+        Kernel::ConvTiled,
+        Kernel::ConvPointwise,
+        Kernel::ConvBlocked,
+        Kernel::ConvSplitReduce,
+        Kernel::Relu,
+        Kernel::MaxPool,
+        Kernel::Softmax,
+        Kernel::Argmax,
+        Kernel::Zoom,
+        Kernel::Deconv,
+    ];
+
+    fn definition(self) -> Definition {
+        use Part::*;
+        let def = |name, parts, file, storage| Definition {
+            name,
+            parts,
+            file,
+            storage,
+        };
+        let tiled = include_str!("../../shaders/conv2d_tiled.wgsl");
+        match self {
+            Kernel::ConvDirect => def(
+                "conv2d_direct",
+                &[ConvParams, ConvFinish, Linear],
+                include_str!("../../shaders/conv2d_direct.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled => def(
+                "conv2d_tiled",
+                &[ConvParams, ConvFinish],
+                tiled,
+                CONV_STORAGE,
+            ),
+            Kernel::ConvPointwise => def(
+                "conv2d_tiled_pointwise",
+                &[ConvParams, ConvFinish],
+                tiled,
+                CONV_STORAGE,
+            ),
+            Kernel::ConvBlocked => def(
+                "conv2d_blocked",
+                &[ConvParams, ConvFinish],
+                include_str!("../../shaders/conv2d_blocked.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvSplitReduce => def(
+                "conv2d_split_reduce",
+                &[ConvFinish, Linear],
+                include_str!("../../shaders/conv2d_split_reduce.wgsl"),
+                &[
+                    ("partial", Elem::F32, READ),
+                    ("bias", Elem::F32, READ),
+                    ("output", Elem::F32, WRITE),
+                ],
+            ),
+            Kernel::Relu => def(
+                "relu",
+                &[Linear],
+                include_str!("../../shaders/relu.wgsl"),
+                UNARY,
+            ),
+            Kernel::MaxPool => def(
+                "max_pool",
+                &[Planes, Linear],
+                include_str!("../../shaders/max_pool.wgsl"),
+                UNARY,
+            ),
+            Kernel::Softmax => def(
+                "softmax",
+                &[PerPixel, Linear],
+                include_str!("../../shaders/softmax.wgsl"),
+                UNARY,
+            ),
+            Kernel::Argmax => def(
+                "argmax",
+                &[PerPixel, Linear],
+                include_str!("../../shaders/argmax.wgsl"),
+                &[("input", Elem::F32, READ), ("labels", Elem::U32, WRITE)],
+            ),
+            Kernel::Zoom => def(
+                "zoom",
+                &[Planes, Linear],
+                include_str!("../../shaders/zoom.wgsl"),
+                UNARY,
+            ),
+            Kernel::Deconv => def(
+                "deconv",
+                &[Planes, Linear],
+                include_str!("../../shaders/deconv.wgsl"),
+                &[
+                    ("input", Elem::F32, READ),
+                    ("weight", Elem::F32, READ),
+                    ("output", Elem::F32, WRITE),
+                ],
+            ),
+        }
+    }
+
+    /// The kernel's name (its pipeline label; its shader file is named after it, the pointwise
+    /// variant sharing `conv2d_tiled.wgsl`).
+    pub fn name(self) -> &'static str {
+        self.definition().name
+    }
+
+    /// The complete WGSL source: the shared constants, the uniform and storage bindings, the
+    /// kernel's shared parts and its own file, with the `// BLOCK:` template lines of the
+    /// register-blocked kernel expanded.
+    pub fn source(self) -> String {
+        let def = self.definition();
+        let pointwise = self == Kernel::ConvPointwise;
+        let mut out = format!(
+            "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
+             const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
+             const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
+             const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {BLOCK_C}u;\n\
+             const BLOCK_P: u32 = {BLOCK_P}u;\n\n\
+             @group(0) @binding(0) var<uniform> p: Params;\n"
+        );
+        for (i, (name, elem, write)) in def.storage.iter().enumerate() {
+            let access = if *write { "read_write" } else { "read" };
+            let ty = match elem {
+                Elem::F32 => "f32",
+                Elem::U32 => "u32",
+            };
+            out.push_str(&format!(
+                "@group(0) @binding({}) var<storage, {access}> {name}: array<{ty}>;\n",
+                i + 1
+            ));
+        }
+        for part in def.parts {
+            out.push('\n');
+            out.push_str(part.source());
+        }
+        out.push('\n');
+        if self == Kernel::ConvBlocked {
+            out.push_str(&expand_blocks(def.file));
+        } else {
+            out.push_str(def.file);
+        }
+        out
+    }
+
+    /// Number of storage buffers the kernel binds after its uniform (binding 0): read-only
+    /// inputs first, the one read-write output last.
+    pub fn storage_bindings(self) -> u32 {
+        self.definition().storage.len() as u32
+    }
+
+    /// Position in [`Kernel::ALL`] (declaration order).
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Expands each line `// BLOCK: template` into one line per weight row `r` (`{r}`, `{8r}`) or
+/// per output channel `i` (`{i}`, `{i/8}`, `{i%8}`) of a BLOCK_C-channel block, after the
+/// comment.
+fn expand_blocks(file: &str) -> String {
+    let mut out = String::with_capacity(file.len() * 4);
+    for line in file.lines() {
+        out.push_str(line);
+        out.push('\n');
+        let Some((indent, template)) = line.split_once("// BLOCK: ") else {
+            continue;
+        };
+        if template.contains("{i") {
+            for i in 0..BLOCK_C {
+                let l = template
+                    .replace("{i}", &i.to_string())
+                    .replace("{i/8}", &(i / 8).to_string())
+                    .replace("{i%8}", &(i % 8).to_string());
+                out.push_str(&format!("{indent}{l}\n"));
+            }
+        } else {
+            for r in 0..BLOCK_C / 8 {
+                let l = template
+                    .replace("{r}", &r.to_string())
+                    .replace("{8r}", &(8 * r).to_string());
+                out.push_str(&format!("{indent}{l}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// A kernel's pipeline and the layout of its bind group.
+pub(crate) struct Compiled {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Pipelines of one device, each built on first use with an explicit layout.
+#[derive(Default)]
+pub(crate) struct Kernels {
+    compiled: [OnceLock<Compiled>; Kernel::ALL.len()],
+}
+
+impl Kernels {
+    pub(crate) fn get(&self, device: &wgpu::Device, kernel: Kernel) -> &Compiled {
+        self.compiled[kernel.index()].get_or_init(|| {
+            let def = kernel.definition();
+            let buffer = |binding, ty| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            };
+            let mut entries = vec![buffer(0, wgpu::BufferBindingType::Uniform)];
+            for (i, (_, _, write)) in def.storage.iter().enumerate() {
+                entries.push(buffer(
+                    i as u32 + 1,
+                    wgpu::BufferBindingType::Storage { read_only: !write },
+                ));
+            }
+            let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(def.name),
+                entries: &entries,
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(def.name),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(def.name),
+                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(def.name),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            Compiled { pipeline, layout }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_kernel_in_declaration_order() {
+        for (i, k) in Kernel::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i, "{k:?}");
+        }
+        assert_eq!(Kernel::Deconv.index() + 1, Kernel::ALL.len());
+    }
+
+    #[test]
+    fn only_the_last_storage_binding_is_written() {
+        for k in Kernel::ALL {
+            let storage = k.definition().storage;
+            for (i, (name, _, write)) in storage.iter().enumerate() {
+                assert_eq!(*write, i + 1 == storage.len(), "{k:?} {name}");
+            }
+        }
+    }
+}
