@@ -285,36 +285,6 @@ fn every_kernel_splits_over_a_capped_binding() {
     }
 }
 
-#[test]
-fn more_than_65535_workgroups() {
-    // 2100 x 2100 outputs: 68,907 workgroups of 64 for the direct kernel.
-    let err = check_conv(
-        94,
-        Conv2d::new(1, 1, 3).pad(1),
-        [1, 1, 2100, 2100],
-        ConvAlgorithm::Direct,
-    );
-    assert!(err <= TOLERANCE, "direct: {err:e}");
-    // 4 images x 16,426 tiles of 128 pixels, in one dispatch: 65,704 workgroups.
-    let err = check_conv(
-        95,
-        Conv2d::new(2, 2, 1),
-        [4, 2, 1450, 1450],
-        ConvAlgorithm::Tiled,
-    );
-    assert!(err <= TOLERANCE, "tiled 1x1: {err:e}");
-    let gpu = gpu();
-    let x = random4(&mut rng(96), [1, 1, 2100, 2100]);
-    let input = gpu.upload(x.view()).unwrap();
-    let mut out = gpu.filled(input.shape(), f32::NAN).unwrap();
-    GpuRelu.forward_into(gpu, &input, &mut out).unwrap();
-    let err = rel_error(
-        gpu.download(&out).unwrap().view(),
-        reference::relu(x.view()).view(),
-    );
-    assert!(err <= TOLERANCE, "relu: {err:e}");
-}
-
 fn check_pool(seed: u64, spec: MaxPool2d, shape: [usize; 4]) -> f64 {
     let gpu = gpu();
     let x = random4(&mut rng(seed), shape);

@@ -9,7 +9,6 @@ use dilated::cpu::reference;
 use dilated::net::{FrontEnd, Model, Network, PresetOptions};
 use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
-use dilated::plan::layout::sub_network;
 use dilated::plan::{BandedLayout, Bands, Plan, PlanOptions};
 use dilated::segment::{Backend, Segmenter};
 use dilated::{Conv2d, Error, Shape};
@@ -99,7 +98,7 @@ fn budgeted_stages_equal_the_whole_image_bit_for_bit_on_the_reference() {
     );
     let mut y = x.clone();
     for stage in &layout.stages {
-        let sub = sub_network(&net, stage.layers.clone()).unwrap();
+        let sub = net.sub_network(stage.layers.clone()).unwrap();
         y = stage
             .bands
             .run(y.view(), |band| Ok(reference_forward(&sub, band)))

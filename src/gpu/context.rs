@@ -159,10 +159,56 @@ pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
         .collect()
 }
 
+/// A wgpu instance for compute on `backends` (options otherwise from the environment, as
+/// wgpu reads them).
 fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
+    #[cfg(all(unix, not(target_os = "macos"), not(target_os = "android")))]
+    if backends & (wgpu::Backends::VULKAN | wgpu::Backends::GL) == wgpu::Backends::VULKAN
+        && let Some(instance) = compute_only_vulkan(&desc)
+    {
+        return instance;
+    }
     wgpu::Instance::new(desc)
+}
+
+/// A Vulkan instance without the Wayland surface extension, which this crate never uses.
+///
+/// wgpu enables every window-system extension the loader offers. With Wayland's enabled,
+/// Mesa's device-selection layer (installed with every Mesa Vulkan driver) connects to the
+/// Wayland display while listing devices, and on a headless machine libwayland prints
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` for each instance.
+/// Leaving the extension out keeps that path from running; the instance then has no
+/// Wayland surfaces, which a compute-only crate never creates. `None` where Vulkan is
+/// missing, so the caller falls back to wgpu's own instance.
+#[cfg(all(unix, not(target_os = "macos"), not(target_os = "android")))]
+fn compute_only_vulkan(desc: &wgpu::InstanceDescriptor) -> Option<wgpu::Instance> {
+    use wgpu::hal;
+    let hal_desc = hal::InstanceDescriptor {
+        name: "dilated",
+        flags: desc.flags,
+        memory_budget_thresholds: desc.memory_budget_thresholds,
+        backend_options: desc.backend_options.clone(),
+        telemetry: None,
+        display: None,
+    };
+    let callback: Box<hal::vulkan::CreateInstanceCallback> =
+        Box::new(|args: hal::vulkan::CreateInstanceCallbackArgs| {
+            args.extensions
+                .retain(|name| *name != c"VK_KHR_wayland_surface");
+        });
+    // SAFETY: the callback only removes a window-system extension; wgpu-hal records the
+    // extensions actually enabled and refuses to create a Wayland surface without it, and this
+    // crate creates no surfaces. `from_hal` takes a valid Vulkan instance made by wgpu-hal.
+    let instance = unsafe { hal::vulkan::Instance::init_with_callback(&hal_desc, Some(callback)) };
+    match instance {
+        Ok(instance) => Some(unsafe { wgpu::Instance::from_hal::<hal::api::Vulkan>(instance) }),
+        Err(e) => {
+            log::debug!("no Vulkan instance ({e}); using wgpu's own");
+            None
+        }
+    }
 }
 
 /// Whether the device is lost, and why.

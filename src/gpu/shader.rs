@@ -427,6 +427,68 @@ mod tests {
         assert_eq!(Kernel::Deconv.index() + 1, Kernel::ALL.len());
     }
 
+    /// The Rust uniform of a kernel.
+    fn rust_uniform(kernel: Kernel) -> UniformLayout {
+        use crate::gpu::ops::{conv, deconv, max_pool, per_pixel, relu, zoom};
+        match kernel {
+            Kernel::ConvDirect
+            | Kernel::ConvTiled
+            | Kernel::ConvPointwise
+            | Kernel::ConvBlocked => conv::ConvParams::layout(),
+            Kernel::ConvSplitReduce => conv::SplitReduceParams::layout(),
+            Kernel::Relu => relu::ReluParams::layout(),
+            Kernel::MaxPool => max_pool::MaxPoolParams::layout(),
+            Kernel::Softmax | Kernel::Argmax => per_pixel::PixelParams::layout(),
+            Kernel::Zoom => zoom::ZoomParams::layout(),
+            Kernel::Deconv => deconv::DeconvParams::layout(),
+        }
+    }
+
+    /// The layout naga gives a WGSL type, in the terms of [`UniformLayout`].
+    fn wgsl_layout(module: &naga::Module, ty: naga::Handle<naga::Type>, at: &str) -> UniformLayout {
+        match &module.types[ty].inner {
+            naga::TypeInner::Scalar(naga::Scalar {
+                kind: naga::ScalarKind::Uint,
+                width: 4,
+            }) => UniformLayout::U32,
+            naga::TypeInner::Struct { members, span } => UniformLayout::Struct {
+                size: *span as usize,
+                fields: members
+                    .iter()
+                    .map(|m| {
+                        let name = m.name.clone().unwrap_or_default();
+                        let inner = wgsl_layout(module, m.ty, &format!("{at}.{name}"));
+                        (&*name.leak(), m.offset as usize, inner)
+                    })
+                    .collect(),
+            },
+            other => panic!("{at}: a uniform holds only u32 and structs, found {other:?}"),
+        }
+    }
+
+    /// Every kernel's WGSL uniform (binding 0) has the Rust struct's size, field names and
+    /// field offsets, nested structs included: the host writes exactly what the shader reads.
+    #[test]
+    fn wgsl_uniforms_match_the_rust_structs_field_by_field() {
+        for kernel in Kernel::ALL {
+            let source = kernel.source();
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+            let (_, uniform) = module
+                .global_variables
+                .iter()
+                .find(|(_, g)| {
+                    g.space == naga::AddressSpace::Uniform
+                        && g.binding
+                            .as_ref()
+                            .is_some_and(|b| b.group == 0 && b.binding == 0)
+                })
+                .unwrap_or_else(|| panic!("{}: no uniform at binding 0", kernel.name()));
+            let wgsl = wgsl_layout(&module, uniform.ty, kernel.name());
+            assert_eq!(wgsl, rust_uniform(kernel), "{}", kernel.name());
+        }
+    }
+
     #[test]
     fn only_the_last_storage_binding_is_written() {
         for k in Kernel::ALL {

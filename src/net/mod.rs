@@ -247,6 +247,37 @@ impl Network {
         Ok(reports)
     }
 
+    /// A copy of the layers `range` (clamped to the network) as a network of its own.
+    pub fn sub_network(&self, range: std::ops::Range<usize>) -> Result<Network> {
+        let network = self;
+        let layers = network.layers();
+        let range = range.start.min(layers.len())..range.end.min(layers.len());
+        let mut channels = network.in_channels();
+        for l in &layers[..range.start] {
+            if let Op::Conv { spec, .. } = &l.op {
+                channels = spec.out_channels;
+            }
+        }
+        let mut b = Network::builder(
+            format!("{} [{}..{}]", network.name(), range.start, range.end),
+            channels,
+        );
+        for l in &layers[range] {
+            let name = l.name.clone();
+            b = match &l.op {
+                Op::Conv { spec, weight, bias } => {
+                    b.conv(name, *spec, weight.clone(), bias.clone())
+                }
+                Op::MaxPool(p) => b.max_pool(name, *p),
+                Op::Relu => b.relu(name),
+                Op::Softmax => b.softmax(name),
+                Op::Zoom(z) => b.zoom(name, z.factor),
+                Op::Deconv { spec, weight } => b.deconv(name, *spec, weight.clone()),
+            };
+        }
+        b.build()
+    }
+
     /// Replaces a layer's weights (and bias), checking shapes.
     pub fn set_weights(
         &mut self,

@@ -9,7 +9,8 @@ use crate::error::Result;
 use crate::gpu::{ConvAlgorithm, Gpu, Kernel};
 use crate::net::Network;
 use crate::plan::compiled::GpuPlan;
-use crate::plan::layout::{BandedLayout, Bands, sub_network, timestamp_bytes};
+use crate::plan::layout::{BandedLayout, Bands};
+use crate::plan::memory::timestamp_bytes;
 use crate::plan::options::PlanOptions;
 use crate::spec::Shape;
 use crate::timing::LayerTimes;
@@ -74,7 +75,7 @@ impl<'g> Plan<'g> {
         let output_shape = network.output_shape(layout.input_shape)?;
         let mut stages = Vec::with_capacity(layout.stages.len());
         for stage in &layout.stages {
-            let net = sub_network(network, stage.layers.clone())?;
+            let net = network.sub_network(stage.layers.clone())?;
             let band = Shape {
                 h: stage.bands.band_height,
                 ..stage.bands.input_shape
@@ -90,7 +91,7 @@ impl<'g> Plan<'g> {
                 .stages
                 .last()
                 .map_or(layout.input_shape, |s| s.bands.stitched_shape);
-            let net = sub_network(network, layout.rest_start..n)?;
+            let net = network.sub_network(layout.rest_start..n)?;
             Some(GpuPlan::build(gpu, &net, input, algorithm, false)?)
         } else {
             None

@@ -8,45 +8,11 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::error::{Error, Result};
 use crate::gpu::layer::named_after;
-use crate::gpu::ops::conv_chunks::split_scratch_bytes;
 use crate::gpu::{ConvAlgorithm, Dispatch, Gpu, GpuLayer, Io, Kernel, LayerOptions, layer_for};
-use crate::net::{Layer, Network, Op};
+use crate::net::Network;
+use crate::plan::memory::estimate_layers;
 use crate::spec::Shape;
 use crate::timing::LayerTimes;
-
-/// [`GpuPlan::estimate_memory`] for a run of layers whose output shapes are already known;
-/// `split`: whether the plan may split reductions (and hold their partial sums).
-pub(crate) fn estimate_layers(
-    layers: &[Layer],
-    input_shape: Shape,
-    shapes: &[Shape],
-    split: bool,
-) -> u64 {
-    let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
-    let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
-    let weights: u64 = layers
-        .iter()
-        .map(|l| match &l.op {
-            Op::Conv { spec, .. } => {
-                4 * (spec.weight_len() + if spec.bias { spec.out_channels } else { 1 }) as u64
-            }
-            Op::Deconv { spec, .. } => 4 * (spec.channels * spec.kernel * spec.kernel) as u64,
-            _ => 0,
-        })
-        .sum();
-    // Partial sums of the layers whose reduction the tiled kernel splits (one buffer, shared).
-    let scratch: u64 = layers
-        .iter()
-        .zip(shapes)
-        .map(|(l, &out)| match &l.op {
-            Op::Conv { spec, .. } if split => split_scratch_bytes(spec, out),
-            _ => 0,
-        })
-        .max()
-        .unwrap_or(0);
-    let output = shapes.last().map_or(4, |s| s.bytes());
-    input_shape.bytes() + ping_pong * largest + output + weights + scratch
-}
 
 struct PlannedLayer {
     name: String,

@@ -28,7 +28,7 @@ use ndarray::{Array4, ArrayView4, s};
 
 use crate::error::{Error, Result};
 use crate::net::{Layer, Network, Op};
-use crate::plan::compiled::estimate_layers;
+use crate::plan::memory::{estimate, estimate_layers, layer_shapes, timestamp_bytes, weight_bytes};
 use crate::spec::Shape;
 
 /// One band: which input rows it reads and which output rows of the banded layers it gives.
@@ -91,42 +91,6 @@ pub fn bandable_layers(network: &Network) -> usize {
 /// read-back, and smaller dispatches that fill a GPU less (about 0.1 ms on a GPU doing
 /// 10 TFLOP/s).
 const BAND_COST: f64 = 1e9;
-
-/// Bytes of the timestamp buffers a plan of `layers` layers may hold.
-pub(crate) fn timestamp_bytes(layers: usize) -> u64 {
-    32 * layers as u64
-}
-
-/// Output shapes of a run of layers.
-fn layer_shapes(layers: &[Layer], input: Shape) -> Result<Vec<Shape>> {
-    let mut s = input;
-    layers
-        .iter()
-        .map(|l| {
-            s = l.op.output_shape(s, &l.name)?;
-            Ok(s)
-        })
-        .collect()
-}
-
-/// A plan's estimated GPU memory for a run of layers (timestamp room included).
-fn estimate(layers: &[Layer], input: Shape) -> Result<u64> {
-    if layers.is_empty() {
-        return Ok(0);
-    }
-    let shapes = layer_shapes(layers, input)?;
-    Ok(estimate_layers(layers, input, &shapes, false) + timestamp_bytes(layers.len()))
-}
-
-/// Bytes of the weights of `layers` on the GPU (as plans count them).
-fn weight_bytes(layers: &[Layer]) -> u64 {
-    estimate_layers(
-        layers,
-        Shape::new(0, 0, 0, 0),
-        &[Shape::new(0, 0, 0, 0)],
-        false,
-    )
-}
 
 /// What the leading layers make of a band: the band's output height and how many of its top
 /// rows equal the whole-image run's (all of them for a band ending at the image's bottom).
@@ -585,34 +549,6 @@ fn layers_flops(layers: &[Layer], input: Shape) -> Result<u64> {
         s = out;
     }
     Ok(total)
-}
-
-/// A copy of the layers `range` of `network` as a network of its own.
-pub fn sub_network(network: &Network, range: Range<usize>) -> Result<Network> {
-    let layers = network.layers();
-    let range = range.start.min(layers.len())..range.end.min(layers.len());
-    let mut channels = network.in_channels();
-    for l in &layers[..range.start] {
-        if let Op::Conv { spec, .. } = &l.op {
-            channels = spec.out_channels;
-        }
-    }
-    let mut b = Network::builder(
-        format!("{} [{}..{}]", network.name(), range.start, range.end),
-        channels,
-    );
-    for l in &layers[range] {
-        let name = l.name.clone();
-        b = match &l.op {
-            Op::Conv { spec, weight, bias } => b.conv(name, *spec, weight.clone(), bias.clone()),
-            Op::MaxPool(p) => b.max_pool(name, *p),
-            Op::Relu => b.relu(name),
-            Op::Softmax => b.softmax(name),
-            Op::Zoom(z) => b.zoom(name, z.factor),
-            Op::Deconv { spec, weight } => b.deconv(name, *spec, weight.clone()),
-        };
-    }
-    b.build()
 }
 
 #[cfg(test)]

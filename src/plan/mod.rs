@@ -14,6 +14,7 @@ pub mod compiled;
 pub mod cpu;
 pub mod executor;
 pub mod layout;
+pub mod memory;
 pub mod options;
 
 pub use banded::Plan;

@@ -10,15 +10,39 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// The GPU shared by every test of a binary (the handle is `Send + Sync`).
+///
+/// A GPU test must not pass without a GPU: without an adapter this panics, and it asserts the
+/// adapter is the one the environment asks for: the backend named by `WGPU_BACKEND` (CI pins
+/// `vulkan`) and, when `DILATED_TEST_ADAPTER` is set (CI: `llvmpipe`, Mesa's lavapipe), an
+/// adapter whose name contains it.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::new() {
-        Ok(g) => {
-            eprintln!("adapter: {} ({:?})", g.name(), g.adapter().info.backend);
-            g
-        }
-        Err(e) => panic!("{e}"),
+    GPU.get_or_init(|| {
+        let g = Gpu::new().unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
+        check_adapter(&g);
+        g
     })
+}
+
+/// Asserts that `gpu` runs on the adapter the environment asks for (see [`gpu`]).
+pub fn check_adapter(gpu: &Gpu) {
+    let info = &gpu.adapter().info;
+    eprintln!("adapter: {} ({:?})", info.name, info.backend);
+    if let Some(backends) = wgpu::Backends::from_env() {
+        assert!(
+            backends.contains(wgpu::Backends::from(info.backend)),
+            "WGPU_BACKEND asks for {backends:?} but the adapter {} is on {:?}",
+            info.name,
+            info.backend
+        );
+    }
+    if let Ok(want) = std::env::var("DILATED_TEST_ADAPTER") {
+        assert!(
+            info.name.to_lowercase().contains(&want.to_lowercase()),
+            "DILATED_TEST_ADAPTER={want} but the adapter is {}",
+            info.name
+        );
+    }
 }
 
 /// A seeded generator.
