@@ -97,12 +97,13 @@ fn tiled_convolution_past_the_limit() {
     let mut r = rng(2);
     let x = random4(&mut r, [4, 2, 1450, 1450]);
     let w = random4(&mut r, spec.weight_shape());
-    let conv = GpuConv2d::new(gpu, spec, w.view(), None)
+    let b = random1(&mut r, 2);
+    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view()))
         .unwrap()
         .with_algorithm(ConvAlgorithm::Tiled);
     // 4 images x ceil(2,102,500 / 128) = 16,426 pixel tiles x 1 channel tile.
     let got = run_counted(gpu, &conv, &x, &[Kernel::ConvPointwise], 4 * 16_426);
-    let want = reference::conv2d(x.view(), &spec, w.view(), None).unwrap();
+    let want = reference::conv2d(x.view(), &spec, w.view(), Some(b.view())).unwrap();
     assert!(rel_error(got.view(), want.view()) <= TOLERANCE);
 }
 
