@@ -19,9 +19,8 @@ use std::sync::Mutex;
 use ndarray::{Array4, ArrayView1, ArrayView4};
 use rayon::prelude::*;
 
-use crate::cpu::reference::{check_conv_params, check_deconv_weight, shape_of};
 use crate::error::{Error, Result};
-use crate::spec::{Conv2d, MaxPool2d, Shape};
+use crate::spec::{Conv2d, MaxPool2d, Shape, check_conv_params, check_deconv_weight, shape_of};
 
 /// Most f32 elements of im2col scratch per band (64 MiB) on the fallback path.
 const SCRATCH_ELEMS: usize = 16 << 20;

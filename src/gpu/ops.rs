@@ -3,7 +3,6 @@
 
 use ndarray::{ArrayView1, ArrayView4};
 
-use crate::cpu::reference::check_conv_params;
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
 use crate::gpu::kernels::{
@@ -11,6 +10,7 @@ use crate::gpu::kernels::{
     WG_TILED,
 };
 use crate::gpu::tensor::{GpuTensor, Window};
+use crate::spec::check_conv_params;
 use crate::spec::{Conv2d, MaxPool2d, Shape};
 
 /// One recorded compute dispatch: a pipeline, its bindings and the workgroup grid.

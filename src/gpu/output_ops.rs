@@ -109,7 +109,7 @@ pub struct GpuDeconv2d {
 impl GpuDeconv2d {
     /// Uploads weights `[channels, 1, k, k]`.
     pub fn new(gpu: &Gpu, spec: Deconv2d, weight: ArrayView4<f32>) -> Result<Self> {
-        crate::cpu::reference::check_deconv_weight(&spec, &weight)?;
+        crate::spec::check_deconv_weight(&spec, &weight)?;
         let data: Vec<f32> = weight.iter().copied().collect();
         Ok(Self {
             spec,
