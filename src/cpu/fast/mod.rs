@@ -121,15 +121,6 @@ impl CpuConv2d {
         &self.spec
     }
 
-    /// Whether this layer runs on the direct AVX-512 kernel (else im2col + SGEMM).
-    pub fn is_direct(&self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        if matches!(self.method, Method::Direct { .. }) {
-            return true;
-        }
-        false
-    }
-
     /// Output shape for an input shape (errors as [`Conv2d::output_shape`]).
     pub fn output_shape(&self, input: Shape) -> Result<Shape> {
         self.spec.output_shape(input, "conv2d")
