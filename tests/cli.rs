@@ -6,9 +6,10 @@ mod common;
 
 use common::{gpu, random4, rel_error, rng};
 use dilated::cpu::CpuPlan;
+use dilated::io::{read_npy4, write_npy};
 use dilated::net::{Model, Network, PresetOptions};
 use dilated::plan::GpuPlan;
-use dilated::weights::{WeightSet, read_npy4, write_caffemodel, write_npy};
+use dilated::weights::{WeightSet, write_caffemodel};
 use dilated::{Error, Shape};
 
 fn dilated(args: &[&str]) -> std::process::Output {
