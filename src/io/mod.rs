@@ -5,6 +5,13 @@
 //! Readers treat their input as hostile: a malformed file gives an [`Error`], never a panic.
 //! Every writer writes a temporary file in the destination directory and renames it over the
 //! destination, so a failed write leaves no partial file behind.
+//!
+//! [`read_npy4`]: crate::io::read_npy4
+//! [`read_npy4_bytes`]: crate::io::read_npy4_bytes
+//! [`write_npy`]: crate::io::write_npy
+//! [`load_image_bgr`]: crate::io::load_image_bgr
+//! [`save_png`]: crate::io::save_png
+//! [`Error`]: crate::Error
 
 mod image;
 mod npy;
