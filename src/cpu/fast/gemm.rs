@@ -11,7 +11,6 @@ const SCRATCH_ELEMS: usize = 16 << 20;
 
 /// Convolution of the NCHW input `x` (shape `is`) into `y` (shape `os`) with weights as an
 /// `out x (in*kh*kw)` matrix.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     s: &Conv2d,
     weight: &[f32],
