@@ -25,6 +25,9 @@
 pub mod cpu;
 pub mod error;
 pub mod gpu;
+/// Reading and writing files: NumPy `.npy` arrays, images, and the file handling the weight
+/// formats share.
+pub mod io;
 pub mod net;
 pub mod plan;
 pub mod segment;

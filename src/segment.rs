@@ -11,6 +11,9 @@ use crate::net::{Model, ModelInfo, Network, Upsampling};
 use crate::plan::{CpuPlan, Plan, PlanOptions};
 use crate::spec::{Shape, Zoom};
 
+// Image files are read and written by `crate::io`; these two are reachable here as well.
+pub use crate::io::{load_image_bgr, save_png};
+
 /// Where the network runs.
 pub enum Backend<'g> {
     /// On a GPU.
@@ -241,33 +244,6 @@ impl<'g> Segmenter<'g> {
     }
 }
 
-/// Reads an image file (PNG, JPEG, BMP) as `[height, width, 3]` BGR values in 0..255.
-pub fn load_image_bgr(path: impl AsRef<std::path::Path>) -> Result<Array3<f32>> {
-    let path = path.as_ref();
-    let reader = image::ImageReader::open(path)
-        .map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?
-        .with_guessed_format()
-        .map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-    let img = reader
-        .decode()
-        .map_err(|e| Error::Image {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    Ok(Array3::from_shape_fn(
-        (h as usize, w as usize, 3),
-        |(y, x, c)| img.get_pixel(x as u32, y as u32)[2 - c] as f32,
-    ))
-}
-
 /// The label map in the dataset's colours.
 pub fn colorize(labels: &Array2<u32>, palette: &[[u8; 3]]) -> image::RgbImage {
     let (h, w) = labels.dim();
@@ -288,18 +264,6 @@ pub fn overlay(image_bgr: &Array3<f32>, colored: &image::RgbImage, alpha: f32) -
                 .clamp(0.0, 255.0) as u8
         }))
     })
-}
-
-/// Writes a PNG atomically: the file appears only when complete.
-pub fn save_png(path: impl AsRef<std::path::Path>, img: &image::RgbImage) -> Result<()> {
-    let path = path.as_ref();
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, image::ImageFormat::Png)
-        .map_err(|e| Error::Image {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    crate::weights::write_atomic(path, |w| std::io::Write::write_all(w, bytes.get_ref()))
 }
 
 /// The dataset's colour for each class (RGB).

@@ -5,10 +5,11 @@
 mod common;
 
 use common::{gpu, random4, rel_error, rng};
+use dilated::io::{read_npy4, write_npy};
 use dilated::net::{Model, Network, PresetOptions};
 use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
-use dilated::weights::{WeightSet, read_npy4, write_caffemodel, write_npy};
+use dilated::weights::{WeightSet, write_caffemodel};
 use dilated::{Error, Shape};
 
 fn dilated(args: &[&str]) -> std::process::Output {

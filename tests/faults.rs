@@ -223,7 +223,7 @@ fn the_command_line_tool_falls_back_to_the_cpu_unless_told_not_to() {
     dilated::weights::write_safetensors(&weights, &net.weight_set().unwrap()).unwrap();
     let x = random4(&mut rng(11), [1, 3, 377, 381]).mapv(|v| v * 60.0);
     let input = dir.path().join("x.npy");
-    dilated::weights::write_npy(&input, &x).unwrap();
+    dilated::io::write_npy(&input, &x).unwrap();
     let output = dir.path().join("y.npy");
     let mut args = vec![
         "run",
@@ -248,7 +248,7 @@ fn the_command_line_tool_falls_back_to_the_cpu_unless_told_not_to() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("computed on the CPU"));
     let want = CpuPlan::new(&net).unwrap().forward(x.view()).unwrap();
-    assert_eq!(dilated::weights::read_npy4(&output).unwrap(), want);
+    assert_eq!(dilated::io::read_npy4(&output).unwrap(), want);
 
     // --gpu requires the device.
     std::fs::remove_file(&output).unwrap();

@@ -353,7 +353,7 @@ fn the_command_line_tool_warns_about_nan_input() {
     for (name, x) in [("clean", &clean), ("dirty", &dirty)] {
         let input = dir.path().join(format!("{name}.npy"));
         let output = dir.path().join(format!("{name}-out.npy"));
-        dilated::weights::write_npy(&input, x).unwrap();
+        dilated::io::write_npy(&input, x).unwrap();
         let out = dilated(&[
             "run",
             "--model",
@@ -370,7 +370,7 @@ fn the_command_line_tool_warns_about_nan_input() {
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
-        let y = dilated::weights::read_npy4(&output).unwrap();
+        let y = dilated::io::read_npy4(&output).unwrap();
         if name == "clean" {
             assert!(!stderr.contains("NaN"), "{stderr}");
             assert!(y.iter().all(|v| v.is_finite()));

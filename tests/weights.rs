@@ -7,10 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use dilated::Error;
+use dilated::io::{read_npy4, read_npy4_bytes, write_npy};
 use dilated::weights::{
     ExpectedLayer, LayerWeights, WeightSet, encode_caffemodel, proto, read_caffemodel,
-    read_caffemodel_bytes, read_npy4, read_npy4_bytes, read_safetensors, read_safetensors_bytes,
-    write_caffemodel, write_npy, write_safetensors,
+    read_caffemodel_bytes, read_safetensors, read_safetensors_bytes, write_caffemodel,
+    write_safetensors,
 };
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn, ShapeBuilder};
 use prost::Message;

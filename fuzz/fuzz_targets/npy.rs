@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(a) = dilated::weights::read_npy4_bytes(data) {
+    if let Ok(a) = dilated::io::read_npy4_bytes(data) {
         assert!(4 * a.len() < data.len());
     }
 });

@@ -5,65 +5,11 @@
 
 use ndarray::{Array3, Array4, ArrayView1, ArrayView4};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::net::Op;
-use crate::spec::{Conv2d, Deconv2d, MaxPool2d, Shape, Zoom};
-
-/// Shape of an ndarray as a [`Shape`].
-pub(crate) fn shape_of(a: &ArrayView4<f32>) -> Shape {
-    let d = a.dim();
-    Shape::new(d.0, d.1, d.2, d.3)
-}
-
-/// Checks a per-channel transposed convolution's weight shape (`[channels, 1, k, k]`).
-pub fn check_deconv_weight(spec: &Deconv2d, weight: &ArrayView4<f32>) -> Result<()> {
-    if weight.shape() != spec.weight_shape() {
-        return Err(Error::ShapeMismatch {
-            context: "deconv2d".into(),
-            left_name: "weight",
-            left: weight.shape().to_vec(),
-            right_name: "layer spec [channels, 1, k, k]",
-            right: spec.weight_shape().to_vec(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks weight and bias shapes against a convolution spec.
-pub fn check_conv_params(
-    spec: &Conv2d,
-    weight: &ArrayView4<f32>,
-    bias: Option<&ArrayView1<f32>>,
-    context: &str,
-) -> Result<()> {
-    spec.validate(context)?;
-    let w = weight.shape();
-    if w != spec.weight_shape() {
-        return Err(Error::ShapeMismatch {
-            context: context.to_string(),
-            left_name: "weight",
-            left: w.to_vec(),
-            right_name: "layer spec [out, in, kh, kw]",
-            right: spec.weight_shape().to_vec(),
-        });
-    }
-    match (spec.bias, bias) {
-        (true, Some(b)) if b.len() != spec.out_channels => Err(Error::BiasLength {
-            context: context.to_string(),
-            expected: spec.out_channels,
-            actual: b.len(),
-        }),
-        (true, None) => Err(Error::InvalidSpec {
-            context: context.to_string(),
-            reason: "the layer has a bias but none was given".into(),
-        }),
-        (false, Some(_)) => Err(Error::InvalidSpec {
-            context: context.to_string(),
-            reason: "a bias was given but the layer has none".into(),
-        }),
-        _ => Ok(()),
-    }
-}
+use crate::spec::{
+    Conv2d, Deconv2d, MaxPool2d, Zoom, check_conv_params, check_deconv_weight, shape_of,
+};
 
 /// Direct 2-D convolution (any kernel, dilation, padding, stride), bias and ReLU as the spec says.
 pub fn conv2d(

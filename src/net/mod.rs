@@ -516,7 +516,7 @@ impl NetworkBuilder {
                             spec.in_channels
                         )));
                     }
-                    crate::cpu::reference::check_conv_params(
+                    crate::spec::check_conv_params(
                         spec,
                         &weight.view(),
                         bias.as_ref().map(|b| b.view()).as_ref(),

@@ -14,8 +14,9 @@ use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::proto::BlobShape;
-use super::{BYTES_PATH, LayerWeights, WeightSet, open, write_atomic};
+use super::{LayerWeights, WeightSet};
 use crate::error::{Error, Result};
+use crate::io::{BYTES_PATH, open, write_atomic};
 
 const FORMAT: &str = "caffemodel";
 /// Longest layer name accepted.

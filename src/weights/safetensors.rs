@@ -11,8 +11,9 @@ use std::path::Path;
 use ::safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use ndarray::{Array1, Array4};
 
-use super::{BYTES_PATH, LayerWeights, WeightSet, open, read_error, write_atomic};
+use super::{LayerWeights, WeightSet};
 use crate::error::{Error, Result};
+use crate::io::{BYTES_PATH, open, read_error, write_atomic};
 
 const FORMAT: &str = "safetensors";
 /// The `safetensors` crate's own limit on the JSON header.

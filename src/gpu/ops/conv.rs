@@ -4,7 +4,6 @@
 
 use ndarray::{ArrayView1, ArrayView4};
 
-use crate::cpu::reference::check_conv_params;
 use crate::error::Result;
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
@@ -14,7 +13,7 @@ use crate::gpu::shader::{
     BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
     WG_TILED, uniform,
 };
-use crate::spec::{Conv2d, Shape};
+use crate::spec::{Conv2d, Shape, check_conv_params};
 
 /// Which convolution kernel to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,14 +3,13 @@
 
 use ndarray::ArrayView4;
 
-use crate::cpu::reference::check_deconv_weight;
 use crate::error::Result;
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::{GpuLayer, Io};
 use crate::gpu::ops::planes::{PlaneHeader, prepare_planes};
 use crate::gpu::shader::{Kernel, uniform};
-use crate::spec::{Deconv2d, Shape};
+use crate::spec::{Deconv2d, Shape, check_deconv_weight};
 
 uniform! {
     /// Uniform of `shaders/deconv.wgsl`.

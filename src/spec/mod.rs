@@ -5,6 +5,11 @@
 
 use crate::error::{Error, Result};
 
+mod checks;
+
+pub(crate) use checks::shape_of;
+pub use checks::{check_conv_params, check_deconv_weight};
+
 /// Padding on each side of a 2-D input, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Padding {

@@ -1,0 +1,476 @@
+//! The direct AVX-512 convolution: register-blocked micro-kernels over a zero-padded copy of
+//! the input, weights pre-packed per block of output channels, bias and ReLU fused into the
+//! store.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use crate::spec::{Conv2d, Shape};
+
+/// A raw pointer that may cross threads; every task writes a disjoint part of the output.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (distinct output channels or rows).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Arguments of one micro-kernel call.
+struct Tile<'a> {
+    /// Input at (channel 0, first row of the window, first column of the tile).
+    x: *const f32,
+    /// Elements between input channel planes.
+    x_plane: usize,
+    /// Packed weights of the block.
+    w: *const f32,
+    /// `(offset in x, offset in w)` of each tap that touches the input.
+    taps: &'a [(usize, usize)],
+    /// Input channels.
+    cin: usize,
+    /// Weight elements per input channel (`taps * mr`).
+    w_ci: usize,
+    /// Bias of the block's channels.
+    bias: Option<*const f32>,
+    /// Start from the values already in `out` (a later chunk of input channels).
+    accumulate: bool,
+    /// Apply the ReLU when storing (the last chunk of input channels).
+    relu: bool,
+    /// Output at (first channel of the block, row, first column of the tile).
+    out: *mut f32,
+    /// Elements between output channel planes.
+    out_plane: usize,
+    /// Lanes of the last vector to store.
+    mask: __mmask16,
+}
+
+/// One tile: `MR` output channels by `NV` vectors of 16 pixels (the last one masked).
+///
+/// # Safety
+/// AVX-512F must be available; every unmasked lane of every load and store must be in
+/// bounds.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const MR: usize, const NV: usize>(t: &Tile) {
+    let zero = _mm512_setzero_ps();
+    let mut acc = [[zero; NV]; MR];
+    if t.accumulate {
+        for (m, row) in acc.iter_mut().enumerate() {
+            // SAFETY: the same lanes the store below writes.
+            let o = unsafe { t.out.add(m * t.out_plane) };
+            for (v, a) in row.iter_mut().enumerate() {
+                *a = unsafe {
+                    if v + 1 == NV {
+                        _mm512_maskz_loadu_ps(t.mask, o.add(16 * v))
+                    } else {
+                        _mm512_loadu_ps(o.add(16 * v))
+                    }
+                };
+            }
+        }
+    } else if let Some(b) = t.bias {
+        for (m, row) in acc.iter_mut().enumerate() {
+            // SAFETY: the bias has the block's MR channels.
+            let bv = _mm512_set1_ps(unsafe { *b.add(m) });
+            *row = [bv; NV];
+        }
+    }
+    if let [(xo, wo)] = *t.taps {
+        // One tap (1x1 kernels, or all but one tap in the padding): a tight loop.
+        for ci in 0..t.cin {
+            // SAFETY: as in the general loop below.
+            let xp = unsafe { t.x.add(ci * t.x_plane + xo) };
+            let wp = unsafe { t.w.add(ci * t.w_ci + wo) };
+            let mut xv = [zero; NV];
+            for (v, xr) in xv.iter_mut().enumerate() {
+                *xr = if v + 1 == NV {
+                    unsafe { _mm512_maskz_loadu_ps(t.mask, xp.add(16 * v)) }
+                } else {
+                    unsafe { _mm512_loadu_ps(xp.add(16 * v)) }
+                };
+            }
+            for (m, row) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(unsafe { *wp.add(m) });
+                for (a, xr) in row.iter_mut().zip(xv.iter()) {
+                    *a = _mm512_fmadd_ps(wv, *xr, *a);
+                }
+            }
+        }
+    } else {
+        for ci in 0..t.cin {
+            // SAFETY (whole loop): offsets stay inside the padded input and packed weights.
+            let xc = unsafe { t.x.add(ci * t.x_plane) };
+            let wc = unsafe { t.w.add(ci * t.w_ci) };
+            for &(xo, wo) in t.taps {
+                let xp = unsafe { xc.add(xo) };
+                let mut xv = [zero; NV];
+                for (v, xr) in xv.iter_mut().enumerate() {
+                    *xr = if v + 1 == NV {
+                        unsafe { _mm512_maskz_loadu_ps(t.mask, xp.add(16 * v)) }
+                    } else {
+                        unsafe { _mm512_loadu_ps(xp.add(16 * v)) }
+                    };
+                }
+                let wp = unsafe { wc.add(wo) };
+                for (m, row) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_ps(unsafe { *wp.add(m) });
+                    for (a, xr) in row.iter_mut().zip(xv.iter()) {
+                        *a = _mm512_fmadd_ps(wv, *xr, *a);
+                    }
+                }
+            }
+        }
+    }
+    for (m, row) in acc.iter().enumerate() {
+        let o = unsafe { t.out.add(m * t.out_plane) };
+        for (v, &a) in row.iter().enumerate() {
+            // max(0, NaN) keeps the NaN: the second operand wins when either is NaN.
+            let r = if t.relu { _mm512_max_ps(zero, a) } else { a };
+            unsafe {
+                if v + 1 == NV {
+                    _mm512_mask_storeu_ps(o.add(16 * v), t.mask, r);
+                } else {
+                    _mm512_storeu_ps(o.add(16 * v), r);
+                }
+            }
+        }
+    }
+}
+
+/// Calls `tile::<mr, nv>`.
+///
+/// # Safety
+/// As [`tile`]; `mr` in `1..=MAX_MR`, `nv` in `1..=2`.
+unsafe fn dispatch(mr: usize, nv: usize, t: &Tile) {
+    macro_rules! go {
+        ($($m:literal)*) => {
+            match (mr, nv) {
+                $(($m, 1) => unsafe { tile::<$m, 1>(t) },
+                  ($m, 2) => unsafe { tile::<$m, 2>(t) },)*
+                _ => unreachable!("tile {mr}x{nv}"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+}
+
+/// Geometry of the zero-padded input copy.
+struct Padded {
+    /// Padded height and width.
+    hp: usize,
+    wp: usize,
+    /// Elements between channel planes (an odd number of cache lines, so planes do not
+    /// collide in the cache sets).
+    plane: usize,
+}
+
+/// Copies `x` (NCHW) into `buf` with the spec's zero padding.
+fn pad_input(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded {
+    let p = s.padding;
+    let (hp, wp) = (is.h + p.top + p.bottom, is.w + p.left + p.right);
+    let mut lines = (hp * wp).div_ceil(16);
+    if lines % 2 == 0 {
+        lines += 1;
+    }
+    let plane = lines * 16;
+    let total = is.n * is.c * plane;
+    if buf.len() < total {
+        buf.clear();
+        buf.resize(total, 0.0);
+    }
+    let (ih, iw) = (is.h, is.w);
+    buf[..total]
+        .par_chunks_mut(plane)
+        .zip(x.par_chunks(ih * iw))
+        .for_each(|(dst, src)| {
+            dst[..p.top * wp].fill(0.0);
+            for r in 0..ih {
+                let row = &mut dst[(p.top + r) * wp..(p.top + r + 1) * wp];
+                row[..p.left].fill(0.0);
+                row[p.left..p.left + iw].copy_from_slice(&src[r * iw..(r + 1) * iw]);
+                row[p.left + iw..].fill(0.0);
+            }
+            dst[(p.top + ih) * wp..].fill(0.0);
+        });
+    Padded { hp, wp, plane }
+}
+
+/// Target bytes of padded input rows one task works on (kept in L2).
+const INPUT_BYTES: usize = 384 << 10;
+/// Target bytes of one block's packed weights for one chunk of input channels.
+const WEIGHT_BYTES: usize = 160 << 10;
+/// Target output pixels per band of rows.
+const BAND_PIXELS: usize = 512;
+
+/// One micro-kernel tile of output pixels.
+#[derive(Clone, Copy)]
+struct Span {
+    /// Offset of the tile's first tap-(0,0) input element inside a padded channel plane.
+    x: usize,
+    /// Offset of the tile's first output element inside an output channel plane.
+    out: usize,
+    /// Pixels in the tile (1..=32).
+    width: usize,
+    /// First and last output row the tile covers.
+    rows: (usize, usize),
+    /// First output column, when the tile lies in one row (else taps are never skipped
+    /// horizontally).
+    col: Option<usize>,
+}
+
+/// How the output is cut into tiles.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Tiles run along the output laid out at the padded input's pitch (else along rows).
+    flat: bool,
+    /// Pixels per tile (16 or 32).
+    tile_w: usize,
+}
+
+/// Everything the tiling needs to know about a layer on one input size.
+struct Geom<'a> {
+    s: &'a Conv2d,
+    is: Shape,
+    os: Shape,
+    wp: usize,
+}
+
+impl Geom<'_> {
+    /// Output row pitch of the tiles' target.
+    fn pitch(&self, plan: Plan) -> usize {
+        if plan.flat { self.wp } else { self.os.w }
+    }
+
+    /// The tiles of output rows `r0..r1`.
+    fn spans(&self, plan: Plan, r0: usize, r1: usize, out: &mut Vec<Span>) {
+        let (oh, ow, tw) = (self.os.h, self.os.w, plan.tile_w);
+        out.clear();
+        if plan.flat {
+            let pitch = self.wp;
+            let end = (r1 * pitch).min((oh - 1) * pitch + ow);
+            for q in (r0 * pitch..end).step_by(tw) {
+                let width = tw.min(end - q);
+                let rows = (q / pitch, (q + width - 1) / pitch);
+                out.push(Span {
+                    x: q,
+                    out: q,
+                    width,
+                    rows,
+                    col: None,
+                });
+            }
+        } else {
+            for oy in r0..r1 {
+                for ox0 in (0..ow).step_by(tw) {
+                    out.push(Span {
+                        x: oy * self.s.stride.0 * self.wp + ox0,
+                        out: oy * ow + ox0,
+                        width: tw.min(ow - ox0),
+                        rows: (oy, oy),
+                        col: Some(ox0),
+                    });
+                }
+            }
+        }
+    }
+
+    /// `(input offset, tap index)` of the taps of `sp` that touch the input (the others
+    /// read only padding).
+    fn taps(&self, sp: &Span, list: &mut Vec<(usize, usize)>) {
+        let s = self.s;
+        let (kh, kw) = s.kernel;
+        let (dh, dw) = s.dilation;
+        list.clear();
+        for ky in 0..kh {
+            let lo = sp.rows.0 * s.stride.0 + ky * dh;
+            let hi = sp.rows.1 * s.stride.0 + ky * dh;
+            if hi < s.padding.top || lo >= s.padding.top + self.is.h {
+                continue;
+            }
+            for kx in 0..kw {
+                if let Some(ox0) = sp.col {
+                    let c = ox0 + kx * dw;
+                    if c + sp.width <= s.padding.left || c >= s.padding.left + self.is.w {
+                        continue;
+                    }
+                }
+                list.push((ky * dh * self.wp + kx * dw, ky * kw + kx));
+            }
+        }
+    }
+
+    /// Vector multiply-adds per input and output channel of one image under `plan`, plus
+    /// the copy out of the flat layout.
+    fn cost(&self, plan: Plan) -> usize {
+        let mut spans = Vec::new();
+        let mut list = Vec::new();
+        self.spans(plan, 0, self.os.h, &mut spans);
+        let mut total = 0;
+        for sp in &spans {
+            self.taps(sp, &mut list);
+            total += list.len() * sp.width.div_ceil(16);
+        }
+        if plan.flat {
+            total += self.os.h * self.wp / 16 / self.s.in_channels.max(1) * 4;
+        }
+        total
+    }
+
+    /// The cheapest plan.
+    fn plan(&self) -> Plan {
+        let mut best = Plan {
+            flat: false,
+            tile_w: 32,
+        };
+        let mut best_cost = self.cost(best);
+        for flat in [false, true] {
+            if flat && self.s.stride != (1, 1) {
+                continue;
+            }
+            for tile_w in [32, 16] {
+                let plan = Plan { flat, tile_w };
+                let c = self.cost(plan);
+                // Prefer wide row tiles unless another plan saves over 2 %.
+                if c * 50 < best_cost * 49 {
+                    best = plan;
+                    best_cost = c;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// The whole convolution: pads the input into `scratch[0]`, then runs every tile.
+///
+/// Tiles are 16 or 32 consecutive output pixels of one row, or, when that wastes fewer
+/// vector lanes (narrow rows with little padding, stride 1), of the output laid out with
+/// the padded input's row pitch (the extra columns are computed into `scratch[1]` and
+/// dropped when copying out); the cheapest tiling counting skipped taps wins. Tasks are
+/// (image, band of output rows, group of output-channel blocks); within a task the input
+/// channels are split into chunks whose padded rows and weights stay in L2, and for each
+/// chunk every block of the group sweeps the band's tiles.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    s: &Conv2d,
+    packed: &[f32],
+    blocks: &[(usize, usize)],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    is: Shape,
+    os: Shape,
+    y: &mut [f32],
+    scratch: &mut [Vec<f32>; 2],
+) {
+    let [xbuf, zbuf] = scratch;
+    let pad = pad_input(s, x, is, xbuf);
+    let xp: &[f32] = xbuf;
+    debug_assert!(pad.hp >= (os.h - 1) * s.stride.0 + s.extent().0);
+    let geom = Geom {
+        s,
+        is,
+        os,
+        wp: pad.wp,
+    };
+    let plan = geom.plan();
+    let taps = s.kernel.0 * s.kernel.1;
+    let cin = s.in_channels;
+    let (oh, ow) = (os.h, os.w);
+    let pitch = geom.pitch(plan);
+    let z_len = os.n * s.out_channels * oh * pitch;
+    let y_ptr = if plan.flat {
+        if zbuf.len() < z_len {
+            zbuf.clear();
+            zbuf.resize(z_len, 0.0);
+        }
+        SyncPtr(zbuf.as_mut_ptr())
+    } else {
+        SyncPtr(y.as_mut_ptr())
+    };
+    let out_plane = oh * pitch;
+    let threads = rayon::current_num_threads().max(1);
+    // Tasks are (image, band of rows, group of output-channel blocks). Bands hold about
+    // BAND_PIXELS outputs, so each block's weights, once in cache, serve many tiles; the
+    // blocks are then split into groups until there are about 8 tasks per thread.
+    let band_rows = BAND_PIXELS.div_ceil(ow).clamp(1, oh);
+    let bands = oh.div_ceil(band_rows);
+    let groups = (threads * 8).div_ceil(os.n * bands).clamp(1, blocks.len());
+    // Distinct padded rows a band reads per input channel.
+    let rows_read = (s.kernel.0 * band_rows).min((band_rows - 1) * s.stride.0 + s.extent().0);
+    let max_mr = blocks.iter().map(|b| b.1).max().unwrap_or(1);
+    let by_input = INPUT_BYTES / (rows_read * pad.wp * 4).max(1);
+    let by_weight = WEIGHT_BYTES / (taps * max_mr * 4).max(1);
+    let chunks = cin.div_ceil(by_input.min(by_weight).clamp(1, cin));
+    (0..os.n * bands * groups).into_par_iter().for_each(|task| {
+        let (n, band, group) = (
+            task / (bands * groups),
+            task / groups % bands,
+            task % groups,
+        );
+        let my_blocks = &blocks[group * blocks.len() / groups..(group + 1) * blocks.len() / groups];
+        let x_img = &xp[n * cin * pad.plane..];
+        let (r0, r1) = (band * band_rows, ((band + 1) * band_rows).min(oh));
+        let mut spans = Vec::new();
+        geom.spans(plan, r0, r1, &mut spans);
+        let tap_lists: Vec<Vec<(usize, usize)>> = spans
+            .iter()
+            .map(|sp| {
+                let mut list = Vec::with_capacity(taps);
+                geom.taps(sp, &mut list);
+                list
+            })
+            .collect();
+        let mut scaled = Vec::with_capacity(taps);
+        for chunk in 0..chunks {
+            let (ci0, ci1) = (chunk * cin / chunks, (chunk + 1) * cin / chunks);
+            for &(c0, mr) in my_blocks {
+                let w_blk = &packed[(c0 * cin + ci0 * mr) * taps..(c0 * cin + ci1 * mr) * taps];
+                for (sp, list) in spans.iter().zip(&tap_lists) {
+                    scaled.clear();
+                    scaled.extend(list.iter().map(|&(xo, t)| (xo, t * mr)));
+                    let nv = sp.width.div_ceil(16);
+                    let rem = sp.width - (nv - 1) * 16;
+                    let mask: __mmask16 = if rem == 16 { 0xffff } else { (1u16 << rem) - 1 };
+                    let out_off = (n * s.out_channels + c0) * out_plane + sp.out;
+                    let t = Tile {
+                        x: x_img[ci0 * pad.plane + sp.x..].as_ptr(),
+                        x_plane: pad.plane,
+                        w: w_blk.as_ptr(),
+                        taps: &scaled,
+                        cin: ci1 - ci0,
+                        w_ci: taps * mr,
+                        bias: bias.map(|b| b[c0..].as_ptr()),
+                        accumulate: chunk > 0,
+                        relu: s.relu && chunk + 1 == chunks,
+                        // SAFETY: inside the output (channel c0 + m < out, tile in plane).
+                        out: unsafe { y_ptr.get().add(out_off) },
+                        out_plane,
+                        mask,
+                    };
+                    // SAFETY: AVX-512F was detected when the method was chosen. Loads read
+                    // channels ci0..ci1 at padded row <= (oh-1)*stride + (kh-1)*dh < hp and
+                    // column <= ow-1 + (kw-1)*dw < wp (stride 1 horizontally), or in the
+                    // flat layout at q + tap offset <= hp*wp - 1. Stores write this band's
+                    // pixels of channels c0..c0+mr, which no other task writes.
+                    unsafe { dispatch(mr, nv, &t) };
+                }
+            }
+        }
+    });
+    if plan.flat {
+        // Drop the padding columns.
+        let z: &[f32] = &zbuf[..z_len];
+        y.par_chunks_mut(oh * ow)
+            .zip(z.par_chunks(out_plane))
+            .for_each(|(dst, src)| {
+                for (d, s) in dst.chunks_mut(ow).zip(src.chunks(pitch)) {
+                    d.copy_from_slice(&s[..ow]);
+                }
+            });
+    }
+}

@@ -1,0 +1,240 @@
+//! The fast CPU path.
+//!
+//! On x86-64 CPUs with AVX-512 a convolution with horizontal stride 1 runs as a direct,
+//! register-blocked convolution over a zero-padded copy of the input: each micro-kernel call
+//! computes a tile of up to [`MAX_MR`] output channels by 16 or 32 consecutive output pixels
+//! (of one row, or of the output laid out at the padded input's row pitch when rows are narrow),
+//! accumulating every input channel and kernel tap in registers (weights pre-packed at
+//! [`CpuConv2d::new`], bias and ReLU fused into the store). Dilation only changes the offsets
+//! of the taps, and taps that fall wholly into the padding are skipped. Work is cut into bands
+//! of output rows, groups of output channels and cache-sized chunks of input channels, and
+//! spread over the rayon thread pool. Elsewhere (no AVX-512, or horizontal stride above 1) the path falls
+//! back to im2col over bands of output rows plus the `gemm` crate's multi-threaded SGEMM.
+//!
+//! The kernels live in one file per family: the direct AVX-512 convolution
+//! (`direct_avx512.rs`), im2col + SGEMM (`gemm.rs`), max pooling (`pool.rs`), ReLU and softmax
+//! (`elementwise.rs`) and the transposed convolution (`deconv.rs`); the public functions are
+//! re-exported here: [`conv2d`], [`max_pool2d`], [`relu_inplace`], [`softmax`], [`deconv2d`].
+//! All multi-threaded, and everything is checked against [`super::reference`].
+
+mod deconv;
+#[cfg(target_arch = "x86_64")]
+mod direct_avx512;
+mod elementwise;
+mod gemm;
+mod pool;
+
+use std::sync::Mutex;
+
+use ndarray::{Array4, ArrayView1, ArrayView4};
+
+use crate::error::{Error, Result};
+use crate::spec::{Conv2d, Shape, check_conv_params, shape_of};
+
+pub use deconv::deconv2d;
+pub use elementwise::{relu_inplace, softmax};
+pub use pool::max_pool2d;
+
+/// Most output channels per micro-kernel tile of the direct path.
+pub const MAX_MR: usize = 14;
+
+/// How the layer runs.
+enum Method {
+    /// im2col + SGEMM; weights as an `out x (in*kh*kw)` matrix.
+    Gemm { weight: Vec<f32> },
+    /// Direct AVX-512 convolution; weights packed per block of output channels as
+    /// `[in][kh*kw][block]`, blocks stored one after the other.
+    #[cfg(target_arch = "x86_64")]
+    Direct {
+        packed: Vec<f32>,
+        /// `(first output channel, channels in the block)`.
+        blocks: Vec<(usize, usize)>,
+    },
+}
+
+/// A convolution layer prepared for the CPU: weights packed for the chosen method, plus a
+/// reusable scratch buffer for the padded input.
+///
+/// The layer is `Send + Sync`; concurrent calls on one layer take turns on the scratch buffer
+/// (each call itself uses every rayon thread).
+pub struct CpuConv2d {
+    spec: Conv2d,
+    method: Method,
+    bias: Option<Vec<f32>>,
+    /// Padded input and, in the flattened layout, the padded-width output.
+    scratch: Mutex<[Vec<f32>; 2]>,
+}
+
+impl CpuConv2d {
+    /// Validates the weights `[out, in, kh, kw]` and bias and packs them for the fastest method
+    /// this CPU supports.
+    pub fn new(
+        spec: Conv2d,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Result<Self> {
+        check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
+        let weight = weight.as_standard_layout();
+        let flat = weight.as_slice().ok_or_else(|| Error::InvalidSpec {
+            context: "conv2d".into(),
+            reason: "weights are not contiguous".into(),
+        })?;
+        let method = Self::choose(&spec, flat);
+        Ok(Self {
+            spec,
+            method,
+            bias: bias.map(|b| b.to_vec()),
+            scratch: Mutex::new([Vec::new(), Vec::new()]),
+        })
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn choose(spec: &Conv2d, weight: &[f32]) -> Method {
+        if spec.stride.1 == 1 && std::is_x86_feature_detected!("avx512f") {
+            let blocks = split_blocks(spec.out_channels, MAX_MR);
+            let taps = spec.kernel.0 * spec.kernel.1;
+            let k = spec.in_channels * taps;
+            let mut packed = Vec::with_capacity(weight.len());
+            for &(c0, mr) in &blocks {
+                for kk in 0..k {
+                    for m in 0..mr {
+                        packed.push(weight[(c0 + m) * k + kk]);
+                    }
+                }
+            }
+            return Method::Direct { packed, blocks };
+        }
+        Method::Gemm {
+            weight: weight.to_vec(),
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn choose(_spec: &Conv2d, weight: &[f32]) -> Method {
+        Method::Gemm {
+            weight: weight.to_vec(),
+        }
+    }
+
+    /// The layer's spec.
+    pub fn spec(&self) -> &Conv2d {
+        &self.spec
+    }
+
+    /// Output shape for an input shape (errors as [`Conv2d::output_shape`]).
+    pub fn output_shape(&self, input: Shape) -> Result<Shape> {
+        self.spec.output_shape(input, "conv2d")
+    }
+
+    /// Runs the layer on an NCHW input.
+    pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
+        let out_shape = self.output_shape(shape_of(&input))?;
+        // Every element is written by the kernels, so uninitialised memory would do; zeros keep
+        // this safe at the cost of one pass of page faults.
+        let mut out = Array4::<f32>::zeros(out_shape.dims());
+        self.forward_into(input, &mut out)?;
+        Ok(out)
+    }
+
+    /// Runs the layer on an NCHW input into `output`, which must already have the output shape
+    /// (reuse it across calls to avoid allocating).
+    pub fn forward_into(&self, input: ArrayView4<f32>, output: &mut Array4<f32>) -> Result<()> {
+        let out_shape = self.output_shape(shape_of(&input))?;
+        if output.shape() != out_shape.dims() {
+            return Err(Error::ShapeMismatch {
+                context: "conv2d".into(),
+                left_name: "output",
+                left: output.shape().to_vec(),
+                right_name: "expected output",
+                right: out_shape.dims().to_vec(),
+            });
+        }
+        if !output.is_standard_layout() {
+            let mut tmp = Array4::<f32>::zeros(out_shape.dims());
+            self.forward_into(input, &mut tmp)?;
+            output.assign(&tmp);
+            return Ok(());
+        }
+        let input = input.as_standard_layout();
+        let x = input.as_slice().ok_or_else(|| Error::InvalidSpec {
+            context: "conv2d".into(),
+            reason: "input is not contiguous".into(),
+        })?;
+        let in_shape = shape_of(&input.view());
+        let y = output.as_slice_mut().ok_or_else(|| Error::InvalidSpec {
+            context: "conv2d".into(),
+            reason: "output is not contiguous".into(),
+        })?;
+        // A poisoned lock only means another call panicked mid-way; the scratch is rewritten
+        // before use, so it is still fine to take.
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.method {
+            Method::Gemm { weight } => gemm::forward(
+                &self.spec,
+                weight,
+                self.bias.as_deref(),
+                x,
+                in_shape,
+                out_shape,
+                y,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Method::Direct { packed, blocks } => direct_avx512::forward(
+                &self.spec,
+                packed,
+                blocks,
+                self.bias.as_deref(),
+                x,
+                in_shape,
+                out_shape,
+                y,
+                &mut scratch,
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Splits `n` channels into the fewest blocks of at most `max` channels, sizes differing by at
+/// most one.
+fn split_blocks(n: usize, max: usize) -> Vec<(usize, usize)> {
+    let count = n.div_ceil(max);
+    let (base, extra) = (n / count, n % count);
+    let mut start = 0;
+    (0..count)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let b = (start, len);
+            start += len;
+            b
+        })
+        .collect()
+}
+
+/// Convolution on the CPU's fast path (prepares the weights, then runs once).
+pub fn conv2d(
+    input: ArrayView4<f32>,
+    spec: &Conv2d,
+    weight: ArrayView4<f32>,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array4<f32>> {
+    CpuConv2d::new(*spec, weight, bias)?.forward(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_the_channels_evenly() {
+        for n in 1..100 {
+            let b = split_blocks(n, MAX_MR);
+            assert_eq!(b.iter().map(|&(_, l)| l).sum::<usize>(), n);
+            assert!(b.iter().all(|&(_, l)| (1..=MAX_MR).contains(&l)));
+            assert_eq!(b.len(), n.div_ceil(MAX_MR));
+            for w in b.windows(2) {
+                assert_eq!(w[0].0 + w[0].1, w[1].0);
+            }
+        }
+    }
+}
