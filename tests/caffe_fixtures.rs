@@ -130,7 +130,7 @@ fn assert_skipped(fixture: &str, set: &WeightSet, bytes: &[u8], layers: &[&str])
 /// The weights a network layer holds, as bits.
 fn layer_bits(net: &Network, name: &str) -> (Vec<u32>, Option<Vec<u32>>) {
     match &net.layer(name).unwrap().op {
-        Op::Conv { weight, bias, .. } => (bits(weight), bias.as_ref().map(|b| bits(b))),
+        Op::Conv { weight, bias, .. } => (bits(weight), bias.as_ref().map(bits)),
         Op::Deconv { weight, .. } => (bits(weight), None),
         other => panic!("{name} is a {}", other.kind()),
     }
