@@ -7,6 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{random4, rel_error, rng};
+use dilated::gpu::context::DEFAULT_TIMEOUT;
 use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom};
 use dilated::net::Network;
 use dilated::plan::CpuPlan;
@@ -14,17 +15,41 @@ use dilated::plan::GpuPlan;
 use dilated::plan::executor::{Executor, RanOn, RunOn};
 use dilated::{Conv2d, Error, Gpu, GpuConv2d, GpuOptions, MaxPool2d, Shape, Zoom};
 
-/// Runs `f` on its own thread and fails the test if it has not finished within `limit`.
+/// Runs `f` on its own thread and fails the test if it has not finished within `limit` (the
+/// thread is left running: a hang cannot be interrupted). A panic in `f` fails the test with
+/// `f`'s own message.
 fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
+    let worker = std::thread::spawn(move || {
         let _ = tx.send(f());
     });
     match rx.recv_timeout(limit) {
         Ok(v) => v,
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("still running after {limit:?}: a hang"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the operation panicked"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker ended without sending"),
+        },
     }
+}
+
+/// What "promptly" means here: operations on a device already known to be lost must fail
+/// within this (generous) bound, far below the wait timeout the tests give the device
+/// ([`WAIT`]) and the default one ([`DEFAULT_TIMEOUT`], 600 s), so an operation that waited
+/// for the device instead of failing at once cannot pass.
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// The wait timeout the tests below set on their device: long enough that one wait running
+/// out takes longer than [`PROMPT`], short enough that `within` still reports the result.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Fails unless `elapsed` is within [`PROMPT`], naming what was timed.
+fn assert_prompt(elapsed: Duration, what: &str) {
+    assert!(
+        elapsed < PROMPT,
+        "{what} took {elapsed:?}, more than {PROMPT:?} (device wait timeout {WAIT:?}, \
+         default {DEFAULT_TIMEOUT:?}): an operation waited instead of failing at once"
+    );
 }
 
 fn network() -> Network {
@@ -111,7 +136,8 @@ fn the_executor_prefers_the_gpu_and_reports_it() {
 #[test]
 fn a_destroyed_device_fails_promptly_and_the_executor_falls_back() {
     within(Duration::from_secs(120), || {
-        let gpu = Gpu::new().unwrap();
+        let mut gpu = Gpu::new().unwrap();
+        gpu.set_timeout(Some(WAIT));
         let net = network();
         let x = random4(&mut rng(5), SHAPE.dims());
         let plan = GpuPlan::new(&gpu, &net, SHAPE).unwrap();
@@ -146,7 +172,11 @@ fn a_destroyed_device_fails_promptly_and_the_executor_falls_back() {
         device_error("zoom", GpuZoom::new(Zoom { factor: 2 }).forward(&gpu, &t));
         device_error("argmax", gpu.argmax(&t));
         device_error("empty", gpu.empty(SHAPE));
-        let elapsed = start.elapsed();
+        assert_prompt(
+            start.elapsed(),
+            "failing 13 operations (two forward passes, creating a plan and a convolution, upload, \
+             download, six ops, an allocation) on the destroyed device",
+        );
 
         // A GPU-only executor reports the loss; a falling-back one runs on the CPU.
         assert!(
@@ -163,7 +193,6 @@ fn a_destroyed_device_fails_promptly_and_the_executor_falls_back() {
         let want = CpuPlan::new(&net).unwrap().forward(x.view()).unwrap();
         assert_eq!(run.output, want);
         assert!(rel_error(before.view(), want.view()) < 1e-4);
-        elapsed
     });
 }
 
@@ -171,11 +200,12 @@ fn a_destroyed_device_fails_promptly_and_the_executor_falls_back() {
 fn a_wait_that_runs_out_is_an_error_and_marks_the_device_lost() {
     within(Duration::from_secs(120), || {
         let mut gpu = Gpu::new().unwrap();
-        assert_eq!(
-            gpu.timeout(),
-            GpuOptions::from_env().timeout,
-            "the default timeout"
-        );
+        // The documented default, unless the environment chooses another.
+        let default = match std::env::var("DILATED_GPU_TIMEOUT") {
+            Err(_) => Some(Duration::from_secs(600)),
+            Ok(_) => GpuOptions::from_env().timeout,
+        };
+        assert_eq!(gpu.timeout(), default, "the default timeout");
         // Enough work that no submission finishes within a nanosecond.
         let spec = Conv2d::new(32, 32, 3).pad(1);
         let w = random4(&mut rng(8), spec.weight_shape());
@@ -198,10 +228,16 @@ fn a_wait_that_runs_out_is_an_error_and_marks_the_device_lost() {
             "{err:?}"
         );
         assert!(gpu.is_lost());
-        // Later operations fail at once instead of queueing behind the stuck work.
-        gpu.set_timeout(None);
+        // Later operations fail at once instead of queueing behind the stuck work (a wait
+        // for it would now take up to WAIT).
+        gpu.set_timeout(Some(WAIT));
+        let start = std::time::Instant::now();
         device_error("after the timeout", conv.forward(&gpu, &t));
         device_error("after the timeout", gpu.download(&t));
+        assert_prompt(
+            start.elapsed(),
+            "a forward pass and a download after the wait ran out",
+        );
     });
 }
 

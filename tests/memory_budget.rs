@@ -115,7 +115,7 @@ fn budgeted_stages_equal_the_whole_image_bit_for_bit_on_the_reference() {
     );
 }
 
-/// The two sizes of the Cityscapes model (front-end widths / 64) under a budget that
+/// Two sizes of the Cityscapes model (front-end widths / 64) under a budget that
 /// forces bands in every stage equal the unbudgeted run, and the plan holds no more than the
 /// budget.
 #[test]

@@ -82,7 +82,6 @@ fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// Files in `dir` (names), sorted.
 #[test]
 fn caffemodel_round_trip_in_both_forms() {
     let set = sample_set(1);
@@ -812,11 +811,13 @@ fn hostile_lengths_are_rejected_without_allocating() {
 }
 
 /// Every input saved under `tests/corpus/<target>/` (inputs that once crashed a reader, or
-/// hand-made hostile cases) is read without panicking.
+/// hand-made hostile cases) is read without panicking; those named `valid*` must be accepted
+/// (so a reader refusing everything cannot pass), and there is one for each reader.
 #[test]
 fn corpus_replays_without_panic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
     let mut count = 0;
+    let mut valid = Vec::new();
     for (target, read) in [
         (
             "caffemodel",
@@ -833,11 +834,20 @@ fn corpus_replays_without_panic() {
         for e in entries {
             let path = e.unwrap().path();
             if path.is_file() {
-                let _: Result<(), dilated::Error> = read(&std::fs::read(&path).unwrap());
+                let result: Result<(), dilated::Error> = read(&std::fs::read(&path).unwrap());
                 count += 1;
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with("valid") {
+                    if let Err(e) = result {
+                        panic!("{target}/{name} is refused: {e}");
+                    }
+                    valid.push(target);
+                }
             }
         }
     }
     eprintln!("replayed {count} corpus inputs");
     assert!(count > 0, "no corpus found under {}", root.display());
+    valid.dedup();
+    assert_eq!(valid, ["caffemodel", "safetensors", "npy"], "valid inputs");
 }
