@@ -263,8 +263,6 @@ fn legacy_form_fixture_reads_as_numpy_saved_it() {
 /// The reader takes the four legacy dimensions literally: a `[1, 1, 5, 6]` weight with one
 /// output channel, which then rejects the 5-element bias, so the whole file fails to read.
 #[test]
-#[ignore = "reader bug: a legacy (V1) INNER_PRODUCT weight blob 1 x 1 x out x in is read as \
-            [1, 1, out, in] instead of [out, in, 1, 1], and the file is rejected"]
 fn legacy_inner_product_reads_as_out_by_in() {
     let fixture = "legacy_inner_product";
     let path = fixtures().join(format!("{fixture}.caffemodel"));

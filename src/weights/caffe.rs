@@ -34,6 +34,8 @@ const NET_LAYER: u32 = 100;
 const NET_LAYERS: u32 = 2;
 /// `V1LayerParameter.type` value for convolution layers.
 const V1_CONVOLUTION: u64 = 4;
+/// `V1LayerParameter.type` (field 5) of an inner-product layer (`INNER_PRODUCT`).
+const V1_INNER_PRODUCT: u64 = 14;
 
 /// Reads the parameters of every layer that has any from a `.caffemodel` file.
 ///
@@ -173,6 +175,8 @@ struct RawBlob {
 struct RawLayer {
     name: Option<String>,
     blobs: Vec<RawBlob>,
+    /// A V1 `INNER_PRODUCT` layer, whose legacy weight blob is `1 x 1 x out x in`.
+    inner_product: bool,
 }
 
 /// A protobuf reader over a byte stream that knows how many bytes remain.
@@ -404,6 +408,8 @@ impl<R: BufRead + Seek> Walker<R> {
                     .blob(blob_end)
                     .map_err(|f| f.context(|| format!("blob {i}")))?;
                 layer.blobs.push(blob);
+            } else if kind == Kind::V1 && is(5) && wire == WireType::Varint {
+                layer.inner_product = self.varint(end)? == V1_INNER_PRODUCT;
             } else if kind == Kind::V1 && is(1) {
                 let v0_end = self.delimited(end, "a V0 layer")?;
                 nested = Some(self.layer(Kind::V0, v0_end)?);
@@ -475,8 +481,12 @@ fn convert(layer: RawLayer) -> PResult<Option<(String, LayerWeights)>> {
     let (Some(weight), bias) = (blobs.next(), blobs.next()) else {
         return Ok(None);
     };
+    let legacy = weight.dims.is_none();
     let (shape, values) = resolve(weight, "the weight blob").map_err(ctx)?;
     let dims = match *shape.as_slice() {
+        // Caffe reads legacy shapes from the end: an inner product's `1 x 1 x out x in` is
+        // its `out x in` matrix.
+        [1, 1, o, i] if legacy && layer.inner_product => [o, i, 1, 1],
         [o, i, h, w] => [o, i, h, w],
         [o, i] => [o, i, 1, 1],
         _ => {
