@@ -7,7 +7,7 @@
 //! result.
 //!
 //! ```no_run
-//! use dilated::executor::{Executor, RanOn};
+//! use dilated::plan::executor::{Executor, RanOn};
 //! use dilated::net::{Model, PresetOptions};
 //! use dilated::{Gpu, Shape};
 //! use ndarray::Array4;
