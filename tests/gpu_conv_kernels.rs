@@ -228,15 +228,18 @@ fn tiled_kernels_match_reference() {
 #[test]
 fn blocked_kernel_matches_reference() {
     let kernels = check_all(ConvAlgorithm::Blocked);
-    let info = &gpu().adapter().info;
-    if gpu().adapter().subgroups && info.subgroup_min_size >= 8 {
-        assert_eq!(
-            kernels,
-            BTreeSet::from([format!("{:?}", Kernel::ConvBlocked)])
-        );
-    } else {
-        eprintln!("no subgroups of 8 or more on this adapter: the blocked kernel fell back");
-    }
+    // Without subgroups of 8 or more the blocked kernel falls back to the tiled one; this test
+    // would then have tested that one, so it fails rather than pass unnoticed.
+    let adapter = gpu().adapter();
+    assert_eq!(
+        kernels,
+        BTreeSet::from([format!("{:?}", Kernel::ConvBlocked)]),
+        "{}: subgroups {}, of {} to {} invocations",
+        adapter.info.name,
+        adapter.subgroups,
+        adapter.info.subgroup_min_size,
+        adapter.info.subgroup_max_size
+    );
 }
 
 #[test]

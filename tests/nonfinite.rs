@@ -6,8 +6,8 @@ mod common;
 
 use common::{gpu, random4, rng};
 use dilated::cpu::{fast, reference};
-use dilated::gpu::GpuDeconv2d;
-use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom};
+use dilated::gpu::{GpuDeconv2d, Kernel};
+use dilated::gpu::{GpuLayer, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom, Io};
 use dilated::net::Network;
 use dilated::plan::CpuPlan;
 use dilated::plan::GpuPlan;
@@ -85,6 +85,22 @@ fn gpu_out(shape: Shape) -> dilated::GpuTensor {
     gpu().filled(shape, POISON).unwrap()
 }
 
+/// Runs `conv` into `out`; fails if the kernel `algorithm` forces fell back to another.
+/// Returns the main kernel.
+fn run_conv(
+    conv: &GpuConv2d,
+    algorithm: ConvAlgorithm,
+    input: &dilated::GpuTensor,
+    out: &dilated::GpuTensor,
+) -> Kernel {
+    let gpu = gpu();
+    let dispatches = conv.prepare(gpu, &Io::tensors(input, out)).unwrap();
+    let kernels: Vec<Kernel> = dispatches.iter().map(|d| d.kernel()).collect();
+    common::assert_forced_kernels(algorithm, &kernels, &format!("{:?}", conv.spec()));
+    gpu.run(&dispatches).unwrap();
+    kernels[0]
+}
+
 #[test]
 fn convolutions_agree_on_every_path() {
     let gpu = gpu();
@@ -124,10 +140,9 @@ fn convolutions_agree_on_every_path() {
             let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view()))
                 .unwrap()
                 .with_algorithm(algorithm);
-            let mut out = gpu_out(conv.output_shape(t.shape()).unwrap());
-            conv.forward_into(gpu, &t, &mut out).unwrap();
+            let out = gpu_out(conv.output_shape(t.shape()).unwrap());
+            let kernel = run_conv(&conv, algorithm, &t, &out);
             let got = gpu.download(&out).unwrap();
-            let kernel = conv.kernel_for(out.shape());
             same_pattern(
                 &format!("conv {i}: {kernel:?}"),
                 got.view(),
@@ -168,8 +183,8 @@ fn relu_keeps_nan_and_clamps_negative_infinity() {
         let conv = GpuConv2d::new(gpu, spec, one.view(), None)
             .unwrap()
             .with_algorithm(algorithm);
-        let mut out = gpu_out(t.shape());
-        conv.forward_into(gpu, &t, &mut out).unwrap();
+        let out = gpu_out(t.shape());
+        run_conv(&conv, algorithm, &t, &out);
         let got = gpu.download(&out).unwrap();
         same_pattern(
             &format!("fused relu, {algorithm:?}"),

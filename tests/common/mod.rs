@@ -1,10 +1,13 @@
-//! Shared helpers for the integration tests: one GPU per test binary, seeded random data, and
-//! the relative-error check.
+//! Shared code of the integration tests: one GPU per test binary, seeded random data, the
+//! relative-error check, whole networks on the f64 reference, and checks of forced kernels.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
 
-use dilated::Gpu;
+use dilated::cpu::reference;
+use dilated::gpu::Kernel;
+use dilated::net::{Network, Op};
+use dilated::{ConvAlgorithm, Gpu};
 use ndarray::{Array1, Array4, ArrayView4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -100,4 +103,52 @@ pub fn files_in(dir: &std::path::Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// `net` run layer by layer on the f64 reference, [`dilated::cpu::reference::apply`]: the oracle
+/// for whole networks.
+pub fn reference_forward(net: &Network, x: ArrayView4<f32>) -> Array4<f32> {
+    let mut y = x.to_owned();
+    for l in net.layers() {
+        y = reference::apply(&l.op, y.view())
+            .unwrap_or_else(|e| panic!("reference, layer {}: {e}", l.name));
+    }
+    y
+}
+
+/// `net` without its final softmax (the network itself when it does not end in one): the
+/// class scores, which a softmax would squash so that score errors no longer show.
+pub fn scores_network(net: &Network) -> Network {
+    let n = net.layers().len();
+    let keep = match net.layers().last().map(|l| &l.op) {
+        Some(Op::Softmax) => n - 1,
+        _ => n,
+    };
+    net.sub_network(0..keep).unwrap()
+}
+
+/// Panics unless the convolution kernels in `kernels` (the dispatches of one layer or one
+/// [`dilated::GpuConv2d`]) are those `algorithm` forces: a forced kernel that fell back to
+/// another fails here rather than passing as a test of the kernel it names. The blocked
+/// kernel needs subgroups of at least 8 (lavapipe has them); the tiled one 256 invocations
+/// and 8.25 KiB of workgroup memory per workgroup.
+pub fn assert_forced_kernels(algorithm: ConvAlgorithm, kernels: &[Kernel], what: &str) {
+    let allowed: &[Kernel] = match algorithm {
+        ConvAlgorithm::Auto => return,
+        ConvAlgorithm::Direct => &[Kernel::ConvDirect],
+        ConvAlgorithm::Blocked => &[Kernel::ConvBlocked],
+        ConvAlgorithm::Tiled => &[
+            Kernel::ConvTiled,
+            Kernel::ConvPointwise,
+            Kernel::ConvSplitReduce,
+        ],
+    };
+    let main = kernels
+        .iter()
+        .any(|k| *k != Kernel::ConvSplitReduce && allowed.contains(k));
+    assert!(
+        main && kernels.iter().all(|k| allowed.contains(k)),
+        "{what}: {algorithm:?} forced, but {kernels:?} ran (adapter: {})",
+        gpu().name()
+    );
 }
