@@ -248,3 +248,60 @@ fn alive(gpu: &Gpu) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network() -> Network {
+        Network::builder("relu", 3).relu("relu").build().unwrap()
+    }
+
+    #[test]
+    fn run_on_the_cpu_only_calls_the_cpu_work_without_a_reason() {
+        let net = network();
+        let run = Executor::cpu(&net)
+            .run(
+                |_| -> Result<u32> { unreachable!("no GPU work on the CPU only") },
+                |why| {
+                    assert_eq!(why, None);
+                    Ok(7)
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (run.output, run.ran_on, run.fallback_reason),
+            (7, RanOn::Cpu, None)
+        );
+    }
+
+    #[test]
+    fn run_without_a_gpu_tells_the_cpu_work_why() {
+        let net = network();
+        let no_gpu = Error::NoAdapter {
+            detail: " (none here)".into(),
+        };
+        let executor = Executor::gpu_or_cpu(&net, Err(&no_gpu));
+        let mut told = None;
+        let run = executor
+            .run(
+                |_| -> Result<u32> { unreachable!("there is no GPU") },
+                |why| {
+                    told = why.map(str::to_string);
+                    Ok(7)
+                },
+            )
+            .unwrap();
+        assert_eq!(run.ran_on, RanOn::Cpu);
+        assert_eq!(told, Some(no_gpu.to_string()));
+        assert_eq!(run.fallback_reason, told);
+        // Errors of the CPU work are the caller's.
+        let err = executor
+            .run(
+                |_| -> Result<u32> { unreachable!("there is no GPU") },
+                |_| Err(Error::Weights("bad".into())),
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Weights(_)), "{err:?}");
+    }
+}
