@@ -11,9 +11,6 @@ use crate::net::{Model, ModelInfo, Network, Upsampling};
 use crate::plan::{CpuPlan, Plan, PlanOptions};
 use crate::spec::{Shape, Zoom};
 
-// Image files are read and written by `crate::io`; these two are reachable here as well.
-pub use crate::io::{load_image_bgr, save_png};
-
 /// Where the network runs.
 pub enum Backend<'g> {
     /// On a GPU.

@@ -126,9 +126,8 @@ fn convert_then_run_matches_the_library() {
             "--output",
             output.to_str().unwrap(),
         ]);
-        if cpu {
-            args.push("--cpu");
-        }
+        // The GPU run must not fall back to the CPU unnoticed.
+        args.push(if cpu { "--cpu" } else { "--gpu" });
         let out = dilated(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let got = read_npy4(&output).unwrap();
@@ -209,6 +208,7 @@ fn segment_writes_a_palette_png_and_fails_cleanly() {
         png.to_str().unwrap(),
         "--probs",
         probs.to_str().unwrap(),
+        "--gpu",
     ]);
     let out = dilated(&args);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -302,6 +302,7 @@ fn segment_writes_a_palette_png_and_fails_cleanly() {
                 "32",
                 "--tile",
                 "500x500",
+                "--gpu",
             ],
             "/nonexistent-dir/x.png",
         ),
@@ -338,6 +339,7 @@ fn bench_names_the_kernel_of_every_layer() {
         "--no-cpu",
         "--algorithm",
         "tiled",
+        "--gpu",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", stderr(&out));

@@ -4,7 +4,8 @@
 //! on the GPU falling back to the CPU when there is no adapter, the device is lost, or a GPU run
 //! fails for reasons of the GPU's own ([`Error::is_gpu_failure`]). A fallback is logged as a
 //! warning and reported in the [`Execution`], so callers always know which backend produced a
-//! result.
+//! result. [`Executor::run`] makes the same choice for work of the caller's own (a whole
+//! segmentation, a timed benchmark) given as one closure per backend.
 //!
 //! ```no_run
 //! use dilated::plan::executor::{Executor, RanOn};
@@ -55,11 +56,12 @@ pub enum RanOn {
     Cpu,
 }
 
-/// The output of one forward pass and where it ran.
+/// The output of one forward pass (or of the work given to [`Executor::run`]) and where it
+/// ran.
 #[derive(Clone, Debug)]
-pub struct Execution {
-    /// The network's output.
-    pub output: Array4<f32>,
+pub struct Execution<T = Array4<f32>> {
+    /// The network's output, or what the work returned.
+    pub output: T,
     /// The backend that produced it.
     pub ran_on: RanOn,
     /// Why the GPU was not used, when a GPU run was wanted but the CPU ran instead.
@@ -133,6 +135,11 @@ impl<'g> Executor<'g> {
         self.run_on
     }
 
+    /// The GPU, if the executor has one.
+    pub fn device(&self) -> Option<&'g Gpu> {
+        self.gpu
+    }
+
     /// The network.
     pub fn network(&self) -> &Network {
         &self.network
@@ -146,6 +153,22 @@ impl<'g> Executor<'g> {
         let shape = Shape::new(d.0, d.1, d.2, d.3);
         // Request errors first, so they are never mistaken for GPU failures.
         self.network.shapes(shape)?;
+        self.run(
+            |gpu| self.forward_gpu(gpu, shape, input),
+            |_| self.cpu_plan()?.forward(input),
+        )
+    }
+
+    /// Runs work of the caller's own where [`Executor::forward`] would run the network:
+    /// `on_gpu` with the GPU, or `on_cpu` for [`RunOn::Cpu`], and for [`RunOn::GpuOrCpu`] when
+    /// there is no GPU, the device was lost, or `on_gpu` fails for reasons of the GPU's own
+    /// ([`Error::is_gpu_failure`]). `on_cpu` receives the reason of a fallback (`None` for
+    /// [`RunOn::Cpu`]) before it starts; other errors of `on_gpu` are returned as they are.
+    pub fn run<T>(
+        &self,
+        on_gpu: impl FnOnce(&'g Gpu) -> Result<T>,
+        on_cpu: impl FnOnce(Option<&str>) -> Result<T>,
+    ) -> Result<Execution<T>> {
         let fallback_reason = match (self.run_on, self.gpu) {
             (RunOn::Cpu, _) => None,
             (RunOn::Gpu, None) => {
@@ -156,7 +179,7 @@ impl<'g> Executor<'g> {
             (RunOn::GpuOrCpu, None) => {
                 Some(self.no_gpu.clone().unwrap_or_else(|| "no GPU".to_string()))
             }
-            (_, Some(gpu)) => match self.forward_gpu(gpu, shape, input) {
+            (_, Some(gpu)) => match alive(gpu).and_then(|()| on_gpu(gpu)) {
                 Ok(output) => {
                     return Ok(Execution {
                         output,
@@ -175,7 +198,7 @@ impl<'g> Executor<'g> {
             },
         };
         Ok(Execution {
-            output: self.cpu_plan()?.forward(input)?,
+            output: on_cpu(fallback_reason.as_deref())?,
             ran_on: RanOn::Cpu,
             fallback_reason,
         })
@@ -187,12 +210,6 @@ impl<'g> Executor<'g> {
         shape: Shape,
         input: ArrayView4<f32>,
     ) -> Result<Array4<f32>> {
-        if gpu.is_lost() {
-            return Err(Error::Device(format!(
-                "the device was lost ({})",
-                gpu.lost_reason().unwrap_or_default()
-            )));
-        }
         let plan = {
             // A panic while building a plan leaves at worst no plan cached.
             let mut cached = self.plan.lock().unwrap_or_else(|p| p.into_inner());
@@ -218,5 +235,73 @@ impl<'g> Executor<'g> {
         let plan = Arc::new(CpuPlan::new(&self.network)?);
         *cached = Some(plan.clone());
         Ok(plan)
+    }
+}
+
+/// `Err` when `gpu` was lost, so no work is queued behind a dead device.
+fn alive(gpu: &Gpu) -> Result<()> {
+    if gpu.is_lost() {
+        return Err(Error::Device(format!(
+            "the device was lost ({})",
+            gpu.lost_reason().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network() -> Network {
+        Network::builder("relu", 3).relu("relu").build().unwrap()
+    }
+
+    #[test]
+    fn run_on_the_cpu_only_calls_the_cpu_work_without_a_reason() {
+        let net = network();
+        let run = Executor::cpu(&net)
+            .run(
+                |_| -> Result<u32> { unreachable!("no GPU work on the CPU only") },
+                |why| {
+                    assert_eq!(why, None);
+                    Ok(7)
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (run.output, run.ran_on, run.fallback_reason),
+            (7, RanOn::Cpu, None)
+        );
+    }
+
+    #[test]
+    fn run_without_a_gpu_tells_the_cpu_work_why() {
+        let net = network();
+        let no_gpu = Error::NoAdapter {
+            detail: " (none here)".into(),
+        };
+        let executor = Executor::gpu_or_cpu(&net, Err(&no_gpu));
+        let mut told = None;
+        let run = executor
+            .run(
+                |_| -> Result<u32> { unreachable!("there is no GPU") },
+                |why| {
+                    told = why.map(str::to_string);
+                    Ok(7)
+                },
+            )
+            .unwrap();
+        assert_eq!(run.ran_on, RanOn::Cpu);
+        assert_eq!(told, Some(no_gpu.to_string()));
+        assert_eq!(run.fallback_reason, told);
+        // Errors of the CPU work are the caller's.
+        let err = executor
+            .run(
+                |_| -> Result<u32> { unreachable!("there is no GPU") },
+                |_| Err(Error::Weights("bad".into())),
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Weights(_)), "{err:?}");
     }
 }

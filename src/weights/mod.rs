@@ -42,9 +42,6 @@ pub use caffe::{encode_caffemodel, read_caffemodel, read_caffemodel_bytes, write
 pub use safetensors::{read_safetensors, read_safetensors_bytes, write_safetensors};
 pub use set::{ExpectedLayer, LayerWeights, WeightSet};
 
-// NumPy arrays are read and written by `crate::io`; these two are reachable here as well.
-pub use crate::io::{read_npy4, write_npy};
-
 use crate::error::{Error, Result};
 
 impl WeightSet {

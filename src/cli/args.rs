@@ -1,0 +1,84 @@
+//! Flags several commands share, each set defined once and flattened into the commands'
+//! arguments with `#[command(flatten)]`. Where a command's default or help line differs, the
+//! command says so with `mut_arg`, so every flag keeps the name, default and help it always had.
+
+use std::path::PathBuf;
+
+use dilated::PlanOptions;
+use dilated::plan::executor::RunOn;
+
+/// The preset a command builds: `--model` and `--width-divisor`.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Preset to run.
+    #[arg(long)]
+    pub model: String,
+    /// Divides every front-end width by this (1 = the released size).
+    #[arg(long, default_value_t = 1)]
+    pub width_divisor: usize,
+}
+
+/// The weights loaded into the preset: `--weights`, required unless the command makes it
+/// optional.
+#[derive(clap::Args)]
+pub struct WeightsArgs {
+    /// Weights (.safetensors or .caffemodel).
+    #[arg(long, required = true)]
+    pub weights: Option<PathBuf>,
+}
+
+/// Where a command runs: `--cpu`, `--gpu`, or neither (the GPU, falling back to the CPU).
+#[derive(clap::Args)]
+pub struct DeviceArgs {
+    /// Run on the CPU instead of the GPU.
+    #[arg(long)]
+    pub cpu: bool,
+    /// Require the GPU: fail instead of running on the CPU when there is no adapter or the GPU
+    /// run fails.
+    #[arg(long, conflicts_with = "cpu")]
+    pub gpu: bool,
+}
+
+impl DeviceArgs {
+    /// The backends the flags allow.
+    pub fn run_on(&self) -> RunOn {
+        match (self.cpu, self.gpu) {
+            (true, _) => RunOn::Cpu,
+            (false, true) => RunOn::Gpu,
+            (false, false) => RunOn::GpuOrCpu,
+        }
+    }
+}
+
+/// The GPU memory budget: `--max-memory`.
+#[derive(clap::Args)]
+pub struct MemoryArgs {
+    /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
+    /// horizontal bands as needed so the plan stays under it; results are unchanged.
+    #[arg(long, value_parser = parse_memory)]
+    pub max_memory: Option<u64>,
+}
+
+impl MemoryArgs {
+    /// Plan options with the budget and the default kernels.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            max_memory: self.max_memory,
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses `HxW` (or `HXW`) into (height, width).
+pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected HxW, got {s:?}"))?;
+    let parse = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
+    Ok((parse(h)?, parse(w)?))
+}
+
+/// Parses a memory size such as `512M` or `1.5G` into bytes.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    dilated::plan::parse_memory_size(s).map_err(|e| e.to_string())
+}

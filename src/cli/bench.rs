@@ -1,0 +1,312 @@
+//! `dilated bench`: a whole network timed on the GPU and the CPU, with a per-layer table, or
+//! only the plan's description (`--plan-only`).
+
+use std::time::{Duration, Instant};
+
+use dilated::gpu::Kernel;
+use dilated::net::{LayerReport, Network, PresetOptions};
+use dilated::plan::{BandedLayout, CpuPlan, GpuPlan, Plan, PlanOptions};
+use dilated::timing::LayerTimes;
+use dilated::{ConvAlgorithm, Error, Gpu, Shape};
+use ndarray::Array4;
+
+use super::args::{DeviceArgs, MemoryArgs, ModelArgs, parse_size};
+use super::device::{self, Device};
+use super::network::{self, generated_input};
+use super::report::{median, mib, ms};
+
+/// Arguments of `dilated bench`.
+#[derive(clap::Args)]
+#[command(mut_arg("model", |a| a.required(false).default_value("dilation10_cityscapes")))]
+pub struct BenchArgs {
+    /// The preset.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input height and width; defaults to the model's deploy size.
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<(usize, usize)>,
+    /// Timed forward passes per backend (after one warm-up pass).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Skip the CPU side.
+    #[arg(long, conflicts_with = "cpu")]
+    pub no_cpu: bool,
+    /// Only build the plan's description: shapes, costs and peak GPU memory, no arithmetic and
+    /// no device needed.
+    #[arg(long)]
+    pub plan_only: bool,
+    /// The GPU memory budget.
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+    /// Convolution kernel for every layer; `auto` lets each layer choose (the table names the
+    /// choice).
+    #[arg(long, value_enum, default_value_t = Algorithm::Auto)]
+    pub algorithm: Algorithm,
+    /// Where it runs: `--cpu` times the CPU only, and without `--gpu` the CPU alone is timed
+    /// when the GPU is missing or fails.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `--algorithm` values: each layer's own choice, or the direct, workgroup-tiled or
+/// register-blocked kernel for every layer.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Algorithm {
+    // No doc comments here: clap would list them in the help.
+    Auto,
+    Direct,
+    Tiled,
+    Blocked,
+}
+
+impl From<Algorithm> for ConvAlgorithm {
+    fn from(a: Algorithm) -> Self {
+        match a {
+            Algorithm::Auto => ConvAlgorithm::Auto,
+            Algorithm::Direct => ConvAlgorithm::Direct,
+            Algorithm::Tiled => ConvAlgorithm::Tiled,
+            Algorithm::Blocked => ConvAlgorithm::Blocked,
+        }
+    }
+}
+
+/// What the GPU side measured.
+struct GpuTimes<'g> {
+    gpu: &'g Gpu,
+    total: Duration,
+    layers: LayerTimes,
+    peak_memory: u64,
+    /// (bands, stages) when the plan runs in bands.
+    bands: Option<(usize, usize)>,
+    kernels: Vec<(String, Vec<Kernel>)>,
+}
+
+/// Times the network, or describes its plan with `--plan-only`.
+pub fn execute(args: &BenchArgs) -> Result<(), Error> {
+    let (model, net) = network::build(&args.model, PresetOptions::default().seed)?;
+    let (h, w) = args.size.unwrap_or(model.info().input_size);
+    let shape = Shape::new(1, 3, h, w);
+    let report = net.report(shape)?;
+    let flops: u64 = report.iter().map(|r| r.flops).sum();
+    let largest = report.iter().map(|r| r.activation_bytes).max().unwrap_or(0);
+    println!(
+        "{} (widths / {}) at {h}x{w}: {:.1} GFLOP, {:.2} M parameters, largest activation {:.0} MiB",
+        model.name(),
+        args.model.width_divisor,
+        flops as f64 / 1e9,
+        net.params() as f64 / 1e6,
+        mib(largest)
+    );
+    if args.plan_only {
+        return describe_plan(args, &net, shape, &report);
+    }
+    let runs = args.runs.max(1);
+    let x = generated_input(shape, 1);
+    let device = Device::open(&args.device)?;
+    let executor = device.executor(net);
+    let net = executor.network();
+    let options = PlanOptions {
+        max_memory: args.memory.max_memory,
+        algorithm: args.algorithm.into(),
+    };
+    let gpu = device::run(
+        &executor,
+        "timing",
+        |gpu| time_gpu(gpu, net, &x, runs, &options).map(Some),
+        || Ok(None),
+    )?;
+    // A GPU that is missing or failed leaves the CPU to time, whatever --no-cpu says.
+    let cpu = if args.no_cpu && gpu.is_some() {
+        None
+    } else {
+        Some(time_cpu(net, &x, runs)?)
+    };
+    if let Some(g) = &gpu {
+        println!(
+            "adapter: {} ({:?}); peak GPU memory {:.1} MiB{}",
+            g.gpu.name(),
+            g.gpu.adapter().info.backend,
+            mib(g.peak_memory),
+            match g.bands {
+                Some((bands, stages)) => format!(" in {bands} bands over {stages} stages"),
+                None => String::new(),
+            }
+        );
+        println!(
+            "GPU layer times: {}",
+            if g.layers.from_timestamps {
+                "timestamp queries"
+            } else {
+                "host clock, one layer per submission"
+            }
+        );
+    }
+    let sum = |l: &LayerTimes| -> f64 { l.layers.iter().map(|(_, d)| ms(*d)).sum() };
+    let gpu_sum = gpu.as_ref().map_or(0.0, |g| sum(&g.layers));
+    let cpu_sum = cpu.as_ref().map_or(0.0, |(_, l)| sum(l));
+    print!("\n{:<14} {:>20} {:>9} |", "layer", "output", "GFLOP");
+    if gpu.is_some() {
+        print!(
+            " {:<13} {:>10} {:>8} {:>6} |",
+            "GPU kernel", "GPU ms", "GFLOP/s", "share"
+        );
+    }
+    println!(" {:>10} {:>8} {:>6}", "CPU ms", "GFLOP/s", "share");
+    for (i, r) in report.iter().enumerate() {
+        let gf = r.flops as f64 / 1e9;
+        print!("{:<14} {:>20} {:>9.2} |", r.name, r.output.to_string(), gf);
+        if let Some(g) = &gpu {
+            let t = ms(g.layers.layers[i].1);
+            let kernel = g
+                .kernels
+                .iter()
+                .find(|(n, _)| *n == r.name)
+                .map_or(String::new(), |(_, k)| kernel_label(k));
+            print!(
+                " {:<13} {:>10.2} {:>8.1} {:>5.1}% |",
+                kernel,
+                t,
+                gf / t * 1e3,
+                100.0 * t / gpu_sum
+            );
+        }
+        match &cpu {
+            Some((_, l)) => {
+                let t = ms(l.layers[i].1);
+                println!(
+                    " {:>10.2} {:>8.1} {:>5.1}%",
+                    t,
+                    gf / t * 1e3,
+                    100.0 * t / cpu_sum
+                );
+            }
+            None => println!(),
+        }
+    }
+    let gf = flops as f64 / 1e9;
+    println!();
+    if let Some(g) = &gpu {
+        println!(
+            "GPU: {:.1} ms per forward pass (median of {runs}), {:.1} GFLOP/s on {}",
+            ms(g.total),
+            gf / g.total.as_secs_f64(),
+            g.gpu.name()
+        );
+    }
+    if let Some((t, _)) = cpu {
+        println!(
+            "CPU: {:.1} ms per forward pass (median of {runs}), {:.1} GFLOP/s on {} threads",
+            ms(t),
+            gf / t.as_secs_f64(),
+            rayon::current_num_threads()
+        );
+    }
+    Ok(())
+}
+
+/// `--plan-only`: the per-layer shapes and costs, the plan's peak GPU memory and, under a
+/// budget, the bands it would run in.
+fn describe_plan(
+    args: &BenchArgs,
+    net: &Network,
+    shape: Shape,
+    report: &[LayerReport],
+) -> Result<(), Error> {
+    let peak = GpuPlan::estimate_memory(net, shape)?;
+    println!(
+        "{:<14} {:>20} {:>10} {:>12}",
+        "layer", "output", "GFLOP", "activation"
+    );
+    for r in report {
+        println!(
+            "{:<14} {:>20} {:>10.2} {:>9.1} MiB",
+            r.name,
+            r.output.to_string(),
+            r.flops as f64 / 1e9,
+            mib(r.activation_bytes)
+        );
+    }
+    println!(
+        "peak GPU memory of the plan: {:.1} MiB ({peak} bytes)",
+        mib(peak)
+    );
+    if let Some(budget) = args.memory.max_memory {
+        match BandedLayout::for_budget(net, shape, budget)? {
+            None => println!(
+                "within the budget of {:.1} MiB: the whole image in one pass",
+                mib(budget)
+            ),
+            Some(l) => println!(
+                "budget {:.1} MiB: in stages of horizontal bands, {:.1} GFLOP in all\n{}\n\
+                 peak GPU memory of the banded plan: {:.1} MiB ({} bytes)",
+                mib(budget),
+                l.flops(net)? as f64 / 1e9,
+                l.describe(net),
+                mib(l.peak_memory),
+                l.peak_memory
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `runs` timed passes `f` after one warm-up pass: their median.
+fn timed(runs: usize, f: impl Fn() -> Result<(), Error>) -> Result<Duration, Error> {
+    f()?;
+    let times = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f().map(|()| t.elapsed())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(median(times))
+}
+
+/// Times the network on the GPU: the median pass and one profiled pass.
+fn time_gpu<'g>(
+    gpu: &'g Gpu,
+    net: &Network,
+    x: &Array4<f32>,
+    runs: usize,
+    options: &PlanOptions,
+) -> Result<GpuTimes<'g>, Error> {
+    let d = x.dim();
+    let plan = Plan::new(gpu, net, Shape::new(d.0, d.1, d.2, d.3), options)?;
+    let total = timed(runs, || plan.forward(x.view()).map(drop))?;
+    let (_, layers) = plan.forward_profiled(x.view())?;
+    Ok(GpuTimes {
+        gpu,
+        total,
+        layers,
+        peak_memory: plan.peak_memory(),
+        bands: plan.layout().map(|l| (l.band_count(), l.stages.len())),
+        kernels: plan.layer_kernels(),
+    })
+}
+
+/// Times the network on the CPU: the median pass and one profiled pass.
+fn time_cpu(net: &Network, x: &Array4<f32>, runs: usize) -> Result<(Duration, LayerTimes), Error> {
+    let cpu = CpuPlan::new(net)?;
+    let total = timed(runs, || cpu.forward(x.view()).map(drop))?;
+    let (_, layers) = cpu.forward_profiled(x.view())?;
+    Ok((total, layers))
+}
+
+/// Short names of the distinct kernels a layer dispatches, for the table.
+fn kernel_label(kernels: &[Kernel]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for k in kernels {
+        let name = match k {
+            Kernel::ConvDirect => "direct",
+            Kernel::ConvTiled => "tiled",
+            Kernel::ConvPointwise => "tiled-1x1",
+            Kernel::ConvBlocked => "blocked",
+            Kernel::ConvSplitReduce => "+split",
+            other => other.name(),
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.join(" ")
+}

@@ -1,0 +1,176 @@
+//! `dilated demo` (and `dilated` alone): a real network topology run on the GPU and the CPU on
+//! a generated input, compared layer by layer.
+
+use std::time::{Duration, Instant};
+
+use dilated::net::Network;
+use dilated::plan::{CpuPlan, GpuPlan};
+use dilated::timing::LayerTimes;
+use dilated::{Error, Gpu, Shape};
+use ndarray::Array4;
+
+use super::args::{DeviceArgs, ModelArgs, parse_size};
+use super::device::{self, Device};
+use super::network::{self, generated_input};
+use super::report::{mib, ms};
+
+/// Arguments of `dilated demo`.
+#[derive(clap::Args)]
+#[command(
+    mut_arg("model", |a| a.required(false).default_value("dilation8_pascal_voc")),
+    mut_arg("width_divisor", |a| a.default_value("8")),
+)]
+pub struct DemoArgs {
+    /// The preset.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input height and width, e.g. 500x500; the default is VOC's deploy size (at least 373 per side).
+    #[arg(long, default_value = "900x900", value_parser = parse_size)]
+    pub size: (usize, usize),
+    /// Seed of the weights and the input.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where it runs: `--cpu` runs the CPU side only, and without `--gpu` the CPU side alone
+    /// runs when the GPU is missing or fails.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl DemoArgs {
+    /// The arguments of a bare `dilated demo`, which `dilated` without a command runs.
+    pub fn defaults() -> Self {
+        use clap::{Args, FromArgMatches};
+        let matches = Self::augment_args(clap::Command::new("demo")).get_matches_from(["demo"]);
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// What the GPU side measured.
+struct GpuRun {
+    output: Array4<f32>,
+    layers: LayerTimes,
+    compile: Duration,
+    total: Duration,
+    peak_memory: u64,
+}
+
+/// Runs the network on both backends and prints the per-layer times and how far they agree.
+pub fn execute(args: &DemoArgs) -> Result<(), Error> {
+    let (model, net) = network::build(&args.model, args.seed)?;
+    let shape = Shape::new(1, 3, args.size.0, args.size.1);
+    let report = net.report(shape)?;
+    let device = Device::open(&args.device)?;
+    let executor = device.executor(net);
+    let net = executor.network();
+    if let Some(gpu) = executor.device() {
+        println!("adapter: {} ({:?})", gpu.name(), gpu.adapter().info.backend);
+    }
+    println!(
+        "network: {} (front-end widths / {}), {} layers, {:.2} M parameters, input {shape}",
+        model.name(),
+        args.model.width_divisor,
+        net.layers().len(),
+        net.params() as f64 / 1e6
+    );
+    let x = generated_input(shape, args.seed);
+    let gpu = device::run(
+        &executor,
+        "running the demo",
+        |gpu| run_gpu(gpu, net, &x).map(Some),
+        || Ok(None),
+    )?;
+
+    let cpu = CpuPlan::new(net)?;
+    let t = Instant::now();
+    let (cpu_out, cpu_times) = cpu.forward_profiled(x.view())?;
+    let cpu_total = t.elapsed();
+
+    print!(
+        "\n{:<12} {:<8} {:>18} {:>6} {:>9}",
+        "layer", "op", "output", "RF", "GFLOP"
+    );
+    if gpu.is_some() {
+        print!(" {:>10}", "GPU ms");
+    }
+    println!(" {:>10}", "CPU ms");
+    let rows = report
+        .len()
+        .min(cpu_times.layers.len())
+        .min(gpu.as_ref().map_or(usize::MAX, |g| g.layers.layers.len()));
+    for (i, (r, (_, c))) in report.iter().zip(&cpu_times.layers).take(rows).enumerate() {
+        print!(
+            "{:<12} {:<8} {:>18} {:>6} {:>9.3}",
+            r.name,
+            r.kind,
+            r.output.to_string(),
+            r.receptive_field,
+            r.flops as f64 / 1e9
+        );
+        if let Some(g) = &gpu {
+            print!(" {:>10.2}", ms(g.layers.layers[i].1));
+        }
+        println!(" {:>10.2}", ms(*c));
+    }
+    let flops: u64 = report.iter().map(|r| r.flops).sum();
+    let gflops = flops as f64 / 1e9;
+    let cpu_summary = format!(
+        "CPU {:.1} ms ({:.2} GFLOP/s)",
+        ms(cpu_total),
+        gflops / cpu_total.as_secs_f64()
+    );
+    let Some(g) = gpu else {
+        println!("\ntotal {gflops:.2} GFLOP; {cpu_summary}");
+        return Ok(());
+    };
+    println!(
+        "\ntotal {gflops:.2} GFLOP; GPU {:.1} ms ({:.2} GFLOP/s, plan built in {:.0} ms, peak GPU memory {:.1} MiB); {cpu_summary}",
+        ms(g.total),
+        gflops / g.total.as_secs_f64(),
+        ms(g.compile),
+        mib(g.peak_memory),
+    );
+    let max_ref = cpu_out.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let max_diff = g
+        .output
+        .iter()
+        .zip(&cpu_out)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+    let labels_gpu = dilated::cpu::reference::argmax(g.output.view());
+    let labels_cpu = dilated::cpu::reference::argmax(cpu_out.view());
+    let same = labels_gpu
+        .iter()
+        .zip(&labels_cpu)
+        .filter(|(a, b)| a == b)
+        .count();
+    println!(
+        "GPU vs CPU: max |gpu - cpu| / max |cpu| = {:.2e} over {} scores; labels agree on {}/{} pixels ({})",
+        max_diff / max_ref.max(f64::MIN_POSITIVE),
+        cpu_out.len(),
+        same,
+        labels_cpu.len(),
+        if g.layers.from_timestamps {
+            "GPU layer times from timestamp queries"
+        } else {
+            "GPU layer times measured layer by layer"
+        }
+    );
+    Ok(())
+}
+
+/// Builds the GPU plan and runs one profiled pass.
+fn run_gpu(gpu: &Gpu, net: &Network, x: &Array4<f32>) -> Result<GpuRun, Error> {
+    let d = x.dim();
+    let t = Instant::now();
+    let plan = GpuPlan::new(gpu, net, Shape::new(d.0, d.1, d.2, d.3))?;
+    let compile = t.elapsed();
+    let t = Instant::now();
+    let (output, layers) = plan.forward_profiled(x.view())?;
+    let total = t.elapsed();
+    Ok(GpuRun {
+        output,
+        layers,
+        compile,
+        total,
+        peak_memory: plan.peak_memory(),
+    })
+}

@@ -1,0 +1,65 @@
+//! The commands of the `dilated` tool, one module each. The flags they share are defined once
+//! in [`args`]; [`device`] is where every command that runs a network chooses between the GPU
+//! and the CPU; [`network`] builds the networks and inputs and [`report`] holds shared
+//! formatting.
+
+pub mod args;
+pub mod bench;
+pub mod convert;
+pub mod demo;
+pub mod device;
+pub mod info;
+pub mod network;
+pub mod report;
+pub mod run;
+pub mod segment;
+
+use clap::{Parser, Subcommand};
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "dilated",
+    version,
+    about = "Dilated-convolution networks on any GPU, checked against the CPU"
+)]
+pub struct Cli {
+    /// The command; the demo when none is given.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Runs a real network topology on the GPU and the CPU on a generated input and compares
+    /// them (the default when no command is given).
+    Demo(demo::DemoArgs),
+    /// Lists every adapter wgpu sees, with the limits that matter here.
+    Info,
+    /// Times a whole network on the GPU and the CPU with a per-layer table.
+    Bench(bench::BenchArgs),
+    /// Converts weights between .caffemodel and .safetensors, checking them against a model.
+    Convert(convert::ConvertArgs),
+    /// Runs a network on an NCHW float32 .npy and writes the raw scores as .npy (on the GPU,
+    /// or on the CPU with a warning when there is none or it fails).
+    Run(run::RunArgs),
+    /// Segments an image into a colour-coded label PNG, as the reference predictor does (on the
+    /// GPU, or on the CPU with a warning when there is none or it fails).
+    Segment(segment::SegmentArgs),
+}
+
+/// Runs the command `cli` names.
+pub fn execute(cli: Cli) -> Result<(), dilated::Error> {
+    match cli
+        .command
+        .unwrap_or_else(|| Command::Demo(demo::DemoArgs::defaults()))
+    {
+        Command::Demo(args) => demo::execute(&args),
+        Command::Info => info::execute(),
+        Command::Bench(args) => bench::execute(&args),
+        Command::Convert(args) => convert::execute(&args),
+        Command::Run(args) => run::execute(&args),
+        Command::Segment(args) => segment::execute(&args),
+    }
+}
