@@ -242,8 +242,9 @@ impl Lost {
 /// # Threads
 ///
 /// `Gpu` is `Send + Sync`: share one handle (by reference or in an `Arc`) between threads and
-/// call anything on it from any of them. The one-shot ops ([`GpuConv2d::forward`](crate::GpuConv2d::forward),
-/// [`Gpu::relu`], [`Gpu::softmax`], ...) and [`crate::plan::GpuPlan::forward`] each record
+/// call anything on it from any of them. The one-shot ops
+/// ([`GpuLayer::forward`](crate::gpu::GpuLayer::forward) of any layer, [`Gpu::argmax`]) and
+/// [`crate::plan::GpuPlan::forward`] each record
 /// their own commands and wait for their own submission, so concurrent calls give the same
 /// results as the same calls made one after another. Errors are attributed to the thread that
 /// caused them: every operation runs inside wgpu error scopes, which are per thread; only

@@ -1,5 +1,6 @@
-//! A network prepared for the CPU: convolutions on the fast path with their weights laid out
-//! once, the other ops from the reference.
+//! A network prepared for the CPU: every op on the fast path (`cpu::fast`), convolutions with
+//! their weights laid out once; only the bilinear zoom, which follows the networks rather than
+//! belonging to them, comes from the reference.
 
 use std::time::Instant;
 

@@ -32,13 +32,15 @@
 //! ```
 
 mod caffe;
+mod caffe_write;
 pub mod proto;
 mod safetensors;
 mod set;
 
 use std::path::Path;
 
-pub use caffe::{encode_caffemodel, read_caffemodel, read_caffemodel_bytes, write_caffemodel};
+pub use caffe::{read_caffemodel, read_caffemodel_bytes};
+pub use caffe_write::{encode_caffemodel, write_caffemodel};
 pub use safetensors::{read_safetensors, read_safetensors_bytes, write_safetensors};
 pub use set::{ExpectedLayer, LayerWeights, WeightSet};
 

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use dilated::cpu::reference;
 use dilated::gpu::Kernel;
 use dilated::net::{Network, Op};
+use dilated::weights::{ExpectedLayer, LayerWeights, WeightSet};
 use dilated::{ConvAlgorithm, Gpu};
 use ndarray::{Array1, Array4, ArrayView4};
 use rand::rngs::StdRng;
@@ -151,4 +152,58 @@ pub fn assert_forced_kernels(algorithm: ConvAlgorithm, kernels: &[Kernel], what:
         "{what}: {algorithm:?} forced, but {kernels:?} ran (adapter: {})",
         gpu().name()
     );
+}
+
+// Weight sets.
+
+/// A few layers of seeded random weights: convolutions with and without bias, a 1x1 layer.
+pub fn sample_set(seed: u64) -> WeightSet {
+    let mut r = rng(seed);
+    let mut set = WeightSet::new();
+    let layers: [(&str, [usize; 4], bool); 4] = [
+        ("conv1_1", [8, 3, 3, 3], true),
+        ("ctx_conv2", [16, 8, 3, 3], true),
+        ("fc-final", [5, 16, 1, 1], true),
+        ("no_bias", [4, 5, 1, 1], false),
+    ];
+    for (name, shape, bias) in layers {
+        let w = random4(&mut r, shape);
+        let b = bias.then(|| random1(&mut r, shape[0]));
+        set.insert(name, LayerWeights::new(name, w, b).unwrap());
+    }
+    set
+}
+
+pub fn expected_of(set: &WeightSet) -> Vec<ExpectedLayer> {
+    set.iter()
+        .map(|(n, w)| ExpectedLayer::new(n, w.weight_shape(), w.bias.is_some()))
+        .collect()
+}
+
+/// Bit-exact equality of two layers (NaN-safe, distinguishes -0.0).
+pub fn same_layer(a: &LayerWeights, b: &LayerWeights) -> bool {
+    let bits4 = |x: &Array4<f32>| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let bits1 = |x: &Option<Array1<f32>>| {
+        x.as_ref()
+            .map(|x| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+    };
+    a.weight.dim() == b.weight.dim()
+        && bits4(&a.weight) == bits4(&b.weight)
+        && bits1(&a.bias) == bits1(&b.bias)
+}
+
+pub fn assert_same_set(got: &WeightSet, want: &WeightSet) {
+    let mut gn: Vec<&str> = got.names().collect();
+    let mut wn: Vec<&str> = want.names().collect();
+    gn.sort_unstable();
+    wn.sort_unstable();
+    assert_eq!(gn, wn, "layer names differ");
+    for (name, w) in want.iter() {
+        let g = got.get(name).unwrap();
+        assert!(same_layer(g, w), "layer {name} differs");
+    }
+}
+
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }

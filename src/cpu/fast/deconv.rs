@@ -50,8 +50,6 @@ pub fn deconv2d(
                 }
             }
         });
-    Array4::from_shape_vec(out.dims(), y).map_err(|e| Error::InvalidSpec {
-        context: "deconv2d".into(),
-        reason: e.to_string(),
-    })
+    Array4::from_shape_vec(out.dims(), y)
+        .map_err(|e| Error::Internal(format!("deconv2d output: {e}")))
 }
