@@ -1,7 +1,7 @@
 //! A network compiled for the GPU at one input shape: weights uploaded, pipelines, bind groups
 //! and buffers created once; a forward pass is one queue submission and one read-back.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array4, ArrayView4};
@@ -287,6 +287,17 @@ impl<'g> GpuPlan<'g> {
         Ok(())
     }
 
+    /// Checks the input, takes the plan's buffers for one pass and uploads the input.
+    fn begin_pass(&self, input: &ArrayView4<f32>) -> Result<MutexGuard<'_, ()>> {
+        self.check_input(input)?;
+        let pass = self
+            .pass
+            .lock()
+            .map_err(|_| Error::Internal("a previous forward pass of this plan panicked".into()))?;
+        self.upload(input)?;
+        Ok(pass)
+    }
+
     fn upload(&self, input: &ArrayView4<f32>) -> Result<()> {
         match input.as_slice() {
             Some(s) => self.gpu.write_f32(&self.input, 0, s),
@@ -305,12 +316,7 @@ impl<'g> GpuPlan<'g> {
         input: ArrayView4<f32>,
         timed: bool,
     ) -> Result<(Array4<f32>, Option<LayerTimes>)> {
-        self.check_input(&input)?;
-        let _pass = self
-            .pass
-            .lock()
-            .map_err(|_| Error::Internal("a previous forward pass of this plan panicked".into()))?;
-        self.upload(&input)?;
+        let _pass = self.begin_pass(&input)?;
         let gpu = self.gpu;
         let ts = if timed {
             self.timestamps.as_ref()
@@ -376,12 +382,7 @@ impl<'g> GpuPlan<'g> {
     }
 
     fn run_layer_by_layer(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
-        self.check_input(&input)?;
-        let _pass = self
-            .pass
-            .lock()
-            .map_err(|_| Error::Internal("a previous forward pass of this plan panicked".into()))?;
-        self.upload(&input)?;
+        let _pass = self.begin_pass(&input)?;
         self.gpu.submit_and_wait(
             self.gpu
                 .device
