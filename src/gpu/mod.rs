@@ -15,7 +15,8 @@ pub use context::{AdapterReport, Gpu, GpuOptions, list_adapters};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
 pub use ops::{
-    ConvAlgorithm, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom,
+    ConvAlgorithm, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuMaxPool2d, GpuRelu,
+    GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom, LossAndGrad, SgdHyper,
 };
 pub use shader::Kernel;
 pub use tensor::GpuTensor;

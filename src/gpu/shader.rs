@@ -32,6 +32,8 @@ pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 pub enum UniformLayout {
     /// A `u32`.
     U32,
+    /// An `f32`.
+    F32,
     /// A nested struct: its size and its fields `(name, offset, layout)` in order.
     Struct {
         /// Size in bytes.
@@ -50,6 +52,12 @@ pub trait Uniform: bytemuck::Pod {
 impl Uniform for u32 {
     fn layout() -> UniformLayout {
         UniformLayout::U32
+    }
+}
+
+impl Uniform for f32 {
+    fn layout() -> UniformLayout {
+        UniformLayout::F32
     }
 }
 
@@ -147,6 +155,18 @@ pub enum Kernel {
     Zoom,
     /// Per-channel transposed convolution (in-network upsampling).
     Deconv,
+    /// Gradient of a convolution with respect to its input.
+    ConvGradInput,
+    /// Gradient of a convolution with respect to its weights.
+    ConvGradWeight,
+    /// Gradient of a convolution with respect to its bias.
+    ConvGradBias,
+    /// Gradient through a ReLU.
+    ReluGrad,
+    /// Softmax cross-entropy per pixel, with its gradient.
+    SoftmaxLoss,
+    /// SGD step with momentum and weight decay.
+    Sgd,
 }
 
 /// How a kernel's source is put together.
@@ -168,7 +188,7 @@ const UNARY: &[Storage] = &[("input", Elem::F32, READ), ("output", Elem::F32, WR
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 11] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
@@ -180,6 +200,12 @@ impl Kernel {
         Kernel::Argmax,
         Kernel::Zoom,
         Kernel::Deconv,
+        Kernel::ConvGradInput,
+        Kernel::ConvGradWeight,
+        Kernel::ConvGradBias,
+        Kernel::ReluGrad,
+        Kernel::SoftmaxLoss,
+        Kernel::Sgd,
     ];
 
     fn definition(self) -> Definition {
@@ -266,6 +292,63 @@ impl Kernel {
                     ("output", Elem::F32, WRITE),
                 ],
             ),
+            Kernel::ConvGradInput => def(
+                "conv2d_grad_input",
+                &[ConvParams, Linear],
+                include_str!("../../shaders/grad/conv2d_grad_input.wgsl"),
+                &[
+                    ("grad", Elem::F32, READ),
+                    ("weight", Elem::F32, READ),
+                    ("output", Elem::F32, WRITE),
+                ],
+            ),
+            Kernel::ConvGradWeight => def(
+                "conv2d_grad_weight",
+                &[ConvParams, Linear],
+                include_str!("../../shaders/grad/conv2d_grad_weight.wgsl"),
+                &[
+                    ("input", Elem::F32, READ),
+                    ("grad", Elem::F32, READ),
+                    ("output", Elem::F32, WRITE),
+                ],
+            ),
+            Kernel::ConvGradBias => def(
+                "conv2d_grad_bias",
+                &[ConvParams, Linear],
+                include_str!("../../shaders/grad/conv2d_grad_bias.wgsl"),
+                &[("grad", Elem::F32, READ), ("output", Elem::F32, WRITE)],
+            ),
+            Kernel::ReluGrad => def(
+                "relu_grad",
+                &[Linear],
+                include_str!("../../shaders/grad/relu_grad.wgsl"),
+                &[
+                    ("grad", Elem::F32, READ),
+                    ("activation", Elem::F32, READ),
+                    ("output", Elem::F32, WRITE),
+                ],
+            ),
+            Kernel::SoftmaxLoss => def(
+                "softmax_loss",
+                &[Linear],
+                include_str!("../../shaders/grad/softmax_loss.wgsl"),
+                &[
+                    ("input", Elem::F32, READ),
+                    ("labels", Elem::U32, READ),
+                    ("output", Elem::F32, WRITE),
+                    ("loss", Elem::F32, WRITE),
+                ],
+            ),
+            Kernel::Sgd => def(
+                "sgd",
+                &[Linear],
+                include_str!("../../shaders/grad/sgd.wgsl"),
+                &[
+                    ("grad", Elem::F32, READ),
+                    ("velocity", Elem::F32, WRITE),
+                    ("param", Elem::F32, WRITE),
+                ],
+            ),
         }
     }
 
@@ -314,7 +397,7 @@ impl Kernel {
     }
 
     /// Number of storage buffers the kernel binds after its uniform (binding 0): read-only
-    /// inputs first, the one read-write output last.
+    /// inputs first, then the buffers it writes.
     pub fn storage_bindings(self) -> u32 {
         self.definition().storage.len() as u32
     }
@@ -424,17 +507,24 @@ mod tests {
         for (i, k) in Kernel::ALL.iter().enumerate() {
             assert_eq!(k.index(), i, "{k:?}");
         }
-        assert_eq!(Kernel::Deconv.index() + 1, Kernel::ALL.len());
+        assert_eq!(Kernel::Sgd.index() + 1, Kernel::ALL.len());
     }
 
     /// The Rust uniform of a kernel.
     fn rust_uniform(kernel: Kernel) -> UniformLayout {
+        use crate::gpu::ops::train::{relu_grad, sgd, softmax_loss};
         use crate::gpu::ops::{conv, deconv, max_pool, per_pixel, relu, zoom};
         match kernel {
             Kernel::ConvDirect
             | Kernel::ConvTiled
             | Kernel::ConvPointwise
-            | Kernel::ConvBlocked => conv::ConvParams::layout(),
+            | Kernel::ConvBlocked
+            | Kernel::ConvGradInput
+            | Kernel::ConvGradWeight
+            | Kernel::ConvGradBias => conv::ConvParams::layout(),
+            Kernel::ReluGrad => relu_grad::ReluGradParams::layout(),
+            Kernel::SoftmaxLoss => softmax_loss::SoftmaxLossParams::layout(),
+            Kernel::Sgd => sgd::SgdParams::layout(),
             Kernel::ConvSplitReduce => conv::SplitReduceParams::layout(),
             Kernel::Relu => relu::ReluParams::layout(),
             Kernel::MaxPool => max_pool::MaxPoolParams::layout(),
@@ -451,6 +541,10 @@ mod tests {
                 kind: naga::ScalarKind::Uint,
                 width: 4,
             }) => UniformLayout::U32,
+            naga::TypeInner::Scalar(naga::Scalar {
+                kind: naga::ScalarKind::Float,
+                width: 4,
+            }) => UniformLayout::F32,
             naga::TypeInner::Struct { members, span } => UniformLayout::Struct {
                 size: *span as usize,
                 fields: members
@@ -462,7 +556,7 @@ mod tests {
                     })
                     .collect(),
             },
-            other => panic!("{at}: a uniform holds only u32 and structs, found {other:?}"),
+            other => panic!("{at}: a uniform holds only u32, f32 and structs, found {other:?}"),
         }
     }
 
@@ -490,12 +584,11 @@ mod tests {
     }
 
     #[test]
-    fn only_the_last_storage_binding_is_written() {
+    fn written_storage_bindings_come_last() {
         for k in Kernel::ALL {
             let storage = k.definition().storage;
-            for (i, (name, _, write)) in storage.iter().enumerate() {
-                assert_eq!(*write, i + 1 == storage.len(), "{k:?} {name}");
-            }
+            let first_write = storage.iter().position(|s| s.2).expect("a written binding");
+            assert!(storage[first_write..].iter().all(|s| s.2), "{k:?}");
         }
     }
 }

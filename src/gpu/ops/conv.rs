@@ -61,11 +61,13 @@ const FLAG_ACCUMULATE: u32 = 4;
 /// so the kernels read consecutive weights while they walk the input channels of one tap, and a
 /// range of output channels stays one contiguous window.
 pub struct GpuConv2d {
-    spec: Conv2d,
-    weight: wgpu::Buffer,
-    bias: wgpu::Buffer,
+    pub(crate) spec: Conv2d,
+    /// Weights as rows `[out][kh][kw][in]`.
+    pub(crate) weight: wgpu::Buffer,
+    /// The bias, or one placeholder element for a layer without.
+    pub(crate) bias: wgpu::Buffer,
     /// The uniform's fields fixed by the spec; each chunk fills in its windows and sizes.
-    template: ConvParams,
+    pub(crate) template: ConvParams,
     algorithm: ConvAlgorithm,
     /// The device runs shaders on CPU cores (lavapipe, llvmpipe, SwiftShader, WARP).
     cpu_adapter: bool,

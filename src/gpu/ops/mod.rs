@@ -10,6 +10,7 @@ pub(crate) mod per_pixel;
 pub(crate) mod planes;
 pub mod relu;
 pub mod softmax;
+pub mod train;
 pub mod zoom;
 
 pub use argmax::GpuArgmax;
@@ -18,4 +19,5 @@ pub use deconv::GpuDeconv2d;
 pub use max_pool::GpuMaxPool2d;
 pub use relu::GpuRelu;
 pub use softmax::GpuSoftmax;
+pub use train::{ConvGrads, GpuReluGrad, GpuSoftmaxLoss, LossAndGrad, SgdHyper};
 pub use zoom::GpuZoom;
