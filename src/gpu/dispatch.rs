@@ -63,11 +63,20 @@ impl Gpu {
 
     /// Runs dispatches in one submission and waits for them.
     pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        let all: Vec<&Dispatch> = dispatches.iter().collect();
+        self.run_all(&all)
+    }
+
+    /// Runs dispatches recorded apart (several layers', say) in one submission, in order, and
+    /// waits for them.
+    pub fn run_all(&self, dispatches: &[&Dispatch]) -> Result<()> {
         let commands = self.scoped("recording dispatches", 0, || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                self.record(&mut pass, dispatches);
+                for d in dispatches {
+                    self.record(&mut pass, std::slice::from_ref(*d));
+                }
             }
             encoder.finish()
         })?;

@@ -133,15 +133,30 @@ impl Gpu {
         let shape = Shape::new(d.0, d.1, d.2, d.3);
         shape.check_nonzero("upload")?;
         let tensor = self.empty(shape)?;
+        self.write_tensor(&tensor, array)?;
+        Ok(tensor)
+    }
+
+    /// Overwrites a tensor with an array of its shape.
+    pub fn write_tensor(&self, tensor: &GpuTensor, array: ArrayView4<f32>) -> Result<()> {
+        let d = array.dim();
+        if Shape::new(d.0, d.1, d.2, d.3) != tensor.shape {
+            return Err(Error::ShapeMismatch {
+                context: "tensor write".into(),
+                left_name: "array",
+                left: vec![d.0, d.1, d.2, d.3],
+                right_name: "tensor",
+                right: tensor.shape.dims().to_vec(),
+            });
+        }
         match array.as_slice() {
-            Some(s) => self.write_f32(&tensor.buffer, 0, s)?,
+            Some(s) => self.write_f32(&tensor.buffer, 0, s),
             None => self.write_f32(
                 &tensor.buffer,
                 0,
                 &array.iter().copied().collect::<Vec<_>>(),
-            )?,
+            ),
         }
-        Ok(tensor)
     }
 
     /// A tensor whose contents are undefined until written.

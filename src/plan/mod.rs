@@ -8,6 +8,7 @@
 //! - [`layout`] cuts a network's leading row-local layers into stages of bands for a budget.
 //! - [`CpuPlan`] runs a network on the CPU (the fast path for convolutions).
 //! - [`executor`] runs a network on the GPU, the CPU, or the GPU with the CPU as a fallback.
+//! - [`GpuTrainer`] trains a network of convolutions (the context module) on the GPU.
 
 pub mod banded;
 pub mod compiled;
@@ -16,6 +17,7 @@ pub mod executor;
 pub mod layout;
 pub mod memory;
 pub mod options;
+pub mod trainer;
 
 pub use banded::Plan;
 pub use compiled::GpuPlan;
@@ -23,3 +25,4 @@ pub use cpu::CpuPlan;
 pub use executor::{Execution, Executor, RanOn, RunOn};
 pub use layout::{Band, BandedLayout, Bands, Stage};
 pub use options::{PlanOptions, parse_memory_size};
+pub use trainer::{GpuTrainer, StepStats};

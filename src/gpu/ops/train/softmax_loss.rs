@@ -6,9 +6,10 @@ use ndarray::ArrayView3;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
+use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::ops::train::fits;
 use crate::gpu::shader::{Kernel, uniform};
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::tensor::{GpuTensor, Window};
 use crate::spec::Shape;
 
 uniform! {
@@ -43,6 +44,90 @@ pub struct LossAndGrad {
 }
 
 impl GpuSoftmaxLoss {
+    /// Checks `labels` `[n, h, w]` against `scores` of shape `[n, classes, h, w]` and counts
+    /// the pixels that are not ignored; a label that is neither a class nor the ignore label
+    /// is an error.
+    pub fn valid_pixels(&self, scores: Shape, labels: ArrayView3<u32>) -> Result<usize> {
+        let (n, h, w) = labels.dim();
+        if (n, h, w) != (scores.n, scores.h, scores.w) {
+            return Err(Error::ShapeMismatch {
+                context: "softmax loss".into(),
+                left_name: "labels",
+                left: vec![n, h, w],
+                right_name: "scores",
+                right: scores.dims().to_vec(),
+            });
+        }
+        let mut valid = 0usize;
+        for &l in labels.iter() {
+            if l == self.ignore_label {
+                continue;
+            }
+            if l as usize >= scores.c {
+                return Err(Error::InvalidSpec {
+                    context: "softmax loss".into(),
+                    reason: format!(
+                        "label {l} is neither a class (0..{}) nor the ignore label {}",
+                        scores.c, self.ignore_label
+                    ),
+                });
+            }
+            valid += 1;
+        }
+        Ok(valid)
+    }
+
+    /// Records the loss kernel: `labels` holds `[n, 1, h, w]` u32 labels (as f32 bits) of
+    /// which `valid` are not ignored; `grad` (the scores' shape) gets the gradient of the mean
+    /// loss and `losses` (`[n, 1, h, w]`) each pixel's loss.
+    pub fn prepare(
+        &self,
+        gpu: &Gpu,
+        scores: &GpuTensor,
+        labels: &GpuTensor,
+        valid: usize,
+        grad: &GpuTensor,
+        losses: &GpuTensor,
+    ) -> Result<Dispatch> {
+        let s = scores.shape();
+        let pixels = Shape { c: 1, ..s };
+        expect_shape("softmax loss labels", labels.shape(), pixels)?;
+        expect_shape("softmax loss gradient", grad.shape(), s)?;
+        expect_shape("softmax loss values", losses.shape(), pixels)?;
+        fits(gpu, "the scores", s.len())?;
+        let params = SoftmaxLossParams {
+            channels: s.c as u32,
+            plane: s.plane() as u32,
+            total: pixels.len() as u32,
+            ignore: self.ignore_label,
+            scale: if valid == 0 { 0.0 } else { 1.0 / valid as f32 },
+            ..SoftmaxLossParams::default()
+        };
+        fn win<'t>(gpu: &Gpu, t: &'t GpuTensor) -> (&'t wgpu::Buffer, Window) {
+            (&t.buffer, gpu.window(&t.buffer, 0, t.shape().len()))
+        }
+        gpu.linear_dispatch(
+            Kernel::SoftmaxLoss,
+            &params,
+            &[
+                win(gpu, scores),
+                win(gpu, labels),
+                win(gpu, grad),
+                win(gpu, losses),
+            ],
+            pixels.len(),
+        )
+    }
+
+    /// Labels `[n, h, w]` as a `[n, 1, h, w]` tensor of u32 (stored as f32 bits).
+    pub fn upload_labels(gpu: &Gpu, labels: ArrayView3<u32>) -> Result<GpuTensor> {
+        let (n, h, w) = labels.dim();
+        let bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l)).collect();
+        let array = ndarray::Array4::from_shape_vec((n, 1, h, w), bits)
+            .map_err(|e| Error::Internal(format!("labels: {e}")))?;
+        gpu.upload(array.view())
+    }
+
     /// The loss of `scores` `[n, classes, h, w]` against `labels` `[n, h, w]` (class ids, or
     /// the ignore label), and its gradient. A label that is neither is an error.
     pub fn run(
@@ -52,63 +137,25 @@ impl GpuSoftmaxLoss {
         labels: ArrayView3<u32>,
     ) -> Result<LossAndGrad> {
         let s = scores.shape();
-        let (n, h, w) = labels.dim();
-        if (n, h, w) != (s.n, s.h, s.w) {
-            return Err(Error::ShapeMismatch {
-                context: "softmax loss".into(),
-                left_name: "labels",
-                left: vec![n, h, w],
-                right_name: "scores",
-                right: s.dims().to_vec(),
-            });
-        }
-        let mut valid = 0usize;
-        for &l in labels.iter() {
-            if l == self.ignore_label {
-                continue;
-            }
-            if l as usize >= s.c {
-                return Err(Error::InvalidSpec {
-                    context: "softmax loss".into(),
-                    reason: format!(
-                        "label {l} is neither a class (0..{}) nor the ignore label {}",
-                        s.c, self.ignore_label
-                    ),
-                });
-            }
-            valid += 1;
-        }
-        fits(gpu, "the scores", s.len())?;
-        let pixels = s.n * s.plane();
-        let bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l)).collect();
-        let labels = gpu.storage_from_slice("labels", &bits)?;
+        let valid = self.valid_pixels(s, labels)?;
+        let labels = Self::upload_labels(gpu, labels)?;
         let grad = gpu.empty(s)?;
-        let losses = gpu.empty(Shape::new(s.n, 1, s.h, s.w))?;
-        let params = SoftmaxLossParams {
-            channels: s.c as u32,
-            plane: s.plane() as u32,
-            total: pixels as u32,
-            ignore: self.ignore_label,
-            scale: if valid == 0 { 0.0 } else { 1.0 / valid as f32 },
-            ..SoftmaxLossParams::default()
-        };
-        let dispatch = gpu.linear_dispatch(
-            Kernel::SoftmaxLoss,
-            &params,
-            &[
-                (&scores.buffer, gpu.window(&scores.buffer, 0, s.len())),
-                (&labels, gpu.window(&labels, 0, pixels)),
-                (&grad.buffer, gpu.window(&grad.buffer, 0, s.len())),
-                (&losses.buffer, gpu.window(&losses.buffer, 0, pixels)),
-            ],
-            pixels,
-        )?;
+        let losses = gpu.empty(Shape { c: 1, ..s })?;
+        let dispatch = self.prepare(gpu, scores, &labels, valid, &grad, &losses)?;
         gpu.run(&[dispatch])?;
-        let sum: f64 = gpu.download(&losses)?.iter().map(|&v| v as f64).sum();
         Ok(LossAndGrad {
-            loss: if valid == 0 { 0.0 } else { sum / valid as f64 },
+            loss: mean_loss(gpu, &losses, valid)?,
             valid_pixels: valid,
             grad,
         })
     }
+}
+
+/// The mean of the per-pixel losses over `valid` pixels (0 for none), summed in f64.
+pub fn mean_loss(gpu: &Gpu, losses: &GpuTensor, valid: usize) -> Result<f64> {
+    if valid == 0 {
+        return Ok(0.0);
+    }
+    let sum: f64 = gpu.download(losses)?.iter().map(|&v| v as f64).sum();
+    Ok(sum / valid as f64)
 }
