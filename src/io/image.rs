@@ -1,8 +1,9 @@
-//! Image files: decoding PNG, JPEG or BMP into BGR arrays, and writing PNGs atomically.
+//! Image files: decoding PNG, JPEG or BMP into BGR arrays, reading label PNGs (class ids as
+//! pixel values), and writing PNGs atomically.
 
 use std::path::Path;
 
-use ndarray::Array3;
+use ndarray::{Array2, Array3};
 
 use crate::error::{Error, Result};
 
@@ -43,4 +44,46 @@ pub fn save_png(path: impl AsRef<Path>, img: &::image::RgbImage) -> Result<()> {
             reason: e.to_string(),
         })?;
     super::write_atomic(path, |w| std::io::Write::write_all(w, bytes.get_ref()))
+}
+
+/// Reads a label image: an 8-bit grayscale or palette-indexed PNG whose pixel values are class
+/// ids (as the VOC and Cityscapes train-id files are; 255 usually means "ignore"), as
+/// `[height, width]`. Palette indices are taken as they are, not turned into colours.
+///
+/// Errors: [`Error::Io`] if the file cannot be read, [`Error::Image`] if it is not a PNG of
+/// one of those two kinds.
+pub fn load_label_png(path: impl AsRef<Path>) -> Result<Array2<u8>> {
+    let path = path.as_ref();
+    let bad = |reason: String| Error::Image {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(|e| bad(e.to_string()))?;
+    let info = reader.info();
+    let (color, depth) = (info.color_type, info.bit_depth);
+    if depth != png::BitDepth::Eight
+        || !matches!(color, png::ColorType::Grayscale | png::ColorType::Indexed)
+    {
+        return Err(bad(format!(
+            "a label image must be an 8-bit grayscale or palette-indexed PNG of class ids; \
+             this one is {color:?} at {depth:?} bits"
+        )));
+    }
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| bad("the image is too large".into()))?;
+    let mut buf = vec![0u8; size];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| bad(e.to_string()))?;
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    Ok(Array2::from_shape_fn((h, w), |(y, x)| {
+        buf[y * frame.line_size + x]
+    }))
 }

@@ -20,8 +20,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-pub use self::image::{load_image_bgr, save_png};
-pub use npy::{read_npy4, read_npy4_bytes, write_npy};
+pub use self::image::{load_image_bgr, load_label_png, save_png};
+pub use npy::{read_npy3, read_npy4, read_npy4_bytes, write_npy};
 
 use crate::error::{Error, Result};
 
@@ -85,4 +85,20 @@ pub(crate) fn open(path: &Path) -> Result<(File, u64)> {
     let file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     Ok((file, len))
+}
+
+/// Reads a list file: one path per line (the authors' convention for image, label and feature
+/// lists), blank lines and surrounding whitespace ignored, paths as written.
+pub fn read_list(path: impl AsRef<Path>) -> Result<Vec<std::path::PathBuf>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(std::path::PathBuf::from)
+        .collect())
 }

@@ -7,7 +7,7 @@
 use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use ndarray::{Array4, ArrayBase, Data, Dimension};
+use ndarray::{Array3, Array4, ArrayBase, ArrayD, Data, Dimension};
 use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use py_literal::Value;
@@ -27,14 +27,29 @@ const MAX_HEADER: u64 = 1 << 16;
 /// string, version or header, a dtype other than `float32`, a rank other than 4, or data
 /// shorter or longer than the shape implies.
 pub fn read_npy4(path: impl AsRef<Path>) -> Result<Array4<f32>> {
-    let path = path.as_ref();
-    let (file, len) = open(path)?;
-    parse(BufReader::new(file), len, &path.display().to_string())
+    read_file(path.as_ref(), 4)?
+        .into_dimensionality()
+        .map_err(|e| Error::Internal(format!("npy rank: {e}")))
 }
 
 /// [`read_npy4`] on an in-memory buffer.
 pub fn read_npy4_bytes(bytes: &[u8]) -> Result<Array4<f32>> {
-    parse(Cursor::new(bytes), bytes.len() as u64, BYTES_PATH)
+    parse(Cursor::new(bytes), bytes.len() as u64, BYTES_PATH, 4)?
+        .into_dimensionality()
+        .map_err(|e| Error::Internal(format!("npy rank: {e}")))
+}
+
+/// Reads a 3-D (`C, H, W`) `float32` array from a `.npy` file, such as one image's cached
+/// front-end scores; errors as [`read_npy4`]'s, for a rank other than 3.
+pub fn read_npy3(path: impl AsRef<Path>) -> Result<Array3<f32>> {
+    read_file(path.as_ref(), 3)?
+        .into_dimensionality()
+        .map_err(|e| Error::Internal(format!("npy rank: {e}")))
+}
+
+fn read_file(path: &Path, rank: usize) -> Result<ArrayD<f32>> {
+    let (file, len) = open(path)?;
+    parse(BufReader::new(file), len, &path.display().to_string(), rank)
 }
 
 /// Writes a `float32` array of any rank (e.g. an `Array4` in NCHW order, or an `ArrayD`) as a
@@ -114,7 +129,7 @@ fn screen_header(text: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> {
+fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str, rank: usize) -> Result<ArrayD<f32>> {
     let io = |e: std::io::Error| read_error(path, FORMAT, e);
     if len < 10 {
         return Err(invalid(
@@ -176,11 +191,12 @@ fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> 
             ));
         }
     }
-    if header.shape.len() != 4 {
+    if header.shape.len() != rank {
+        let axes = if rank == 3 { "C, H, W" } else { "N, C, H, W" };
         return Err(invalid(
             path,
             format!(
-                "array of shape {:?} ({} dimensions); expected 4 (N, C, H, W)",
+                "array of shape {:?} ({} dimensions); expected {rank} ({axes})",
                 header.shape,
                 header.shape.len()
             ),
@@ -202,7 +218,7 @@ fn parse<R: Read + Seek>(mut r: R, len: u64, path: &str) -> Result<Array4<f32>> 
         ));
     }
     r.seek(SeekFrom::Start(0)).map_err(io)?;
-    let a = Array4::<f32>::read_npy(r).map_err(|e| match e {
+    let a = ArrayD::<f32>::read_npy(r).map_err(|e| match e {
         ndarray_npy::ReadNpyError::Io(e) => io(e),
         other => invalid(path, other.to_string()),
     })?;
