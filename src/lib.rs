@@ -33,6 +33,7 @@ pub mod plan;
 pub mod segment;
 pub mod spec;
 pub mod timing;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
