@@ -142,12 +142,12 @@ impl Model {
             })
     }
 
-    /// Builds the deploy network: front-end, context module, and the model's upsampling or
-    /// softmax. Front-end weights are He-initialised and the context module identity-initialised
-    /// (seeded) until real weights are loaded.
-    pub fn build(self, options: &PresetOptions) -> Result<Network> {
+    /// The model's context module as the release has it (kind, dilations, layer names and
+    /// padding; identity-initialised, with the large module's noise from `options`), on its
+    /// own: what `dilated train context` trains on cached front-end scores.
+    pub fn context_module(self, options: &PresetOptions) -> ContextModule {
         let info = self.info();
-        let mut context = match info.context {
+        let context = match info.context {
             ContextKind::Basic => ContextModule::basic(info.classes),
             ContextKind::Large => ContextModule::large(info.classes),
         }
@@ -166,7 +166,15 @@ impl Model {
         } else {
             ContextPadding::Same
         };
-        context = context.padding(options.context_padding.unwrap_or(release_padding));
+        context.padding(options.context_padding.unwrap_or(release_padding))
+    }
+
+    /// Builds the deploy network: front-end, context module, and the model's upsampling or
+    /// softmax. Front-end weights are He-initialised and the context module identity-initialised
+    /// (seeded) until real weights are loaded.
+    pub fn build(self, options: &PresetOptions) -> Result<Network> {
+        let info = self.info();
+        let context = self.context_module(options);
         let mut b = FrontEnd {
             classes: info.classes,
             width_divisor: options.width_divisor,

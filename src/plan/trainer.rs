@@ -225,6 +225,30 @@ impl<'g> GpuTrainer<'g> {
             .collect()
     }
 
+    /// The momentum buffers, by layer, in the layout of the weights (`[out, in, kh, kw]`).
+    pub fn momentum(&self) -> Result<Vec<(String, LayerWeights)>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let (w, b) = l.velocity.download(self.gpu)?;
+                Ok((l.name.clone(), LayerWeights::new(&l.name, w, b)?))
+            })
+            .collect()
+    }
+
+    /// Replaces a layer's momentum (to resume a run); shapes must be the layer's.
+    pub fn set_momentum(&self, layer: &str, momentum: &LayerWeights) -> Result<()> {
+        let l = self
+            .layers
+            .iter()
+            .find(|l| l.name == layer)
+            .ok_or_else(|| Error::Layer {
+                layer: layer.to_string(),
+                reason: "no such convolution in the trained network".into(),
+            })?;
+        l.velocity.upload(self.gpu, momentum)
+    }
+
     /// Writes the current weights into `network` (the one the trainer was built from).
     pub fn download_into(&self, network: &mut Network) -> Result<()> {
         for l in &self.layers {

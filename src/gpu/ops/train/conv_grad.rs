@@ -39,6 +39,36 @@ impl ConvGrads {
         })
     }
 
+    /// Overwrites the values with `values` (weights `[out, in, kh, kw]`, bias when the layer
+    /// has one), checking shapes.
+    pub fn upload(&self, gpu: &Gpu, values: &crate::weights::LayerWeights) -> Result<()> {
+        let rows = self.weight.shape();
+        let want = [rows.n, rows.w, rows.c, rows.h];
+        if values.weight.shape() != want {
+            return Err(Error::ShapeMismatch {
+                context: "parameter upload".into(),
+                left_name: "values",
+                left: values.weight.shape().to_vec(),
+                right_name: "layer weights",
+                right: want.to_vec(),
+            });
+        }
+        let permuted = values.weight.view().permuted_axes([0, 2, 3, 1]);
+        gpu.write_tensor(&self.weight, permuted.as_standard_layout().view())?;
+        match (&self.bias, &values.bias) {
+            (Some(t), Some(b)) if b.len() == t.shape().c => {
+                let b4 = b.view().into_shape_with_order((1, b.len(), 1, 1));
+                let b4 = b4.map_err(|e| Error::Internal(format!("bias: {e}")))?;
+                gpu.write_tensor(t, b4)
+            }
+            (None, None) => Ok(()),
+            _ => Err(Error::InvalidSpec {
+                context: "parameter upload".into(),
+                reason: "the bias does not match the layer's".into(),
+            }),
+        }
+    }
+
     /// Reads the parameters' values back: the weights as `[out, in, kh, kw]` (the layout
     /// networks use) and the bias.
     pub fn download(&self, gpu: &Gpu) -> Result<(Array4<f32>, Option<Array1<f32>>)> {
