@@ -33,6 +33,9 @@ pub mod plan;
 pub mod segment;
 pub mod spec;
 pub mod timing;
+/// Training on the CPU: backward passes, the softmax cross-entropy loss, SGD with momentum and
+/// segmentation metrics, as the authors' Caffe setup trains (the f64 reference, not fast).
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,0 +1,9 @@
+//! Training on the CPU, as the authors' Caffe setup trains.
+//!
+//! This is the reference implementation: plain loops accumulating in f64, mirroring
+//! [`crate::cpu::reference`], checked against finite differences. It is meant for small
+//! networks and as the oracle for faster implementations, not for training at full size.
+//!
+//! * [`grad`]: convolution (input, weight, bias), ReLU, max pooling and dropout backward;
+
+pub mod grad;
