@@ -5,5 +5,9 @@
 //! networks and as the oracle for faster implementations, not for training at full size.
 //!
 //! * [`grad`]: convolution (input, weight, bias), ReLU, max pooling and dropout backward;
+//! * [`loss`]: [`softmax_cross_entropy`];
 
 pub mod grad;
+pub mod loss;
+
+pub use loss::{IGNORE_LABEL, SoftmaxLoss, softmax_cross_entropy};
