@@ -6,8 +6,13 @@
 //!
 //! * [`grad`]: convolution (input, weight, bias), ReLU, max pooling and dropout backward;
 //! * [`loss`]: [`softmax_cross_entropy`];
+//! * [`solver`]: [`SgdSolver`] with [`LrPolicy`], its state saved as safetensors;
 
 pub mod grad;
+mod gradients;
 pub mod loss;
+pub mod solver;
 
+pub use gradients::Gradients;
 pub use loss::{IGNORE_LABEL, SoftmaxLoss, softmax_cross_entropy};
+pub use solver::{LrPolicy, ParamMults, SgdConfig, SgdSolver};
