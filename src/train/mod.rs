@@ -7,12 +7,15 @@
 //! * [`grad`]: convolution (input, weight, bias), ReLU, max pooling and dropout backward;
 //! * [`loss`]: [`softmax_cross_entropy`];
 //! * [`solver`]: [`SgdSolver`] with [`LrPolicy`], its state saved as safetensors;
+//! * [`network`]: [`train_step`] on a [`crate::net::Network`] giving [`Gradients`] by layer;
 
 pub mod grad;
 mod gradients;
 pub mod loss;
+pub mod network;
 pub mod solver;
 
 pub use gradients::Gradients;
 pub use loss::{IGNORE_LABEL, SoftmaxLoss, softmax_cross_entropy};
+pub use network::{Dropout, Forward, TrainStep, backward, forward, forward_loss, train_step};
 pub use solver::{LrPolicy, ParamMults, SgdConfig, SgdSolver};
