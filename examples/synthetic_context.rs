@@ -76,7 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split_once('x')
         .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
         .unwrap_or_else(|| usage());
-    let seed: u64 = args.get(4).map_or(0, |s| s.parse().unwrap_or_else(|_| usage()));
+    let seed: u64 = args
+        .get(4)
+        .map_or(0, |s| s.parse().unwrap_or_else(|_| usage()));
     if classes < 2 || h < 20 || w < 20 || items < 2 {
         eprintln!("need at least 2 classes, 2 items and 20x20 maps");
         usage();

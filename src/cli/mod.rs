@@ -13,6 +13,7 @@ pub mod network;
 pub mod report;
 pub mod run;
 pub mod segment;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Segments an image into a colour-coded label PNG, as the reference predictor does (on the
     /// GPU, or on the CPU with a warning when there is none or it fails).
     Segment(segment::SegmentArgs),
+    /// Trains a model's parts: `dilated train context` trains the context module on cached
+    /// front-end scores.
+    Train(train::TrainArgs),
 }
 
 /// Runs the command `cli` names.
@@ -61,5 +65,6 @@ pub fn execute(cli: Cli) -> Result<(), dilated::Error> {
         Command::Convert(args) => convert::execute(&args),
         Command::Run(args) => run::execute(&args),
         Command::Segment(args) => segment::execute(&args),
+        Command::Train(args) => train::execute(&args),
     }
 }

@@ -191,6 +191,15 @@ impl SgdSolver {
         self.history.get(name)
     }
 
+    /// Replaces the momentum buffers of layer `name` (for a trainer that keeps them elsewhere,
+    /// such as the GPU's, to save them with [`SgdSolver::save_state`]). Shapes are checked
+    /// against the network at the next [`SgdSolver::step`].
+    pub fn set_momentum(&mut self, name: &str, momentum: LayerWeights) -> Result<()> {
+        momentum.validate(name)?;
+        self.history.insert(name, momentum);
+        Ok(())
+    }
+
     /// One update of every layer in `grads` at iteration `iter` (which sets the learning
     /// rate); returns that rate. Layers without gradients are left as they are.
     ///
