@@ -112,7 +112,7 @@ class Model:
         weights: Optional[_Path] = None,
         *,
         width_divisor: int = 1,
-        device: Literal["auto", "gpu", "cpu"] = "auto",
+        device: str = "auto",  # "auto", "gpu" or "cpu"
         adapter: Union[int, str, None] = None,
         tile: Optional[Tuple[int, int]] = None,
         max_memory: Union[int, str, None] = None,

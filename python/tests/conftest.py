@@ -13,7 +13,7 @@ import os
 import subprocess
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -96,7 +96,7 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
-def quiet_model(name: str, weights: object = None, **kwargs: object) -> dilated.Model:
+def quiet_model(name: str, weights: Any = None, **kwargs: Any) -> dilated.Model:
     """A model, without the warning about random weights."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="no weights given")
