@@ -22,8 +22,8 @@ Ray GPU id to a wgpu adapter itself (``adapter_for_gpu``): the adapter on the sa
 that GPU, from ``nvidia-smi``'s index and bus id, when both sides report one; otherwise the
 id-th adapter that is not a CPU in ``dilated.adapters()`` order. Ray numbers a node's GPUs as
 CUDA does, which on a node of identical GPUs is PCI bus order (set
-``CUDA_DEVICE_ORDER=PCI_BUS_ID`` on mixed nodes), and Vulkan drivers list GPUs in bus order as
-well, so the fallback agrees with the bus match wherever there is no ``nvidia-smi``. Without
+``CUDA_DEVICE_ORDER=PCI_BUS_ID`` on mixed nodes), and Vulkan drivers usually list GPUs in bus
+order as well, so the fallback agrees with the bus match where there is no ``nvidia-smi``. Without
 GPUs (or with ``--cpu``) the actors run on the CPU, one per node by default, each on
 ``--cpus-per-actor`` threads.
 
@@ -254,7 +254,7 @@ def segment_dataset(
         },
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         **resources,
     )
 

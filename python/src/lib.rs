@@ -74,7 +74,7 @@ fn invalid(context: &str, reason: String) -> Error {
     }
 }
 
-/// Issues a Python warning of `category`.
+/// Raises a Python warning of category `W` (an exception only where filters turn it into one).
 fn warn<W: pyo3::PyTypeInfo>(py: Python<'_>, message: &str) -> PyResult<()> {
     let text = CString::new(message.replace('\0', " "))
         .unwrap_or_else(|_| CString::from(c"(unprintable warning)"));
@@ -107,7 +107,10 @@ fn rgb_image<'py>(
         && array.shape()[2] == 3
         && array.dtype().is_equiv_to(&numpy::dtype::<u8>(py));
     if !ok {
-        let reason = format!("expected an HxWx3 uint8 RGB array, got {}", describe(&array));
+        let reason = format!(
+            "expected an HxWx3 uint8 RGB array, got {}",
+            describe(&array)
+        );
         return Err(py_err(py, invalid(what, reason)));
     }
     let typed = array.cast_into::<PyArray3<u8>>()?;
