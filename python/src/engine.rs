@@ -169,8 +169,7 @@ impl Engine {
                 let opened = Gpu::with_options(&gpu).and_then(|device| {
                     GpuSide::try_new(device, |g| {
                         Ok::<_, Error>(OnGpu {
-                            executor: Executor::gpu_or_cpu(&network, Ok(g))
-                                .with_plan_options(plan),
+                            executor: Executor::gpu_or_cpu(&network, Ok(g)).with_plan_options(plan),
                             segmenter: Segmenter::with_options(
                                 preset,
                                 &network,
