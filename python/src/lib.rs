@@ -700,6 +700,7 @@ impl Model {
         self.engine.tile()
     }
 
+    /// The preset, weights, width divisor and where the model runs.
     fn __repr__(&self) -> String {
         let weights = match self.engine.weights() {
             Some(p) => format!("{:?}", p.display().to_string()),
