@@ -17,6 +17,11 @@ pub struct GpuOptions {
     pub backends: wgpu::Backends,
     /// Case-insensitive substring the adapter name must contain.
     pub adapter_name: Option<String>,
+    /// Position of the adapter in [`candidate_adapters`]' list (every adapter on
+    /// `backends`, in wgpu's enumeration order). Takes precedence over `adapter_name` and
+    /// `power_preference`; an index past the end is an [`Error::NoAdapter`]. Not read from the
+    /// environment: `None` unless set.
+    pub adapter_index: Option<usize>,
     /// Preference between a low-power and a high-performance adapter.
     pub power_preference: wgpu::PowerPreference,
     /// Longest wait for one submission or read-back; `None` waits forever. A wait that runs
@@ -46,6 +51,7 @@ impl GpuOptions {
             adapter_name: std::env::var("WGPU_ADAPTER_NAME")
                 .ok()
                 .filter(|s| !s.is_empty()),
+            adapter_index: None,
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             timeout: timeout_from_env(std::env::var("DILATED_GPU_TIMEOUT").ok().as_deref()),
@@ -157,6 +163,28 @@ pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
         .iter()
         .map(AdapterReport::of)
         .collect()
+}
+
+/// The adapters [`Gpu::with_options`] chooses among, in the order
+/// [`GpuOptions::adapter_index`] counts them: every adapter on `options.backends` in wgpu's
+/// enumeration order or, when those are the default backends (Vulkan, Metal, DX12) and none
+/// of them has an adapter, every OpenGL adapter (the fallback `Gpu::with_options` makes).
+pub fn candidate_adapters(options: &GpuOptions) -> Vec<AdapterReport> {
+    enumerate_candidates(options.backends)
+        .iter()
+        .map(AdapterReport::of)
+        .collect()
+}
+
+/// The adapters of [`candidate_adapters`] themselves.
+fn enumerate_candidates(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let adapters = pollster::block_on(make_instance(backends).enumerate_adapters(backends));
+    if adapters.is_empty() && backends == wgpu::Backends::PRIMARY {
+        return pollster::block_on(
+            make_instance(wgpu::Backends::GL).enumerate_adapters(wgpu::Backends::GL),
+        );
+    }
+    adapters
 }
 
 /// A wgpu instance for compute on `backends` (options otherwise from the environment, as
@@ -282,12 +310,27 @@ impl Gpu {
         Self::with_options(&GpuOptions::from_env())
     }
 
-    /// Opens an adapter chosen by explicit options.
+    /// Opens an adapter chosen by explicit options: the one at [`GpuOptions::adapter_index`]
+    /// when set, else the first whose name contains [`GpuOptions::adapter_name`], else wgpu's
+    /// choice for [`GpuOptions::power_preference`].
     pub fn with_options(options: &GpuOptions) -> Result<Self> {
-        let instance = make_instance(options.backends);
-        let adapter = match &options.adapter_name {
-            Some(name) => {
+        let adapter = match (options.adapter_index, &options.adapter_name) {
+            (Some(index), _) => {
+                let mut adapters = enumerate_candidates(options.backends);
+                let count = adapters.len();
+                if index >= count {
+                    return Err(Error::NoAdapter {
+                        detail: format!(
+                            " at index {index} ({count} adapter(s) on backends {:?})",
+                            options.backends
+                        ),
+                    });
+                }
+                adapters.swap_remove(index)
+            }
+            (None, Some(name)) => {
                 let wanted = name.to_lowercase();
+                let instance = make_instance(options.backends);
                 pollster::block_on(instance.enumerate_adapters(options.backends))
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
@@ -295,7 +338,7 @@ impl Gpu {
                         detail: format!(" whose name contains {name:?} (WGPU_ADAPTER_NAME)"),
                     })?
             }
-            None => {
+            (None, None) => {
                 let request = |backends: wgpu::Backends| {
                     pollster::block_on(make_instance(backends).request_adapter(
                         &wgpu::RequestAdapterOptions {
@@ -574,5 +617,38 @@ mod tests {
         assert_eq!(timeout_from_env(Some("soon")), Some(DEFAULT_TIMEOUT));
         assert_eq!(timeout_from_env(Some("-3")), Some(DEFAULT_TIMEOUT));
         assert_eq!(timeout_from_env(Some("inf")), Some(DEFAULT_TIMEOUT));
+    }
+
+    /// Opening by index gives the adapter listed at that index, over a name that matches no
+    /// adapter; an index past the end is an error naming it. Needs an adapter (CI: lavapipe),
+    /// like every GPU test.
+    #[test]
+    fn adapters_open_by_index_in_the_listed_order() {
+        let options = GpuOptions::from_env();
+        let listed = candidate_adapters(&options);
+        assert!(!listed.is_empty(), "this test needs a GPU adapter");
+        for (index, report) in listed.iter().enumerate() {
+            let gpu = Gpu::with_options(&GpuOptions {
+                adapter_index: Some(index),
+                adapter_name: Some("no adapter is called this".into()),
+                ..options.clone()
+            })
+            .unwrap_or_else(|e| panic!("adapter {index} ({}): {e}", report.info.name));
+            assert_eq!(gpu.adapter().info.name, report.info.name);
+            assert_eq!(gpu.adapter().info.backend, report.info.backend);
+        }
+        let past = listed.len();
+        let err = Gpu::with_options(&GpuOptions {
+            adapter_index: Some(past),
+            ..options
+        })
+        .err()
+        .expect("no adapter past the end");
+        assert!(matches!(err, Error::NoAdapter { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains(&format!("at index {past} ({past} adapter(s)")),
+            "{err}"
+        );
     }
 }
