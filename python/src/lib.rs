@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use dilated::Error;
 use dilated::gpu::AdapterReport;
-use dilated::gpu::context::candidate_adapters;
+use dilated::gpu::candidate_adapters;
 use dilated::net::{Model as Preset, Upsampling};
 use dilated::segment::{colorize, overlay, palette as preset_palette};
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};

@@ -4,6 +4,7 @@
 //! Adding an op takes one file in `ops/` (its uniform declared with `uniform!`, its layer type
 //! implementing [`GpuLayer`]) and one shader in `shaders/` listed in [`shader::Kernel`].
 
+pub mod adapter;
 pub mod context;
 pub mod dispatch;
 pub mod layer;
@@ -11,7 +12,8 @@ pub mod ops;
 pub mod shader;
 pub mod tensor;
 
-pub use context::{AdapterReport, Gpu, GpuOptions, list_adapters};
+pub use adapter::{AdapterReport, candidate_adapters, list_adapters};
+pub use context::{Gpu, GpuOptions};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
 pub use ops::{
