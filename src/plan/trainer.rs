@@ -51,6 +51,12 @@ pub struct GpuTrainer<'g> {
     forward: Vec<Dispatch>,
     backward: Vec<Dispatch>,
     loss: GpuSoftmaxLoss,
+    /// The loss dispatch for a batch of this many non-ignored pixels (its scale), re-recorded
+    /// only when the count changes.
+    loss_dispatch: Option<(usize, Dispatch)>,
+    /// The SGD dispatches for these settings, re-recorded only when they change (each
+    /// iteration under a `step` or `poly` learning-rate policy, once under `fixed`).
+    update: Option<(SgdHyper, Vec<Dispatch>)>,
 }
 
 impl<'g> GpuTrainer<'g> {
@@ -157,6 +163,8 @@ impl<'g> GpuTrainer<'g> {
             forward,
             backward,
             loss: GpuSoftmaxLoss::default(),
+            loss_dispatch: None,
+            update: None,
         })
     }
 
@@ -186,25 +194,34 @@ impl<'g> GpuTrainer<'g> {
         gpu.write_tensor(&self.input, x)?;
         let bits: Vec<f32> = labels.iter().map(|&l| f32::from_bits(l)).collect();
         gpu.write_f32(&self.labels.buffer, 0, &bits)?;
-        let loss = self.loss.prepare(
-            gpu,
-            &scores.output,
-            &self.labels,
-            valid,
-            &scores.grad_output,
-            &self.losses,
-        )?;
-        let mut update = Vec::new();
-        for l in &self.layers {
-            update.extend(
-                l.conv
-                    .prepare_sgd_step(gpu, &l.grads, &l.velocity, hyper)
-                    .map_err(|e| named_after(&l.name, e))?,
-            );
+        if self.loss_dispatch.as_ref().is_none_or(|(v, _)| *v != valid) {
+            let dispatch = self.loss.prepare(
+                gpu,
+                &scores.output,
+                &self.labels,
+                valid,
+                &scores.grad_output,
+                &self.losses,
+            )?;
+            self.loss_dispatch = Some((valid, dispatch));
         }
+        if self.update.as_ref().is_none_or(|(h, _)| h != hyper) {
+            let mut update = Vec::new();
+            for l in &self.layers {
+                update.extend(
+                    l.conv
+                        .prepare_sgd_step(gpu, &l.grads, &l.velocity, hyper)
+                        .map_err(|e| named_after(&l.name, e))?,
+                );
+            }
+            self.update = Some((*hyper, update));
+        }
+        let (Some((_, loss)), Some((_, update))) = (&self.loss_dispatch, &self.update) else {
+            return Err(Error::Internal("training dispatches not recorded".into()));
+        };
         let mut commands = Vec::with_capacity(self.forward.len() + self.backward.len() + 1);
         commands.extend(self.forward.iter());
-        commands.push(&loss);
+        commands.push(loss);
         commands.extend(self.backward.iter());
         commands.extend(update.iter());
         gpu.run_all(&commands)?;

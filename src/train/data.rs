@@ -93,6 +93,8 @@ impl FeatureDataset {
     /// The items of iteration `iter` with `batch` items per iteration.
     pub fn batch_indices(&self, iter: u64, batch: usize, order: BatchOrder) -> Vec<usize> {
         let n = self.len() as u64;
+        // The permutation of the pass the last item looked at (a batch spans few passes).
+        let mut perm: Option<(u64, Vec<usize>)> = None;
         (0..batch as u64)
             .map(|k| {
                 let at = iter * batch as u64 + k;
@@ -100,10 +102,14 @@ impl FeatureDataset {
                 match order {
                     BatchOrder::InOrder => pos,
                     BatchOrder::Shuffled { seed } => {
-                        let mut perm: Vec<usize> = (0..self.len()).collect();
-                        let mut rng = StdRng::seed_from_u64(seed ^ pass.wrapping_mul(0x9e37_79b9));
-                        perm.shuffle(&mut rng);
-                        perm[pos]
+                        if perm.as_ref().is_none_or(|(p, _)| *p != pass) {
+                            let mut items: Vec<usize> = (0..self.len()).collect();
+                            let mut rng =
+                                StdRng::seed_from_u64(seed ^ pass.wrapping_mul(0x9e37_79b9));
+                            items.shuffle(&mut rng);
+                            perm = Some((pass, items));
+                        }
+                        perm.as_ref().map_or(pos, |(_, items)| items[pos])
                     }
                 }
             })
