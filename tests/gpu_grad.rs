@@ -1,4 +1,5 @@
-//! The GPU's training kernels against direct f64 loops written here from the definitions, and
+//! The GPU's training kernels against the CPU reference (`dilated::train`, f64 loops checked
+//! against finite differences in `tests/train_*.rs`), against hand-worked values, and
 //! against central finite differences of the forward reference (`cpu::reference::conv2d`):
 //! convolution gradients for the input, weights and bias over many geometries, the ReLU's
 //! gradient, the softmax cross-entropy with ignored pixels, and Caffe's SGD step.
@@ -8,52 +9,28 @@ mod common;
 use common::{gpu, random1, random4, rel_error, rng};
 use dilated::cpu::reference;
 use dilated::gpu::{ConvGrads, GpuConv2d, GpuLayer, GpuReluGrad, GpuSoftmaxLoss, SgdHyper};
+use dilated::train::{grad, softmax_cross_entropy};
 use dilated::{Conv2d, Padding, Shape};
 use ndarray::{Array1, Array3, Array4};
 use rand::Rng;
 
 const TOLERANCE: f64 = 1e-5;
 
-/// Input and weight gradients of a convolution (before its ReLU) by the definition, in f64:
-/// every output position spreads `grad[b, co, oy, ox]` over the taps that produced it.
+/// Input, weight and bias gradients of a convolution (before its ReLU) from the CPU
+/// reference (`dilated::train::grad`, f64 accumulation, itself checked against finite
+/// differences).
 fn conv_grads_f64(
     x: &Array4<f32>,
     w: &Array4<f32>,
     spec: &Conv2d,
     g: &Array4<f32>,
 ) -> (Array4<f64>, Array4<f64>, Array1<f64>) {
-    let (n, ci_n, h, wd) = x.dim();
-    let (_, co_n, oh, ow) = g.dim();
-    let mut dx = Array4::<f64>::zeros(x.dim());
-    let mut dw = Array4::<f64>::zeros(w.dim());
-    let mut db = Array1::<f64>::zeros(co_n);
-    for b in 0..n {
-        for co in 0..co_n {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let gv = g[[b, co, oy, ox]] as f64;
-                    db[co] += gv;
-                    for ci in 0..ci_n {
-                        for ky in 0..spec.kernel.0 {
-                            for kx in 0..spec.kernel.1 {
-                                let iy = (oy * spec.stride.0 + ky * spec.dilation.0) as isize
-                                    - spec.padding.top as isize;
-                                let ix = (ox * spec.stride.1 + kx * spec.dilation.1) as isize
-                                    - spec.padding.left as isize;
-                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
-                                    continue;
-                                }
-                                let (iy, ix) = (iy as usize, ix as usize);
-                                dx[[b, ci, iy, ix]] += gv * w[[co, ci, ky, kx]] as f64;
-                                dw[[co, ci, ky, kx]] += gv * x[[b, ci, iy, ix]] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (dx, dw, db)
+    let d = x.dim();
+    let shape = Shape::new(d.0, d.1, d.2, d.3);
+    let dx = grad::conv2d_grad_input(g.view(), spec, w.view(), shape).unwrap();
+    let dw = grad::conv2d_grad_weight(x.view(), g.view(), spec).unwrap();
+    let db = grad::bias_grad(g.view());
+    (dx.mapv(f64::from), dw.mapv(f64::from), db.mapv(f64::from))
 }
 
 fn rel64<D: ndarray::Dimension>(
@@ -241,30 +218,10 @@ fn relu_gradient_passes_where_the_output_is_positive() {
     assert!(a.iter().any(|&v| v == 0.0) && a.iter().any(|&v| v > 0.0));
 }
 
-/// Loss and gradient by the definition (f64): mean over non-ignored pixels of -log softmax.
+/// Loss and gradient from the CPU reference (`dilated::train::softmax_cross_entropy`).
 fn softmax_loss_f64(s: &Array4<f32>, labels: &Array3<u32>) -> (f64, Array4<f64>) {
-    let (n, c, h, w) = s.dim();
-    let valid = labels.iter().filter(|&&l| l != 255).count();
-    let mut grad = Array4::<f64>::zeros(s.dim());
-    let mut loss = 0.0;
-    for b in 0..n {
-        for y in 0..h {
-            for x in 0..w {
-                let l = labels[[b, y, x]];
-                if l == 255 {
-                    continue;
-                }
-                let e: Vec<f64> = (0..c).map(|k| (s[[b, k, y, x]] as f64).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                loss -= (e[l as usize] / sum).ln();
-                for k in 0..c {
-                    let onehot = if k == l as usize { 1.0 } else { 0.0 };
-                    grad[[b, k, y, x]] = (e[k] / sum - onehot) / valid as f64;
-                }
-            }
-        }
-    }
-    (loss / valid as f64, grad)
+    let r = softmax_cross_entropy(s.view(), labels.view()).unwrap();
+    (r.loss, r.grad.mapv(f64::from))
 }
 
 #[test]

@@ -5,40 +5,18 @@
 mod common;
 
 use common::{gpu, random1, random4, rng};
-use dilated::cpu::reference;
 use dilated::gpu::SgdHyper;
 use dilated::net::{ContextModule, Network, Op};
 use dilated::plan::GpuTrainer;
+use dilated::train::forward_loss;
 use dilated::{Conv2d, Padding, Shape};
 use ndarray::{Array3, Array4};
 use rand::Rng;
 
-/// Mean softmax cross-entropy of `net` on `x` over the non-ignored (255) pixels, forward pass
-/// by the f64 reference.
+/// Mean softmax cross-entropy of `net` on `x` over the non-ignored (255) pixels, by the CPU
+/// reference (`dilated::train::forward_loss`, f64 accumulation).
 fn reference_loss(net: &Network, x: &Array4<f32>, labels: &Array3<u32>) -> f64 {
-    let mut y = x.clone();
-    for l in net.layers() {
-        y = reference::apply(&l.op, y.view()).unwrap();
-    }
-    let (n, c, h, w) = y.dim();
-    let (mut sum, mut valid) = (0.0, 0usize);
-    for b in 0..n {
-        for i in 0..h {
-            for j in 0..w {
-                let l = labels[[b, i, j]];
-                if l == 255 {
-                    continue;
-                }
-                let m = (0..c)
-                    .map(|k| y[[b, k, i, j]] as f64)
-                    .fold(f64::MIN, f64::max);
-                let z: f64 = (0..c).map(|k| (y[[b, k, i, j]] as f64 - m).exp()).sum();
-                sum -= y[[b, l as usize, i, j]] as f64 - m - z.ln();
-                valid += 1;
-            }
-        }
-    }
-    sum / valid as f64
+    forward_loss(net, x.view(), labels.view(), &[]).unwrap()
 }
 
 fn small_network(seed: u64) -> Network {
