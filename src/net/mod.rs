@@ -5,7 +5,7 @@ mod context;
 mod presets;
 
 pub use context::{ContextKind, ContextModule, ContextPadding};
-pub use presets::{FrontEnd, Model, ModelInfo, PresetOptions, Upsampling};
+pub use presets::{FRONT_END_MARGIN, FrontEnd, Model, ModelInfo, PresetOptions, Upsampling};
 
 use ndarray::{Array1, Array4};
 use rand::SeedableRng;

@@ -16,6 +16,33 @@ use rand::seq::SliceRandom;
 use crate::error::{Error, Result};
 use crate::io::{load_label_png, read_list, read_npy3};
 
+/// The items of iteration `iter` of a dataset of `len` items, `batch` per iteration: the
+/// positions `iter * batch ..` of the endless sequence of passes over the data, each pass in
+/// list order or in its own permutation.
+pub fn batch_indices(len: usize, iter: u64, batch: usize, order: BatchOrder) -> Vec<usize> {
+    let n = len.max(1) as u64;
+    // The permutation of the pass the last item looked at (a batch spans few passes).
+    let mut perm: Option<(u64, Vec<usize>)> = None;
+    (0..batch as u64)
+        .map(|k| {
+            let at = iter * batch as u64 + k;
+            let (pass, pos) = (at / n, (at % n) as usize);
+            match order {
+                BatchOrder::InOrder => pos,
+                BatchOrder::Shuffled { seed } => {
+                    if perm.as_ref().is_none_or(|(p, _)| *p != pass) {
+                        let mut items: Vec<usize> = (0..len).collect();
+                        let mut rng = StdRng::seed_from_u64(seed ^ pass.wrapping_mul(0x9e37_79b9));
+                        items.shuffle(&mut rng);
+                        perm = Some((pass, items));
+                    }
+                    perm.as_ref().map_or(pos, |(_, items)| items[pos])
+                }
+            }
+        })
+        .collect()
+}
+
 /// The order batches take items in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchOrder {
@@ -92,28 +119,7 @@ impl FeatureDataset {
 
     /// The items of iteration `iter` with `batch` items per iteration.
     pub fn batch_indices(&self, iter: u64, batch: usize, order: BatchOrder) -> Vec<usize> {
-        let n = self.len() as u64;
-        // The permutation of the pass the last item looked at (a batch spans few passes).
-        let mut perm: Option<(u64, Vec<usize>)> = None;
-        (0..batch as u64)
-            .map(|k| {
-                let at = iter * batch as u64 + k;
-                let (pass, pos) = (at / n, (at % n) as usize);
-                match order {
-                    BatchOrder::InOrder => pos,
-                    BatchOrder::Shuffled { seed } => {
-                        if perm.as_ref().is_none_or(|(p, _)| *p != pass) {
-                            let mut items: Vec<usize> = (0..self.len()).collect();
-                            let mut rng =
-                                StdRng::seed_from_u64(seed ^ pass.wrapping_mul(0x9e37_79b9));
-                            items.shuffle(&mut rng);
-                            perm = Some((pass, items));
-                        }
-                        perm.as_ref().map_or(pos, |(_, items)| items[pos])
-                    }
-                }
-            })
-            .collect()
+        batch_indices(self.len(), iter, batch, order)
     }
 
     /// The batch of iteration `iter`: scores `[batch, C, H, W]` and labels `[batch, H, W]`.

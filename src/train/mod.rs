@@ -12,7 +12,8 @@
 //! * [`network`] — [`train_step`] on a [`crate::net::Network`] giving [`Gradients`] by layer;
 //! * [`solver`] — [`SgdSolver`] with [`LrPolicy`], its state saved as safetensors;
 //! * [`eval`] — [`ConfusionMatrix`], IoU and pixel accuracy;
-//! * [`data`] — the context stage's cached scores and labels, in batches.
+//! * [`data`] — the context stage's cached scores and labels, in batches;
+//! * [`images`] — the front-end and joint stages' images and labels, as random crops.
 //!
 //! The GPU side is [`crate::plan::GpuTrainer`].
 //!
@@ -36,6 +37,7 @@ pub mod data;
 pub mod eval;
 pub mod grad;
 mod gradients;
+pub mod images;
 pub mod loss;
 pub mod network;
 pub mod solver;
