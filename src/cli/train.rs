@@ -1,5 +1,6 @@
-//! `dilated train context`: trains a model's context module on cached front-end scores, from
-//! the identity initialisation or given weights, with Caffe's loss and solver, on the GPU or
+//! `dilated train context|frontend|joint`: trains a model's context module on cached
+//! front-end scores (from the identity initialisation or given weights), its front-end on
+//! random image crops, or both together, with Caffe's loss, dropout and solver, on the GPU or
 //! the CPU; snapshots the weights and the solver's state and resumes from them exactly.
 
 use std::path::{Path, PathBuf};
@@ -7,15 +8,18 @@ use std::time::Instant;
 
 use clap::{Subcommand, ValueEnum};
 use dilated::gpu::SgdHyper;
-use dilated::net::{Model, Network, PresetOptions};
+use dilated::net::{FrontEnd, Model, Network, PresetOptions};
 use dilated::plan::{CpuPlan, GpuTrainer};
 use dilated::train::data::{BatchOrder, FeatureDataset};
+use dilated::train::images::{Crops, ImageDataset};
 use dilated::train::{
-    ConfusionMatrix, LrPolicy, SgdConfig, SgdSolver, softmax_cross_entropy, train_step,
+    ConfusionMatrix, Dropout, LrPolicy, Metrics, SgdConfig, SgdSolver, softmax_cross_entropy,
+    train_step,
 };
 use dilated::weights::{WeightSet, write_safetensors};
 use dilated::{Error, Shape};
 use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array3, Array4};
 
 use super::args::DeviceArgs;
 use super::device::Device;
@@ -32,8 +36,14 @@ pub struct TrainArgs {
 #[derive(Subcommand)]
 pub enum Stage {
     /// Trains the model's context module on cached front-end scores (`.npy` [C, H, W] per
-    /// image) against label PNGs of the same size.
+    /// image, as `dilated features` writes them) against label PNGs of the same size.
     Context(ContextArgs),
+    /// Trains the model's front-end on random crops of images against their label PNGs, with
+    /// dropout after fc6 and fc7 (start from VGG-16's convolutions or a front-end).
+    Frontend(ImageArgs),
+    /// Trains the front-end and the context module together on random crops of images, with
+    /// dropout after fc6 and fc7 (start from a trained front-end and context module).
+    Joint(ImageArgs),
 }
 
 /// Caffe's learning-rate policies.
@@ -47,40 +57,19 @@ pub enum Policy {
     Poly,
 }
 
-/// Arguments of `dilated train context`.
+/// The solver's and the run's flags, the same for every stage.
 #[derive(clap::Args)]
-pub struct ContextArgs {
-    /// The model whose context module is trained (its classes, dilations and layer names).
+pub struct SolverArgs {
+    /// Items per iteration [default: 60 for context, 14 for frontend and joint].
     #[arg(long)]
-    pub model: String,
-    /// List of training feature files (`.npy`, [C, H, W] float32), one per line.
-    #[arg(long)]
-    pub train_features: PathBuf,
-    /// List of training label PNGs (class ids, 255 ignored), line by line with the features.
-    #[arg(long)]
-    pub train_labels: PathBuf,
-    /// List of test feature files.
-    #[arg(long, requires = "test_labels")]
-    pub test_features: Option<PathBuf>,
-    /// List of test label PNGs.
-    #[arg(long, requires = "test_features")]
-    pub test_labels: Option<PathBuf>,
-    /// Iterations between test passes (and one at the end); 0 for the end only.
-    #[arg(long, default_value_t = 0)]
-    pub test_interval: u64,
-    /// Starting weights (.safetensors or .caffemodel holding the context layers); the default
-    /// is the identity initialisation (the paper's eq. 4 / eq. 5).
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    /// Items per iteration.
-    #[arg(long, default_value_t = 60)]
-    pub batch: usize,
+    pub batch: Option<usize>,
     /// Iterations.
     #[arg(long, default_value_t = 40000)]
     pub iters: u64,
-    /// Base learning rate.
-    #[arg(long, default_value_t = 0.001)]
-    pub lr: f64,
+    /// Base learning rate [default: 0.001 for context, 0.0001 for frontend, 0.00001 for
+    /// joint].
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
@@ -103,7 +92,7 @@ pub struct ContextArgs {
     /// shuffling them every pass.
     #[arg(long)]
     pub no_shuffle: bool,
-    /// Seed of the shuffling.
+    /// Seed of the shuffling, the crops and the dropout masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Where the trained weights go (.safetensors, `<layer>.weight` / `<layer>.bias`).
@@ -115,17 +104,90 @@ pub struct ContextArgs {
     pub snapshot_every: u64,
     /// Resumes from a snapshot's `.solverstate` (momentum and iteration), with the weights
     /// beside it (the same path without `.solverstate`).
-    #[arg(long, conflicts_with = "weights")]
+    #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Iterations between test passes (and one at the end); 0 for the end only.
+    #[arg(long, default_value_t = 0)]
+    pub test_interval: u64,
     /// Where it runs.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// Arguments of `dilated train context`.
+#[derive(clap::Args)]
+pub struct ContextArgs {
+    /// The model whose context module is trained (its classes, dilations and layer names).
+    #[arg(long)]
+    pub model: String,
+    /// List of training feature files (`.npy`, [C, H, W] float32), one per line.
+    #[arg(long)]
+    pub train_features: PathBuf,
+    /// List of training label PNGs (class ids, 255 ignored), line by line with the features.
+    #[arg(long)]
+    pub train_labels: PathBuf,
+    /// List of test feature files.
+    #[arg(long, requires = "test_labels")]
+    pub test_features: Option<PathBuf>,
+    /// List of test label PNGs.
+    #[arg(long, requires = "test_features")]
+    pub test_labels: Option<PathBuf>,
+    /// Starting weights (.safetensors or .caffemodel holding the context layers); the default
+    /// is the identity initialisation (the paper's eq. 4 / eq. 5).
+    #[arg(long, conflicts_with = "resume")]
+    pub weights: Option<PathBuf>,
+    /// The solver and the run.
+    #[command(flatten)]
+    pub solver: SolverArgs,
+}
+
+/// Arguments of `dilated train frontend` and `dilated train joint`.
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// The model trained (its classes, mean, layer names and, for joint, context module).
+    #[arg(long)]
+    pub model: String,
+    /// Divides every front-end width by this (1 = the released size).
+    #[arg(long, default_value_t = 1)]
+    pub width_divisor: usize,
+    /// List of training images (PNG, JPEG, BMP), one per line.
+    #[arg(long)]
+    pub train_images: PathBuf,
+    /// List of training label PNGs (class ids, 255 ignored), line by line with the images.
+    #[arg(long)]
+    pub train_labels: PathBuf,
+    /// List of test images (evaluated as centred crops).
+    #[arg(long, requires = "test_labels")]
+    pub test_images: Option<PathBuf>,
+    /// List of test label PNGs.
+    #[arg(long, requires = "test_images")]
+    pub test_labels: Option<PathBuf>,
+    /// Starting weights (.caffemodel or .safetensors). Layers they lack keep their
+    /// initialisation (He for the front-end, identity for the context module), and are named
+    /// on the output; an inner product's weights (VGG-16's fc6, fc7) are taken as the
+    /// convolution of the same size.
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    pub weights: Option<PathBuf>,
+    /// Side of the square crops (the margin 372 plus a multiple of 8; 500 for VOC).
+    #[arg(long, default_value_t = 500)]
+    pub crop_size: usize,
+    /// Do not mirror crops at random.
+    #[arg(long)]
+    pub no_mirror: bool,
+    /// Dropout ratio after fc6 and fc7 (0 turns dropout off).
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f32,
+    /// The solver and the run.
+    #[command(flatten)]
+    pub solver: SolverArgs,
 }
 
 /// Runs `dilated train`.
 pub fn execute(args: &TrainArgs) -> Result<(), Error> {
     match &args.stage {
         Stage::Context(a) => context(a),
+        Stage::Frontend(a) => images(a, false),
+        Stage::Joint(a) => images(a, true),
     }
 }
 
@@ -150,20 +212,31 @@ fn weight_set(net: &Network) -> Result<WeightSet, Error> {
     Ok(set)
 }
 
-fn context(args: &ContextArgs) -> Result<(), Error> {
-    let model = Model::from_name(&args.model)?;
-    let mut net = model.context_module(&PresetOptions::default()).build()?;
-    let train = FeatureDataset::from_lists(&args.train_features, &args.train_labels)?;
-    let test = match (&args.test_features, &args.test_labels) {
-        (Some(f), Some(l)) => Some(FeatureDataset::from_lists(f, l)?),
-        _ => None,
-    };
-    if args.batch == 0 {
-        return Err(Error::InvalidSpec {
-            context: "--batch".into(),
-            reason: "a batch needs at least one item".into(),
-        });
-    }
+/// A batch of inputs and labels at the scores' resolution.
+type Batch = (Array4<f32>, Array3<u32>);
+
+/// Loss and metrics of a network on a stage's test data.
+type Evaluation<'a> = Box<dyn Fn(&Network) -> Result<(f64, Metrics), Error> + 'a>;
+
+/// What a stage trains and on what.
+struct Job<'a> {
+    /// Words for the first line ("the context module of ...").
+    what: String,
+    /// Items in the training list.
+    items: usize,
+    /// The network, with its starting weights.
+    net: Network,
+    /// Layers followed by dropout, with the ratio.
+    dropout: Vec<(String, f32)>,
+    /// The batch of an iteration.
+    batch: Box<dyn Fn(u64) -> Result<Batch, Error> + 'a>,
+    /// Loss and metrics of the test data, if any.
+    test: Option<Evaluation<'a>>,
+}
+
+/// The solver `args` set up, resumed from `args.resume` if given (weights loaded into `net`),
+/// and the first iteration.
+fn solver(args: &SolverArgs, base_lr: f64, net: &mut Network) -> Result<(SgdSolver, u64), Error> {
     let policy = match args.lr_policy {
         Policy::Fixed => LrPolicy::Fixed,
         Policy::Step => LrPolicy::Step {
@@ -176,7 +249,7 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
         },
     };
     let mut solver = SgdSolver::new(SgdConfig {
-        base_lr: args.lr,
+        base_lr: args.lr.unwrap_or(base_lr),
         policy,
         momentum: args.momentum,
         weight_decay: args.weight_decay,
@@ -194,17 +267,195 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
                 reason: format!("{} does not end in .solverstate", state.display()),
             })?;
         net.load_weights(&WeightSet::load(&weights)?)?;
-    } else if let Some(w) = &args.weights {
-        net.load_weights(&WeightSet::load(w)?)?;
     }
-    let order = if args.no_shuffle {
+    Ok((solver, start))
+}
+
+/// The batch size: `--batch` or the stage's default, at least 1.
+fn batch_size(args: &SolverArgs, default: usize) -> Result<usize, Error> {
+    let batch = args.batch.unwrap_or(default);
+    if batch == 0 {
+        return Err(Error::InvalidSpec {
+            context: "--batch".into(),
+            reason: "a batch needs at least one item".into(),
+        });
+    }
+    Ok(batch)
+}
+
+fn order(args: &SolverArgs) -> BatchOrder {
+    if args.no_shuffle {
         BatchOrder::InOrder
     } else {
         BatchOrder::Shuffled { seed: args.seed }
+    }
+}
+
+fn context(args: &ContextArgs) -> Result<(), Error> {
+    let model = Model::from_name(&args.model)?;
+    let mut net = model.context_module(&PresetOptions::default()).build()?;
+    let train = FeatureDataset::from_lists(&args.train_features, &args.train_labels)?;
+    let test = match (&args.test_features, &args.test_labels) {
+        (Some(f), Some(l)) => Some(FeatureDataset::from_lists(f, l)?),
+        _ => None,
     };
-    let (first_x, _) = train.batch(start, args.batch, order)?;
+    let a = &args.solver;
+    let batch = batch_size(a, 60)?;
+    let (solver, start) = solver(a, 0.001, &mut net)?;
+    if a.resume.is_none()
+        && let Some(w) = &args.weights
+    {
+        net.load_weights(&WeightSet::load(w)?)?;
+    }
+    let order = order(a);
+    let job = Job {
+        what: format!(
+            "the context module of {} ({} layers)",
+            model.name(),
+            net.layers().len()
+        ),
+        items: train.len(),
+        net,
+        dropout: Vec::new(),
+        batch: Box::new(move |iter| train.batch(iter, batch, order)),
+        test: test.map(|test| {
+            Box::new(move |net: &Network| {
+                evaluate(net, test.len(), |i| {
+                    test.batch(i as u64, 1, BatchOrder::InOrder)
+                })
+            }) as Evaluation
+        }),
+    };
+    run(job, a, solver, start)
+}
+
+fn images(args: &ImageArgs, joint: bool) -> Result<(), Error> {
+    let model = Model::from_name(&args.model)?;
+    let info = model.info();
+    let options = PresetOptions {
+        width_divisor: args.width_divisor,
+        seed: args.solver.seed,
+        ..PresetOptions::default()
+    };
+    let front_end = FrontEnd {
+        classes: info.classes,
+        width_divisor: args.width_divisor,
+        final_layer: info.final_layer,
+    }
+    .builder(info.name, options.seed)?;
+    let mut net = if joint {
+        front_end
+            .append(model.context_module(&options).build()?)
+            .build()?
+    } else {
+        front_end.build()?
+    };
+    let train = ImageDataset::from_lists(&args.train_images, &args.train_labels)?;
+    let test = match (&args.test_images, &args.test_labels) {
+        (Some(i), Some(l)) => Some(ImageDataset::from_lists(i, l)?),
+        _ => None,
+    };
+    let crops = Crops {
+        mirror: !args.no_mirror,
+        ..Crops::new(args.crop_size, info.mean_bgr)?
+    };
+    let a = &args.solver;
+    let batch = batch_size(a, 14)?;
+    let (solver, start) = solver(a, if joint { 1e-5 } else { 1e-4 }, &mut net)?;
+    if a.resume.is_none()
+        && let Some(w) = &args.weights
+    {
+        let missing = net.load_available_weights(&WeightSet::load(w)?)?;
+        if !missing.is_empty() {
+            println!(
+                "{} has no weights for {}: they start from the initialisation",
+                w.display(),
+                missing.join(", ")
+            );
+        }
+    }
+    let out = net.output_shape(Shape::new(1, 3, args.crop_size, args.crop_size))?;
+    let labels = crops.label_size()?;
+    if (out.h, out.w) != (labels, labels) {
+        return Err(Error::Internal(format!(
+            "a {0}x{0} crop gives {1}x{2} scores but {labels}x{labels} labels",
+            args.crop_size, out.h, out.w
+        )));
+    }
+    if !(0.0..1.0).contains(&args.dropout) {
+        return Err(Error::InvalidSpec {
+            context: "--dropout".into(),
+            reason: format!("the ratio must be in [0, 1), not {}", args.dropout),
+        });
+    }
+    let dropout = if args.dropout > 0.0 {
+        ["fc6", "fc7"]
+            .map(|l| (l.to_string(), args.dropout))
+            .to_vec()
+    } else {
+        Vec::new()
+    };
+    let (order, seed) = (order(a), a.seed);
+    let job = Job {
+        what: format!(
+            "the {} of {} ({} layers, {}x{} crops)",
+            if joint {
+                "front-end and context module"
+            } else {
+                "front-end"
+            },
+            model.name(),
+            net.layers().len(),
+            args.crop_size,
+            args.crop_size
+        ),
+        items: train.len(),
+        net,
+        dropout,
+        batch: Box::new(move |iter| train.batch(iter, batch, order, &crops, seed)),
+        test: test.map(|test| {
+            Box::new(move |net: &Network| evaluate(net, test.len(), |i| test.centred(&[i], &crops)))
+                as Box<dyn Fn(&Network) -> Result<(f64, Metrics), Error>>
+        }),
+    };
+    run(job, a, solver, start)
+}
+
+/// The dropout masks of iteration `iter`: a function of the seed and the iteration alone, so a
+/// resumed run draws the same ones.
+fn dropout_masks(
+    net: &Network,
+    shape: Shape,
+    layers: &[(String, f32)],
+    seed: u64,
+    iter: u64,
+) -> Result<Vec<Dropout>, Error> {
+    if layers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let named: Vec<(&str, f32)> = layers.iter().map(|(l, r)| (l.as_str(), *r)).collect();
+    Dropout::masks(
+        net,
+        shape,
+        &named,
+        seed ^ 0xd20b_0a7d ^ iter.wrapping_mul(0xd1b5_4a32_d192_ed03),
+    )
+}
+
+/// The training loop every stage shares.
+fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Result<(), Error> {
+    let Job {
+        what,
+        items,
+        mut net,
+        dropout,
+        batch,
+        test,
+    } = job;
+    let (first_x, _) = batch(start)?;
     let d = first_x.dim();
     let shape = Shape::new(d.0, d.1, d.2, d.3);
+    drop(first_x);
     let device = Device::open(&args.device)?;
     let gpu = match &device {
         Device::Cpu => None,
@@ -215,25 +466,40 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
             None
         }
     };
-    // The GPU trainer, or None for the CPU reference step.
+    // The GPU trainer, or None for the CPU.
     let mut trainer = match gpu {
         Some(gpu) => {
-            let trainer = GpuTrainer::new(gpu, &net, shape)?;
-            for l in net.layers() {
-                if let Some(m) = solver.momentum(&l.name) {
-                    trainer.set_momentum(&l.name, m)?;
+            let built = if dropout.is_empty() {
+                GpuTrainer::new(gpu, &net, shape)
+            } else {
+                Err(Error::Layer {
+                    layer: dropout[0].0.clone(),
+                    reason: "dropout is not trained on the GPU".into(),
+                })
+            };
+            match (built, &device) {
+                (Ok(trainer), _) => {
+                    for l in net.layers() {
+                        if let Some(m) = solver.momentum(&l.name) {
+                            trainer.set_momentum(&l.name, m)?;
+                        }
+                    }
+                    Some(trainer)
                 }
+                (Err(e), Device::GpuOrCpu(_)) => {
+                    eprintln!(
+                        "warning: cannot train this network on the GPU ({e}); training on the CPU"
+                    );
+                    None
+                }
+                (Err(e), _) => return Err(e),
             }
-            Some(trainer)
         }
         None => None,
     };
     println!(
-        "training the context module of {} ({} layers) on {} items, batch {} of {shape}, on the {}",
-        model.name(),
-        net.layers().len(),
-        train.len(),
-        args.batch,
+        "training {what} on {items} items, batch {} of {shape}, on the {}",
+        shape.n,
         if trainer.is_some() { "GPU" } else { "CPU" }
     );
     let bar = ProgressBar::new(args.iters).with_position(start);
@@ -245,7 +511,7 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
     );
     let started = Instant::now();
     for iter in start..args.iters {
-        let (x, labels) = train.batch(iter, args.batch, order)?;
+        let (x, labels) = batch(iter)?;
         let rate = solver.learning_rate(iter);
         let loss = match &mut trainer {
             Some(trainer) => {
@@ -257,7 +523,8 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
                 trainer.step(x.view(), labels.view(), &hyper)?.loss
             }
             None => {
-                let step = train_step(&net, x.view(), labels.view(), &[])?;
+                let masks = dropout_masks(&net, shape, &dropout, args.seed, iter)?;
+                let step = train_step(&net, x.view(), labels.view(), &masks)?;
                 solver.step(&mut net, &step.gradients, iter)?;
                 step.loss
             }
@@ -281,7 +548,7 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
             solver.save_state(state_path(&args.output), done)?;
         }
         if testing && let Some(test) = &test {
-            let (loss, metrics) = evaluate(&net, test)?;
+            let (loss, metrics) = test(&net)?;
             bar.suspend(|| println!("iteration {done}: test loss {loss:.4}, {metrics}"));
         }
     }
@@ -296,13 +563,18 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Loss, mean IoU and pixel accuracy of `net` on every item of `test` (on the CPU).
-fn evaluate(net: &Network, test: &FeatureDataset) -> Result<(f64, dilated::train::Metrics), Error> {
+/// Loss, mean IoU and pixel accuracy of `net` over `items` test items, each given by `item`
+/// as a batch of one (on the CPU's fast path, without dropout).
+fn evaluate(
+    net: &Network,
+    items: usize,
+    item: impl Fn(usize) -> Result<Batch, Error>,
+) -> Result<(f64, Metrics), Error> {
     let plan = CpuPlan::new(net)?;
     let mut confusion = None::<ConfusionMatrix>;
     let (mut loss_sum, mut valid) = (0.0, 0usize);
-    for i in 0..test.len() {
-        let (x, y) = test.batch(i as u64, 1, BatchOrder::InOrder)?;
+    for i in 0..items {
+        let (x, y) = item(i)?;
         let scores = plan.forward(x.view())?;
         let loss = softmax_cross_entropy(scores.view(), y.view())?;
         loss_sum += loss.loss * loss.valid as f64;

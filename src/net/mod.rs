@@ -377,6 +377,58 @@ impl Network {
         Ok(())
     }
 
+    /// Loads the weights of the layers the set has, leaving the others as they are, and
+    /// returns the names of the convolutions it had no weights for (to start training from a
+    /// partial set: VGG-16's convolutions for the front-end, whose final layer is new, or a
+    /// front-end for the joint stage, whose context module keeps its identity initialisation).
+    ///
+    /// A weight with the layer's output count and element count but another shape is taken
+    /// in the layer's shape: an inner product's `[out, in * kh * kw, 1, 1]` becomes the
+    /// `[out, in, kh, kw]` convolution it is (VGG-16's fc6 and fc7), Caffe's order being the
+    /// same. Any other shape, or a bias that does not fit, is an error naming the layer.
+    pub fn load_available_weights(
+        &mut self,
+        set: &crate::weights::WeightSet,
+    ) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        let names: Vec<(String, Option<[usize; 4]>)> = self
+            .layers
+            .iter()
+            .map(|l| {
+                let shape = match &l.op {
+                    Op::Conv { spec, .. } => Some(spec.weight_shape()),
+                    Op::Deconv { spec, .. } => Some(spec.weight_shape()),
+                    _ => None,
+                };
+                (l.name.clone(), shape)
+            })
+            .collect();
+        for (name, shape) in names {
+            let Some(shape) = shape else { continue };
+            let Some(w) = set.get(&name) else {
+                if matches!(self.layer(&name).map(|l| &l.op), Some(Op::Conv { .. })) {
+                    missing.push(name);
+                }
+                continue;
+            };
+            let found = w.weight_shape();
+            let weight = if found != shape
+                && found[0] == shape[0]
+                && found.iter().product::<usize>() == shape.iter().product::<usize>()
+            {
+                w.weight
+                    .as_standard_layout()
+                    .to_owned()
+                    .into_shape_with_order(shape)
+                    .map_err(|e| Error::Internal(format!("reshaping {name}: {e}")))?
+            } else {
+                w.weight.clone()
+            };
+            self.set_weights(&name, weight, w.bias.clone())?;
+        }
+        Ok(missing)
+    }
+
     /// Every layer's weights as a weight set (names `conv1_1`, ..., as in the network).
     pub fn weight_set(&self) -> Result<crate::weights::WeightSet> {
         use crate::weights::LayerWeights;
