@@ -122,6 +122,16 @@ impl<'g> Segmenter<'g> {
         self.tile
     }
 
+    /// Image pixels per output pixel of the network (vertically, horizontally): 8 for the
+    /// front-end and the models without in-network upsampling, 1 with it.
+    pub fn stride(&self) -> (usize, usize) {
+        let o = self.tile_output;
+        (
+            (self.tile.0 - 2 * self.info.margin) / o.h.max(1),
+            (self.tile.1 - 2 * self.info.margin) / o.w.max(1),
+        )
+    }
+
     /// Number of tiles an image of this size needs.
     pub fn tiles(&self, height: usize, width: usize) -> (usize, usize) {
         let out = (
@@ -170,6 +180,72 @@ impl<'g> Segmenter<'g> {
         }
     }
 
+    /// The network's output over the whole image, tile by tile, stitched: `[1, C, rows, cols]`
+    /// for all the tiles (the last row and column of tiles may reach past the image).
+    fn stitch(
+        &self,
+        image_bgr: &ArrayView3<f32>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Array4<f32>> {
+        let (h, w, _) = image_bgr.dim();
+        let (nty, ntx) = self.tiles(h, w);
+        let o = self.tile_output;
+        let mut stitched = Array4::<f32>::zeros((1, o.c, nty * o.h, ntx * o.w));
+        for ty in 0..nty {
+            for tx in 0..ntx {
+                let out = self.run_tile(&self.tile_input(image_bgr, ty, tx))?;
+                stitched
+                    .slice_mut(s![
+                        ..,
+                        ..,
+                        ty * o.h..(ty + 1) * o.h,
+                        tx * o.w..(tx + 1) * o.w
+                    ])
+                    .assign(&out);
+                progress(ty * ntx + tx + 1, nty * ntx);
+            }
+        }
+        Ok(stitched)
+    }
+
+    /// The network's raw output for an image given as `[height, width, 3]` BGR values in
+    /// 0..255, as `[C, ceil(height / s), ceil(width / s)]` where `s` is the network's output
+    /// stride (8 for the front-end): output pixel `(i, j)` is centred on image pixel
+    /// `(s i, s j)`. This is what the context stage trains on when the network is the
+    /// front-end (`dilated features`). Calls `progress(done, total)` after each tile.
+    pub fn scores(
+        &self,
+        image_bgr: ArrayView3<f32>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Array3<f32>> {
+        let (h, w, c) = image_bgr.dim();
+        if h == 0 || w == 0 || c != 3 {
+            return Err(Error::InvalidSpec {
+                context: "image".into(),
+                reason: format!("expected a non-empty HxWx3 image, got {h}x{w}x{c}"),
+            });
+        }
+        let o = self.tile_output;
+        let inner = (
+            self.tile.0 - 2 * self.info.margin,
+            self.tile.1 - 2 * self.info.margin,
+        );
+        if o.h == 0 || o.w == 0 || !inner.0.is_multiple_of(o.h) || !inner.1.is_multiple_of(o.w) {
+            return Err(Error::InvalidSpec {
+                context: "scores".into(),
+                reason: format!(
+                    "the network turns {}x{} pixels into {}x{} outputs: no whole stride",
+                    inner.0, inner.1, o.h, o.w
+                ),
+            });
+        }
+        let stride = self.stride();
+        let stitched = self.stitch(&image_bgr, progress)?;
+        Ok(stitched
+            .slice(s![0, .., ..h.div_ceil(stride.0), ..w.div_ceil(stride.1)])
+            .to_owned())
+    }
+
     /// Segments an image given as `[height, width, 3]` BGR values in 0..255, calling
     /// `progress(done, total)` after each tile.
     pub fn segment(
@@ -185,23 +261,7 @@ impl<'g> Segmenter<'g> {
                 reason: format!("expected a non-empty HxWx3 image, got {h}x{w}x{c}"),
             });
         }
-        let (nty, ntx) = self.tiles(h, w);
-        let o = self.tile_output;
-        let mut stitched = Array4::<f32>::zeros((1, o.c, nty * o.h, ntx * o.w));
-        for ty in 0..nty {
-            for tx in 0..ntx {
-                let out = self.run_tile(&self.tile_input(&image_bgr, ty, tx))?;
-                stitched
-                    .slice_mut(s![
-                        ..,
-                        ..,
-                        ty * o.h..(ty + 1) * o.h,
-                        tx * o.w..(tx + 1) * o.w
-                    ])
-                    .assign(&out);
-                progress(ty * ntx + tx + 1, nty * ntx);
-            }
-        }
+        let stitched = self.stitch(&image_bgr, progress)?;
         let factor = match self.info.upsampling {
             Upsampling::Zoom(f) => f,
             Upsampling::Deconvolution => 1,

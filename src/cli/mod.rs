@@ -8,6 +8,7 @@ pub mod bench;
 pub mod convert;
 pub mod demo;
 pub mod device;
+pub mod features;
 pub mod info;
 pub mod network;
 pub mod report;
@@ -48,9 +49,12 @@ pub enum Command {
     /// Segments an image into a colour-coded label PNG, as the reference predictor does (on the
     /// GPU, or on the CPU with a warning when there is none or it fails).
     Segment(segment::SegmentArgs),
-    /// Trains a model's parts: `dilated train context` trains the context module on cached
-    /// front-end scores.
+    /// Trains a model's parts: `dilated train context` the context module on cached front-end
+    /// scores, `frontend` the front-end on image crops, `joint` both together.
     Train(train::TrainArgs),
+    /// Caches a model's front-end scores for `dilated train context`: one .npy per image and
+    /// their list (and the labels at the scores' size).
+    Features(features::FeaturesArgs),
 }
 
 /// Runs the command `cli` names.
@@ -66,5 +70,6 @@ pub fn execute(cli: Cli) -> Result<(), dilated::Error> {
         Command::Run(args) => run::execute(&args),
         Command::Segment(args) => segment::execute(&args),
         Command::Train(args) => train::execute(&args),
+        Command::Features(args) => features::execute(&args),
     }
 }

@@ -46,6 +46,23 @@ pub fn save_png(path: impl AsRef<Path>, img: &::image::RgbImage) -> Result<()> {
     super::write_atomic(path, |w| std::io::Write::write_all(w, bytes.get_ref()))
 }
 
+/// Writes a label image atomically: an 8-bit grayscale PNG whose pixel values are the class
+/// ids of `labels` (`[height, width]`), as [`load_label_png`] reads them.
+pub fn save_label_png(path: impl AsRef<Path>, labels: &Array2<u8>) -> Result<()> {
+    let path = path.as_ref();
+    let (h, w) = labels.dim();
+    let img = ::image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
+        ::image::Luma([labels[[y as usize, x as usize]]])
+    });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, ::image::ImageFormat::Png)
+        .map_err(|e| Error::Image {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    super::write_atomic(path, |w| std::io::Write::write_all(w, bytes.get_ref()))
+}
+
 /// Reads a label image: an 8-bit grayscale or palette-indexed PNG whose pixel values are class
 /// ids (as the VOC and Cityscapes train-id files are; 255 usually means "ignore"), as
 /// `[height, width]`. Palette indices are taken as they are, not turned into colours.

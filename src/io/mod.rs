@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-pub use self::image::{load_image_bgr, load_label_png, save_png};
+pub use self::image::{load_image_bgr, load_label_png, save_label_png, save_png};
 pub use npy::{read_npy3, read_npy4, read_npy4_bytes, write_npy};
 
 use crate::error::{Error, Result};
@@ -31,7 +31,7 @@ pub(crate) const BYTES_PATH: &str = "<bytes>";
 /// Writes `path` atomically: `write` fills a temporary file created in the same directory,
 /// which is flushed, synced and renamed over `path` only if everything succeeded. On any
 /// failure the temporary file is removed and `path` is left as it was.
-pub(crate) fn write_atomic(
+pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
 ) -> Result<()> {
