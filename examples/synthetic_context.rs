@@ -1,12 +1,10 @@
 //! Writes a small synthetic dataset for `dilated train context`: scores that a context module
 //! must look around to label correctly.
 //!
-//! Each item is an `H x W` map of `C` class scores (`.npy`, [C, H, W]) and its label PNG. The
-//! background is class 0. Rectangles of 9 to 17 pixels a side carry a class k in 1..C, but
-//! their scores say only "some object" (every object class equally likely, plus noise), except
-//! in the rectangle's top-left 2 x 2 corner, whose scores point to k. A 3 x 3 window inside a
-//! rectangle cannot tell its class; a module whose receptive field reaches the corner can. The
-//! identity initialisation labels every object pixel as the first object class.
+//! The task is `dilated::train::synthetic::context_item`'s: rectangles of object classes whose
+//! class shows only on their one-pixel frame, inside scores that say "some object". A 3 x 3
+//! window inside a rectangle cannot tell its class; a module whose receptive field reaches the
+//! frame can.
 //!
 //! ```text
 //! cargo run --release --example synthetic_context -- data/ 64 11 48x48 [seed]
@@ -17,51 +15,13 @@
 use std::path::{Path, PathBuf};
 
 use dilated::io::write_npy;
-use ndarray::{Array2, Array3};
+use dilated::train::synthetic::context_item;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 fn usage() -> ! {
     eprintln!("usage: synthetic_context <dir> <items> <classes> <HxW> [seed]");
     std::process::exit(2);
-}
-
-fn item(rng: &mut StdRng, classes: usize, h: usize, w: usize) -> (Array3<f32>, Array2<u8>) {
-    let mut labels = Array2::<u8>::zeros((h, w));
-    let mut corners = Vec::new();
-    for _ in 0..rng.random_range(1..=3) {
-        let (rh, rw) = (rng.random_range(9..=17), rng.random_range(9..=17));
-        let (y0, x0) = (rng.random_range(0..h - rh), rng.random_range(0..w - rw));
-        let k = rng.random_range(1..classes) as u8;
-        labels
-            .slice_mut(ndarray::s![y0..y0 + rh, x0..x0 + rw])
-            .fill(k);
-        corners.push((y0, x0, k));
-    }
-    let mut scores = Array3::<f32>::zeros((classes, h, w));
-    for ((y, x), &l) in labels.indexed_iter() {
-        if l == 0 {
-            scores[[0, y, x]] = 1.0;
-        } else {
-            for k in 1..classes {
-                scores[[k, y, x]] = 0.5;
-            }
-        }
-        for k in 0..classes {
-            scores[[k, y, x]] += rng.random_range(-0.1..0.1);
-        }
-    }
-    // The marker: the corners of the rectangles still visible, drawn last.
-    for (y0, x0, k) in corners {
-        for y in y0..y0 + 2 {
-            for x in x0..x0 + 2 {
-                if labels[[y, x]] == k {
-                    scores[[k as usize, y, x]] = 2.0;
-                }
-            }
-        }
-    }
-    (scores, labels)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -88,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut lists = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     let train = items * 3 / 4;
     for i in 0..items {
-        let (scores, labels) = item(&mut rng, classes, h, w);
+        let (scores, labels) = context_item(&mut rng, classes, h, w);
         let f = dir.join(format!("item{i:04}.npy"));
         let l = dir.join(format!("item{i:04}.png"));
         write_npy(&f, &scores)?;

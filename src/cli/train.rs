@@ -106,9 +106,16 @@ pub struct SolverArgs {
     /// beside it (the same path without `.solverstate`).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Iterations between test passes (and one at the end); 0 for the end only.
+    /// Iterations between test passes (and one before the first iteration and one at the
+    /// end); 0 for the end only.
     #[arg(long, default_value_t = 0)]
     pub test_interval: u64,
+    /// Writes the training curve as CSV: a row per iteration (`iteration,loss,lr`, the loss
+    /// of the batch before the update) and a row per test pass (`iteration,,,test_loss,miou,
+    /// pixel_accuracy`), rewritten whole at every test pass, snapshot and the end. A resumed
+    /// run keeps the rows up to its first iteration.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
     /// Where it runs.
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -442,6 +449,66 @@ fn dropout_masks(
     )
 }
 
+/// The training curve of `--log`.
+struct Curve {
+    path: PathBuf,
+    rows: Vec<String>,
+}
+
+impl Curve {
+    const HEADER: &'static str = "iteration,loss,lr,test_loss,miou,pixel_accuracy";
+
+    /// The curve at `path`, keeping the rows of an earlier run up to iteration `start`.
+    fn open(path: &Path, start: u64) -> Result<Self, Error> {
+        let mut rows = Vec::new();
+        if start > 0
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            rows.extend(
+                text.lines()
+                    .skip(1)
+                    .filter(|l| {
+                        // Training rows of iterations before `start`, test rows up to it.
+                        let mut fields = l.split(',');
+                        let iter = fields.next().and_then(|i| i.parse::<u64>().ok());
+                        let test_row = fields.next() == Some("");
+                        iter.is_some_and(|i| i < start || (test_row && i == start))
+                    })
+                    .map(str::to_string),
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            rows,
+        })
+    }
+
+    fn step(&mut self, iter: u64, loss: f64, lr: f64) {
+        self.rows.push(format!("{iter},{loss},{lr},,,"));
+    }
+
+    fn test(&mut self, iter: u64, loss: f64, metrics: &Metrics) {
+        let f = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        self.rows.push(format!(
+            "{iter},,,{loss},{},{}",
+            f(metrics.mean_iou),
+            f(metrics.pixel_accuracy)
+        ));
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        let mut text = String::from(Self::HEADER);
+        text.push('\n');
+        for r in &self.rows {
+            text.push_str(r);
+            text.push('\n');
+        }
+        dilated::io::write_atomic(&self.path, |w| {
+            std::io::Write::write_all(w, text.as_bytes())
+        })
+    }
+}
+
 /// The training loop every stage shares.
 fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Result<(), Error> {
     let Job {
@@ -509,6 +576,20 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
         )
         .map_err(|e| Error::Internal(format!("progress bar: {e}")))?,
     );
+    let mut curve = match &args.log {
+        Some(path) => Some(Curve::open(path, start)?),
+        None => None,
+    };
+    if start == 0
+        && args.test_interval > 0
+        && let Some(test) = &test
+    {
+        let (loss, metrics) = test(&net)?;
+        bar.suspend(|| println!("iteration 0: test loss {loss:.4}, {metrics}"));
+        if let Some(c) = &mut curve {
+            c.test(0, loss, &metrics);
+        }
+    }
     let started = Instant::now();
     for iter in start..args.iters {
         let (x, labels) = batch(iter)?;
@@ -530,6 +611,9 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
             }
         };
         bar.set_message(format!("loss {loss:.4}, lr {rate:.2e}"));
+        if let Some(c) = &mut curve {
+            c.step(iter, loss, rate);
+        }
         bar.inc(1);
         let done = iter + 1;
         let snapshot = args.snapshot_every > 0 && done % args.snapshot_every == 0;
@@ -550,9 +634,20 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
         if testing && let Some(test) = &test {
             let (loss, metrics) = test(&net)?;
             bar.suspend(|| println!("iteration {done}: test loss {loss:.4}, {metrics}"));
+            if let Some(c) = &mut curve {
+                c.test(done, loss, &metrics);
+            }
+        }
+        if (snapshot || testing)
+            && let Some(c) = &curve
+        {
+            c.save()?;
         }
     }
     bar.finish();
+    if let Some(c) = &curve {
+        c.save()?;
+    }
     write_safetensors(&args.output, &weight_set(&net)?)?;
     println!(
         "trained iterations {start}..{} in {:.1} s; weights written to {}",

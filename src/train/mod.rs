@@ -13,7 +13,8 @@
 //! * [`solver`] — [`SgdSolver`] with [`LrPolicy`], its state saved as safetensors;
 //! * [`eval`] — [`ConfusionMatrix`], IoU and pixel accuracy;
 //! * [`data`] — the context stage's cached scores and labels, in batches;
-//! * [`images`] — the front-end and joint stages' images and labels, as random crops.
+//! * [`images`] — the front-end and joint stages' images and labels, as random crops;
+//! * [`synthetic`] — a small generated task for the context stage that needs context.
 //!
 //! The GPU side is [`crate::plan::GpuTrainer`].
 //!
@@ -41,6 +42,7 @@ pub mod images;
 pub mod loss;
 pub mod network;
 pub mod solver;
+pub mod synthetic;
 
 pub use eval::{ConfusionMatrix, Metrics, percent};
 pub use gradients::Gradients;
