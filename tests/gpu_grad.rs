@@ -578,3 +578,127 @@ fn capped_bindings_split_dropout_into_word_aligned_chunks() {
     let want = grad::dropout_forward(x.view(), keep.view(), 0.5).unwrap();
     assert_eq!(rel_error(got.view(), want.view()), 0.0);
 }
+
+/// A convolution's gradients and an SGD step on `gpu` (its bindings capped), checked against
+/// the CPU reference; returns the kernels of the input-gradient, parameter-gradient and SGD
+/// dispatches.
+fn capped_conv_grads(
+    gpu: &Gpu,
+    seed: u64,
+    spec: Conv2d,
+    shape: [usize; 4],
+) -> (Vec<Kernel>, Vec<Kernel>, Vec<Kernel>) {
+    let mut r = rng(seed);
+    let x = random4(&mut r, shape);
+    let w = random4(&mut r, spec.weight_shape());
+    let b = random1(&mut r, spec.out_channels);
+    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view())).unwrap();
+    let in_shape = Shape::new(shape[0], shape[1], shape[2], shape[3]);
+    let out_shape = conv.output_shape(in_shape).unwrap();
+    let g = random4(&mut r, out_shape.dims());
+    let (dx, dw, db) = conv_grads_f64(&x, &w, &spec, &g);
+    let kinds = |d: &[dilated::gpu::Dispatch]| d.iter().map(|d| d.kernel()).collect::<Vec<_>>();
+
+    let input = gpu.upload(x.view()).unwrap();
+    let grad_out = gpu.upload(g.view()).unwrap();
+    let grad_in = gpu.filled(in_shape, f32::NAN).unwrap();
+    let d_input = conv.prepare_grad_input(gpu, &grad_out, &grad_in).unwrap();
+    gpu.run(&d_input).unwrap();
+    let err = rel64(&gpu.download(&grad_in).unwrap(), &dx);
+    assert!(err <= TOLERANCE, "{spec:?} dx: {err:e}");
+
+    let grads = ConvGrads::zeros(gpu, &conv).unwrap();
+    grads
+        .upload(
+            gpu,
+            &dilated::weights::LayerWeights::new(
+                "poisoned",
+                Array4::from_elem(spec.weight_shape(), f32::NAN),
+                Some(Array1::from_elem(spec.out_channels, f32::NAN)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let d_params = conv
+        .prepare_grad_params(gpu, &input, &grad_out, &grads)
+        .unwrap();
+    gpu.run(&d_params).unwrap();
+    let (got_dw, got_db) = grads.download(gpu).unwrap();
+    let got_db = got_db.unwrap();
+    let err = rel64(&got_dw, &dw);
+    assert!(err <= TOLERANCE, "{spec:?} dw: {err:e}");
+    let err = rel64(&got_db, &db);
+    assert!(err <= TOLERANCE, "{spec:?} db: {err:e}");
+
+    // One SGD step from a random momentum: v = 0.9 v + lr (g + wd w), w -= v (bias: 2 lr, no
+    // decay), in f64.
+    let v0 = random4(&mut r, spec.weight_shape());
+    let vb0 = random1(&mut r, spec.out_channels);
+    let velocity = ConvGrads::zeros(gpu, &conv).unwrap();
+    velocity
+        .upload(
+            gpu,
+            &dilated::weights::LayerWeights::new("v", v0.clone(), Some(vb0.clone())).unwrap(),
+        )
+        .unwrap();
+    let hyper = SgdHyper {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.01,
+    };
+    let d_sgd = conv
+        .prepare_sgd_step(gpu, &grads, &velocity, &hyper)
+        .unwrap();
+    gpu.run(&d_sgd).unwrap();
+    let (new_w, new_b) = conv.download_params(gpu).unwrap();
+    let update = |w: f32, g: f32, v: f32, lr: f64, decay: f64| {
+        let v = 0.9 * v as f64 + lr * (g as f64 + decay * w as f64);
+        (w as f64 - v, v)
+    };
+    let mut want_w = Array4::<f64>::zeros(spec.weight_shape());
+    let mut want_v = Array4::<f64>::zeros(spec.weight_shape());
+    for (at, &wv) in w.indexed_iter() {
+        let (nw, nv) = update(wv, got_dw[at], v0[at], 0.1, 0.01);
+        want_w[at] = nw;
+        want_v[at] = nv;
+    }
+    let want_b = Array1::from_shape_fn(spec.out_channels, |c| {
+        update(b[c], got_db[c], vb0[c], 0.2, 0.0).0
+    });
+    let err = rel64(&new_w, &want_w);
+    assert!(err <= TOLERANCE, "{spec:?} sgd weights: {err:e}");
+    let err = rel64(&velocity.download(gpu).unwrap().0, &want_v);
+    assert!(err <= TOLERANCE, "{spec:?} sgd momentum: {err:e}");
+    let err = rel64(&new_b.unwrap(), &want_b);
+    assert!(err <= TOLERANCE, "{spec:?} sgd bias: {err:e}");
+    (kinds(&d_input), kinds(&d_params), kinds(&d_sgd))
+}
+
+#[test]
+fn capped_bindings_split_convolution_gradients_and_sgd_into_the_expected_chunks() {
+    let gpu = capped_gpu();
+    let align = gpu.limits().min_storage_buffer_offset_alignment as usize;
+    let max = ((64 << 10) - align) / 4;
+    assert!((16_000..=16_383).contains(&max), "window of {max} floats");
+    use Kernel::{ConvGradBias as B, ConvGradInput as I, ConvGradWeight as W, Sgd as S};
+
+    // As the forward pass (tests/gpu_dispatch.rs): 20 -> 150 channels, 3x3 dilation 2, 2
+    // images of 30 x 31: 17 output and 17 input channels per window, so 2 images x 9 x 2 = 36
+    // chunks; the bias once per chunk of output channels. 27,000 weights: 2 SGD chunks, and
+    // one for the bias.
+    let spec = Conv2d::new(20, 150, 3).dilation(2).pad(2).with_relu(true);
+    let (input, params, sgd) = capped_conv_grads(&gpu, 250, spec, [2, 20, 30, 31]);
+    assert_eq!(input, [I; 36]);
+    assert_eq!(params, [W, B, W].repeat(18));
+    assert_eq!(sgd, [S; 3]);
+
+    // fc6-like, its weights above the cap: 8 -> 64 channels, 7x7 dilation 4, 3 images of 30 x
+    // 30 (21,600 floats, above the cap too). Weight rows of 392 floats: 40 or 41 output
+    // channels per window, so 3 images x 2 chunks of output channels; 25,088 weights in 2 SGD
+    // chunks, and one for the bias.
+    let spec = Conv2d::new(8, 64, 7).dilation(4).with_relu(true);
+    let (input, params, sgd) = capped_conv_grads(&gpu, 251, spec, [3, 8, 30, 30]);
+    assert_eq!(input, [I; 6]);
+    assert_eq!(params, [W, B].repeat(6));
+    assert_eq!(sgd, [S; 3]);
+}
