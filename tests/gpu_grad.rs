@@ -702,3 +702,61 @@ fn capped_bindings_split_convolution_gradients_and_sgd_into_the_expected_chunks(
     assert_eq!(params, [W, B].repeat(6));
     assert_eq!(sgd, [S; 3]);
 }
+
+/// The kernels of a convolution's input-gradient and parameter-gradient dispatches on the test
+/// GPU, with the three gradients checked against the CPU reference.
+fn conv_grads_checked(seed: u64, spec: Conv2d, shape: [usize; 4]) -> (Vec<Kernel>, Vec<Kernel>) {
+    let gpu = gpu();
+    let mut r = rng(seed);
+    let x = random4(&mut r, shape);
+    let w = random4(&mut r, spec.weight_shape());
+    let b = random1(&mut r, spec.out_channels);
+    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view())).unwrap();
+    let in_shape = Shape::new(shape[0], shape[1], shape[2], shape[3]);
+    let g = random4(&mut r, conv.output_shape(in_shape).unwrap().dims());
+    let (dx, dw, db) = conv_grads_f64(&x, &w, &spec, &g);
+    let input = gpu.upload(x.view()).unwrap();
+    let grad_out = gpu.upload(g.view()).unwrap();
+    let grad_in = gpu.filled(in_shape, f32::NAN).unwrap();
+    let d_input = conv.prepare_grad_input(gpu, &grad_out, &grad_in).unwrap();
+    gpu.run(&d_input).unwrap();
+    let err = rel64(&gpu.download(&grad_in).unwrap(), &dx);
+    assert!(err <= TOLERANCE, "{spec:?} {shape:?} dx: {err:e}");
+    let grads = ConvGrads::filled(gpu, &conv, f32::NAN).unwrap();
+    let d_params = conv
+        .prepare_grad_params(gpu, &input, &grad_out, &grads)
+        .unwrap();
+    gpu.run(&d_params).unwrap();
+    let (got_dw, got_db) = grads.download(gpu).unwrap();
+    let err = rel64(&got_dw, &dw);
+    assert!(err <= TOLERANCE, "{spec:?} {shape:?} dw: {err:e}");
+    let err = rel64(&got_db.unwrap(), &db);
+    assert!(err <= TOLERANCE, "{spec:?} {shape:?} db: {err:e}");
+    let kinds = |d: &[dilated::gpu::Dispatch]| d.iter().map(|d| d.kernel()).collect::<Vec<_>>();
+    (kinds(&d_input), kinds(&d_params))
+}
+
+/// Reductions longer than one invocation may loop (`MAX_LOOP_STEPS`; lavapipe silently ends
+/// an invocation's loops after 65,535 iterations in all) are cut into dispatches that add up.
+#[test]
+fn long_reductions_are_cut_into_bounded_loops() {
+    use Kernel::{ConvGradBias as B, ConvGradInput as I, ConvGradWeight as W};
+    let steps = dilated::gpu::shader::MAX_LOOP_STEPS;
+    assert_eq!(steps, 16_384);
+    // Weight and bias gradients summing over 2 images of 198 x 198 = 78,408 pixels: 5 ranges.
+    let (input, params) = conv_grads_checked(
+        260,
+        Conv2d::new(1, 2, 3).pad(1).with_relu(true),
+        [2, 1, 198, 198],
+    );
+    assert_eq!(input, [I]);
+    assert_eq!(params, [W, B].repeat(5));
+    // One row of 70,000 pixels, a 1x1 layer: 5 ranges.
+    let (_, params) = conv_grads_checked(261, Conv2d::new(1, 2, 1), [1, 1, 1, 70_000]);
+    assert_eq!(params, [W, B].repeat(5));
+    // An input gradient gathering over 1,400 output channels x 49 taps = 68,600 terms: 334
+    // channels (16,384 / 49) per dispatch, 5 dispatches.
+    let (input, params) = conv_grads_checked(262, Conv2d::new(1, 1400, 7), [1, 1, 7, 7]);
+    assert_eq!(input, [I; 5]);
+    assert_eq!(params, [W, B]);
+}

@@ -4,6 +4,8 @@
 // output channels and the kernel taps that read it, grad_output[b, co, oy, ox] *
 // w[co, ky, kx, ci], where
 //   oy * stride_h + ky * dil_h - pad_top = iy  and  ox * stride_w + kx * dil_w - pad_left = ix.
+// The host keeps out_c * k_h * k_w (the innermost loop's iterations in all) within its bound
+// on loop steps, cutting the output channels into chunks that add up.
 // `grad_output` is the gradient of the convolution's output before its fused ReLU (masked
 // first with relu_grad.wgsl).
 //

@@ -26,6 +26,11 @@ pub const BLOCK_C: u32 = 32;
 pub const BLOCK_P: u32 = 4;
 /// Smallest subgroup size the register-blocked convolution works with.
 pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
+/// Most iterations of its reduction loop one invocation of a convolution gradient kernel
+/// runs; longer reductions are cut into dispatches that add up. Mesa's lavapipe (llvmpipe's
+/// gallivm) ends every loop of an invocation once its loops have run 65,535 iterations in all,
+/// silently; this stays well below, and keeps each invocation short on GPUs with a watchdog.
+pub const MAX_LOOP_STEPS: usize = 16384;
 
 /// The layout of a uniform struct or of one of its fields, as Rust lays it out.
 #[derive(Clone, Debug, PartialEq, Eq)]

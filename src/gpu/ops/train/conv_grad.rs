@@ -12,7 +12,7 @@ use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::GpuLayer;
 use crate::gpu::ops::conv::{ConvParams, GpuConv2d};
 use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks};
-use crate::gpu::shader::Kernel;
+use crate::gpu::shader::{Kernel, MAX_LOOP_STEPS};
 use crate::gpu::tensor::{GpuTensor, Window};
 use crate::spec::Shape;
 
@@ -27,14 +27,20 @@ pub struct ConvGrads {
 impl ConvGrads {
     /// Zeros shaped for `conv`'s parameters (for momentum).
     pub fn zeros(gpu: &Gpu, conv: &GpuConv2d) -> Result<Self> {
+        Self::filled(gpu, conv, 0.0)
+    }
+
+    /// `value` everywhere, shaped for `conv`'s parameters (NaN poisons gradients so that an
+    /// element a pass fails to write shows).
+    pub fn filled(gpu: &Gpu, conv: &GpuConv2d, value: f32) -> Result<Self> {
         let s = &conv.spec;
         Ok(Self {
             weight: gpu.filled(
                 Shape::new(s.out_channels, s.kernel.0, s.kernel.1, s.in_channels),
-                0.0,
+                value,
             )?,
             bias: if s.bias {
-                Some(gpu.filled(Shape::new(1, s.out_channels, 1, 1), 0.0)?)
+                Some(gpu.filled(Shape::new(1, s.out_channels, 1, 1), value)?)
             } else {
                 None
             },
@@ -172,8 +178,9 @@ impl GpuConv2d {
     /// Records `grad_input = dL/dx` from `grad_output = dL/dy`, the gradient of the output
     /// before the fused ReLU (mask it first with [`crate::gpu::GpuReluGrad`] for a layer with
     /// one). The work is cut as the forward pass cuts it, over images, input channels and
-    /// output channels (each later chunk of output channels adding to the sums), so layers
-    /// whose weights or activations exceed one storage binding work.
+    /// output channels, so layers whose weights or activations exceed one storage binding
+    /// work; output channels are further cut so that an invocation gathers at most
+    /// [`MAX_LOOP_STEPS`] terms, each later chunk adding to the sums.
     pub fn prepare_grad_input(
         &self,
         gpu: &Gpu,
@@ -183,35 +190,44 @@ impl GpuConv2d {
         let input = grad_input.shape();
         let output = self.check_grad_output(input, grad_output.shape())?;
         let w_row = self.template.w_row as usize;
+        let out_plane = output.plane();
+        // Output channels per dispatch, so the gather's innermost loop stays within bounds.
+        let taps = self.spec.kernel.0 * self.spec.kernel.1;
+        let co_step = (MAX_LOOP_STEPS / taps).max(1);
         let mut dispatches = Vec::new();
         for c in self.grad_chunks(gpu, input, output, &grad_input.buffer, &grad_output.buffer)? {
             let ch = c.chunk;
             let w_win = gpu.window(&self.weight, c.w_start, ch.co_n * w_row);
             let total = ch.nb * ch.ci_n * input.plane();
-            let params = ConvParams {
-                w_base: w_win.base + ch.ci0 as u32,
-                flags: if ch.co0 > 0 { FLAG_ACCUMULATE } else { 0 },
-                total: total as u32,
-                ..self.grad_uniform(input, output, &c)
-            };
-            dispatches.push(gpu.linear_dispatch(
-                Kernel::ConvGradInput,
-                &params,
-                &[
-                    (&grad_output.buffer, c.output),
-                    (&self.weight, w_win),
-                    (&grad_input.buffer, c.input),
-                ],
-                total,
-            )?);
+            for co in (0..ch.co_n).step_by(co_step) {
+                let params = ConvParams {
+                    out_c: co_step.min(ch.co_n - co) as u32,
+                    out_base: c.output.base + (co * out_plane) as u32,
+                    w_base: w_win.base + (co * w_row + ch.ci0) as u32,
+                    flags: if ch.co0 + co > 0 { FLAG_ACCUMULATE } else { 0 },
+                    total: total as u32,
+                    ..self.grad_uniform(input, output, &c)
+                };
+                dispatches.push(gpu.linear_dispatch(
+                    Kernel::ConvGradInput,
+                    &params,
+                    &[
+                        (&grad_output.buffer, c.output),
+                        (&self.weight, w_win),
+                        (&grad_input.buffer, c.input),
+                    ],
+                    total,
+                )?);
+            }
         }
         Ok(dispatches)
     }
 
     /// Records the parameters' gradients from the layer's `input` and `grad_output` (before
     /// the fused ReLU) into `grads` (shaped by [`ConvGrads::zeros`]), overwriting them. The
-    /// work is cut as the forward pass cuts it (each later chunk of images adding to the
-    /// sums), so layers whose weights or activations exceed one storage binding work.
+    /// work is cut as the forward pass cuts it, so layers whose weights or activations exceed
+    /// one storage binding work, and each chunk's output pixels into ranges of at most
+    /// [`MAX_LOOP_STEPS`]; each later chunk of images and range adds to the sums.
     pub fn prepare_grad_params(
         &self,
         gpu: &Gpu,
@@ -246,40 +262,53 @@ impl GpuConv2d {
         let mut dispatches = Vec::new();
         for c in self.grad_chunks(gpu, in_shape, output, &input.buffer, &grad_output.buffer)? {
             let ch = c.chunk;
-            let flags = if ch.n0 > 0 { FLAG_ACCUMULATE } else { 0 };
             let w_win = gpu.window(&grads.weight.buffer, c.w_start, ch.co_n * w_row);
+            let b_win = bias.map(|b| gpu.window(&b.buffer, ch.co0, ch.co_n));
             let total = ch.co_n * taps * ch.ci_n;
-            let params = ConvParams {
-                w_base: w_win.base + ch.ci0 as u32,
-                flags,
-                total: total as u32,
-                ..self.grad_uniform(in_shape, output, &c)
-            };
-            dispatches.push(gpu.linear_dispatch(
-                Kernel::ConvGradWeight,
-                &params,
-                &[
-                    (&input.buffer, c.input),
-                    (&grad_output.buffer, c.output),
-                    (&grads.weight.buffer, w_win),
-                ],
-                total,
-            )?);
-            // The bias once per chunk of images and output channels.
-            if let Some(bias) = bias.filter(|_| ch.ci0 == 0) {
-                let b_win = gpu.window(&bias.buffer, ch.co0, ch.co_n);
-                let params = ConvParams {
-                    bias_base: b_win.base,
+            // The chunk's output pixels in ranges of bounded loops, each after the first adding
+            // to the sums (as each chunk of images after the first does).
+            let pixels = ch.nb * output.plane();
+            for start in (0..pixels).step_by(MAX_LOOP_STEPS) {
+                let flags = if ch.n0 > 0 || start > 0 {
+                    FLAG_ACCUMULATE
+                } else {
+                    0
+                };
+                let ranged = ConvParams {
                     flags,
-                    total: ch.co_n as u32,
+                    range_start: start as u32,
+                    range_len: MAX_LOOP_STEPS.min(pixels - start) as u32,
                     ..self.grad_uniform(in_shape, output, &c)
                 };
                 dispatches.push(gpu.linear_dispatch(
-                    Kernel::ConvGradBias,
-                    &params,
-                    &[(&grad_output.buffer, c.output), (&bias.buffer, b_win)],
-                    ch.co_n,
+                    Kernel::ConvGradWeight,
+                    &ConvParams {
+                        w_base: w_win.base + ch.ci0 as u32,
+                        total: total as u32,
+                        ..ranged
+                    },
+                    &[
+                        (&input.buffer, c.input),
+                        (&grad_output.buffer, c.output),
+                        (&grads.weight.buffer, w_win),
+                    ],
+                    total,
                 )?);
+                // The bias once per chunk of images and output channels.
+                if let (Some(bias), Some(b_win)) = (bias, b_win)
+                    && ch.ci0 == 0
+                {
+                    dispatches.push(gpu.linear_dispatch(
+                        Kernel::ConvGradBias,
+                        &ConvParams {
+                            bias_base: b_win.base,
+                            total: ch.co_n as u32,
+                            ..ranged
+                        },
+                        &[(&grad_output.buffer, c.output), (&bias.buffer, b_win)],
+                        ch.co_n,
+                    )?);
+                }
             }
         }
         Ok(dispatches)
