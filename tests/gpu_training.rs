@@ -242,16 +242,18 @@ fn conv_weights(net: &Network) -> Vec<(String, LayerWeights)> {
 /// Runs `steps` training steps of `net` on `gpu` and on the CPU reference (`train_step` and
 /// `SgdSolver` at a fixed rate), each step with fresh seeded dropout masks for `dropout`
 /// (layer, ratio), and asserts after every step that the loss, every layer's gradients, its
-/// momentum and its updated weights agree within `tol`. Returns the trainer's kernels.
+/// momentum and its updated weights agree within `tol`. Returns the trainer's kernels and
+/// memory.
 fn assert_steps_match_the_reference(
     gpu: &Gpu,
+    options: &PlanOptions,
     net: &Network,
     x: &Array4<f32>,
     labels: &Array3<u32>,
     dropout: &[(&str, f32)],
     steps: u64,
     tol: f64,
-) -> Vec<Kernel> {
+) -> (Vec<Kernel>, TrainingMemory) {
     let d = x.dim();
     let shape = Shape::new(d.0, d.1, d.2, d.3);
     let hyper = SgdHyper {
@@ -269,7 +271,7 @@ fn assert_steps_match_the_reference(
     .unwrap();
     let mut cpu_net = net.clone();
     let mut gpu_net = net.clone();
-    let mut trainer = GpuTrainer::new(gpu, net, shape).unwrap();
+    let mut trainer = GpuTrainer::with_options(gpu, net, shape, options).unwrap();
     for iter in 0..steps {
         let masks = Dropout::masks(&cpu_net, shape, dropout, 300 + iter).unwrap();
         let want = train_step(&cpu_net, x.view(), labels.view(), &masks).unwrap();
@@ -303,7 +305,7 @@ fn assert_steps_match_the_reference(
             assert!(err <= tol, "step {iter} {name}: weight error {err:e}");
         }
     }
-    trainer.kernels()
+    (trainer.kernels(), trainer.memory())
 }
 
 /// The width-reduced front-end (widths / 64) for 3 classes, with its final softmax.
@@ -333,8 +335,9 @@ fn front_end_steps_with_dropout_match_the_cpu_reference() {
     let mut r = rng(40);
     let x = random4(&mut r, shape.dims());
     let labels = random_labels(&mut r, (2, 2, 2), 3);
-    let kernels = assert_steps_match_the_reference(
+    let (kernels, _) = assert_steps_match_the_reference(
         gpu,
+        &PlanOptions::default(),
         &net,
         &x,
         &labels,
@@ -378,8 +381,9 @@ fn front_end_and_context_steps_match_the_cpu_reference() {
     assert_eq!((out.c, out.h, out.w), (3, 4, 4));
     let x = random4(&mut r, shape.dims());
     let labels = random_labels(&mut r, (1, 4, 4), 3);
-    let kernels = assert_steps_match_the_reference(
+    let (kernels, _) = assert_steps_match_the_reference(
         gpu,
+        &PlanOptions::default(),
         &net,
         &x,
         &labels,
@@ -433,8 +437,9 @@ fn a_separate_relu_and_overlapping_pools_train_as_on_the_cpu() {
     let out = net.output_shape(shape).unwrap();
     let x = random4(&mut r, shape.dims());
     let labels = random_labels(&mut r, (out.n, out.h, out.w), 3);
-    let kernels = assert_steps_match_the_reference(
+    let (kernels, _) = assert_steps_match_the_reference(
         gpu,
+        &PlanOptions::default(),
         &net,
         &x,
         &labels,
@@ -484,8 +489,9 @@ fn weights_above_a_capped_binding_train_in_chunks() {
         .unwrap();
     let x = random4(&mut r, [3, 8, 30, 30]);
     let labels = random_labels(&mut r, (3, 6, 6), 3);
-    let kernels = assert_steps_match_the_reference(
+    let (kernels, _) = assert_steps_match_the_reference(
         &capped,
+        &PlanOptions::default(),
         &net,
         &x,
         &labels,
@@ -498,6 +504,56 @@ fn weights_above_a_capped_binding_train_in_chunks() {
     // in one (3 biases, fc7's and final's weights).
     assert_eq!(count(&kernels, Kernel::ConvGradWeight), 8, "{kernels:?}");
     assert_eq!(count(&kernels, Kernel::Sgd), 7);
+}
+
+#[test]
+fn split_reductions_of_the_tiled_kernel_train_as_on_the_cpu() {
+    // The tiled kernel forced (GPUs' choice; lavapipe's is the blocked one): a 3x3 layer of
+    // 64 input channels (reduction depth 576) on 2 images of 12 x 12 has 4 output tiles, so
+    // its forward pass splits the reduction in 2 and keeps the partial sums in the trainer's
+    // scratch: 2 slices x 2 images x 16 channels x 144 pixels.
+    let gpu = gpu();
+    let mut r = rng(46);
+    let a = Conv2d::new(64, 16, 3).pad(1).with_relu(true);
+    let b = Conv2d::new(16, 3, 1);
+    let net = Network::builder("split", 64)
+        .conv(
+            "a",
+            a,
+            random4(&mut r, a.weight_shape()).mapv(|v| 0.2 * v),
+            Some(random1(&mut r, 16)),
+        )
+        .conv(
+            "b",
+            b,
+            random4(&mut r, b.weight_shape()),
+            Some(random1(&mut r, 3)),
+        )
+        .softmax("prob")
+        .build()
+        .unwrap();
+    let shape = Shape::new(2, 64, 12, 12);
+    let x = random4(&mut r, shape.dims());
+    let labels = random_labels(&mut r, (2, 12, 12), 3);
+    let options = PlanOptions {
+        algorithm: dilated::ConvAlgorithm::Tiled,
+        ..PlanOptions::default()
+    };
+    let (kernels, memory) =
+        assert_steps_match_the_reference(gpu, &options, &net, &x, &labels, &[("a", 0.5)], 2, 1e-5);
+    assert_eq!(count(&kernels, Kernel::ConvSplitReduce), 1, "{kernels:?}");
+    assert_eq!(count(&kernels, Kernel::ConvTiled), 1);
+    assert_eq!(count(&kernels, Kernel::ConvPointwise), 1);
+    let labels_and_losses = 2 * 2 * 144 * 4;
+    let mask = (2 * 16 * 144 / 32) * 4;
+    assert_eq!(
+        memory.scratch,
+        labels_and_losses + 2 * 2 * 16 * 144 * 4 + mask
+    );
+    assert_eq!(
+        GpuTrainer::estimate_memory(&net, shape, &["a"]).unwrap(),
+        memory
+    );
 }
 
 #[test]
