@@ -248,8 +248,7 @@ fn assert_steps_match_the_reference(
     gpu: &Gpu,
     options: &PlanOptions,
     net: &Network,
-    x: &Array4<f32>,
-    labels: &Array3<u32>,
+    (x, labels): (&Array4<f32>, &Array3<u32>),
     dropout: &[(&str, f32)],
     steps: u64,
     tol: f64,
@@ -339,8 +338,7 @@ fn front_end_steps_with_dropout_match_the_cpu_reference() {
         gpu,
         &PlanOptions::default(),
         &net,
-        &x,
-        &labels,
+        (&x, &labels),
         &[("fc6", 0.5), ("fc7", 0.5)],
         2,
         2e-5,
@@ -385,8 +383,7 @@ fn front_end_and_context_steps_match_the_cpu_reference() {
         gpu,
         &PlanOptions::default(),
         &net,
-        &x,
-        &labels,
+        (&x, &labels),
         &[("fc6", 0.5), ("fc7", 0.5)],
         2,
         2e-5,
@@ -441,8 +438,7 @@ fn a_separate_relu_and_overlapping_pools_train_as_on_the_cpu() {
         gpu,
         &PlanOptions::default(),
         &net,
-        &x,
-        &labels,
+        (&x, &labels),
         &[("relu_a", 0.25), ("b", 0.5)],
         2,
         1e-5,
@@ -493,8 +489,7 @@ fn weights_above_a_capped_binding_train_in_chunks() {
         &capped,
         &PlanOptions::default(),
         &net,
-        &x,
-        &labels,
+        (&x, &labels),
         &[("fc6", 0.5), ("fc7", 0.5)],
         2,
         1e-5,
@@ -539,8 +534,15 @@ fn split_reductions_of_the_tiled_kernel_train_as_on_the_cpu() {
         algorithm: dilated::ConvAlgorithm::Tiled,
         ..PlanOptions::default()
     };
-    let (kernels, memory) =
-        assert_steps_match_the_reference(gpu, &options, &net, &x, &labels, &[("a", 0.5)], 2, 1e-5);
+    let (kernels, memory) = assert_steps_match_the_reference(
+        gpu,
+        &options,
+        &net,
+        (&x, &labels),
+        &[("a", 0.5)],
+        2,
+        1e-5,
+    );
     assert_eq!(count(&kernels, Kernel::ConvSplitReduce), 1, "{kernels:?}");
     assert_eq!(count(&kernels, Kernel::ConvTiled), 1);
     assert_eq!(count(&kernels, Kernel::ConvPointwise), 1);
