@@ -2,15 +2,20 @@
 //! against finite differences in `tests/train_*.rs`), against hand-worked values, and
 //! against central finite differences of the forward reference (`cpu::reference::conv2d`):
 //! convolution gradients for the input, weights and bias over many geometries, the ReLU's
-//! gradient, the softmax cross-entropy with ignored pixels, and Caffe's SGD step.
+//! gradient, max pooling's gradient (overlapping windows, ceil-mode edges, padding, ties, past
+//! 65,535 workgroups, capped bindings), dropout with fixed masks, the softmax cross-entropy
+//! with ignored pixels, and Caffe's SGD step.
 
 mod common;
 
 use common::{gpu, random1, random4, rel_error, rng};
 use dilated::cpu::reference;
-use dilated::gpu::{ConvGrads, GpuConv2d, GpuLayer, GpuReluGrad, GpuSoftmaxLoss, SgdHyper};
+use dilated::gpu::{
+    ConvGrads, GpuConv2d, GpuDropout, GpuLayer, GpuMask, GpuMaxPool2d, GpuReluGrad, GpuSoftmaxLoss,
+    Kernel, SgdHyper,
+};
 use dilated::train::{grad, softmax_cross_entropy};
-use dilated::{Conv2d, Padding, Shape};
+use dilated::{Conv2d, Error, Gpu, MaxPool2d, Padding, Shape};
 use ndarray::{Array1, Array3, Array4};
 use rand::Rng;
 
@@ -329,4 +334,429 @@ fn sgd_step_is_caffes_update() {
         "{w:?}"
     );
     assert!(close(b.unwrap()[0], 0.404));
+}
+
+/// A second handle on the test adapter whose bindings are capped at 64 KiB: (65,536 - offset
+/// alignment) / 4 floats per window.
+fn capped_gpu() -> Gpu {
+    let mut capped = Gpu::new().unwrap();
+    common::check_adapter(&capped);
+    capped.set_max_binding_bytes(Some(64 << 10)).unwrap();
+    capped
+}
+
+/// Max pooling's input gradient on `gpu` into a NaN-poisoned tensor, with the kernels of its
+/// dispatches.
+fn gpu_pool_grad(
+    gpu: &Gpu,
+    spec: MaxPool2d,
+    x: &Array4<f32>,
+    g: &Array4<f32>,
+) -> (Array4<f32>, Vec<dilated::gpu::Dispatch>) {
+    let pool = GpuMaxPool2d::new(spec);
+    let input = gpu.upload(x.view()).unwrap();
+    let grad_out = gpu.upload(g.view()).unwrap();
+    let grad_in = gpu.filled(input.shape(), f32::NAN).unwrap();
+    let dispatches = pool
+        .prepare_grad_input(gpu, &input, &grad_out, &grad_in)
+        .unwrap();
+    gpu.run(&dispatches).unwrap();
+    (gpu.download(&grad_in).unwrap(), dispatches)
+}
+
+/// The CPU reference's max-pooling backward (`dilated::train::grad::max_pool2d_backward`).
+fn pool_grad_reference(spec: MaxPool2d, x: &Array4<f32>, g: &Array4<f32>) -> Array4<f32> {
+    grad::max_pool2d_backward(x.view(), &spec, g.view()).unwrap()
+}
+
+#[test]
+fn max_pool_gradient_matches_the_reference() {
+    let gpu = gpu();
+    // Overlapping windows (stride < kernel), ceil-mode edges (odd sizes: the last window is
+    // clipped), padding on some sides, stride > kernel (gaps), floor rounding, batches.
+    let cases: Vec<(MaxPool2d, [usize; 4])> = vec![
+        (MaxPool2d::caffe(2, 2), [2, 3, 9, 8]),
+        (MaxPool2d::caffe(3, 2), [1, 4, 11, 10]),
+        (MaxPool2d::caffe(3, 1), [2, 2, 7, 9]),
+        (
+            MaxPool2d::caffe(3, 1).padding(Padding::new(1, 1, 1, 1)),
+            [1, 3, 6, 7],
+        ),
+        (
+            MaxPool2d {
+                kernel: (3, 2),
+                stride: (2, 1),
+                padding: Padding::new(2, 0, 1, 1),
+                ceil_mode: true,
+            },
+            [2, 2, 10, 7],
+        ),
+        (MaxPool2d::caffe(2, 3), [1, 2, 11, 13]),
+        (MaxPool2d::caffe(3, 2).ceil_mode(false), [3, 1, 12, 9]),
+        (MaxPool2d::caffe(5, 2), [1, 2, 5, 6]),
+    ];
+    let mut checked = 0;
+    for (i, (spec, shape)) in cases.into_iter().enumerate() {
+        let mut r = rng(200 + i as u64);
+        // Random values, then values from {0, 1, 2} so most windows hold ties (the first
+        // maximum in row-major order wins).
+        let random = random4(&mut r, shape);
+        let ties = Array4::from_shape_simple_fn(shape, || r.random_range(0..3) as f32);
+        for x in [random, ties] {
+            let out = spec
+                .output_shape(Shape::new(shape[0], shape[1], shape[2], shape[3]), "t")
+                .unwrap();
+            let g = random4(&mut r, out.dims());
+            let (got, dispatches) = gpu_pool_grad(gpu, spec, &x, &g);
+            assert!(dispatches.iter().all(|d| d.kernel() == Kernel::MaxPoolGrad));
+            let want = pool_grad_reference(spec, &x, &g);
+            let err = rel_error(got.view(), want.view());
+            assert!(err <= 1e-6, "case {i} {spec:?} {shape:?}: {err:e}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 16);
+}
+
+#[test]
+fn max_pool_gradient_goes_to_the_first_maximum() {
+    let gpu = gpu();
+    // One 4x4 plane of equal values, 3x3 windows at stride 1 (four windows, each overlapping
+    // the others): every window's first maximum is its top-left input.
+    let x = Array4::from_elem((1, 1, 4, 4), 1.5f32);
+    let g = Array4::from_shape_vec((1, 1, 2, 2), vec![1.0f32, 2.0, 4.0, 8.0]).unwrap();
+    let (got, _) = gpu_pool_grad(gpu, MaxPool2d::caffe(3, 1), &x, &g);
+    let mut want = Array4::<f32>::zeros((1, 1, 4, 4));
+    want[[0, 0, 0, 0]] = 1.0;
+    want[[0, 0, 0, 1]] = 2.0;
+    want[[0, 0, 1, 0]] = 4.0;
+    want[[0, 0, 1, 1]] = 8.0;
+    assert_eq!(got, want);
+    // A maximum shared by overlapping windows collects both gradients; an equal value later
+    // in the window does not win; a NaN never replaces the winner (as the forward pass
+    // scans).
+    #[rustfmt::skip]
+    let x = Array4::from_shape_vec((1, 1, 3, 5), vec![
+        0.0, 1.0, 7.0, 2.0, 7.0,
+        f32::NAN, 3.0, 0.0, 1.0, 0.0,
+        0.0, 0.0, 0.0, 0.0, 5.0,
+    ]).unwrap();
+    // 3x3 windows at stride 2, ceil: columns 0..3 and 2..5, one row of windows.
+    let g = Array4::from_shape_vec((1, 1, 1, 2), vec![0.5f32, 0.25]).unwrap();
+    let (got, _) = gpu_pool_grad(gpu, MaxPool2d::caffe(3, 2), &x, &g);
+    let want = pool_grad_reference(MaxPool2d::caffe(3, 2), &x, &g);
+    assert_eq!(got[[0, 0, 0, 2]], 0.75, "{got:?}");
+    assert_eq!(got.iter().filter(|&&v| v != 0.0).count(), 1, "{got:?}");
+    assert_eq!(rel_error(got.view(), want.view()), 0.0);
+}
+
+#[test]
+fn max_pool_gradient_past_the_limit() {
+    let gpu = gpu();
+    // One invocation per input element: 4,410,000 / 64 = 68,906.25 workgroups, folded into
+    // two rows of at most 65,535. Overlapping 3x3 windows at stride 2, ceil mode.
+    let spec = MaxPool2d::caffe(3, 2);
+    let mut r = rng(210);
+    let x = random4(&mut r, [1, 1, 2100, 2100]);
+    let out = spec
+        .output_shape(Shape::new(1, 1, 2100, 2100), "t")
+        .unwrap();
+    let g = random4(&mut r, out.dims());
+    let (got, dispatches) = gpu_pool_grad(gpu, spec, &x, &g);
+    assert_eq!(dispatches.len(), 1);
+    assert_eq!(dispatches[0].workgroups(), (65_535, 2));
+    let err = rel_error(got.view(), pool_grad_reference(spec, &x, &g).view());
+    assert!(err <= 1e-6, "{err:e}");
+}
+
+#[test]
+fn capped_bindings_split_the_pooling_gradient_into_planes() {
+    let gpu = capped_gpu();
+    // Input planes of 60 x 70 = 4,200 floats: 3 planes per window, 2 x 5 = 10 planes in 4
+    // chunks.
+    let spec = MaxPool2d::caffe(3, 2);
+    let mut r = rng(220);
+    let x = random4(&mut r, [2, 5, 60, 70]);
+    let out = spec.output_shape(Shape::new(2, 5, 60, 70), "t").unwrap();
+    let g = random4(&mut r, out.dims());
+    let (got, dispatches) = gpu_pool_grad(&gpu, spec, &x, &g);
+    assert_eq!(dispatches.len(), 4);
+    let err = rel_error(got.view(), pool_grad_reference(spec, &x, &g).view());
+    assert!(err <= 1e-6, "{err:e}");
+    // A plane larger than a window is refused, naming the limit.
+    let pool = GpuMaxPool2d::new(spec);
+    let big = gpu.filled(Shape::new(1, 1, 130, 130), 0.0).unwrap();
+    let big_out = gpu
+        .filled(pool.output_shape(big.shape()).unwrap(), 0.0)
+        .unwrap();
+    let dx = gpu.filled(big.shape(), 0.0).unwrap();
+    let err = pool.prepare_grad_input(&gpu, &big, &big_out, &dx).err();
+    assert!(
+        matches!(err, Some(Error::ExceedsDeviceLimits { .. })),
+        "{err:?}"
+    );
+    // Mismatched shapes are errors.
+    let err = pool.prepare_grad_input(&gpu, &big, &big, &dx).err();
+    assert!(matches!(err, Some(Error::ShapeMismatch { .. })), "{err:?}");
+}
+
+/// Dropout on `gpu` in place on a copy of `x` with mask `keep`, with the number of dispatches.
+fn gpu_dropout(
+    gpu: &Gpu,
+    ratio: f32,
+    keep: &Array4<bool>,
+    x: &Array4<f32>,
+) -> (Array4<f32>, usize) {
+    let data = gpu.upload(x.view()).unwrap();
+    let mask = GpuMask::upload(gpu, keep.view()).unwrap();
+    let dropout = GpuDropout::new(ratio).unwrap();
+    let dispatches = dropout.prepare(gpu, &mask, &data).unwrap();
+    assert!(dispatches.iter().all(|d| d.kernel() == Kernel::Dropout));
+    gpu.run(&dispatches).unwrap();
+    (gpu.download(&data).unwrap(), dispatches.len())
+}
+
+#[test]
+fn dropout_forward_and_backward_apply_the_given_mask() {
+    let gpu = gpu();
+    for (i, (ratio, shape)) in [
+        (0.5f32, [2, 3, 7, 5]),
+        (0.3, [1, 64, 3, 3]),
+        (0.0, [1, 1, 1, 33]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = rng(230 + i as u64);
+        let s = Shape::new(shape[0], shape[1], shape[2], shape[3]);
+        let keep = grad::dropout_mask(s, ratio, &mut r).unwrap();
+        let mut x = random4(&mut r, shape);
+        // A NaN in a dropped unit is dropped too, as on the CPU.
+        if let Some(at) = keep.indexed_iter().find(|(_, k)| !**k).map(|(at, _)| at) {
+            x[at] = f32::NAN;
+        }
+        let (got, _) = gpu_dropout(gpu, ratio, &keep, &x);
+        let want = grad::dropout_forward(x.view(), keep.view(), ratio).unwrap();
+        let err = rel_error(got.view(), want.view());
+        assert!(err <= 1e-7, "forward, ratio {ratio}: {err:e}");
+        let g = random4(&mut r, shape);
+        let (got, _) = gpu_dropout(gpu, ratio, &keep, &g);
+        let want = grad::dropout_backward(g.view(), keep.view(), ratio).unwrap();
+        let err = rel_error(got.view(), want.view());
+        assert!(err <= 1e-7, "backward, ratio {ratio}: {err:e}");
+    }
+    // A mask of another shape and a ratio outside [0, 1) are errors.
+    let data = gpu.filled(Shape::new(1, 2, 3, 4), 1.0).unwrap();
+    let mask = GpuMask::new(gpu, Shape::new(1, 2, 4, 3)).unwrap();
+    let err = GpuDropout::new(0.5)
+        .unwrap()
+        .prepare(gpu, &mask, &data)
+        .err();
+    assert!(matches!(err, Some(Error::ShapeMismatch { .. })), "{err:?}");
+    for ratio in [1.0, -0.1, f32::NAN] {
+        assert!(matches!(
+            GpuDropout::new(ratio),
+            Err(Error::InvalidSpec { .. })
+        ));
+    }
+}
+
+#[test]
+fn capped_bindings_split_dropout_into_word_aligned_chunks() {
+    let gpu = capped_gpu();
+    let align = gpu.limits().min_storage_buffer_offset_alignment as usize;
+    let max = ((64 << 10) - align) / 4;
+    assert!((16_000..=16_383).contains(&max), "window of {max} floats");
+    // Chunks of max rounded down to whole mask words (15,968 to 16,352 floats): 50,000
+    // elements in 4 chunks.
+    let shape = [2, 5, 50, 100];
+    let mut r = rng(240);
+    let keep = grad::dropout_mask(Shape::new(2, 5, 50, 100), 0.5, &mut r).unwrap();
+    let x = random4(&mut r, shape);
+    let (got, chunks) = gpu_dropout(&gpu, 0.5, &keep, &x);
+    assert_eq!(chunks, 4);
+    let want = grad::dropout_forward(x.view(), keep.view(), 0.5).unwrap();
+    assert_eq!(rel_error(got.view(), want.view()), 0.0);
+}
+
+/// A convolution's gradients and an SGD step on `gpu` (its bindings capped), checked against
+/// the CPU reference; returns the kernels of the input-gradient, parameter-gradient and SGD
+/// dispatches.
+fn capped_conv_grads(
+    gpu: &Gpu,
+    seed: u64,
+    spec: Conv2d,
+    shape: [usize; 4],
+) -> (Vec<Kernel>, Vec<Kernel>, Vec<Kernel>) {
+    let mut r = rng(seed);
+    let x = random4(&mut r, shape);
+    let w = random4(&mut r, spec.weight_shape());
+    let b = random1(&mut r, spec.out_channels);
+    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view())).unwrap();
+    let in_shape = Shape::new(shape[0], shape[1], shape[2], shape[3]);
+    let out_shape = conv.output_shape(in_shape).unwrap();
+    let g = random4(&mut r, out_shape.dims());
+    let (dx, dw, db) = conv_grads_f64(&x, &w, &spec, &g);
+    let kinds = |d: &[dilated::gpu::Dispatch]| d.iter().map(|d| d.kernel()).collect::<Vec<_>>();
+
+    let input = gpu.upload(x.view()).unwrap();
+    let grad_out = gpu.upload(g.view()).unwrap();
+    let grad_in = gpu.filled(in_shape, f32::NAN).unwrap();
+    let d_input = conv.prepare_grad_input(gpu, &grad_out, &grad_in).unwrap();
+    gpu.run(&d_input).unwrap();
+    let err = rel64(&gpu.download(&grad_in).unwrap(), &dx);
+    assert!(err <= TOLERANCE, "{spec:?} dx: {err:e}");
+
+    let grads = ConvGrads::zeros(gpu, &conv).unwrap();
+    grads
+        .upload(
+            gpu,
+            &dilated::weights::LayerWeights::new(
+                "poisoned",
+                Array4::from_elem(spec.weight_shape(), f32::NAN),
+                Some(Array1::from_elem(spec.out_channels, f32::NAN)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let d_params = conv
+        .prepare_grad_params(gpu, &input, &grad_out, &grads)
+        .unwrap();
+    gpu.run(&d_params).unwrap();
+    let (got_dw, got_db) = grads.download(gpu).unwrap();
+    let got_db = got_db.unwrap();
+    let err = rel64(&got_dw, &dw);
+    assert!(err <= TOLERANCE, "{spec:?} dw: {err:e}");
+    let err = rel64(&got_db, &db);
+    assert!(err <= TOLERANCE, "{spec:?} db: {err:e}");
+
+    // One SGD step from a random momentum: v = 0.9 v + lr (g + wd w), w -= v (bias: 2 lr, no
+    // decay), in f64.
+    let v0 = random4(&mut r, spec.weight_shape());
+    let vb0 = random1(&mut r, spec.out_channels);
+    let velocity = ConvGrads::zeros(gpu, &conv).unwrap();
+    velocity
+        .upload(
+            gpu,
+            &dilated::weights::LayerWeights::new("v", v0.clone(), Some(vb0.clone())).unwrap(),
+        )
+        .unwrap();
+    let hyper = SgdHyper {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.01,
+    };
+    let d_sgd = conv
+        .prepare_sgd_step(gpu, &grads, &velocity, &hyper)
+        .unwrap();
+    gpu.run(&d_sgd).unwrap();
+    let (new_w, new_b) = conv.download_params(gpu).unwrap();
+    let update = |w: f32, g: f32, v: f32, lr: f64, decay: f64| {
+        let v = 0.9 * v as f64 + lr * (g as f64 + decay * w as f64);
+        (w as f64 - v, v)
+    };
+    let mut want_w = Array4::<f64>::zeros(spec.weight_shape());
+    let mut want_v = Array4::<f64>::zeros(spec.weight_shape());
+    for (at, &wv) in w.indexed_iter() {
+        let (nw, nv) = update(wv, got_dw[at], v0[at], 0.1, 0.01);
+        want_w[at] = nw;
+        want_v[at] = nv;
+    }
+    let want_b = Array1::from_shape_fn(spec.out_channels, |c| {
+        update(b[c], got_db[c], vb0[c], 0.2, 0.0).0
+    });
+    let err = rel64(&new_w, &want_w);
+    assert!(err <= TOLERANCE, "{spec:?} sgd weights: {err:e}");
+    let err = rel64(&velocity.download(gpu).unwrap().0, &want_v);
+    assert!(err <= TOLERANCE, "{spec:?} sgd momentum: {err:e}");
+    let err = rel64(&new_b.unwrap(), &want_b);
+    assert!(err <= TOLERANCE, "{spec:?} sgd bias: {err:e}");
+    (kinds(&d_input), kinds(&d_params), kinds(&d_sgd))
+}
+
+#[test]
+fn capped_bindings_split_convolution_gradients_and_sgd_into_the_expected_chunks() {
+    let gpu = capped_gpu();
+    let align = gpu.limits().min_storage_buffer_offset_alignment as usize;
+    let max = ((64 << 10) - align) / 4;
+    assert!((16_000..=16_383).contains(&max), "window of {max} floats");
+    use Kernel::{ConvGradBias as B, ConvGradInput as I, ConvGradWeight as W, Sgd as S};
+
+    // As the forward pass (tests/gpu_dispatch.rs): 20 -> 150 channels, 3x3 dilation 2, 2
+    // images of 30 x 31: 17 output and 17 input channels per window, so 2 images x 9 x 2 = 36
+    // chunks; the bias once per chunk of output channels. 27,000 weights: 2 SGD chunks, and
+    // one for the bias.
+    let spec = Conv2d::new(20, 150, 3).dilation(2).pad(2).with_relu(true);
+    let (input, params, sgd) = capped_conv_grads(&gpu, 250, spec, [2, 20, 30, 31]);
+    assert_eq!(input, [I; 36]);
+    assert_eq!(params, [W, B, W].repeat(18));
+    assert_eq!(sgd, [S; 3]);
+
+    // fc6-like, its weights above the cap: 8 -> 64 channels, 7x7 dilation 4, 3 images of 30 x
+    // 30 (21,600 floats, above the cap too). Weight rows of 392 floats: 40 or 41 output
+    // channels per window, so 3 images x 2 chunks of output channels; 25,088 weights in 2 SGD
+    // chunks, and one for the bias.
+    let spec = Conv2d::new(8, 64, 7).dilation(4).with_relu(true);
+    let (input, params, sgd) = capped_conv_grads(&gpu, 251, spec, [3, 8, 30, 30]);
+    assert_eq!(input, [I; 6]);
+    assert_eq!(params, [W, B].repeat(6));
+    assert_eq!(sgd, [S; 3]);
+}
+
+/// The kernels of a convolution's input-gradient and parameter-gradient dispatches on the test
+/// GPU, with the three gradients checked against the CPU reference.
+fn conv_grads_checked(seed: u64, spec: Conv2d, shape: [usize; 4]) -> (Vec<Kernel>, Vec<Kernel>) {
+    let gpu = gpu();
+    let mut r = rng(seed);
+    let x = random4(&mut r, shape);
+    let w = random4(&mut r, spec.weight_shape());
+    let b = random1(&mut r, spec.out_channels);
+    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view())).unwrap();
+    let in_shape = Shape::new(shape[0], shape[1], shape[2], shape[3]);
+    let g = random4(&mut r, conv.output_shape(in_shape).unwrap().dims());
+    let (dx, dw, db) = conv_grads_f64(&x, &w, &spec, &g);
+    let input = gpu.upload(x.view()).unwrap();
+    let grad_out = gpu.upload(g.view()).unwrap();
+    let grad_in = gpu.filled(in_shape, f32::NAN).unwrap();
+    let d_input = conv.prepare_grad_input(gpu, &grad_out, &grad_in).unwrap();
+    gpu.run(&d_input).unwrap();
+    let err = rel64(&gpu.download(&grad_in).unwrap(), &dx);
+    assert!(err <= TOLERANCE, "{spec:?} {shape:?} dx: {err:e}");
+    let grads = ConvGrads::filled(gpu, &conv, f32::NAN).unwrap();
+    let d_params = conv
+        .prepare_grad_params(gpu, &input, &grad_out, &grads)
+        .unwrap();
+    gpu.run(&d_params).unwrap();
+    let (got_dw, got_db) = grads.download(gpu).unwrap();
+    let err = rel64(&got_dw, &dw);
+    assert!(err <= TOLERANCE, "{spec:?} {shape:?} dw: {err:e}");
+    let err = rel64(&got_db.unwrap(), &db);
+    assert!(err <= TOLERANCE, "{spec:?} {shape:?} db: {err:e}");
+    let kinds = |d: &[dilated::gpu::Dispatch]| d.iter().map(|d| d.kernel()).collect::<Vec<_>>();
+    (kinds(&d_input), kinds(&d_params))
+}
+
+/// Reductions longer than one invocation may loop (`MAX_LOOP_STEPS`; lavapipe silently ends
+/// an invocation's loops after 65,535 iterations in all) are cut into dispatches that add up.
+#[test]
+fn long_reductions_are_cut_into_bounded_loops() {
+    use Kernel::{ConvGradBias as B, ConvGradInput as I, ConvGradWeight as W};
+    let steps = dilated::gpu::shader::MAX_LOOP_STEPS;
+    assert_eq!(steps, 16_384);
+    // Weight and bias gradients summing over 2 images of 198 x 198 = 78,408 pixels: 5 ranges.
+    let (input, params) = conv_grads_checked(
+        260,
+        Conv2d::new(1, 2, 3).pad(1).with_relu(true),
+        [2, 1, 198, 198],
+    );
+    assert_eq!(input, [I]);
+    assert_eq!(params, [W, B].repeat(5));
+    // One row of 70,000 pixels, a 1x1 layer: 5 ranges.
+    let (_, params) = conv_grads_checked(261, Conv2d::new(1, 2, 1), [1, 1, 1, 70_000]);
+    assert_eq!(params, [W, B].repeat(5));
+    // An input gradient gathering over 1,400 output channels x 49 taps = 68,600 terms: 334
+    // channels (16,384 / 49) per dispatch, 5 dispatches.
+    let (input, params) = conv_grads_checked(262, Conv2d::new(1, 1400, 7), [1, 1, 7, 7]);
+    assert_eq!(input, [I; 5]);
+    assert_eq!(params, [W, B]);
 }

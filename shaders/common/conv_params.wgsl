@@ -5,7 +5,9 @@
 // (input-channel split). `k_split` > 1 (tiled kernel only) splits the reduction over that many
 // workgroups per tile, each writing its partial sums raw to its own slice of `output` (a scratch
 // buffer laid out [image][slice][channel][pixel], `out_batch_stride` apart);
-// conv2d_split_reduce.wgsl adds them.
+// conv2d_split_reduce.wgsl adds them. The gradient kernels read `range_start` / `range_len`:
+// the range of the chunk's output pixels (images x rows x columns, flattened) a dispatch of the
+// weight and bias gradients sums over.
 
 struct Params {
     in_c: u32, in_h: u32, in_w: u32, in_base: u32,
@@ -14,7 +16,7 @@ struct Params {
     stride_h: u32, stride_w: u32, pad_top: u32, pad_left: u32,
     w_base: u32, w_row: u32, bias_base: u32, flags: u32,
     batch: u32, in_batch_stride: u32, out_batch_stride: u32, total: u32,
-    k_split: u32, pad0: u32, pad1: u32, pad2: u32,
+    k_split: u32, range_start: u32, range_len: u32, pad0: u32,
 }
 
 fn element_count() -> u32 {

@@ -1,12 +1,20 @@
-// Gradient of a convolution with respect to its input: one invocation per input element
-// (image b, channel ci, row iy, column ix) gathers, over the output channels and kernel taps
-// that read it, grad_output[b, co, oy, ox] * w[co, ky, kx, ci], where
+// Gradient of a convolution with respect to its input, over one chunk (images, input channels,
+// output channels) whose windows fit one binding: one invocation per input element of the
+// chunk (image b < batch, channel ci < in_c, row iy, column ix) gathers, over the chunk's
+// output channels and the kernel taps that read it, grad_output[b, co, oy, ox] *
+// w[co, ky, kx, ci], where
 //   oy * stride_h + ky * dil_h - pad_top = iy  and  ox * stride_w + kx * dil_w - pad_left = ix.
-// `grad_output` is the gradient of the convolution's output before its fused ReLU (mask it
-// first with relu_grad.wgsl). Weights are the forward kernels' rows, [co][ky][kx][ci].
-// Bindings: `grad` (the output's gradient), `weight`, `output` (the input's gradient).
-// Params: shaders/common/conv_params.wgsl (in_* the input, out_* the output, in_c and out_c
-// whole layers).
+// The host keeps out_c * k_h * k_w (the innermost loop's iterations in all) within its bound
+// on loop steps, cutting the output channels into chunks that add up.
+// `grad_output` is the gradient of the convolution's output before its fused ReLU (masked
+// first with relu_grad.wgsl).
+//
+// Bindings: `grad` (the output's gradient: image b, chunk channel co at out_base +
+// b * out_batch_stride + co * out_h * out_w), `weight` (the forward kernels' rows
+// [co][ky][kx][ci] of w_row floats, the chunk's first input channel at w_base), `output` (the
+// input's gradient: in_base + b * in_batch_stride + ci * in_h * in_w). Flag 4 adds to the
+// values there (the later chunks of output channels). Params: shaders/common/conv_params.wgsl
+// (in_c and out_c the chunk's channels, total = batch * in_c * in_h * in_w).
 
 fn element(i: u32) {
     let ix = i % p.in_w;
@@ -14,6 +22,10 @@ fn element(i: u32) {
     let ci = (i / (p.in_w * p.in_h)) % p.in_c;
     let b = i / (p.in_w * p.in_h * p.in_c);
     let taps = p.k_h * p.k_w;
+    // Input channels of the whole layer: the stride of the taps within a weight row.
+    let row_c = p.w_row / taps;
+    let g_image = p.out_base + b * p.out_batch_stride;
+    let out_plane = p.out_h * p.out_w;
     var acc = 0.0;
     for (var ky = 0u; ky < p.k_h; ky++) {
         let ty = i32(iy + p.pad_top) - i32(ky * p.dil_h);
@@ -33,12 +45,16 @@ fn element(i: u32) {
             if (ox >= p.out_w) {
                 continue;
             }
-            let tap = ky * p.k_w + kx;
+            let w_at = p.w_base + (ky * p.k_w + kx) * row_c + ci;
+            let g_at = g_image + oy * p.out_w + ox;
             for (var co = 0u; co < p.out_c; co++) {
-                let g = grad[((b * p.out_c + co) * p.out_h + oy) * p.out_w + ox];
-                acc += g * weight[co * p.w_row + tap * p.in_c + ci];
+                acc += grad[g_at + co * out_plane] * weight[w_at + co * p.w_row];
             }
         }
     }
-    output[i] = acc;
+    let at = p.in_base + b * p.in_batch_stride + (ci * p.in_h + iy) * p.in_w + ix;
+    if ((p.flags & 4u) != 0u) {
+        acc += output[at];
+    }
+    output[at] = acc;
 }

@@ -17,8 +17,8 @@ pub use context::{Gpu, GpuOptions};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
 pub use ops::{
-    ConvAlgorithm, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuMaxPool2d, GpuRelu,
-    GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom, LossAndGrad, SgdHyper,
+    ConvAlgorithm, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuDropout, GpuMask, GpuMaxPool2d,
+    GpuRelu, GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom, LossAndGrad, SgdHyper,
 };
 pub use shader::Kernel;
 pub use tensor::GpuTensor;

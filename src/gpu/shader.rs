@@ -26,6 +26,11 @@ pub const BLOCK_C: u32 = 32;
 pub const BLOCK_P: u32 = 4;
 /// Smallest subgroup size the register-blocked convolution works with.
 pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
+/// Most iterations of its reduction loop one invocation of a convolution gradient kernel
+/// runs; longer reductions are cut into dispatches that add up. Mesa's lavapipe (llvmpipe's
+/// gallivm) ends every loop of an invocation once its loops have run 65,535 iterations in all,
+/// silently; this stays well below, and keeps each invocation short on GPUs with a watchdog.
+pub const MAX_LOOP_STEPS: usize = 16384;
 
 /// The layout of a uniform struct or of one of its fields, as Rust lays it out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +172,10 @@ pub enum Kernel {
     SoftmaxLoss,
     /// SGD step with momentum and weight decay.
     Sgd,
+    /// Gradient of max pooling with respect to its input.
+    MaxPoolGrad,
+    /// Dropout with a given mask, in place (forward and backward).
+    Dropout,
 }
 
 /// How a kernel's source is put together.
@@ -188,7 +197,7 @@ const UNARY: &[Storage] = &[("input", Elem::F32, READ), ("output", Elem::F32, WR
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
@@ -206,6 +215,8 @@ impl Kernel {
         Kernel::ReluGrad,
         Kernel::SoftmaxLoss,
         Kernel::Sgd,
+        Kernel::MaxPoolGrad,
+        Kernel::Dropout,
     ];
 
     fn definition(self) -> Definition {
@@ -348,6 +359,22 @@ impl Kernel {
                     ("velocity", Elem::F32, WRITE),
                     ("param", Elem::F32, WRITE),
                 ],
+            ),
+            Kernel::MaxPoolGrad => def(
+                "max_pool_grad",
+                &[Linear],
+                include_str!("../../shaders/grad/max_pool_grad.wgsl"),
+                &[
+                    ("input", Elem::F32, READ),
+                    ("grad", Elem::F32, READ),
+                    ("output", Elem::F32, WRITE),
+                ],
+            ),
+            Kernel::Dropout => def(
+                "dropout",
+                &[Linear],
+                include_str!("../../shaders/grad/dropout.wgsl"),
+                &[("mask", Elem::U32, READ), ("data", Elem::F32, WRITE)],
             ),
         }
     }
@@ -507,12 +534,12 @@ mod tests {
         for (i, k) in Kernel::ALL.iter().enumerate() {
             assert_eq!(k.index(), i, "{k:?}");
         }
-        assert_eq!(Kernel::Sgd.index() + 1, Kernel::ALL.len());
+        assert_eq!(Kernel::Dropout.index() + 1, Kernel::ALL.len());
     }
 
     /// The Rust uniform of a kernel.
     fn rust_uniform(kernel: Kernel) -> UniformLayout {
-        use crate::gpu::ops::train::{relu_grad, sgd, softmax_loss};
+        use crate::gpu::ops::train::{dropout, max_pool_grad, relu_grad, sgd, softmax_loss};
         use crate::gpu::ops::{conv, deconv, max_pool, per_pixel, relu, zoom};
         match kernel {
             Kernel::ConvDirect
@@ -525,6 +552,8 @@ mod tests {
             Kernel::ReluGrad => relu_grad::ReluGradParams::layout(),
             Kernel::SoftmaxLoss => softmax_loss::SoftmaxLossParams::layout(),
             Kernel::Sgd => sgd::SgdParams::layout(),
+            Kernel::MaxPoolGrad => max_pool_grad::MaxPoolGradParams::layout(),
+            Kernel::Dropout => dropout::DropoutParams::layout(),
             Kernel::ConvSplitReduce => conv::SplitReduceParams::layout(),
             Kernel::Relu => relu::ReluParams::layout(),
             Kernel::MaxPool => max_pool::MaxPoolParams::layout(),

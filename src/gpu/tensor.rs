@@ -33,6 +33,21 @@ impl GpuTensor {
     pub fn bytes(&self) -> u64 {
         self.shape.bytes()
     }
+
+    /// A tensor of `shape` over the start of `buffer`, sharing it (several tensors may take
+    /// turns in one buffer); the buffer must be large enough.
+    pub(crate) fn view(buffer: &wgpu::Buffer, shape: Shape) -> Result<Self> {
+        if buffer.size() < shape.bytes() {
+            return Err(Error::Internal(format!(
+                "a tensor of {shape} does not fit a buffer of {} bytes",
+                buffer.size()
+            )));
+        }
+        Ok(Self {
+            buffer: buffer.clone(),
+            shape,
+        })
+    }
 }
 
 /// A window of a buffer bound to one storage binding: the byte range bound and the element

@@ -8,7 +8,8 @@
 //! - [`layout`] cuts a network's leading row-local layers into stages of bands for a budget.
 //! - [`CpuPlan`] runs a network on the CPU (the fast path for convolutions).
 //! - [`executor`] runs a network on the GPU, the CPU, or the GPU with the CPU as a fallback.
-//! - [`GpuTrainer`] trains a network of convolutions (the context module) on the GPU.
+//! - [`GpuTrainer`] trains a network on the GPU: the front-end (max pooling and dropout
+//!   included), the context module, or both joined.
 
 pub mod banded;
 pub mod compiled;
@@ -25,4 +26,4 @@ pub use cpu::CpuPlan;
 pub use executor::{Execution, Executor, RanOn, RunOn};
 pub use layout::{Band, BandedLayout, Bands, Stage};
 pub use options::{PlanOptions, parse_memory_size};
-pub use trainer::{GpuTrainer, StepStats};
+pub use trainer::{GpuTrainer, StepStats, TrainingMemory};

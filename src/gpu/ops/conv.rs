@@ -39,7 +39,7 @@ uniform! {
         stride_h: u32, stride_w: u32, pad_top: u32, pad_left: u32,
         w_base: u32, w_row: u32, bias_base: u32, flags: u32,
         batch: u32, in_batch_stride: u32, out_batch_stride: u32, total: u32,
-        k_split: u32, pad0: u32, pad1: u32, pad2: u32,
+        k_split: u32, range_start: u32, range_len: u32, pad0: u32,
     }
 }
 

@@ -37,6 +37,11 @@ impl GpuMaxPool2d {
         };
         Self { spec, template }
     }
+
+    /// The layer's spec.
+    pub fn spec(&self) -> &MaxPool2d {
+        &self.spec
+    }
 }
 
 impl GpuLayer for GpuMaxPool2d {

@@ -19,5 +19,7 @@ pub use deconv::GpuDeconv2d;
 pub use max_pool::GpuMaxPool2d;
 pub use relu::GpuRelu;
 pub use softmax::GpuSoftmax;
-pub use train::{ConvGrads, GpuReluGrad, GpuSoftmaxLoss, LossAndGrad, SgdHyper};
+pub use train::{
+    ConvGrads, GpuDropout, GpuMask, GpuReluGrad, GpuSoftmaxLoss, LossAndGrad, SgdHyper,
+};
 pub use zoom::GpuZoom;

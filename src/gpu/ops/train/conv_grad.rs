@@ -1,6 +1,8 @@
 //! Gradients of a convolution on the GPU: with respect to its input (to go on backwards), its
 //! weights and its bias. The weight gradient is kept in the forward kernels' row layout
-//! `[out][kh][kw][in]`, so the SGD step updates the layer's weights in place.
+//! `[out][kh][kw][in]`, so the SGD step updates the layer's weights in place. The work is cut
+//! into the forward pass's chunks (see [`crate::gpu::ops::conv_chunks`]), so weights and
+//! activations larger than one storage binding (fc6's 411 MB weights) are bound in windows.
 
 use ndarray::{Array1, Array4};
 
@@ -9,9 +11,9 @@ use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::GpuLayer;
 use crate::gpu::ops::conv::{ConvParams, GpuConv2d};
-use crate::gpu::ops::train::fits;
-use crate::gpu::shader::Kernel;
-use crate::gpu::tensor::GpuTensor;
+use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks};
+use crate::gpu::shader::{Kernel, MAX_LOOP_STEPS};
+use crate::gpu::tensor::{GpuTensor, Window};
 use crate::spec::Shape;
 
 /// Gradients (or momentum) of one convolution's parameters, on the GPU.
@@ -25,14 +27,20 @@ pub struct ConvGrads {
 impl ConvGrads {
     /// Zeros shaped for `conv`'s parameters (for momentum).
     pub fn zeros(gpu: &Gpu, conv: &GpuConv2d) -> Result<Self> {
+        Self::filled(gpu, conv, 0.0)
+    }
+
+    /// `value` everywhere, shaped for `conv`'s parameters (NaN poisons gradients so that an
+    /// element a pass fails to write shows).
+    pub fn filled(gpu: &Gpu, conv: &GpuConv2d, value: f32) -> Result<Self> {
         let s = &conv.spec;
         Ok(Self {
             weight: gpu.filled(
                 Shape::new(s.out_channels, s.kernel.0, s.kernel.1, s.in_channels),
-                0.0,
+                value,
             )?,
             bias: if s.bias {
-                Some(gpu.filled(Shape::new(1, s.out_channels, 1, 1), 0.0)?)
+                Some(gpu.filled(Shape::new(1, s.out_channels, 1, 1), value)?)
             } else {
                 None
             },
@@ -85,23 +93,21 @@ impl ConvGrads {
     }
 }
 
-impl GpuConv2d {
-    /// The uniform of the gradient kernels for an input of `input` shape: whole layers, no
-    /// windows.
-    fn grad_uniform(&self, input: Shape, output: Shape, total: usize) -> ConvParams {
-        ConvParams {
-            in_c: self.spec.in_channels as u32,
-            in_h: input.h as u32,
-            in_w: input.w as u32,
-            out_c: self.spec.out_channels as u32,
-            out_h: output.h as u32,
-            out_w: output.w as u32,
-            batch: input.n as u32,
-            total: total as u32,
-            ..self.template
-        }
-    }
+/// Flag of the gradient kernels: add to the values already in the output (the later chunks of
+/// a reduction split over chunks).
+const FLAG_ACCUMULATE: u32 = 4;
 
+/// The windows of one chunk of a convolution's gradient: the layer input's (or its gradient's),
+/// the output gradient's, and the first element of the chunk's weight rows.
+struct ChunkWindows {
+    chunk: ConvChunk,
+    input: Window,
+    output: Window,
+    /// Element of the weight rows where the chunk's first output channel starts.
+    w_start: usize,
+}
+
+impl GpuConv2d {
     /// Checks `grad_output` against the output the layer computes from `input`.
     fn check_grad_output(&self, input: Shape, grad_output: Shape) -> Result<Shape> {
         let output = self.output_shape(input)?;
@@ -109,9 +115,72 @@ impl GpuConv2d {
         Ok(output)
     }
 
+    /// The chunks of a gradient at `input` / `output` shapes, with the windows of the buffers
+    /// `x` (input-shaped) and `g` (output-shaped): the forward pass's chunks, so every window
+    /// fits one binding.
+    fn grad_chunks(
+        &self,
+        gpu: &Gpu,
+        input: Shape,
+        output: Shape,
+        x: &wgpu::Buffer,
+        g: &wgpu::Buffer,
+    ) -> Result<Vec<ChunkWindows>> {
+        let (in_plane, out_plane) = (input.plane(), output.plane());
+        let w_row = self.template.w_row as usize;
+        Ok(
+            conv_chunks(&self.spec, input, output, gpu.max_binding_elems())?
+                .into_iter()
+                .map(|ch| {
+                    let whole = ch.nb > 1;
+                    let in_start = (ch.n0 * input.c + ch.ci0) * in_plane;
+                    let in_len = if whole {
+                        ch.nb * input.c * in_plane
+                    } else {
+                        ch.ci_n * in_plane
+                    };
+                    let out_start = (ch.n0 * output.c + ch.co0) * out_plane;
+                    let out_len = if whole {
+                        ch.nb * output.c * out_plane
+                    } else {
+                        ch.co_n * out_plane
+                    };
+                    ChunkWindows {
+                        chunk: ch,
+                        input: gpu.window(x, in_start, in_len),
+                        output: gpu.window(g, out_start, out_len),
+                        w_start: ch.co0 * w_row,
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The uniform of a gradient kernel over one chunk.
+    fn grad_uniform(&self, input: Shape, output: Shape, c: &ChunkWindows) -> ConvParams {
+        let ch = c.chunk;
+        ConvParams {
+            in_c: ch.ci_n as u32,
+            in_h: input.h as u32,
+            in_w: input.w as u32,
+            in_base: c.input.base,
+            out_c: ch.co_n as u32,
+            out_h: output.h as u32,
+            out_w: output.w as u32,
+            out_base: c.output.base,
+            batch: ch.nb as u32,
+            in_batch_stride: (input.c * input.plane()) as u32,
+            out_batch_stride: (output.c * output.plane()) as u32,
+            ..self.template
+        }
+    }
+
     /// Records `grad_input = dL/dx` from `grad_output = dL/dy`, the gradient of the output
     /// before the fused ReLU (mask it first with [`crate::gpu::GpuReluGrad`] for a layer with
-    /// one).
+    /// one). The work is cut as the forward pass cuts it, over images, input channels and
+    /// output channels, so layers whose weights or activations exceed one storage binding
+    /// work; output channels are further cut so that an invocation gathers at most
+    /// [`MAX_LOOP_STEPS`] terms, each later chunk adding to the sums.
     pub fn prepare_grad_input(
         &self,
         gpu: &Gpu,
@@ -120,34 +189,45 @@ impl GpuConv2d {
     ) -> Result<Vec<Dispatch>> {
         let input = grad_input.shape();
         let output = self.check_grad_output(input, grad_output.shape())?;
-        fits(gpu, "the input gradient", input.len())?;
-        fits(gpu, "the output gradient", output.len())?;
-        fits(gpu, "the weights", self.spec.weight_len())?;
-        let params = self.grad_uniform(input, output, input.len());
-        let storage = [
-            (
-                &grad_output.buffer,
-                gpu.window(&grad_output.buffer, 0, output.len()),
-            ),
-            (
-                &self.weight,
-                gpu.window(&self.weight, 0, self.spec.weight_len()),
-            ),
-            (
-                &grad_input.buffer,
-                gpu.window(&grad_input.buffer, 0, input.len()),
-            ),
-        ];
-        Ok(vec![gpu.linear_dispatch(
-            Kernel::ConvGradInput,
-            &params,
-            &storage,
-            input.len(),
-        )?])
+        let w_row = self.template.w_row as usize;
+        let out_plane = output.plane();
+        // Output channels per dispatch, so the gather's innermost loop stays within bounds.
+        let taps = self.spec.kernel.0 * self.spec.kernel.1;
+        let co_step = (MAX_LOOP_STEPS / taps).max(1);
+        let mut dispatches = Vec::new();
+        for c in self.grad_chunks(gpu, input, output, &grad_input.buffer, &grad_output.buffer)? {
+            let ch = c.chunk;
+            let w_win = gpu.window(&self.weight, c.w_start, ch.co_n * w_row);
+            let total = ch.nb * ch.ci_n * input.plane();
+            for co in (0..ch.co_n).step_by(co_step) {
+                let params = ConvParams {
+                    out_c: co_step.min(ch.co_n - co) as u32,
+                    out_base: c.output.base + (co * out_plane) as u32,
+                    w_base: w_win.base + (co * w_row + ch.ci0) as u32,
+                    flags: if ch.co0 + co > 0 { FLAG_ACCUMULATE } else { 0 },
+                    total: total as u32,
+                    ..self.grad_uniform(input, output, &c)
+                };
+                dispatches.push(gpu.linear_dispatch(
+                    Kernel::ConvGradInput,
+                    &params,
+                    &[
+                        (&grad_output.buffer, c.output),
+                        (&self.weight, w_win),
+                        (&grad_input.buffer, c.input),
+                    ],
+                    total,
+                )?);
+            }
+        }
+        Ok(dispatches)
     }
 
     /// Records the parameters' gradients from the layer's `input` and `grad_output` (before
-    /// the fused ReLU) into `grads` (shaped by [`ConvGrads::zeros`]), overwriting them.
+    /// the fused ReLU) into `grads` (shaped by [`ConvGrads::zeros`]), overwriting them. The
+    /// work is cut as the forward pass cuts it, so layers whose weights or activations exceed
+    /// one storage binding work, and each chunk's output pixels into ranges of at most
+    /// [`MAX_LOOP_STEPS`]; each later chunk of images and range adds to the sums.
     pub fn prepare_grad_params(
         &self,
         gpu: &Gpu,
@@ -160,49 +240,75 @@ impl GpuConv2d {
         let output = self.check_grad_output(in_shape, grad_output.shape())?;
         let rows = Shape::new(s.out_channels, s.kernel.0, s.kernel.1, s.in_channels);
         expect_shape("conv2d weight gradient", grads.weight.shape(), rows)?;
-        fits(gpu, "the input", in_shape.len())?;
-        fits(gpu, "the output gradient", output.len())?;
-        fits(gpu, "the weight gradient", rows.len())?;
-        let grad_win = (
-            &grad_output.buffer,
-            gpu.window(&grad_output.buffer, 0, output.len()),
-        );
-        let mut dispatches = vec![gpu.linear_dispatch(
-            Kernel::ConvGradWeight,
-            &self.grad_uniform(in_shape, output, rows.len()),
-            &[
-                (&input.buffer, gpu.window(&input.buffer, 0, in_shape.len())),
-                grad_win,
-                (
-                    &grads.weight.buffer,
-                    gpu.window(&grads.weight.buffer, 0, rows.len()),
-                ),
-            ],
-            rows.len(),
-        )?];
-        match (&grads.bias, s.bias) {
+        let bias = match (&grads.bias, s.bias) {
             (Some(bias), true) => {
                 expect_shape(
                     "conv2d bias gradient",
                     bias.shape(),
                     Shape::new(1, s.out_channels, 1, 1),
                 )?;
-                dispatches.push(gpu.linear_dispatch(
-                    Kernel::ConvGradBias,
-                    &self.grad_uniform(in_shape, output, s.out_channels),
-                    &[
-                        grad_win,
-                        (&bias.buffer, gpu.window(&bias.buffer, 0, s.out_channels)),
-                    ],
-                    s.out_channels,
-                )?);
+                Some(bias)
             }
-            (None, false) => {}
+            (None, false) => None,
             _ => {
                 return Err(Error::InvalidSpec {
                     context: "conv2d gradient".into(),
                     reason: "the gradients' bias does not match the layer's".into(),
                 });
+            }
+        };
+        let w_row = self.template.w_row as usize;
+        let taps = s.kernel.0 * s.kernel.1;
+        let mut dispatches = Vec::new();
+        for c in self.grad_chunks(gpu, in_shape, output, &input.buffer, &grad_output.buffer)? {
+            let ch = c.chunk;
+            let w_win = gpu.window(&grads.weight.buffer, c.w_start, ch.co_n * w_row);
+            let b_win = bias.map(|b| gpu.window(&b.buffer, ch.co0, ch.co_n));
+            let total = ch.co_n * taps * ch.ci_n;
+            // The chunk's output pixels in ranges of bounded loops, each after the first adding
+            // to the sums (as each chunk of images after the first does).
+            let pixels = ch.nb * output.plane();
+            for start in (0..pixels).step_by(MAX_LOOP_STEPS) {
+                let flags = if ch.n0 > 0 || start > 0 {
+                    FLAG_ACCUMULATE
+                } else {
+                    0
+                };
+                let ranged = ConvParams {
+                    flags,
+                    range_start: start as u32,
+                    range_len: MAX_LOOP_STEPS.min(pixels - start) as u32,
+                    ..self.grad_uniform(in_shape, output, &c)
+                };
+                dispatches.push(gpu.linear_dispatch(
+                    Kernel::ConvGradWeight,
+                    &ConvParams {
+                        w_base: w_win.base + ch.ci0 as u32,
+                        total: total as u32,
+                        ..ranged
+                    },
+                    &[
+                        (&input.buffer, c.input),
+                        (&grad_output.buffer, c.output),
+                        (&grads.weight.buffer, w_win),
+                    ],
+                    total,
+                )?);
+                // The bias once per chunk of images and output channels.
+                if let (Some(bias), Some(b_win)) = (bias, b_win)
+                    && ch.ci0 == 0
+                {
+                    dispatches.push(gpu.linear_dispatch(
+                        Kernel::ConvGradBias,
+                        &ConvParams {
+                            bias_base: b_win.base,
+                            total: ch.co_n as u32,
+                            ..ranged
+                        },
+                        &[(&grad_output.buffer, c.output), (&bias.buffer, b_win)],
+                        ch.co_n,
+                    )?);
+                }
             }
         }
         Ok(dispatches)

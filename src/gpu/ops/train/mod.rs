@@ -1,15 +1,21 @@
-//! The GPU side of training: gradients of the convolution (input, weights, bias), of the ReLU
-//! and of the softmax cross-entropy loss, and Caffe's SGD step, each a kernel in
-//! `shaders/grad/`. Every buffer is bound whole, so each tensor must fit one storage binding
-//! (an [`Error::ExceedsDeviceLimits`](crate::Error::ExceedsDeviceLimits) otherwise); workgroup
-//! grids fold past the per-dimension limit as in the forward ops.
+//! The GPU side of training: gradients of the convolution (input, weights, bias), of the ReLU,
+//! of max pooling and of the softmax cross-entropy loss, dropout with given masks, and Caffe's
+//! SGD step, each a kernel in `shaders/grad/`. Like the forward ops they bind windows of their
+//! buffers that fit one storage binding (convolutions chunked over images, output and input
+//! channels, pooling over channel planes, the element-wise kernels over ranges of elements);
+//! the loss binds the scores whole (an
+//! [`Error::ExceedsDeviceLimits`](crate::Error::ExceedsDeviceLimits) when they do not fit).
+//! Workgroup grids fold past the per-dimension limit as in the forward ops.
 
 pub mod conv_grad;
+pub mod dropout;
+pub mod max_pool_grad;
 pub mod relu_grad;
 pub mod sgd;
 pub mod softmax_loss;
 
 pub use conv_grad::ConvGrads;
+pub use dropout::{GpuDropout, GpuMask};
 pub use relu_grad::GpuReluGrad;
 pub use sgd::SgdHyper;
 pub use softmax_loss::{GpuSoftmaxLoss, LossAndGrad};

@@ -4,14 +4,13 @@
 use crate::error::Result;
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
-use crate::gpu::ops::train::fits;
 use crate::gpu::shader::{Kernel, uniform};
 use crate::gpu::tensor::GpuTensor;
 
 uniform! {
     /// Uniform of `shaders/grad/relu_grad.wgsl`.
     pub(crate) struct ReluGradParams {
-        total: u32, pad0: u32, pad1: u32, pad2: u32,
+        total: u32, grad_base: u32, act_base: u32, out_base: u32,
     }
 }
 
@@ -20,7 +19,8 @@ uniform! {
 pub struct GpuReluGrad;
 
 impl GpuReluGrad {
-    /// Records the masked gradient of `grad` by `activation` into `output` (all one shape).
+    /// Records the masked gradient of `grad` by `activation` into `output` (all one shape),
+    /// over ranges of elements that fit one binding.
     pub fn prepare(
         &self,
         gpu: &Gpu,
@@ -31,21 +31,30 @@ impl GpuReluGrad {
         let shape = grad.shape();
         expect_shape("relu gradient", activation.shape(), shape)?;
         expect_shape("relu gradient", output.shape(), shape)?;
-        fits(gpu, "the relu gradient", shape.len())?;
-        let window = |t: &GpuTensor| gpu.window(&t.buffer, 0, shape.len());
-        Ok(vec![gpu.linear_dispatch(
-            Kernel::ReluGrad,
-            &ReluGradParams {
-                total: shape.len() as u32,
-                ..ReluGradParams::default()
-            },
-            &[
-                (&grad.buffer, window(grad)),
-                (&activation.buffer, window(activation)),
-                (&output.buffer, window(output)),
-            ],
-            shape.len(),
-        )?])
+        let max = gpu.max_binding_elems();
+        let len = shape.len();
+        let mut dispatches = Vec::new();
+        for start in (0..len).step_by(max) {
+            let n = max.min(len - start);
+            let window = |t: &GpuTensor| gpu.window(&t.buffer, start, n);
+            let (g, a, o) = (window(grad), window(activation), window(output));
+            dispatches.push(gpu.linear_dispatch(
+                Kernel::ReluGrad,
+                &ReluGradParams {
+                    total: n as u32,
+                    grad_base: g.base,
+                    act_base: a.base,
+                    out_base: o.base,
+                },
+                &[
+                    (&grad.buffer, g),
+                    (&activation.buffer, a),
+                    (&output.buffer, o),
+                ],
+                n,
+            )?);
+        }
+        Ok(dispatches)
     }
 
     /// The masked gradient in a new tensor.
