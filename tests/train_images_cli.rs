@@ -283,3 +283,83 @@ fn bad_crop_sizes_and_missing_weights_are_clear_errors() {
     );
     assert!(!out.exists(), "no output after an error");
 }
+
+#[test]
+fn gpu_and_cpu_train_the_front_end_with_dropout_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = dataset(dir.path());
+    let start = dir.path().join("start.safetensors");
+    start_weights(&start);
+    let w = start.to_str().unwrap();
+    let mut sets = Vec::new();
+    for device in ["--gpu", "--cpu"] {
+        let out = dir.path().join(format!("fe{device}.safetensors"));
+        let text = train(
+            "frontend",
+            &lists,
+            &out,
+            &["--iters", "2", "--weights", w, "--seed", "8", device],
+        );
+        if device == "--gpu" {
+            assert!(
+                text.contains("on the GPU") && text.contains("GPU memory of the training plan"),
+                "{text}"
+            );
+        }
+        sets.push(read_safetensors(&out).unwrap());
+    }
+    let (mut diff, mut scale) = (0f64, 0f64);
+    for (name, g) in sets[0].iter() {
+        let c = sets[1].get(name).unwrap();
+        for (a, b) in g.weight.iter().zip(c.weight.iter()) {
+            diff = diff.max((a - b).abs() as f64);
+            scale = scale.max(b.abs() as f64);
+        }
+    }
+    assert!(
+        diff / scale < 1e-4,
+        "GPU vs CPU front-end weights: {:e}",
+        diff / scale
+    );
+}
+
+#[test]
+fn a_training_plan_over_the_budget_is_refused_on_the_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let lists = dataset(dir.path());
+    let start = dir.path().join("start.safetensors");
+    start_weights(&start);
+    let out = dir.path().join("fe.safetensors");
+    let (i, l) = (lists.0.to_str().unwrap(), lists.1.to_str().unwrap());
+    let o = run_cli(
+        &[
+            "train",
+            "frontend",
+            "--model",
+            "dilation7_kitti",
+            "--width-divisor",
+            "32",
+            "--train-images",
+            i,
+            "--train-labels",
+            l,
+            "--crop-size",
+            "396",
+            "--batch",
+            "2",
+            "--iters",
+            "1",
+            "--weights",
+            start.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--gpu",
+            "--max-memory",
+            "1M",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("budget"), "{err}");
+    assert!(!out.exists());
+}

@@ -79,6 +79,6 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
 }
 
 /// Parses a memory size such as `512M` or `1.5G` into bytes.
-fn parse_memory(s: &str) -> Result<u64, String> {
+pub fn parse_memory(s: &str) -> Result<u64, String> {
     dilated::plan::parse_memory_size(s).map_err(|e| e.to_string())
 }

@@ -119,6 +119,10 @@ pub struct SolverArgs {
     /// Where it runs.
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// GPU memory budget for the training plan, e.g. 2G (binary units): training fails with
+    /// the plan's needs rather than exceed it.
+    #[arg(long, value_parser = super::args::parse_memory)]
+    pub max_memory: Option<u64>,
 }
 
 /// Arguments of `dilated train context`.
@@ -536,14 +540,11 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
     // The GPU trainer, or None for the CPU.
     let mut trainer = match gpu {
         Some(gpu) => {
-            let built = if dropout.is_empty() {
-                GpuTrainer::new(gpu, &net, shape)
-            } else {
-                Err(Error::Layer {
-                    layer: dropout[0].0.clone(),
-                    reason: "dropout is not trained on the GPU".into(),
-                })
+            let options = dilated::PlanOptions {
+                max_memory: args.max_memory,
+                ..Default::default()
             };
+            let built = GpuTrainer::with_options(gpu, &net, shape, &options);
             match (built, &device) {
                 (Ok(trainer), _) => {
                     for l in net.layers() {
@@ -569,6 +570,9 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
         shape.n,
         if trainer.is_some() { "GPU" } else { "CPU" }
     );
+    if let Some(t) = &trainer {
+        println!("GPU memory of the training plan: {}", t.memory());
+    }
     let bar = ProgressBar::new(args.iters).with_position(start);
     bar.set_style(
         ProgressStyle::with_template(
@@ -601,7 +605,10 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
                     momentum: args.momentum as f32,
                     weight_decay: args.weight_decay as f32,
                 };
-                trainer.step(x.view(), labels.view(), &hyper)?.loss
+                let masks = dropout_masks(&net, shape, &dropout, args.seed, iter)?;
+                trainer
+                    .step_with_dropout(x.view(), labels.view(), &masks, &hyper)?
+                    .loss
             }
             None => {
                 let masks = dropout_masks(&net, shape, &dropout, args.seed, iter)?;
