@@ -24,7 +24,7 @@ use std::path::Path;
 use embedded_graphics::Drawable;
 use embedded_graphics::mono_font::MonoTextStyle;
 use embedded_graphics::mono_font::ascii::{FONT_6X13, FONT_9X15_BOLD, FONT_10X20};
-use embedded_graphics::pixelcolor::Rgb888;
+use embedded_graphics::pixelcolor::{Rgb888, RgbColor};
 use embedded_graphics::prelude::{DrawTarget, OriginDimensions, Pixel, Point, Primitive, Size};
 use embedded_graphics::primitives::{Line, PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Alignment, Baseline, Text, TextStyleBuilder};
@@ -88,7 +88,8 @@ pub enum Scale {
 impl Scale {
     /// The position in 0..=1 on the colour map of `v` given the largest value `max`.
     pub fn position(self, v: f64, max: f64) -> f64 {
-        if !(max > 0.0) || !(v > 0.0) {
+        // NaN, zero and negative values are black.
+        if max.is_nan() || v.is_nan() || max <= 0.0 || v <= 0.0 {
             return 0.0;
         }
         let r = (v / max).min(1.0);
@@ -157,8 +158,6 @@ impl DrawTarget for Canvas {
         Ok(())
     }
 }
-
-use embedded_graphics::pixelcolor::RgbColor;
 
 /// Draws `d`, whose errors cannot happen on a [`Canvas`].
 fn draw<D: Drawable<Color = Rgb888>>(d: &D, canvas: &mut Canvas) {
