@@ -10,7 +10,8 @@ use dilated::io::figure::{BLACK, Canvas, Colour, Font, GREY, Panel, Scale, WHITE
 use dilated::io::write_file;
 use dilated::net::Model;
 use dilated::train::receptive::{
-    EffectiveField, Field, FieldOptions, ModelFields, Part, model_fields, random_weights,
+    EffectiveField, Field, FieldOptions, ModelFields, Part, model_fields, model_fields_flops,
+    random_weights,
 };
 
 use super::args::ModelArgs;
@@ -50,7 +51,7 @@ pub struct ReceptiveFieldArgs {
     pub weights: Option<PathBuf>,
     /// Divides every front-end width by this. Default: 32 (64 for dilation10_cityscapes)
     /// without --weights, 1 (the released size) with them. The time grows with the square of
-    /// the widths: see below.
+    /// the widths: at 1 it takes hours (see --help).
     #[arg(long)]
     pub width_divisor: Option<usize>,
     /// Seed of the random weights and of the random input (uniform noise pixels).
@@ -73,15 +74,17 @@ pub struct ReceptiveFieldArgs {
 
 /// The cost note at the end of `--help`.
 const COST: &str = "\
-The gradients come from the CPU training reference (f64 loops, one forward and one backward \
-pass of the front-end and the context module on an input holding the whole field: 940x940 \
-pixels for dilation8_pascal_voc and dilation8_camvid, 684x684 for dilation7_kitti, 2476x2476 \
-for dilation10_cityscapes). Measured on 2 busy cores: at the default divisors \
-dilation7_kitti takes about 5 s of CPU time, dilation8_camvid 9 s, dilation8_pascal_voc \
-27 s (its large context module alone about 20 s, whatever the divisor) and \
-dilation10_cityscapes at 64 about 40 s. Halving the divisor roughly quadruples the front-end's \
-share; the released widths (--width-divisor 1, as --weights needs for the released models) \
-cost about 4000 times the front-end's share at 64: hours for every model.";
+The gradients come from the CPU training reference (f64 loops): one forward and one backward \
+pass of the front-end and the context module, unpadded, on an input holding the whole field \
+(940x940 pixels for dilation8_pascal_voc and dilation8_camvid, 684x684 for dilation7_kitti, \
+2476x2476 for dilation10_cityscapes), and of the front-end on a 412x412 crop (with the default \
+margin); the command prints the arithmetic before it starts. The reference does about 0.45 \
+GFLOP/s per core. At the default divisors: dilation7_kitti 1.6 GFLOP (measured: 3.7 s of CPU \
+time), dilation8_camvid 4 GFLOP (9 s), dilation8_pascal_voc 10 GFLOP (23 s; its large context \
+module is 6.4 GFLOP at any divisor), dilation10_cityscapes 16 GFLOP (38 s): on 2 free cores \
+about 2, 5, 12 and 20 s. Each halving of the divisor roughly quadruples the front-end's share. \
+At --width-divisor 1 (the released widths, which the released weights need): 1500, 3800, 3800 \
+and 42000 GFLOP, about 30 minutes, 70 minutes, 70 minutes and 13 hours on 2 cores.";
 
 /// Panel side on the figure, in pixels.
 const PANEL: u32 = 360;
@@ -114,20 +117,18 @@ pub fn execute(args: &ReceptiveFieldArgs) -> Result<(), Error> {
         Some(w) => format!("weights {}", w.display()),
         None => format!("random weights (He initialisation, seed {})", args.seed),
     };
+    let options = FieldOptions {
+        margin: args.margin,
+        seed: args.seed,
+    };
     println!(
-        "receptive fields of {} (front-end widths / {width_divisor}, {weights}) on the CPU \
-         reference...",
-        model.name()
+        "receptive fields of {} (front-end widths / {width_divisor}, {weights}): {:.1} GFLOP \
+         on the CPU reference...",
+        model.name(),
+        model_fields_flops(model, &net, &options)? as f64 / 1e9
     );
     let started = Instant::now();
-    let fields = model_fields(
-        model,
-        &net,
-        &FieldOptions {
-            margin: args.margin,
-            seed: args.seed,
-        },
-    )?;
+    let fields = model_fields(model, &net, &options)?;
     let seconds = started.elapsed().as_secs_f64();
     let scale = args.scale.scale();
     let subtitle = format!(

@@ -398,49 +398,15 @@ impl ModelFields {
 /// missing).
 pub fn model_fields(model: Model, net: &Network, options: &FieldOptions) -> Result<ModelFields> {
     let info = model.info();
-    let layers = net.layers();
-    let not_the_model = |reason: String| Error::InvalidSpec {
-        context: format!("receptive fields of {}", info.name),
-        reason,
-    };
-    let fe_end = layers
-        .iter()
-        .position(|l| l.name == info.final_layer)
-        .map(|i| i + 1)
-        .ok_or_else(|| {
-            not_the_model(format!(
-                "the network {} has no layer {}",
-                net.name(),
-                info.final_layer
-            ))
-        })?;
-    let ctx_end = fe_end
-        + layers[fe_end..]
-            .iter()
-            .take_while(|l| matches!(l.op, Op::Conv { .. }))
-            .count();
-    if ctx_end == fe_end {
-        return Err(not_the_model(format!(
-            "the network {} has no context module after {}",
-            net.name(),
-            info.final_layer
-        )));
-    }
-    let front_end = unpadded(&net.sub_network(0..fe_end)?)?;
-    let context = unpadded(&net.sub_network(fe_end..ctx_end)?)?;
-    let whole = unpadded(&net.sub_network(0..ctx_end)?)?;
-    let stride = front_end
-        .receptive_fields()
-        .last()
-        .map_or(1, |&(_, s)| s.round() as usize);
-    let rf_fe = *front_end
-        .receptive_fields()
-        .last()
-        .map(|(rf, _)| rf)
-        .unwrap_or(&1);
-    let rf_whole = whole.receptive_fields().last().map_or(1, |&(rf, _)| rf);
-    let m = options.margin;
-    let side = rf_whole + 2 * stride * m;
+    let Split {
+        front_end,
+        context,
+        whole,
+        fe_end,
+        stride,
+        side,
+        crop,
+    } = split(model, net, options)?;
     let mut rng = StdRng::seed_from_u64(options.seed);
     let mean = info.mean_bgr;
     let input = Array4::from_shape_fn((1, 3, side, side), |(_, c, _, _)| {
@@ -472,8 +438,8 @@ pub fn model_fields(model: Model, net: &Network, options: &FieldOptions) -> Resu
     let front_end_in_whole = theoretical_field(&front_end, (features.2 / 2, features.3 / 2))?;
 
     // The front-end on the centre crop.
-    let crop = rf_fe + 2 * stride * m;
-    let offset = (side - crop.min(side)) / 2;
+    let crop = crop.min(side);
+    let offset = (side - crop) / 2;
     let fe_input = input.slice(s![.., .., offset..offset + crop, offset..offset + crop]);
     let front_end_field = effective_field(&front_end, fe_input)?;
     Ok(ModelFields {
@@ -483,4 +449,85 @@ pub fn model_fields(model: Model, net: &Network, options: &FieldOptions) -> Resu
         front_end_in_whole,
         stride,
     })
+}
+
+/// A preset's network cut into the parts [`model_fields`] runs, unpadded, with the sizes of
+/// their inputs.
+struct Split {
+    front_end: Network,
+    context: Network,
+    whole: Network,
+    /// Layers of the front-end (the index of its output among the activations).
+    fe_end: usize,
+    /// The front-end's output stride.
+    stride: usize,
+    /// Side of the input of the whole network.
+    side: usize,
+    /// Side of the front-end's centre crop.
+    crop: usize,
+}
+
+fn split(model: Model, net: &Network, options: &FieldOptions) -> Result<Split> {
+    let info = model.info();
+    let layers = net.layers();
+    let not_the_model = |reason: String| Error::InvalidSpec {
+        context: format!("receptive fields of {}", info.name),
+        reason,
+    };
+    let fe_end = layers
+        .iter()
+        .position(|l| l.name == info.final_layer)
+        .map(|i| i + 1)
+        .ok_or_else(|| {
+            not_the_model(format!(
+                "the network {} has no layer {}",
+                net.name(),
+                info.final_layer
+            ))
+        })?;
+    let ctx_end = fe_end
+        + layers[fe_end..]
+            .iter()
+            .take_while(|l| matches!(l.op, Op::Conv { .. }))
+            .count();
+    if ctx_end == fe_end {
+        return Err(not_the_model(format!(
+            "the network {} has no context module after {}",
+            net.name(),
+            info.final_layer
+        )));
+    }
+    let front_end = unpadded(&net.sub_network(0..fe_end)?)?;
+    let context = unpadded(&net.sub_network(fe_end..ctx_end)?)?;
+    let whole = unpadded(&net.sub_network(0..ctx_end)?)?;
+    let last = |n: &Network| n.receptive_fields().last().copied().unwrap_or((1, 1.0));
+    let stride = last(&front_end).1.round() as usize;
+    let margin = 2 * stride * options.margin;
+    Ok(Split {
+        side: last(&whole).0 + margin,
+        crop: last(&front_end).0 + margin,
+        front_end,
+        context,
+        whole,
+        fe_end,
+        stride,
+    })
+}
+
+/// The floating-point operations (multiply-add = 2) [`model_fields`] does for `model` with the
+/// widths of `net`: twice the forward passes' (the backward pass's input gradients cost what
+/// the forward pass does), for the time it will take.
+///
+/// Errors: as [`model_fields`].
+pub fn model_fields_flops(model: Model, net: &Network, options: &FieldOptions) -> Result<u64> {
+    let parts = split(model, net, options)?;
+    let flops = |n: &Network, side: usize| -> Result<u64> {
+        Ok(
+            n.report(crate::spec::Shape::new(1, n.in_channels(), side, side))?
+                .iter()
+                .map(|r| r.flops)
+                .sum(),
+        )
+    };
+    Ok(2 * (flops(&parts.whole, parts.side)? + flops(&parts.front_end, parts.crop)?))
 }
