@@ -177,7 +177,7 @@ pub enum Error {
     InvalidFile {
         /// The file concerned (`<bytes>` for an in-memory buffer).
         path: String,
-        /// The format expected: `caffemodel`, `safetensors` or `npy`.
+        /// The format expected: `caffemodel`, `safetensors`, `npy` or `label PNG`.
         format: &'static str,
         /// What is wrong, naming the layer or tensor where known.
         reason: String,

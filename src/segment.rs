@@ -1,6 +1,6 @@
 //! Segmenting whole images the way the reference predictor does: BGR mean subtraction,
 //! reflect-101 padding by the front-end's margin, tiles of the model's input size stitched
-//! together, the model's upsampling, argmax, and the dataset's colour palette.
+//! together, the model's upsampling, argmax, and the dataset's colour palette and class names.
 
 use ndarray::{Array2, Array3, Array4, ArrayView3, s};
 
@@ -376,6 +376,80 @@ pub fn palette(model: Model) -> Vec<[u8; 3]> {
     }
 }
 
+/// PASCAL VOC 2012: background and the 20 object classes.
+const PASCAL_VOC: [&str; 21] = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];
+
+/// The 11 CamVid classes (KITTI's labelled frames use the same ones), in the order of the
+/// models' palette: building (128,0,0), tree (128,128,0), sky (128,128,128), ...
+const CAMVID: [&str; 11] = [
+    "building",
+    "tree",
+    "sky",
+    "car",
+    "sign",
+    "road",
+    "pedestrian",
+    "fence",
+    "pole",
+    "sidewalk",
+    "bicyclist",
+];
+
+/// The 19 Cityscapes training classes.
+const CITYSCAPES: [&str; 19] = [
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+];
+
+/// The class names of `model`'s dataset, one per output channel, in the order of the released
+/// models' outputs and of [`palette`].
+pub fn class_names(model: Model) -> &'static [&'static str] {
+    match model {
+        Model::PascalVoc => &PASCAL_VOC,
+        Model::CamVid | Model::Kitti => &CAMVID,
+        Model::Cityscapes => &CITYSCAPES,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +468,7 @@ mod tests {
     fn palettes_cover_every_class() {
         for m in Model::ALL {
             assert_eq!(palette(m).len(), m.info().classes, "{}", m.name());
+            assert_eq!(class_names(m).len(), m.info().classes, "{}", m.name());
         }
         let voc = palette(Model::PascalVoc);
         assert_eq!(voc[1], [128, 0, 0]);

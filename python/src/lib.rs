@@ -7,7 +7,6 @@
 //! `RuntimeError`) with the crate's message, and GPU failures a `dilated.GpuError`, a subclass.
 //! Bad input never panics: shapes and dtypes are checked here or by the crate.
 
-mod classes;
 mod engine;
 
 use std::ffi::CString;
@@ -219,7 +218,7 @@ fn palette_array(py: Python<'_>, model: Preset) -> Bound<'_, PyArray2<u8>> {
 /// The class names of `model`'s dataset (a preset name), one per class id.
 #[pyfunction]
 fn class_names(py: Python<'_>, model: &str) -> PyResult<Vec<&'static str>> {
-    Ok(classes::class_names(preset(py, model)?).to_vec())
+    Ok(dilated::segment::class_names(preset(py, model)?).to_vec())
 }
 
 /// Reads an image file (PNG, JPEG or BMP) as an `[height, width, 3]` uint8 RGB array, decoded
@@ -645,7 +644,7 @@ impl Model {
     /// The class names, one per class id.
     #[getter]
     fn classes(&self) -> Vec<&'static str> {
-        classes::class_names(self.engine.preset()).to_vec()
+        dilated::segment::class_names(self.engine.preset()).to_vec()
     }
 
     /// The dataset's colours, a `[classes, 3]` uint8 RGB array (class id -> colour).

@@ -8,9 +8,11 @@ pub mod bench;
 pub mod convert;
 pub mod demo;
 pub mod device;
+pub mod eval;
 pub mod features;
 pub mod info;
 pub mod network;
+pub mod receptive_field;
 pub mod report;
 pub mod run;
 pub mod segment;
@@ -55,6 +57,12 @@ pub enum Command {
     /// Caches a model's front-end scores for `dilated train context`: one .npy per image and
     /// their list (and the labels at the scores' size).
     Features(features::FeaturesArgs),
+    /// Scores predicted label PNGs against ground-truth label PNGs: per-class IoU, mean IoU and
+    /// pixel accuracy over every non-ignored pixel of every pair (one confusion matrix).
+    Eval(eval::EvalArgs),
+    /// Draws the theoretical and the effective receptive field (Luo et al. 2016) of the centre
+    /// output pixel for a model's front-end, its context module and both together, as a PNG.
+    ReceptiveField(receptive_field::ReceptiveFieldArgs),
 }
 
 /// Runs the command `cli` names.
@@ -71,5 +79,7 @@ pub fn execute(cli: Cli) -> Result<(), dilated::Error> {
         Command::Segment(args) => segment::execute(&args),
         Command::Train(args) => train::execute(&args),
         Command::Features(args) => features::execute(&args),
+        Command::Eval(args) => eval::execute(&args),
+        Command::ReceptiveField(args) => receptive_field::execute(&args),
     }
 }

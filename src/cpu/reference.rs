@@ -1,9 +1,11 @@
 //! The CPU reference: every op as direct loops accumulating in f64.
 //!
 //! Written to be obviously correct rather than fast; this is the oracle the GPU kernels and the
-//! fast CPU path are checked against.
+//! fast CPU path are checked against. Convolutions compute their output channels in parallel,
+//! each output the same sum in the same order as on one thread.
 
-use ndarray::{Array3, Array4, ArrayView1, ArrayView4};
+use ndarray::{Array3, Array4, ArrayView1, ArrayView4, Axis};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::net::Op;
@@ -27,35 +29,39 @@ pub fn conv2d(
     let (pt, pl) = (spec.padding.top as isize, spec.padding.left as isize);
     let (ih, iw) = (input.dim().2 as isize, input.dim().3 as isize);
     let mut y = Array4::<f32>::zeros(out.dims());
-    for n in 0..out.n {
-        for co in 0..out.c {
-            for oy in 0..out.h {
-                for ox in 0..out.w {
-                    let mut acc = bias.as_ref().map_or(0.0, |b| b[co] as f64);
-                    for ci in 0..spec.in_channels {
-                        for ky in 0..kh {
-                            let iy = (oy * sh + ky * dh) as isize - pt;
-                            if iy < 0 || iy >= ih {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let ix = (ox * sw + kx * dw) as isize - pl;
-                                if ix < 0 || ix >= iw {
+    // Output channels in parallel; every output is the same sum in the same order.
+    y.axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(co, mut plane)| {
+            for n in 0..out.n {
+                for oy in 0..out.h {
+                    for ox in 0..out.w {
+                        let mut acc = bias.as_ref().map_or(0.0, |b| b[co] as f64);
+                        for ci in 0..spec.in_channels {
+                            for ky in 0..kh {
+                                let iy = (oy * sh + ky * dh) as isize - pt;
+                                if iy < 0 || iy >= ih {
                                     continue;
                                 }
-                                acc += input[[n, ci, iy as usize, ix as usize]] as f64
-                                    * weight[[co, ci, ky, kx]] as f64;
+                                for kx in 0..kw {
+                                    let ix = (ox * sw + kx * dw) as isize - pl;
+                                    if ix < 0 || ix >= iw {
+                                        continue;
+                                    }
+                                    acc += input[[n, ci, iy as usize, ix as usize]] as f64
+                                        * weight[[co, ci, ky, kx]] as f64;
+                                }
                             }
                         }
+                        if spec.relu && acc < 0.0 {
+                            acc = 0.0;
+                        }
+                        plane[[n, oy, ox]] = acc as f32;
                     }
-                    if spec.relu && acc < 0.0 {
-                        acc = 0.0;
-                    }
-                    y[[n, co, oy, ox]] = acc as f32;
                 }
             }
-        }
-    }
+        });
     Ok(y)
 }
 

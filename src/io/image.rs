@@ -70,7 +70,26 @@ pub fn save_label_png(path: impl AsRef<Path>, labels: &Array2<u8>) -> Result<()>
 /// Errors: [`Error::Io`] if the file cannot be read, [`Error::Image`] if it is not a PNG of
 /// one of those two kinds.
 pub fn load_label_png(path: impl AsRef<Path>) -> Result<Array2<u8>> {
-    let path = path.as_ref();
+    load_labels(path.as_ref(), None)
+}
+
+/// Reads a label image that may also be in colour: an 8-bit grayscale or palette-indexed PNG
+/// of class ids as [`load_label_png`] reads it, or an 8-bit RGB or RGBA PNG whose colours are
+/// those of `palette` (class id -> RGB, as [`crate::segment::palette`] gives and `dilated
+/// segment` writes), turned back into class ids (alpha is not looked at; a colour listed twice
+/// means its first class).
+///
+/// Errors: [`Error::Io`] if the file cannot be read, [`Error::Image`] if it is not a PNG of
+/// those kinds, [`Error::InvalidFile`] naming the first pixel whose colour is not in the
+/// palette.
+pub fn load_label_png_with_palette(
+    path: impl AsRef<Path>,
+    palette: &[[u8; 3]],
+) -> Result<Array2<u8>> {
+    load_labels(path.as_ref(), Some(palette))
+}
+
+fn load_labels(path: &Path, palette: Option<&[[u8; 3]]>) -> Result<Array2<u8>> {
     let bad = |reason: String| Error::Image {
         path: path.display().to_string(),
         reason,
@@ -84,12 +103,21 @@ pub fn load_label_png(path: impl AsRef<Path>) -> Result<Array2<u8>> {
     let mut reader = decoder.read_info().map_err(|e| bad(e.to_string()))?;
     let info = reader.info();
     let (color, depth) = (info.color_type, info.bit_depth);
-    if depth != png::BitDepth::Eight
-        || !matches!(color, png::ColorType::Grayscale | png::ColorType::Indexed)
-    {
+    let channels = match color {
+        png::ColorType::Grayscale | png::ColorType::Indexed => 1,
+        png::ColorType::Rgb if palette.is_some() => 3,
+        png::ColorType::Rgba if palette.is_some() => 4,
+        _ => 0,
+    };
+    if depth != png::BitDepth::Eight || channels == 0 {
+        let kinds = if palette.is_some() {
+            "an 8-bit grayscale or palette-indexed PNG of class ids, or an 8-bit RGB(A) PNG in \
+             the model's colours"
+        } else {
+            "an 8-bit grayscale or palette-indexed PNG of class ids"
+        };
         return Err(bad(format!(
-            "a label image must be an 8-bit grayscale or palette-indexed PNG of class ids; \
-             this one is {color:?} at {depth:?} bits"
+            "a label image must be {kinds}; this one is {color:?} at {depth:?} bits"
         )));
     }
     let size = reader
@@ -100,7 +128,32 @@ pub fn load_label_png(path: impl AsRef<Path>) -> Result<Array2<u8>> {
         .next_frame(&mut buf)
         .map_err(|e| bad(e.to_string()))?;
     let (w, h) = (frame.width as usize, frame.height as usize);
-    Ok(Array2::from_shape_fn((h, w), |(y, x)| {
-        buf[y * frame.line_size + x]
-    }))
+    let at = |y: usize, x: usize| y * frame.line_size + x * channels;
+    let Some(palette) = palette.filter(|_| channels > 1) else {
+        return Ok(Array2::from_shape_fn((h, w), |(y, x)| buf[at(y, x)]));
+    };
+    let mut class_of = std::collections::HashMap::new();
+    for (class, colour) in palette.iter().enumerate().take(256) {
+        class_of.entry(*colour).or_insert(class as u8);
+    }
+    let mut labels = Array2::<u8>::zeros((h, w));
+    for y in 0..h {
+        for x in 0..w {
+            let i = at(y, x);
+            let colour = [buf[i], buf[i + 1], buf[i + 2]];
+            labels[[y, x]] = *class_of.get(&colour).ok_or_else(|| Error::InvalidFile {
+                path: path.display().to_string(),
+                format: "label PNG",
+                reason: format!(
+                    "the colour ({}, {}, {}) of pixel (x {x}, y {y}) is not one of the {} \
+                     colours of the model's palette",
+                    colour[0],
+                    colour[1],
+                    colour[2],
+                    palette.len()
+                ),
+            })?;
+        }
+    }
+    Ok(labels)
 }

@@ -1,5 +1,6 @@
 //! NumPy arrays: [`read_npy4`], [`read_npy4_bytes`], [`write_npy`]. Images: [`load_image_bgr`],
-//! [`save_png`]. Shared with the weight formats in [`crate::weights`]: opening a file with its
+//! [`load_label_png`], [`load_label_png_with_palette`], [`save_png`]; figures drawn on them in
+//! [`figure`]. Any other file: [`write_file`]. Shared with the weight formats in [`crate::weights`]: opening a file with its
 //! length, mapping read errors, and atomic writes.
 //!
 //! Readers treat their input as hostile: a malformed file gives an [`Error`], never a panic.
@@ -11,8 +12,12 @@
 //! [`write_npy`]: crate::io::write_npy
 //! [`load_image_bgr`]: crate::io::load_image_bgr
 //! [`save_png`]: crate::io::save_png
+//! [`load_label_png`]: crate::io::load_label_png
+//! [`load_label_png_with_palette`]: crate::io::load_label_png_with_palette
+//! [`write_file`]: crate::io::write_file
 //! [`Error`]: crate::Error
 
+pub mod figure;
 mod image;
 mod npy;
 
@@ -20,7 +25,9 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-pub use self::image::{load_image_bgr, load_label_png, save_label_png, save_png};
+pub use self::image::{
+    load_image_bgr, load_label_png, load_label_png_with_palette, save_label_png, save_png,
+};
 pub use npy::{read_npy3, read_npy4, read_npy4_bytes, write_npy};
 
 use crate::error::{Error, Result};
@@ -57,6 +64,12 @@ pub fn write_atomic(
     tmp.as_file().sync_all().map_err(io_err)?;
     tmp.persist(path).map_err(|e| io_err(e.error))?;
     Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: the file appears only when complete, and a failed
+/// write leaves whatever was there before.
+pub fn write_file(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    write_atomic(path.as_ref(), |w| w.write_all(bytes))
 }
 
 /// An error reading a `format` file: an early end becomes [`Error::InvalidFile`] (the file is

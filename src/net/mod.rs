@@ -191,60 +191,75 @@ impl Network {
         Ok(*self.shapes(input)?.last().unwrap_or(&input))
     }
 
+    /// Receptive field (in input pixels, per side) and output stride of every layer's output,
+    /// in order: the spec's arithmetic, which needs no input size. A convolution or pooling
+    /// window of extent `e` grows the field by `(e - 1) * stride` and multiplies the stride by
+    /// its own; a zoom or transposed convolution divides the stride.
+    pub fn receptive_fields(&self) -> Vec<(usize, f64)> {
+        let mut rf = 1usize;
+        let mut stride = 1.0f64;
+        let grow = |rf: &mut usize, extent: usize, stride: f64| {
+            *rf += (extent.saturating_sub(1) as f64 * stride).round() as usize
+        };
+        self.layers
+            .iter()
+            .map(|l| {
+                match &l.op {
+                    Op::Conv { spec, .. } => {
+                        grow(&mut rf, spec.extent().0, stride);
+                        stride *= spec.stride.0 as f64;
+                    }
+                    Op::MaxPool(p) => {
+                        grow(&mut rf, p.kernel.0, stride);
+                        stride *= p.stride.0 as f64;
+                    }
+                    Op::Deconv { spec, .. } => {
+                        stride /= spec.stride as f64;
+                        grow(
+                            &mut rf,
+                            spec.kernel.div_ceil(spec.stride),
+                            stride * spec.stride as f64,
+                        );
+                    }
+                    Op::Zoom(z) => stride /= z.factor as f64,
+                    Op::Relu | Op::Softmax => {}
+                }
+                (rf, stride)
+            })
+            .collect()
+    }
+
     /// Per-layer output shape, receptive field, FLOPs, parameters and activation size.
     pub fn report(&self, input: Shape) -> Result<Vec<LayerReport>> {
         let shapes = self.shapes(input)?;
-        let mut rf = 1usize;
-        let mut stride = 1.0f64;
-        let mut reports = Vec::with_capacity(self.layers.len());
-        for (l, &out) in self.layers.iter().zip(&shapes) {
-            let grow = |rf: &mut usize, extent: usize, stride: f64| {
-                *rf += ((extent - 1) as f64 * stride).round() as usize
-            };
-            let flops = match &l.op {
-                Op::Conv { spec, .. } => {
-                    grow(&mut rf, spec.extent().0, stride);
-                    stride *= spec.stride.0 as f64;
-                    spec.flops(out)
-                }
-                Op::MaxPool(p) => {
-                    grow(&mut rf, p.kernel.0, stride);
-                    stride *= p.stride.0 as f64;
-                    0
-                }
-                Op::Deconv { spec, .. } => {
-                    stride /= spec.stride as f64;
-                    grow(
-                        &mut rf,
-                        spec.kernel.div_ceil(spec.stride),
-                        stride * spec.stride as f64,
-                    );
-                    let input = Shape::new(
+        Ok(self
+            .layers
+            .iter()
+            .zip(&shapes)
+            .zip(self.receptive_fields())
+            .map(|((l, &out), (receptive_field, stride))| {
+                let flops = match &l.op {
+                    Op::Conv { spec, .. } => spec.flops(out),
+                    Op::Deconv { spec, .. } => spec.flops(Shape::new(
                         out.n,
                         out.c,
                         out.h.div_ceil(spec.stride),
                         out.w.div_ceil(spec.stride),
-                    );
-                    spec.flops(input)
+                    )),
+                    _ => 0,
+                };
+                LayerReport {
+                    name: l.name.clone(),
+                    kind: l.op.kind(),
+                    output: out,
+                    receptive_field,
+                    stride,
+                    flops,
+                    params: l.op.params(),
+                    activation_bytes: out.bytes(),
                 }
-                Op::Zoom(z) => {
-                    stride /= z.factor as f64;
-                    0
-                }
-                Op::Relu | Op::Softmax => 0,
-            };
-            reports.push(LayerReport {
-                name: l.name.clone(),
-                kind: l.op.kind(),
-                output: out,
-                receptive_field: rf,
-                stride,
-                flops,
-                params: l.op.params(),
-                activation_bytes: out.bytes(),
-            });
-        }
-        Ok(reports)
+            })
+            .collect())
     }
 
     /// A copy of the layers `range` (clamped to the network) as a network of its own.

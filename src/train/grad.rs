@@ -13,8 +13,9 @@
 //!
 //! Shapes are checked; a mismatch is an [`Error`], never a panic.
 
-use ndarray::{Array1, Array4, ArrayView4, Zip};
+use ndarray::{Array1, Array3, Array4, ArrayView4, Axis, Zip};
 use rand::Rng;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::spec::{Conv2d, MaxPool2d, Shape, shape_of};
@@ -56,8 +57,15 @@ fn check_weight(spec: &Conv2d, weight: &ArrayView4<f32>, context: &str) -> Resul
 }
 
 /// Calls `f(n, co, oy, ox, ci, ky, kx, iy, ix)` for every term of the reference convolution's
-/// sum whose input tap lies inside the input (padded taps contribute nothing).
-fn for_each_tap(spec: &Conv2d, input: Shape, output: Shape, mut f: impl FnMut([usize; 9])) {
+/// sum whose input tap lies inside the input (padded taps contribute nothing), for the input
+/// channels `channels`.
+fn for_each_tap(
+    spec: &Conv2d,
+    input: Shape,
+    output: Shape,
+    channels: std::ops::Range<usize>,
+    mut f: impl FnMut([usize; 9]),
+) {
     let (kh, kw) = spec.kernel;
     let (dh, dw) = spec.dilation;
     let (sh, sw) = spec.stride;
@@ -67,7 +75,7 @@ fn for_each_tap(spec: &Conv2d, input: Shape, output: Shape, mut f: impl FnMut([u
         for co in 0..output.c {
             for oy in 0..output.h {
                 for ox in 0..output.w {
-                    for ci in 0..spec.in_channels {
+                    for ci in channels.clone() {
                         for ky in 0..kh {
                             let iy = (oy * sh + ky * dh) as isize - pt;
                             if iy < 0 || iy >= ih {
@@ -113,17 +121,28 @@ pub fn conv2d_grad_input(
         "convolution output",
         out,
     )?;
-    let mut dx = Array4::<f64>::zeros(input_shape.dims());
-    for_each_tap(
-        spec,
-        input_shape,
-        out,
-        |[n, co, oy, ox, ci, ky, kx, iy, ix]| {
-            dx[[n, ci, iy, ix]] +=
-                grad_output[[n, co, oy, ox]] as f64 * weight[[co, ci, ky, kx]] as f64;
-        },
-    );
-    Ok(dx.mapv(|v| v as f32))
+    let mut dx = Array4::<f32>::zeros(input_shape.dims());
+    // Input channels in parallel: each input gradient gathers the same terms in the same order
+    // as one pass over all channels would.
+    let plane_shape = (input_shape.n, input_shape.h, input_shape.w);
+    dx.axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(ci, mut plane)| {
+            let mut acc = Array3::<f64>::zeros(plane_shape);
+            for_each_tap(
+                spec,
+                input_shape,
+                out,
+                ci..ci + 1,
+                |[n, co, oy, ox, ci, ky, kx, iy, ix]| {
+                    acc[[n, iy, ix]] +=
+                        grad_output[[n, co, oy, ox]] as f64 * weight[[co, ci, ky, kx]] as f64;
+                },
+            );
+            plane.assign(&acc.mapv(|v| v as f32));
+        });
+    Ok(dx)
 }
 
 /// Gradient of a convolution's loss with respect to its weights, given its input and the
@@ -153,6 +172,7 @@ pub fn conv2d_grad_weight(
         spec,
         shape_of(&input),
         out,
+        0..spec.in_channels,
         |[n, co, oy, ox, ci, ky, kx, iy, ix]| {
             dw[[co, ci, ky, kx]] +=
                 grad_output[[n, co, oy, ox]] as f64 * input[[n, ci, iy, ix]] as f64;

@@ -9,9 +9,11 @@
 //!
 //! * [`grad`] — convolution (input, weight, bias), ReLU, max pooling and dropout backward;
 //! * [`loss`] — [`softmax_cross_entropy`];
-//! * [`network`] — [`train_step`] on a [`crate::net::Network`] giving [`Gradients`] by layer;
+//! * [`network`] — [`train_step`] on a [`crate::net::Network`] giving [`Gradients`] by layer,
+//!   and [`activation_gradients`] from any gradient of the scores;
 //! * [`solver`] — [`SgdSolver`] with [`LrPolicy`], its state saved as safetensors;
 //! * [`eval`] — [`ConfusionMatrix`], IoU and pixel accuracy;
+//! * [`receptive`] — theoretical and effective receptive fields of an output pixel;
 //! * [`data`] — the context stage's cached scores and labels, in batches;
 //! * [`images`] — the front-end and joint stages' images and labels, as random crops;
 //! * [`synthetic`] — a small generated task for the context stage that needs context.
@@ -41,11 +43,14 @@ mod gradients;
 pub mod images;
 pub mod loss;
 pub mod network;
+pub mod receptive;
 pub mod solver;
 pub mod synthetic;
 
 pub use eval::{ConfusionMatrix, Metrics, percent};
 pub use gradients::Gradients;
 pub use loss::{IGNORE_LABEL, SoftmaxLoss, softmax_cross_entropy};
-pub use network::{Dropout, Forward, TrainStep, backward, forward, forward_loss, train_step};
+pub use network::{
+    Dropout, Forward, TrainStep, activation_gradients, backward, forward, forward_loss, train_step,
+};
 pub use solver::{LrPolicy, ParamMults, SgdConfig, SgdSolver};

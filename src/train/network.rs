@@ -12,7 +12,7 @@
 //! Dropout (Caffe's `Dropout` layers after `fc6` and `fc7` in the front-end) is given per step
 //! as [`Dropout`] entries with explicit masks, applied to a named layer's output.
 
-use ndarray::{Array4, ArrayView3, ArrayView4};
+use ndarray::{Array1, Array4, ArrayView3, ArrayView4};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -24,7 +24,7 @@ use super::gradients::Gradients;
 use super::loss::softmax_cross_entropy;
 use crate::cpu::reference;
 use crate::error::{Error, Result};
-use crate::net::{Network, Op};
+use crate::net::{Layer, Network, Op};
 use crate::spec::{Shape, shape_of};
 
 /// Dropout on one layer's output for one step: `y * mask / (1 - ratio)`.
@@ -246,38 +246,15 @@ pub fn backward<L: Copy + Into<u32>>(
     let mut g = loss.grad;
     let mut grads = Vec::new();
     for i in (first_param..body).rev() {
-        let layer = &layers[i];
-        let in_layer = |e: Error| Error::Layer {
-            layer: layer.name.clone(),
-            reason: e.to_string(),
-        };
-        if let Some(d) = drop[i] {
-            g = dropout_backward(g.view(), d.mask.view(), d.ratio).map_err(in_layer)?;
+        let mut step = layer_backward(&layers[i], drop[i], &acts[i], &acts[i + 1], g, true)?;
+        if let Some(p) = step.params.take() {
+            grads.push((layers[i].name.clone(), p.0, p.1));
         }
-        let (x, y) = (acts[i].view(), acts[i + 1].view());
-        match &layer.op {
-            Op::Conv { spec, weight, .. } => {
-                if spec.relu {
-                    g = relu_backward(y, g.view()).map_err(in_layer)?;
-                }
-                let gw = conv2d_grad_weight(x, g.view(), spec).map_err(in_layer)?;
-                let gb = spec.bias.then(|| bias_grad(g.view()));
-                grads.push((layer.name.clone(), gw, gb));
-                if i > first_param {
-                    g = conv2d_grad_input(g.view(), spec, weight.view(), shape_of(&x))
-                        .map_err(in_layer)?;
-                }
-            }
-            Op::MaxPool(p) => g = max_pool2d_backward(x, p, g.view()).map_err(in_layer)?,
-            Op::Relu => g = relu_backward(y, g.view()).map_err(in_layer)?,
-            other => {
-                return Err(Error::Internal(format!(
-                    "layer {} ({}) reached the backward pass",
-                    layer.name,
-                    other.kind()
-                )));
-            }
+        // The input gradient only as far back as a layer with parameters needs it.
+        if i == first_param {
+            break;
         }
+        g = layer_input_gradient(&layers[i], step)?;
     }
     let mut gradients = Gradients::new();
     for (name, gw, gb) in grads.into_iter().rev() {
@@ -288,4 +265,151 @@ pub fn backward<L: Copy + Into<u32>>(
         valid: loss.valid,
         gradients,
     })
+}
+
+/// What one layer's backward step gives: the gradient at its output before its fused ReLU
+/// (and after dropout), ready for the input gradient, and its parameter gradients.
+struct LayerStep<'a> {
+    /// The gradient to pass on through the layer's linear part.
+    grad: Array4<f32>,
+    /// The layer's input, for max pooling's input gradient.
+    input: &'a Array4<f32>,
+    /// Weight and bias gradients of a convolution, when asked for.
+    params: Option<(Array4<f32>, Option<Array1<f32>>)>,
+}
+
+/// The first half of a layer's backward step: dropout with its mask, the fused or separate
+/// ReLU where the output is positive, and (when `params`) a convolution's weight and bias
+/// gradients. `x` and `y` are the layer's input and output in the forward pass.
+fn layer_backward<'a>(
+    layer: &Layer,
+    drop: Option<&Dropout>,
+    x: &'a Array4<f32>,
+    y: &Array4<f32>,
+    mut g: Array4<f32>,
+    params: bool,
+) -> Result<LayerStep<'a>> {
+    let in_layer = |e: Error| Error::Layer {
+        layer: layer.name.clone(),
+        reason: e.to_string(),
+    };
+    if let Some(d) = drop {
+        g = dropout_backward(g.view(), d.mask.view(), d.ratio).map_err(in_layer)?;
+    }
+    let mut param_grads = None;
+    match &layer.op {
+        Op::Conv { spec, .. } => {
+            if spec.relu {
+                g = relu_backward(y.view(), g.view()).map_err(in_layer)?;
+            }
+            if params {
+                let gw = conv2d_grad_weight(x.view(), g.view(), spec).map_err(in_layer)?;
+                let gb = spec.bias.then(|| bias_grad(g.view()));
+                param_grads = Some((gw, gb));
+            }
+        }
+        Op::Relu => g = relu_backward(y.view(), g.view()).map_err(in_layer)?,
+        Op::MaxPool(_) => {}
+        other => {
+            return Err(Error::Internal(format!(
+                "layer {} ({}) reached the backward pass",
+                layer.name,
+                other.kind()
+            )));
+        }
+    }
+    Ok(LayerStep {
+        grad: g,
+        input: x,
+        params: param_grads,
+    })
+}
+
+/// The second half of a layer's backward step: the gradient with respect to its input.
+fn layer_input_gradient(layer: &Layer, step: LayerStep<'_>) -> Result<Array4<f32>> {
+    let in_layer = |e: Error| Error::Layer {
+        layer: layer.name.clone(),
+        reason: e.to_string(),
+    };
+    let x = step.input.view();
+    match &layer.op {
+        Op::Conv { spec, weight, .. } => {
+            conv2d_grad_input(step.grad.view(), spec, weight.view(), shape_of(&x)).map_err(in_layer)
+        }
+        Op::MaxPool(p) => max_pool2d_backward(x, p, step.grad.view()).map_err(in_layer),
+        _ => Ok(step.grad),
+    }
+}
+
+/// Back-propagates `grad_scores`, the gradient of any function of the scores (shaped like
+/// [`Forward::scores`]), through the score layers of a kept forward pass, and returns the
+/// gradient with respect to each activation `at` names, in that order: an index into
+/// [`Forward::activations`], so 0 is the network's input and `i` the output of layer `i - 1`.
+/// No parameter gradients are computed. The steps are [`backward`]'s (dropout with its mask,
+/// ReLUs where the output is positive, max pooling to each window's first maximum, the
+/// convolutions' input gradients), and so is the f64 accumulation.
+///
+/// With a gradient of 1 at one output pixel and 0 elsewhere this gives that pixel's
+/// sensitivity to every input pixel, the effective receptive field of
+/// [`crate::train::receptive`].
+///
+/// `net` and `dropout` must be the ones `forward` ran with.
+///
+/// Errors: as [`forward`], a forward pass that does not belong to `net`, a `grad_scores` of
+/// another shape than the scores, or an index past the last activation.
+pub fn activation_gradients(
+    net: &Network,
+    forward: &Forward,
+    grad_scores: ArrayView4<f32>,
+    dropout: &[Dropout],
+    at: &[usize],
+) -> Result<Vec<Array4<f32>>> {
+    let body = score_layers(net)?;
+    let drop = dropout_per_layer(net, body, dropout)?;
+    let acts = &forward.activations;
+    let context = || format!("backward pass of {}", net.name());
+    if acts.len() != body + 1 {
+        return Err(Error::InvalidSpec {
+            context: context(),
+            reason: format!(
+                "the forward pass has {} activations but the network has {body} score layers",
+                acts.len().saturating_sub(1)
+            ),
+        });
+    }
+    super::grad::same_shape(
+        &context(),
+        "score gradient",
+        shape_of(&grad_scores),
+        "scores",
+        shape_of(&forward.scores()),
+    )?;
+    if let Some(&bad) = at.iter().find(|&&i| i > body) {
+        return Err(Error::InvalidSpec {
+            context: context(),
+            reason: format!("activation {bad} asked for, but the last one is {body}"),
+        });
+    }
+    let lowest = at.iter().copied().min().unwrap_or(body);
+    let mut kept: Vec<(usize, Array4<f32>)> = Vec::new();
+    let mut g = grad_scores.to_owned();
+    if at.contains(&body) {
+        kept.push((body, g.clone()));
+    }
+    let layers = net.layers();
+    for i in (lowest..body).rev() {
+        let step = layer_backward(&layers[i], drop[i], &acts[i], &acts[i + 1], g, false)?;
+        g = layer_input_gradient(&layers[i], step)?;
+        if at.contains(&i) {
+            kept.push((i, g.clone()));
+        }
+    }
+    at.iter()
+        .map(|i| {
+            kept.iter()
+                .find(|(k, _)| k == i)
+                .map(|(_, a)| a.clone())
+                .ok_or_else(|| Error::Internal(format!("activation gradient {i} not kept")))
+        })
+        .collect()
 }
