@@ -12,7 +12,9 @@
 //! * [`network`] — [`train_step`] on a [`crate::net::Network`] giving [`Gradients`] by layer;
 //! * [`solver`] — [`SgdSolver`] with [`LrPolicy`], its state saved as safetensors;
 //! * [`eval`] — [`ConfusionMatrix`], IoU and pixel accuracy;
-//! * [`data`] — the context stage's cached scores and labels, in batches.
+//! * [`data`] — the context stage's cached scores and labels, in batches;
+//! * [`fast`] — [`CpuTrainer`], the same steps in f32 on the fast CPU kernels, for training at
+//!   full size on the CPU.
 //!
 //! The GPU side is [`crate::plan::GpuTrainer`].
 //!
@@ -34,6 +36,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod fast;
 pub mod grad;
 mod gradients;
 pub mod loss;
@@ -41,6 +44,7 @@ pub mod network;
 pub mod solver;
 
 pub use eval::{ConfusionMatrix, Metrics, percent};
+pub use fast::{CpuKernels, CpuStepStats, CpuTrainer};
 pub use gradients::Gradients;
 pub use loss::{IGNORE_LABEL, SoftmaxLoss, softmax_cross_entropy};
 pub use network::{Dropout, Forward, TrainStep, backward, forward, forward_loss, train_step};

@@ -1,0 +1,272 @@
+//! The weight gradient of a convolution with AVX-512, without im2col.
+//!
+//! `dw[co, ci, ky, kx] = sum over images and output pixels of dy[co, p] * x[ci, tap(p)]` is a
+//! matrix product over the pixels. Output channels run along the vector lanes: a task copies
+//! a chunk of pixels of the output gradient, for its block of up to 64 output channels, into a
+//! small pixel-major buffer (`[pixel][channel]`, kept in L2), then sweeps every (input
+//! channel, tap) pair of the layer in tiles of 6 to 12 pairs. A tile keeps its up to 24
+//! accumulators (channel vectors x pairs) in registers across the whole chunk; per pixel it
+//! loads the block's channel vectors once and broadcasts one input value per pair from the
+//! zero-padded input copy (the forward path's layout), so any kernel, dilation, padding and
+//! stride is only a matter of where each pair reads. Work is cut into (group of images,
+//! block of output channels) tasks, each summing into its own partial gradient; the partials
+//! are added in a fixed order, so results do not depend on scheduling.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::direct_avx512::pad_input;
+use super::split_blocks;
+use crate::spec::{Conv2d, Shape};
+
+/// Most channel vectors (of 16) per block of output channels.
+const MAX_VECS: usize = 4;
+/// Pairs per tile for blocks of 1, 2, 3 and 4 vectors (at most 24 accumulators, and at most
+/// 12 pair pointers so they stay in general-purpose registers).
+const PAIRS: [usize; 4] = [12, 12, 8, 6];
+/// Pair lists are padded to a multiple of every tile's pair count.
+const PAIR_ROUND: usize = 24;
+/// Output pixels per chunk of the pixel-major gradient copy.
+const CHUNK: usize = 256;
+
+/// A run of consecutive output pixels of one row: (index in the chunk, offset of the first
+/// pixel's tap-(0,0) input inside a padded channel plane, pixels).
+type Segment = (usize, usize, usize);
+
+/// Arguments of one tile.
+struct Tile<'a> {
+    /// The chunk's pixel-major output gradient (`stride` floats per pixel).
+    dyt: *const f32,
+    stride: usize,
+    segments: &'a [Segment],
+    /// Input elements between horizontally neighbouring output pixels (the stride).
+    step: usize,
+    /// Where each pair's input starts (padded plane of its channel, offset of its tap).
+    xs: &'a [*const f32],
+    /// The tile's partial sums: one row of `stride` floats per pair.
+    part: *mut f32,
+}
+
+/// One tile of `MV` channel vectors by `NP` pairs over a chunk.
+///
+/// # Safety
+/// AVX-512F must be available; `dyt` must hold `stride >= 16 * MV` floats for every pixel the
+/// segments name, `part` `NP` rows of `stride` floats, `xs` `NP` pointers, each readable at
+/// every offset `segment offset + k * step` for the segments' pixels.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const MV: usize, const NP: usize>(t: &Tile) {
+    let mut acc = [[_mm512_setzero_ps(); MV]; NP];
+    for (j, row) in acc.iter_mut().enumerate() {
+        for (m, a) in row.iter_mut().enumerate() {
+            // SAFETY: inside the tile's partial rows.
+            *a = unsafe { _mm512_loadu_ps(t.part.add(j * t.stride + 16 * m)) };
+        }
+    }
+    let xs: [*const f32; NP] = std::array::from_fn(|j| t.xs[j]);
+    for &(p, x0, len) in t.segments {
+        // SAFETY (whole loop): the pixels and input offsets the caller vouches for.
+        let mut d = unsafe { t.dyt.add(p * t.stride) };
+        let mut o = x0;
+        for _ in 0..len {
+            let mut dv = [_mm512_setzero_ps(); MV];
+            for (m, v) in dv.iter_mut().enumerate() {
+                *v = unsafe { _mm512_loadu_ps(d.add(16 * m)) };
+            }
+            for (row, x) in acc.iter_mut().zip(xs.iter()) {
+                let b = _mm512_set1_ps(unsafe { *x.add(o) });
+                for (a, v) in row.iter_mut().zip(dv.iter()) {
+                    *a = _mm512_fmadd_ps(*v, b, *a);
+                }
+            }
+            d = unsafe { d.add(t.stride) };
+            o += t.step;
+        }
+    }
+    for (j, row) in acc.iter().enumerate() {
+        for (m, a) in row.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(t.part.add(j * t.stride + 16 * m), *a) };
+        }
+    }
+}
+
+/// Calls the tile for a block of `mv` vectors.
+///
+/// # Safety
+/// As [`tile`], with `NP = PAIRS[mv - 1]`; `mv` in `1..=MAX_VECS`.
+unsafe fn dispatch(mv: usize, t: &Tile) {
+    // SAFETY: forwarded.
+    unsafe {
+        match mv {
+            1 => tile::<1, 12>(t),
+            2 => tile::<2, 12>(t),
+            3 => tile::<3, 8>(t),
+            4 => tile::<4, 6>(t),
+            _ => unreachable!("weight-gradient block of {mv} vectors"),
+        }
+    }
+}
+
+/// A float buffer with a 64-byte aligned window of `len` elements.
+struct Aligned {
+    buf: Vec<f32>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let buf = vec![0f32; len + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
+        Self { buf, start }
+    }
+
+    fn slice(&mut self, len: usize) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + len]
+    }
+}
+
+/// `dw` (`[out, in, kh, kw]`, overwritten) from the layer's input `x` (shape `is`) and the
+/// output gradient `dy` (shape `os`, after any ReLU mask). `pad_buf` and `partials` are
+/// scratch, grown as needed.
+///
+/// AVX-512F must be available (the caller checks).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn weight_grad(
+    s: &Conv2d,
+    x: &[f32],
+    is: Shape,
+    dy: &[f32],
+    os: Shape,
+    dw: &mut [f32],
+    pad_buf: &mut Vec<f32>,
+    partials: &mut Vec<f32>,
+) {
+    let pad = pad_input(s, x, is, pad_buf);
+    let xp: &[f32] = pad_buf;
+    let (co, ci) = (s.out_channels, s.in_channels);
+    let (kh, kw) = s.kernel;
+    let (dh, dw_) = s.dilation;
+    let (sh, sw) = s.stride;
+    let taps = kh * kw;
+    let pairs = ci * taps;
+    let pairs_pad = pairs.div_ceil(PAIR_ROUND) * PAIR_ROUND;
+    let vecs = co.div_ceil(16);
+    let co_pad = vecs * 16;
+    let blocks = split_blocks(vecs, MAX_VECS);
+    // Offset of each pair's tap-(0,0) input inside an image's padded planes; the padding
+    // pairs read the first pair's values into rows that are dropped.
+    let offsets: Vec<usize> = (0..pairs_pad)
+        .map(|p| {
+            if p < pairs {
+                let (c, t) = (p / taps, p % taps);
+                c * pad.plane + (t / kw) * dh * pad.wp + (t % kw) * dw_
+            } else {
+                0
+            }
+        })
+        .collect();
+    let threads = rayon::current_num_threads().max(1);
+    let groups = (threads * 4).div_ceil(blocks.len()).clamp(1, os.n);
+    let group_len = pairs_pad * co_pad;
+    let total = groups * group_len;
+    if partials.len() < total {
+        partials.clear();
+        partials.resize(total, 0.0);
+    }
+    // Disjoint partial regions, one per (group, block), each `[pair][block lanes]`.
+    let mut tasks = Vec::with_capacity(groups * blocks.len());
+    let mut rest: &mut [f32] = &mut partials[..total];
+    for g in 0..groups {
+        for &(v0, nv) in &blocks {
+            let (region, tail) = rest.split_at_mut(pairs_pad * nv * 16);
+            tasks.push((g, v0, nv, region));
+            rest = tail;
+        }
+    }
+    let ohow = os.h * os.w;
+    let x_image = ci * pad.plane;
+    tasks.into_par_iter().for_each(|(g, v0, nv, region)| {
+        region.fill(0.0);
+        let stride = nv * 16;
+        let np = PAIRS[nv - 1];
+        let mut dyt = Aligned::new(CHUNK * stride);
+        let dyt = dyt.slice(CHUNK * stride);
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut xs: Vec<*const f32> = vec![std::ptr::null(); np];
+        let (n0, n1) = (g * os.n / groups, (g + 1) * os.n / groups);
+        for n in n0..n1 {
+            let dy_img = &dy[n * co * ohow..(n + 1) * co * ohow];
+            let x_img = &xp[n * x_image..(n + 1) * x_image];
+            for p0 in (0..ohow).step_by(CHUNK) {
+                let p1 = (p0 + CHUNK).min(ohow);
+                let len = p1 - p0;
+                for c in 0..stride {
+                    let ch = v0 * 16 + c;
+                    if ch < co {
+                        let src = &dy_img[ch * ohow + p0..ch * ohow + p1];
+                        for (i, &v) in src.iter().enumerate() {
+                            dyt[i * stride + c] = v;
+                        }
+                    } else {
+                        for i in 0..len {
+                            dyt[i * stride + c] = 0.0;
+                        }
+                    }
+                }
+                segments.clear();
+                let mut p = p0;
+                while p < p1 {
+                    let (oy, ox) = (p / os.w, p % os.w);
+                    let run = (os.w - ox).min(p1 - p);
+                    segments.push((p - p0, oy * sh * pad.wp + ox * sw, run));
+                    p += run;
+                }
+                for (t, part) in region.chunks_exact_mut(np * stride).enumerate() {
+                    for (j, x) in xs.iter_mut().enumerate() {
+                        *x = x_img[offsets[t * np + j]..].as_ptr();
+                    }
+                    let tile = Tile {
+                        dyt: dyt.as_ptr(),
+                        stride,
+                        segments: &segments,
+                        step: sw,
+                        xs: &xs,
+                        part: part.as_mut_ptr(),
+                    };
+                    // SAFETY: AVX-512F was checked by the caller. `dyt` holds `len` pixels of
+                    // `stride` floats; `part` is `np` rows of the region; each pair reads its
+                    // channel's padded plane at row `oy * sh + ky * dh < hp` and column
+                    // `ox * sw + kx * dw < wp` for the chunk's output pixels (the padded input
+                    // covers every window), inside this image's planes.
+                    unsafe { dispatch(nv, &tile) };
+                }
+            }
+        }
+    });
+    // dw[co][pair] = sum over groups of the partials, in group order.
+    let parts: &[f32] = &partials[..total];
+    let block_of: Vec<(usize, usize)> = (0..vecs)
+        .map(|v| {
+            let &(v0, nv) = blocks
+                .iter()
+                .find(|&&(v0, nv)| v >= v0 && v < v0 + nv)
+                .unwrap_or(&(0, 1));
+            (v0, nv)
+        })
+        .collect();
+    dw[..co * pairs]
+        .par_chunks_mut(pairs)
+        .enumerate()
+        .for_each(|(c, row)| {
+            let (v0, nv) = block_of[c / 16];
+            let stride = nv * 16;
+            let lane = c - v0 * 16;
+            for (p, out) in row.iter_mut().enumerate() {
+                let mut sum = 0f32;
+                for g in 0..groups {
+                    sum += parts[g * group_len + pairs_pad * v0 * 16 + p * stride + lane];
+                }
+                *out = sum;
+            }
+        });
+}
