@@ -36,6 +36,8 @@
 //! # Ok::<(), dilated::Error>(())
 //! ```
 
+use std::time::{Duration, Instant};
+
 use ndarray::{Array1, Array4, ArrayView1, ArrayView3, ArrayView4};
 use rayon::prelude::*;
 
@@ -116,6 +118,15 @@ pub struct CpuTrainer {
     first_param: usize,
     /// Whether the gradients of a step are held.
     have_grads: bool,
+    /// Phase times of the last step, when profiling.
+    times: Option<Vec<(String, Duration)>>,
+}
+
+/// Appends `(layer phase, time since start)` to the profile, if one is being taken.
+fn record(times: &mut Option<Vec<(String, Duration)>>, layer: &str, phase: &str, start: Instant) {
+    if let Some(t) = times {
+        t.push((format!("{layer} {phase}"), start.elapsed()));
+    }
 }
 
 impl CpuTrainer {
@@ -218,6 +229,7 @@ impl CpuTrainer {
             flipped: Vec::new(),
             first_param,
             have_grads: false,
+            times: None,
         })
     }
 
@@ -292,6 +304,9 @@ impl CpuTrainer {
         self.labels.clear();
         self.labels.extend(labels.iter().map(|&l| l.into()));
         self.have_grads = false;
+        if let Some(t) = &mut self.times {
+            t.clear();
+        }
         self.forward(x, &masks)?;
         let stats = self.backward(&masks)?;
         self.have_grads = true;
@@ -358,9 +373,11 @@ impl CpuTrainer {
             shapes,
             acts,
             scratch,
+            times,
             ..
         } = self;
         for (i, layer) in layers.iter().enumerate() {
+            let start = Instant::now();
             let (done, rest) = acts.split_at_mut(i + 1);
             let (x, y) = (&done[i], &mut rest[0]);
             let named = |e: Error| Error::Layer {
@@ -381,6 +398,7 @@ impl CpuTrainer {
             if let Some((ratio, mask)) = &masks[i] {
                 dropout_inplace(y, mask.as_slice().unwrap_or(&[]), *ratio);
             }
+            record(times, &layer.name, "forward", start);
         }
         Ok(())
     }
@@ -397,12 +415,14 @@ impl CpuTrainer {
             labels,
             scratch,
             first_param,
+            times,
             ..
         } = self;
         let body = layers.len();
         let scores = shapes[body];
         let [g0, g1] = grads;
         let (mut g, mut other) = (g0, g1);
+        let start = Instant::now();
         let (loss, valid) = softmax_loss(
             &acts[body],
             scores,
@@ -410,7 +430,9 @@ impl CpuTrainer {
             IGNORE_LABEL,
             &mut g[..scores.len()],
         )?;
+        record(times, "softmax", "loss", start);
         for i in (*first_param..body).rev() {
+            let mut start = Instant::now();
             let layer = &mut layers[i];
             let named = |e: Error| Error::Layer {
                 layer: layer.name.clone(),
@@ -436,19 +458,26 @@ impl CpuTrainer {
                             scratch,
                         )
                         .map_err(named)?;
+                    record(times, &layer.name, "weight gradient", start);
+                    start = Instant::now();
                     if i > *first_param {
                         c.backward
                             .input(dy, is, &mut other[..is.len()], scratch)
                             .map_err(named)?;
                         std::mem::swap(&mut g, &mut other);
+                        record(times, &layer.name, "input gradient", start);
                     }
                 }
                 TrainOp::MaxPool(p) => {
                     max_pool2d_backward_slices(&acts[i], is, p, dy, &mut other[..is.len()])
                         .map_err(named)?;
                     std::mem::swap(&mut g, &mut other);
+                    record(times, &layer.name, "backward", start);
                 }
-                TrainOp::Relu => relu_backward_inplace(&acts[i + 1], dy),
+                TrainOp::Relu => {
+                    relu_backward_inplace(&acts[i + 1], dy);
+                    record(times, &layer.name, "backward", start);
+                }
             }
         }
         Ok(CpuStepStats {
@@ -469,6 +498,7 @@ impl CpuTrainer {
                 reason: "no gradients: run forward_backward first".into(),
             });
         }
+        let start = Instant::now();
         let rate = self.learning_rate(iter);
         let c = self.config;
         for layer in &mut self.layers {
@@ -491,7 +521,21 @@ impl CpuTrainer {
                 .map_err(named)?;
         }
         self.have_grads = false;
+        record(&mut self.times, "sgd", "update", start);
         Ok(rate)
+    }
+
+    /// Turns the profile on or off: with it on, every step records the wall time of each
+    /// phase (each layer's forward pass, weight gradient and input gradient, the loss and the
+    /// update), read with [`CpuTrainer::times`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.times = on.then(Vec::new);
+    }
+
+    /// `(layer and phase, wall time)` of the phases since the last
+    /// [`CpuTrainer::forward_backward`] began, in the order they ran (empty unless profiling).
+    pub fn times(&self) -> &[(String, Duration)] {
+        self.times.as_deref().unwrap_or(&[])
     }
 
     /// The scores of the last forward pass (before any final softmax), `[n, classes, h, w]`.

@@ -28,7 +28,6 @@ use crate::spec::{Conv2d, MaxPool2d, Padding, Shape, shape_of};
 const COL_ELEMS: usize = 4 << 20;
 
 /// Scratch buffers of the backward passes, reused across layers and steps.
-#[derive(Default)]
 pub(crate) struct GradScratch {
     /// The forward path's padded input and flat output.
     pub(crate) conv: [Vec<f32>; 2],
@@ -40,6 +39,28 @@ pub(crate) struct GradScratch {
     partials: Vec<f32>,
     /// im2col columns.
     col: Vec<f32>,
+    /// Bytes of padded input per call of the direct kernels.
+    budget: usize,
+}
+
+impl Default for GradScratch {
+    fn default() -> Self {
+        Self::with_budget(super::SCRATCH_BUDGET)
+    }
+}
+
+impl GradScratch {
+    /// Scratch whose direct kernels pad at most `budget` bytes of input at a time.
+    pub(crate) fn with_budget(budget: usize) -> Self {
+        Self {
+            conv: [Vec::new(), Vec::new()],
+            crop: Vec::new(),
+            pad: Vec::new(),
+            partials: Vec::new(),
+            col: Vec::new(),
+            budget,
+        }
+    }
 }
 
 /// How a convolution's input gradient is computed.
@@ -200,6 +221,7 @@ impl ConvBackward {
                 dw,
                 &mut scratch.pad,
                 &mut scratch.partials,
+                scratch.budget,
             );
             return Ok(());
         }
@@ -237,7 +259,13 @@ impl ConvBackward {
             }
             Some(InputGrad::Direct { conv, crop }) => {
                 if *crop == Padding::default() {
-                    return conv.forward_slices(dy, os, dx, &mut scratch.conv);
+                    return conv.forward_slices_within(
+                        dy,
+                        os,
+                        dx,
+                        &mut scratch.conv,
+                        scratch.budget,
+                    );
                 }
                 let (h, w) = (os.h - crop.top - crop.bottom, os.w - crop.left - crop.right);
                 let cropped = Shape::new(os.n, os.c, h, w);
@@ -252,7 +280,13 @@ impl ConvBackward {
                             d.copy_from_slice(&src[at..at + w]);
                         }
                     });
-                conv.forward_slices(&scratch.crop, cropped, dx, &mut scratch.conv)
+                conv.forward_slices_within(
+                    &scratch.crop,
+                    cropped,
+                    dx,
+                    &mut scratch.conv,
+                    scratch.budget,
+                )
             }
         }
     }
@@ -675,5 +709,46 @@ fn check_same(context: &str, name: &'static str, got: Shape, want: Shape) -> Res
             right_name: "expected",
             right: want.dims().to_vec(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Padding one image at a time (the budget of a large batch) gives the gradients of
+    /// padding the whole batch at once.
+    #[test]
+    fn batches_padded_in_parts_give_the_same_gradients() {
+        let mut r = StdRng::seed_from_u64(3);
+        let spec = Conv2d::new(5, 19, 3)
+            .dilation(2)
+            .padding(Padding::new(3, 1, 0, 2));
+        let is = Shape::new(5, 5, 13, 17);
+        let os = spec.output_shape(is, "test").unwrap();
+        let mut v = |n: usize| {
+            (0..n)
+                .map(|_| r.random_range(-1.0f32..1.0))
+                .collect::<Vec<_>>()
+        };
+        let (x, dy, w) = (v(is.len()), v(os.len()), v(spec.weight_len()));
+        let back = ConvBackward::new(spec, &w, true, false).unwrap();
+        let run = |budget: usize| {
+            let mut scratch = GradScratch::with_budget(budget);
+            let (mut dw, mut dx) = (vec![0f32; w.len()], vec![0f32; x.len()]);
+            back.params(&x, is, &dy, &mut dw, None, &mut scratch)
+                .unwrap();
+            back.input(&dy, is, &mut dx, &mut scratch).unwrap();
+            (dw, dx)
+        };
+        let (whole_w, whole_x) = run(1 << 30);
+        let (part_w, part_x) = run(1);
+        assert_eq!(whole_x, part_x, "input gradient");
+        let scale = whole_w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in whole_w.iter().zip(&part_w) {
+            assert!((a - b).abs() <= 1e-5 * scale, "weight gradient {a} vs {b}");
+        }
     }
 }

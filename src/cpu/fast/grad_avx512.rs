@@ -8,9 +8,10 @@
 //! accumulators (channel vectors x pairs) in registers across the whole chunk; per pixel it
 //! loads the block's channel vectors once and broadcasts one input value per pair from the
 //! zero-padded input copy (the forward path's layout), so any kernel, dilation, padding and
-//! stride is only a matter of where each pair reads. Work is cut into (group of images,
-//! block of output channels) tasks, each summing into its own partial gradient; the partials
-//! are added in a fixed order, so results do not depend on scheduling.
+//! stride is only a matter of where each pair reads. Images are padded a few at a time
+//! (within the slice path's scratch budget), and each call's work is cut into (group of
+//! images, block of output channels) tasks, each summing into its own partial gradient; the
+//! partials are added in a fixed order, so results do not depend on scheduling.
 
 use std::arch::x86_64::*;
 
@@ -127,7 +128,7 @@ impl Aligned {
 
 /// `dw` (`[out, in, kh, kw]`, overwritten) from the layer's input `x` (shape `is`) and the
 /// output gradient `dy` (shape `os`, after any ReLU mask). `pad_buf` and `partials` are
-/// scratch, grown as needed.
+/// scratch, grown as needed; at most `budget` bytes of padded input at a time.
 ///
 /// AVX-512F must be available (the caller checks).
 #[allow(clippy::too_many_arguments)]
@@ -140,9 +141,8 @@ pub(super) fn weight_grad(
     dw: &mut [f32],
     pad_buf: &mut Vec<f32>,
     partials: &mut Vec<f32>,
+    budget: usize,
 ) {
-    let pad = pad_input(s, x, is, pad_buf);
-    let xp: &[f32] = pad_buf;
     let (co, ci) = (s.out_channels, s.in_channels);
     let (kh, kw) = s.kernel;
     let (dh, dw_) = s.dilation;
@@ -153,96 +153,108 @@ pub(super) fn weight_grad(
     let vecs = co.div_ceil(16);
     let co_pad = vecs * 16;
     let blocks = split_blocks(vecs, MAX_VECS);
-    // Offset of each pair's tap-(0,0) input inside an image's padded planes; the padding
-    // pairs read the first pair's values into rows that are dropped.
-    let offsets: Vec<usize> = (0..pairs_pad)
-        .map(|p| {
-            if p < pairs {
-                let (c, t) = (p / taps, p % taps);
-                c * pad.plane + (t / kw) * dh * pad.wp + (t % kw) * dw_
-            } else {
-                0
-            }
-        })
-        .collect();
+    // Images padded per call: as many as fit the scratch budget (at least one).
+    let p = s.padding;
+    let padded = ci * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
+    let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
     let threads = rayon::current_num_threads().max(1);
-    let groups = (threads * 4).div_ceil(blocks.len()).clamp(1, os.n);
+    let groups = (threads * 4).div_ceil(blocks.len()).clamp(1, per_call);
     let group_len = pairs_pad * co_pad;
     let total = groups * group_len;
     if partials.len() < total {
         partials.clear();
         partials.resize(total, 0.0);
     }
-    // Disjoint partial regions, one per (group, block), each `[pair][block lanes]`.
-    let mut tasks = Vec::with_capacity(groups * blocks.len());
-    let mut rest: &mut [f32] = &mut partials[..total];
-    for g in 0..groups {
-        for &(v0, nv) in &blocks {
-            let (region, tail) = rest.split_at_mut(pairs_pad * nv * 16);
-            tasks.push((g, v0, nv, region));
-            rest = tail;
-        }
-    }
+    partials[..total].fill(0.0);
     let ohow = os.h * os.w;
-    let x_image = ci * pad.plane;
-    tasks.into_par_iter().for_each(|(g, v0, nv, region)| {
-        region.fill(0.0);
-        let stride = nv * 16;
-        let np = PAIRS[nv - 1];
-        let mut dyt = Aligned::new(CHUNK * stride);
-        let dyt = dyt.slice(CHUNK * stride);
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut xs: Vec<*const f32> = vec![std::ptr::null(); np];
-        let (n0, n1) = (g * os.n / groups, (g + 1) * os.n / groups);
-        for n in n0..n1 {
-            let dy_img = &dy[n * co * ohow..(n + 1) * co * ohow];
-            let x_img = &xp[n * x_image..(n + 1) * x_image];
-            for p0 in (0..ohow).step_by(CHUNK) {
-                let p1 = (p0 + CHUNK).min(ohow);
-                let len = p1 - p0;
-                for c in 0..stride {
-                    let ch = v0 * 16 + c;
-                    if ch < co {
-                        let src = &dy_img[ch * ohow + p0..ch * ohow + p1];
-                        for (i, &v) in src.iter().enumerate() {
-                            dyt[i * stride + c] = v;
-                        }
-                    } else {
-                        for i in 0..len {
-                            dyt[i * stride + c] = 0.0;
-                        }
-                    }
+    let (x_len, dy_len) = (is.len() / is.n, co * ohow);
+    for n0 in (0..is.n).step_by(per_call) {
+        let n_call = per_call.min(is.n - n0);
+        let chunk = Shape { n: n_call, ..is };
+        let pad = pad_input(s, &x[n0 * x_len..(n0 + n_call) * x_len], chunk, pad_buf);
+        let xp: &[f32] = pad_buf;
+        // Offset of each pair's tap-(0,0) input inside an image's padded planes; the padding
+        // pairs read the first pair's values into rows that are dropped.
+        let offsets: Vec<usize> = (0..pairs_pad)
+            .map(|p| {
+                if p < pairs {
+                    let (c, t) = (p / taps, p % taps);
+                    c * pad.plane + (t / kw) * dh * pad.wp + (t % kw) * dw_
+                } else {
+                    0
                 }
-                segments.clear();
-                let mut p = p0;
-                while p < p1 {
-                    let (oy, ox) = (p / os.w, p % os.w);
-                    let run = (os.w - ox).min(p1 - p);
-                    segments.push((p - p0, oy * sh * pad.wp + ox * sw, run));
-                    p += run;
-                }
-                for (t, part) in region.chunks_exact_mut(np * stride).enumerate() {
-                    for (j, x) in xs.iter_mut().enumerate() {
-                        *x = x_img[offsets[t * np + j]..].as_ptr();
-                    }
-                    let tile = Tile {
-                        dyt: dyt.as_ptr(),
-                        stride,
-                        segments: &segments,
-                        step: sw,
-                        xs: &xs,
-                        part: part.as_mut_ptr(),
-                    };
-                    // SAFETY: AVX-512F was checked by the caller. `dyt` holds `len` pixels of
-                    // `stride` floats; `part` is `np` rows of the region; each pair reads its
-                    // channel's padded plane at row `oy * sh + ky * dh < hp` and column
-                    // `ox * sw + kx * dw < wp` for the chunk's output pixels (the padded input
-                    // covers every window), inside this image's planes.
-                    unsafe { dispatch(nv, &tile) };
-                }
+            })
+            .collect();
+        // Disjoint partial regions, one per (group, block), each `[pair][block lanes]`.
+        let mut tasks = Vec::with_capacity(groups * blocks.len());
+        let mut rest: &mut [f32] = &mut partials[..total];
+        for g in 0..groups {
+            for &(v0, nv) in &blocks {
+                let (region, tail) = rest.split_at_mut(pairs_pad * nv * 16);
+                tasks.push((g, v0, nv, region));
+                rest = tail;
             }
         }
-    });
+        let x_image = ci * pad.plane;
+        let dy = &dy[n0 * dy_len..(n0 + n_call) * dy_len];
+        tasks.into_par_iter().for_each(|(g, v0, nv, region)| {
+            let stride = nv * 16;
+            let np = PAIRS[nv - 1];
+            let mut dyt = Aligned::new(CHUNK * stride);
+            let dyt = dyt.slice(CHUNK * stride);
+            let mut segments: Vec<Segment> = Vec::new();
+            let mut xs: Vec<*const f32> = vec![std::ptr::null(); np];
+            let (i0, i1) = (g * n_call / groups, (g + 1) * n_call / groups);
+            for n in i0..i1 {
+                let dy_img = &dy[n * co * ohow..(n + 1) * co * ohow];
+                let x_img = &xp[n * x_image..(n + 1) * x_image];
+                for p0 in (0..ohow).step_by(CHUNK) {
+                    let p1 = (p0 + CHUNK).min(ohow);
+                    let len = p1 - p0;
+                    for c in 0..stride {
+                        let ch = v0 * 16 + c;
+                        if ch < co {
+                            let src = &dy_img[ch * ohow + p0..ch * ohow + p1];
+                            for (i, &v) in src.iter().enumerate() {
+                                dyt[i * stride + c] = v;
+                            }
+                        } else {
+                            for i in 0..len {
+                                dyt[i * stride + c] = 0.0;
+                            }
+                        }
+                    }
+                    segments.clear();
+                    let mut p = p0;
+                    while p < p1 {
+                        let (oy, ox) = (p / os.w, p % os.w);
+                        let run = (os.w - ox).min(p1 - p);
+                        segments.push((p - p0, oy * sh * pad.wp + ox * sw, run));
+                        p += run;
+                    }
+                    for (t, part) in region.chunks_exact_mut(np * stride).enumerate() {
+                        for (j, x) in xs.iter_mut().enumerate() {
+                            *x = x_img[offsets[t * np + j]..].as_ptr();
+                        }
+                        let tile = Tile {
+                            dyt: dyt.as_ptr(),
+                            stride,
+                            segments: &segments,
+                            step: sw,
+                            xs: &xs,
+                            part: part.as_mut_ptr(),
+                        };
+                        // SAFETY: AVX-512F was checked by the caller. `dyt` holds `len` pixels
+                        // of `stride` floats; `part` is `np` rows of the region; each pair
+                        // reads its channel's padded plane at row `oy * sh + ky * dh < hp`
+                        // and column `ox * sw + kx * dw < wp` for the chunk's output pixels
+                        // (the padded input covers every window), inside this image's planes.
+                        unsafe { dispatch(nv, &tile) };
+                    }
+                }
+            }
+        });
+    }
     // dw[co][pair] = sum over groups of the partials, in group order.
     let parts: &[f32] = &partials[..total];
     let block_of: Vec<(usize, usize)> = (0..vecs)

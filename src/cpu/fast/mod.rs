@@ -294,6 +294,19 @@ impl CpuConv2d {
         y: &mut [f32],
         scratch: &mut [Vec<f32>; 2],
     ) -> Result<()> {
+        self.forward_slices_within(x, is, y, scratch, SCRATCH_BUDGET)
+    }
+
+    /// [`CpuConv2d::forward_slices`] padding at most `budget` bytes of input per call of the
+    /// direct convolution (whole images, at least one).
+    pub(crate) fn forward_slices_within(
+        &self,
+        x: &[f32],
+        is: Shape,
+        y: &mut [f32],
+        scratch: &mut [Vec<f32>; 2],
+        budget: usize,
+    ) -> Result<()> {
         let os = self.output_shape(is)?;
         if x.len() != is.len() || y.len() != os.len() {
             return Err(Error::Internal(format!(
@@ -303,27 +316,42 @@ impl CpuConv2d {
             )));
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = scratch;
+        let _ = (scratch, budget);
         match &self.method {
             Method::Gemm { weight } => {
                 gemm::forward(&self.spec, weight, self.bias.as_deref(), x, is, os, y)
             }
             #[cfg(target_arch = "x86_64")]
-            Method::Direct { packed, blocks } => direct_avx512::forward(
-                &self.spec,
-                packed,
-                blocks,
-                self.bias.as_deref(),
-                x,
-                is,
-                os,
-                y,
-                scratch,
-            ),
+            Method::Direct { packed, blocks } => {
+                // Groups of images whose padded copy stays within the budget, so the scratch
+                // does not grow with the batch.
+                let p = self.spec.padding;
+                let padded = is.c * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
+                let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
+                let (xi, yi) = (is.len() / is.n, os.len() / os.n);
+                for n0 in (0..is.n).step_by(per_call) {
+                    let n = per_call.min(is.n - n0);
+                    direct_avx512::forward(
+                        &self.spec,
+                        packed,
+                        blocks,
+                        self.bias.as_deref(),
+                        &x[n0 * xi..(n0 + n) * xi],
+                        Shape { n, ..is },
+                        Shape { n, ..os },
+                        &mut y[n0 * yi..(n0 + n) * yi],
+                        scratch,
+                    );
+                }
+            }
         }
         Ok(())
     }
 }
+
+/// Bytes of padded input one call of the direct convolution pads at most on the slice path
+/// (whole images; at least one).
+pub(crate) const SCRATCH_BUDGET: usize = 128 << 20;
 
 /// Splits `n` channels into the fewest blocks of at most `max` channels, sizes differing by at
 /// most one.
