@@ -1,6 +1,7 @@
 //! `dilated train context`: trains a model's context module on cached front-end scores, from
 //! the identity initialisation or given weights, with Caffe's loss and solver, on the GPU or
-//! the CPU; snapshots the weights and the solver's state and resumes from them exactly.
+//! the CPU (the fast path, `CpuTrainer`); snapshots the weights and the solver's state and
+//! resumes from them exactly.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,7 +12,7 @@ use dilated::net::{Model, Network, PresetOptions};
 use dilated::plan::{CpuPlan, GpuTrainer};
 use dilated::train::data::{BatchOrder, FeatureDataset};
 use dilated::train::{
-    ConfusionMatrix, LrPolicy, SgdConfig, SgdSolver, softmax_cross_entropy, train_step,
+    ConfusionMatrix, CpuTrainer, LrPolicy, SgdConfig, SgdSolver, softmax_cross_entropy,
 };
 use dilated::weights::{WeightSet, write_safetensors};
 use dilated::{Error, Shape};
@@ -215,7 +216,7 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
             None
         }
     };
-    // The GPU trainer, or None for the CPU reference step.
+    // The GPU trainer, or None for the CPU.
     let mut trainer = match gpu {
         Some(gpu) => {
             let trainer = GpuTrainer::new(gpu, &net, shape)?;
@@ -227,6 +228,15 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
             Some(trainer)
         }
         None => None,
+    };
+    // Without a GPU, the CPU's fast path (momentum from the solver's state when resuming).
+    let mut cpu_trainer = match trainer {
+        Some(_) => None,
+        None => {
+            let mut t = CpuTrainer::new(&net, shape, *solver.config())?;
+            t.load_momentum(&solver)?;
+            Some(t)
+        }
     };
     println!(
         "training the context module of {} ({} layers) on {} items, batch {} of {shape}, on the {}",
@@ -257,9 +267,10 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
                 trainer.step(x.view(), labels.view(), &hyper)?.loss
             }
             None => {
-                let step = train_step(&net, x.view(), labels.view(), &[])?;
-                solver.step(&mut net, &step.gradients, iter)?;
-                step.loss
+                let t = cpu_trainer
+                    .as_mut()
+                    .ok_or_else(|| Error::Internal("no trainer on either device".into()))?;
+                t.step(x.view(), labels.view(), &[], iter)?.loss
             }
         };
         bar.set_message(format!("loss {loss:.4}, lr {rate:.2e}"));
@@ -275,6 +286,12 @@ fn context(args: &ContextArgs) -> Result<(), Error> {
             for (name, m) in trainer.momentum()? {
                 solver.set_momentum(&name, m)?;
             }
+        }
+        if (snapshot || testing || done == args.iters)
+            && let Some(t) = &cpu_trainer
+        {
+            t.download_into(&mut net)?;
+            t.store_momentum(&mut solver)?;
         }
         if snapshot {
             write_safetensors(&args.output, &weight_set(&net)?)?;
