@@ -155,6 +155,29 @@ fn convolution_gradients_match_the_reference_on_random_geometries() {
 }
 
 #[test]
+fn input_gradients_of_padding_heavy_layers_match_the_reference() {
+    // fc6-like (7x7, dilation 4, no padding, small map) and a dilation-8 3x3 without padding:
+    // the input gradient as a convolution would mostly read padding, so W^T dy + col2im runs.
+    let mut r = rng(7010);
+    for (spec, is) in [
+        (Conv2d::new(6, 64, 7).dilation(4), Shape::new(2, 6, 29, 31)),
+        (Conv2d::new(3, 80, 3).dilation(8), Shape::new(1, 3, 21, 18)),
+        (
+            Conv2d::new(4, 65, 3).dilation(3).padding(Padding::new(9, 0, 1, 8)),
+            Shape::new(2, 4, 5, 7),
+        ),
+    ] {
+        let os = spec.output_shape(is, "test").unwrap();
+        let dy = random4(&mut r, os.dims());
+        let weight = random4(&mut r, spec.weight_shape());
+        let got = fast::conv2d_grad_input(dy.view(), &spec, weight.view(), is).unwrap();
+        let want = grad::conv2d_grad_input(dy.view(), &spec, weight.view(), is).unwrap();
+        let e = rel_error(got.view(), want.view());
+        assert!(e <= 2e-5, "{spec:?} on {is}: {e:e}");
+    }
+}
+
+#[test]
 fn max_pool_gradient_matches_the_reference() {
     let mut r = rng(7002);
     for case in 0..40 {

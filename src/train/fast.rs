@@ -155,6 +155,13 @@ impl CpuTrainer {
             .position(|l| matches!(l.op, Op::Conv { .. }))
             .unwrap_or(body);
         let portable = kernels == CpuKernels::Portable;
+        let input_of = |i: usize| {
+            Some(if i == 0 {
+                input_shape
+            } else {
+                out_shapes[i - 1]
+            })
+        };
         let mut layers = Vec::with_capacity(body);
         for (i, l) in all[..body].iter().enumerate() {
             let named = |e: Error| Error::Layer {
@@ -177,8 +184,13 @@ impl CpuTrainer {
                         CpuConv2d::new(*spec, wv, bv)
                     }
                     .map_err(named)?;
-                    let backward =
-                        ConvBackward::new(*spec, &w, i > first_param, portable).map_err(named)?;
+                    let backward = ConvBackward::new(
+                        *spec,
+                        &w,
+                        input_of(i).filter(|_| i > first_param),
+                        portable,
+                    )
+                    .map_err(named)?;
                     TrainOp::Conv(Box::new(ConvState {
                         spec: *spec,
                         grad_w: vec![0.0; w.len()],
