@@ -163,7 +163,9 @@ fn input_gradients_of_padding_heavy_layers_match_the_reference() {
         (Conv2d::new(6, 64, 7).dilation(4), Shape::new(2, 6, 29, 31)),
         (Conv2d::new(3, 80, 3).dilation(8), Shape::new(1, 3, 21, 18)),
         (
-            Conv2d::new(4, 65, 3).dilation(3).padding(Padding::new(9, 0, 1, 8)),
+            Conv2d::new(4, 65, 3)
+                .dilation(3)
+                .padding(Padding::new(9, 0, 1, 8)),
             Shape::new(2, 4, 5, 7),
         ),
     ] {

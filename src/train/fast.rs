@@ -55,6 +55,9 @@ use crate::net::{Network, Op};
 use crate::spec::{Conv2d, MaxPool2d, Shape, shape_of};
 use crate::weights::LayerWeights;
 
+/// A dropout mask in standard layout.
+type Mask<'a> = ndarray::CowArray<'a, bool, ndarray::Ix4>;
+
 /// Which kernels a [`CpuTrainer`] runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuKernels {
@@ -326,11 +329,8 @@ impl CpuTrainer {
     }
 
     /// Each score layer's dropout (ratio and mask in standard layout), checked.
-    fn dropout_masks<'a>(
-        &self,
-        dropout: &'a [Dropout],
-    ) -> Result<Vec<Option<(f32, ndarray::CowArray<'a, bool, ndarray::Ix4>)>>> {
-        let mut per_layer: Vec<Option<(f32, ndarray::CowArray<'a, bool, ndarray::Ix4>)>> =
+    fn dropout_masks<'a>(&self, dropout: &'a [Dropout]) -> Result<Vec<Option<(f32, Mask<'a>)>>> {
+        let mut per_layer: Vec<Option<(f32, Mask<'a>)>> =
             (0..self.layers.len()).map(|_| None).collect();
         for d in dropout {
             let err = |reason: String| Error::Layer {
@@ -367,11 +367,7 @@ impl CpuTrainer {
         Ok(per_layer)
     }
 
-    fn forward(
-        &mut self,
-        x: ArrayView4<f32>,
-        masks: &[Option<(f32, ndarray::CowArray<bool, ndarray::Ix4>)>],
-    ) -> Result<()> {
+    fn forward(&mut self, x: ArrayView4<f32>, masks: &[Option<(f32, Mask<'_>)>]) -> Result<()> {
         match x.as_slice() {
             Some(s) => self.acts[0].copy_from_slice(s),
             None => {
@@ -415,10 +411,7 @@ impl CpuTrainer {
         Ok(())
     }
 
-    fn backward(
-        &mut self,
-        masks: &[Option<(f32, ndarray::CowArray<bool, ndarray::Ix4>)>],
-    ) -> Result<CpuStepStats> {
+    fn backward(&mut self, masks: &[Option<(f32, Mask<'_>)>]) -> Result<CpuStepStats> {
         let Self {
             layers,
             shapes,
@@ -526,7 +519,7 @@ impl CpuTrainer {
                 reason: e.to_string(),
             };
             s.forward
-                .set_weights_flat(&s.weight, s.bias.as_ref().map(|b| ArrayView1::from(b)))
+                .set_weights_flat(&s.weight, s.bias.as_ref().map(ArrayView1::from))
                 .map_err(named)?;
             s.backward
                 .set_weights(&s.weight, &mut self.flipped)

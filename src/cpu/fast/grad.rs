@@ -67,7 +67,7 @@ impl GradScratch {
 enum InputGrad {
     /// Stride 1: a forward convolution of the cropped output gradient.
     Direct {
-        conv: CpuConv2d,
+        conv: Box<CpuConv2d>,
         /// Rows and columns cut from the output gradient first (top, left, bottom, right).
         crop: Padding,
     },
@@ -182,7 +182,10 @@ impl ConvBackward {
             } else {
                 CpuConv2d::new(t, w, None)?
             };
-            Some(InputGrad::Direct { conv, crop })
+            Some(InputGrad::Direct {
+                conv: Box::new(conv),
+                crop,
+            })
         } else {
             None
         };
@@ -484,7 +487,8 @@ pub(crate) fn relu_backward_inplace(y: &[f32], g: &mut [f32]) {
         .zip(y.par_chunks(1 << 14))
         .for_each(|(g, y)| {
             for (g, &y) in g.iter_mut().zip(y) {
-                if !(y > 0.0) {
+                // Zero where y <= 0 or y is NaN.
+                if y.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                     *g = 0.0;
                 }
             }

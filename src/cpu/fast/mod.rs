@@ -13,9 +13,13 @@
 //!
 //! The kernels live in one file per family: the direct AVX-512 convolution
 //! (`direct_avx512.rs`), im2col + SGEMM (`gemm.rs`), max pooling (`pool.rs`), ReLU and softmax
-//! (`elementwise.rs`) and the transposed convolution (`deconv.rs`); the public functions are
-//! re-exported here: [`conv2d`], [`max_pool2d`], [`relu_inplace`], [`softmax`], [`deconv2d`].
-//! All multi-threaded, and everything is checked against [`super::reference`].
+//! (`elementwise.rs`), the transposed convolution (`deconv.rs`), and the backward passes
+//! training needs (`grad.rs`, with the AVX-512 weight gradient in `grad_avx512.rs`); the public
+//! functions are re-exported here: [`conv2d`], [`max_pool2d`], [`relu_inplace`], [`softmax`],
+//! [`deconv2d`], and [`conv2d_grad_weight`], [`conv2d_grad_input`], [`bias_grad`],
+//! [`max_pool2d_backward`] (whole networks train with [`crate::train::CpuTrainer`]). All
+//! multi-threaded, and everything is checked against [`super::reference`] and
+//! [`crate::train::grad`].
 
 mod deconv;
 #[cfg(target_arch = "x86_64")]
