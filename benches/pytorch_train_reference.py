@@ -5,8 +5,8 @@ Same layer geometry, batch, loss and solver as the Rust benchmark: forward, cros
 ignore_index=255 averaged over the non-ignored pixels (Caffe's VALID normalisation), backward,
 and SGD with momentum 0.9 and weight decay 0.0005 (biases at twice the rate and without decay,
 as the authors' Caffe solvers). Prints one line per case in the Rust table's format:
-iterations per second (best and median wall clock over --secs, at least 3 iterations after one
-warm-up), seconds per iteration and GFLOP/s at the median, GFLOP per second of process CPU
+iterations per second (best and median wall clock over --secs, at least --min-runs iterations,
+default 3, after one warm-up), seconds per iteration and GFLOP/s at the median, GFLOP per second of process CPU
 time.
 
     pip install torch numpy
@@ -108,7 +108,7 @@ def solver(net, lr=1e-3, momentum=0.9, weight_decay=0.0005):
     )
 
 
-def run(name, net, shape, secs):
+def run(name, net, shape, secs, min_runs):
     torch.manual_seed(0)
     x = torch.rand(shape) * 2 - 1
     flops, out = train_flops(net, x)
@@ -127,7 +127,7 @@ def run(name, net, shape, secs):
     step()
     times = []
     start, cpu0 = time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < secs or len(times) < 3:
+    while time.perf_counter() - start < secs or len(times) < min_runs:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
@@ -148,6 +148,7 @@ def main():
     ap.add_argument("--batch", type=int, default=2, help="batch of the VOC context module")
     ap.add_argument("--fe-batch", type=int, default=2, help="batch of the front-end")
     ap.add_argument("--secs", type=float, default=10.0)
+    ap.add_argument("--min-runs", type=int, default=3, help="timed iterations at least")
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,7 +166,7 @@ def main():
     for name, make, shape in cases:
         if args.filter in name:
             torch.manual_seed(0)
-            run(name, make(), shape, args.secs)
+            run(name, make(), shape, args.secs, max(args.min_runs, 1))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@
 //!     cargo bench --bench train [-- FILTER]
 //!
 //! With `TRAIN_BENCH_TABLE=1` it prints instead one line per case: iterations per second (best
-//! and median wall clock over `TRAIN_BENCH_SECS`, default 10, at least 3 iterations after one
-//! warm-up), seconds per iteration and GFLOP/s at the median, and GFLOP per second of process
-//! CPU time (Linux):
+//! and median wall clock over `TRAIN_BENCH_SECS`, default 10, at least `TRAIN_BENCH_RUNS`
+//! iterations, default 3, after one warm-up), seconds per iteration and GFLOP/s at the median,
+//! and GFLOP per second of process CPU time (Linux):
 //!
 //!     TRAIN_BENCH_TABLE=1 RAYON_NUM_THREADS=2 cargo bench --bench train [-- FILTER]
 //!
@@ -232,6 +232,7 @@ fn table(filter: &str) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10.0);
+    let min_runs = env_usize("TRAIN_BENCH_RUNS", 3);
     let gpu = gpu();
     println!("threads {}", rayon::current_num_threads());
     println!(
@@ -243,7 +244,7 @@ fn table(filter: &str) {
         let start = Instant::now();
         let cpu0 = cpu_seconds();
         let mut times = Vec::new();
-        while start.elapsed().as_secs_f64() < secs || times.len() < 3 {
+        while start.elapsed().as_secs_f64() < secs || times.len() < min_runs {
             let t = Instant::now();
             step();
             times.push(t.elapsed().as_secs_f64());

@@ -143,6 +143,27 @@ pub(super) fn weight_grad(
     partials: &mut Vec<f32>,
     budget: usize,
 ) {
+    if s.out_channels <= 8 && s.stride.1 == 1 {
+        weight_grad_dot(s, x, is, dy, os, dw, pad_buf, partials, budget);
+    } else {
+        weight_grad_lanes(s, x, is, dy, os, dw, pad_buf, partials, budget);
+    }
+}
+
+/// [`weight_grad`] with the output channels along the vector lanes (16 or more channels, or
+/// horizontal strides above 1).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_lanes(
+    s: &Conv2d,
+    x: &[f32],
+    is: Shape,
+    dy: &[f32],
+    os: Shape,
+    dw: &mut [f32],
+    pad_buf: &mut Vec<f32>,
+    partials: &mut Vec<f32>,
+    budget: usize,
+) {
     let (co, ci) = (s.out_channels, s.in_channels);
     let (kh, kw) = s.kernel;
     let (dh, dw_) = s.dilation;
@@ -277,6 +298,211 @@ pub(super) fn weight_grad(
                 let mut sum = 0f32;
                 for g in 0..groups {
                     sum += parts[g * group_len + pairs_pad * v0 * 16 + p * stride + lane];
+                }
+                *out = sum;
+            }
+        });
+}
+
+/// Arguments of one tile of the pixel-vectorised weight gradient.
+struct DotTile<'a> {
+    /// Each channel's output gradient plane (of this image).
+    dy: &'a [*const f32],
+    /// Each pair's input (its channel's padded plane at its tap's offset).
+    xs: &'a [*const f32],
+    /// Output rows `r0..r1`, `ow` pixels each.
+    rows: (usize, usize),
+    ow: usize,
+    /// Input elements between consecutive output rows (vertical stride times the pitch).
+    row_step: usize,
+    /// The tile's partial sums: per pair, per channel, 16 lanes.
+    part: *mut f32,
+}
+
+/// One tile of `C` output channels by `NP` pairs, vectorised over the pixels of each row.
+///
+/// # Safety
+/// AVX-512F must be available; every channel pointer readable at `oy * ow + ox` and every pair
+/// pointer at `oy * row_step + ox` for the rows and columns of the tile; `part` holds
+/// `NP * C * 16` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_tile<const C: usize, const NP: usize>(t: &DotTile) {
+    let mut acc = [[_mm512_setzero_ps(); NP]; C];
+    for (c, row) in acc.iter_mut().enumerate() {
+        for (j, a) in row.iter_mut().enumerate() {
+            // SAFETY: inside the tile's partial sums.
+            *a = unsafe { _mm512_loadu_ps(t.part.add((j * C + c) * 16)) };
+        }
+    }
+    let full = t.ow / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (t.ow - full)) - 1) as __mmask16;
+    for oy in t.rows.0..t.rows.1 {
+        // SAFETY (whole loop): the rows and columns the caller vouches for.
+        let d: [*const f32; C] = std::array::from_fn(|c| unsafe { t.dy[c].add(oy * t.ow) });
+        let x: [*const f32; NP] = std::array::from_fn(|j| unsafe { t.xs[j].add(oy * t.row_step) });
+        let mut ox = 0;
+        while ox < full {
+            let dv: [__m512; C] = std::array::from_fn(|c| unsafe { _mm512_loadu_ps(d[c].add(ox)) });
+            for (j, xp) in x.iter().enumerate() {
+                let xv = unsafe { _mm512_loadu_ps(xp.add(ox)) };
+                for (row, v) in acc.iter_mut().zip(dv.iter()) {
+                    row[j] = _mm512_fmadd_ps(*v, xv, row[j]);
+                }
+            }
+            ox += 16;
+        }
+        if tail != 0 {
+            let dv: [__m512; C] =
+                std::array::from_fn(|c| unsafe { _mm512_maskz_loadu_ps(tail, d[c].add(ox)) });
+            for (j, xp) in x.iter().enumerate() {
+                let xv = unsafe { _mm512_maskz_loadu_ps(tail, xp.add(ox)) };
+                for (row, v) in acc.iter_mut().zip(dv.iter()) {
+                    row[j] = _mm512_fmadd_ps(*v, xv, row[j]);
+                }
+            }
+        }
+    }
+    for (c, row) in acc.iter().enumerate() {
+        for (j, a) in row.iter().enumerate() {
+            unsafe { _mm512_storeu_ps(t.part.add((j * C + c) * 16), *a) };
+        }
+    }
+}
+
+/// Pairs per tile of the pixel-vectorised kernel for 1, 2, 4 and 8 channels.
+fn dot_pairs(c: usize) -> usize {
+    match c {
+        1 | 2 => 12,
+        4 => 6,
+        _ => 3,
+    }
+}
+
+/// Calls the pixel-vectorised tile for `c` (1, 2, 4 or 8) channels.
+///
+/// # Safety
+/// As [`dot_tile`] with `NP = dot_pairs(c)`.
+unsafe fn dot_dispatch(c: usize, t: &DotTile) {
+    // SAFETY: forwarded.
+    unsafe {
+        match c {
+            1 => dot_tile::<1, 12>(t),
+            2 => dot_tile::<2, 12>(t),
+            4 => dot_tile::<4, 6>(t),
+            8 => dot_tile::<8, 3>(t),
+            _ => unreachable!("weight-gradient tile of {c} channels"),
+        }
+    }
+}
+
+/// [`weight_grad`] for up to 8 output channels at horizontal stride 1, vectorised over the
+/// pixels of each output row instead of the channels: a tile keeps `channels x pairs` vectors
+/// of 16 partial sums (up to 24) in registers over a band of rows, loading one vector of the
+/// output gradient per channel and one of the input per pair for every 16 pixels. Tasks are
+/// (image, band of rows, the band's output gradient kept in L2), each with its own 16-lane
+/// partial sums, added in a fixed order.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_dot(
+    s: &Conv2d,
+    x: &[f32],
+    is: Shape,
+    dy: &[f32],
+    os: Shape,
+    dw: &mut [f32],
+    pad_buf: &mut Vec<f32>,
+    partials: &mut Vec<f32>,
+    budget: usize,
+) {
+    let (co, ci) = (s.out_channels, s.in_channels);
+    let c_pad = co.next_power_of_two();
+    let np = dot_pairs(c_pad);
+    let (kh, kw) = s.kernel;
+    let (dh, dw_) = s.dilation;
+    let taps = kh * kw;
+    let pairs = ci * taps;
+    let pairs_pad = pairs.div_ceil(np) * np;
+    let p = s.padding;
+    let padded = ci * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
+    let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
+    let threads = rayon::current_num_threads().max(1);
+    // Bands of rows per image whose output gradient stays in L2 (about 128 KiB) while every
+    // tile sweeps it, and at least about 4 tasks per thread.
+    let band_rows = ((128 << 10) / (4 * c_pad * os.w).max(1)).max(1);
+    let bands =
+        os.h.div_ceil(band_rows)
+            .max((threads * 4).div_ceil(per_call))
+            .clamp(1, os.h);
+    let task_len = pairs_pad * c_pad * 16;
+    let total = per_call * bands * task_len;
+    if partials.len() < total {
+        partials.clear();
+        partials.resize(total, 0.0);
+    }
+    partials[..total].fill(0.0);
+    let ohow = os.h * os.w;
+    let (x_len, dy_len) = (is.len() / is.n, co * ohow);
+    for n0 in (0..is.n).step_by(per_call) {
+        let n_call = per_call.min(is.n - n0);
+        let chunk = Shape { n: n_call, ..is };
+        let pad = pad_input(s, &x[n0 * x_len..(n0 + n_call) * x_len], chunk, pad_buf);
+        let xp: &[f32] = pad_buf;
+        let offsets: Vec<usize> = (0..pairs_pad)
+            .map(|q| {
+                if q < pairs {
+                    let (c, t) = (q / taps, q % taps);
+                    c * pad.plane + (t / kw) * dh * pad.wp + (t % kw) * dw_
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let dy = &dy[n0 * dy_len..(n0 + n_call) * dy_len];
+        let x_image = ci * pad.plane;
+        partials[..n_call * bands * task_len]
+            .par_chunks_mut(task_len)
+            .enumerate()
+            .for_each(|(task, part)| {
+                let (n, band) = (task / bands, task % bands);
+                let rows = (band * os.h / bands, (band + 1) * os.h / bands);
+                let x_img = &xp[n * x_image..(n + 1) * x_image];
+                let dy_img = &dy[n * dy_len..(n + 1) * dy_len];
+                // Channels past the last read channel 0 into sums that are dropped.
+                let d: Vec<*const f32> = (0..c_pad)
+                    .map(|c| dy_img[if c < co { c * ohow } else { 0 }..].as_ptr())
+                    .collect();
+                let mut xs: Vec<*const f32> = vec![std::ptr::null(); np];
+                for (t, tile_part) in part.chunks_exact_mut(np * c_pad * 16).enumerate() {
+                    for (j, xq) in xs.iter_mut().enumerate() {
+                        *xq = x_img[offsets[t * np + j]..].as_ptr();
+                    }
+                    let tile = DotTile {
+                        dy: &d,
+                        xs: &xs,
+                        rows,
+                        ow: os.w,
+                        row_step: s.stride.0 * pad.wp,
+                        part: tile_part.as_mut_ptr(),
+                    };
+                    // SAFETY: AVX-512F was checked by the caller. Channel planes hold
+                    // `oh * ow` values; pair `j` reads padded row `oy * sh + ky * dh < hp` at
+                    // columns `ox + kx * dw < wp` (stride 1 horizontally) inside its
+                    // channel's plane of this image; `tile_part` is `np * c_pad * 16` floats.
+                    unsafe { dot_dispatch(c_pad, &tile) };
+                }
+            });
+    }
+    // dw[c][pair] = sum over tasks and lanes, in order.
+    let parts: &[f32] = &partials[..total];
+    let tasks = total / task_len;
+    dw[..co * pairs]
+        .par_chunks_mut(pairs)
+        .enumerate()
+        .for_each(|(c, row)| {
+            for (q, out) in row.iter_mut().enumerate() {
+                let mut sum = 0f32;
+                for t in 0..tasks {
+                    let at = t * task_len + (q * c_pad + c) * 16;
+                    sum += parts[at..at + 16].iter().sum::<f32>();
                 }
                 *out = sum;
             }
