@@ -1,7 +1,8 @@
 //! `dilated train context|frontend|joint`: trains a model's context module on cached
 //! front-end scores (from the identity initialisation or given weights), its front-end on
 //! random image crops, or both together, with Caffe's loss, dropout and solver, on the GPU or
-//! the CPU; snapshots the weights and the solver's state and resumes from them exactly.
+//! the CPU (the fast path, `CpuTrainer`); snapshots the weights and the solver's state and
+//! resumes from them exactly.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,8 +14,8 @@ use dilated::plan::{CpuPlan, GpuTrainer};
 use dilated::train::data::{BatchOrder, FeatureDataset};
 use dilated::train::images::{Crops, ImageDataset};
 use dilated::train::{
-    ConfusionMatrix, Dropout, LrPolicy, Metrics, SgdConfig, SgdSolver, softmax_cross_entropy,
-    train_step,
+    ConfusionMatrix, CpuTrainer, Dropout, LrPolicy, Metrics, SgdConfig, SgdSolver,
+    softmax_cross_entropy,
 };
 use dilated::weights::{WeightSet, write_safetensors};
 use dilated::{Error, Shape};
@@ -565,6 +566,15 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
         }
         None => None,
     };
+    // Without a GPU, the CPU's fast path (momentum from the solver's state when resuming).
+    let mut cpu_trainer = match trainer {
+        Some(_) => None,
+        None => {
+            let mut t = CpuTrainer::new(&net, shape, *solver.config())?;
+            t.load_momentum(&solver)?;
+            Some(t)
+        }
+    };
     println!(
         "training {what} on {items} items, batch {} of {shape}, on the {}",
         shape.n,
@@ -612,9 +622,10 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
             }
             None => {
                 let masks = dropout_masks(&net, shape, &dropout, args.seed, iter)?;
-                let step = train_step(&net, x.view(), labels.view(), &masks)?;
-                solver.step(&mut net, &step.gradients, iter)?;
-                step.loss
+                let t = cpu_trainer
+                    .as_mut()
+                    .ok_or_else(|| Error::Internal("no trainer on either device".into()))?;
+                t.step(x.view(), labels.view(), &masks, iter)?.loss
             }
         };
         bar.set_message(format!("loss {loss:.4}, lr {rate:.2e}"));
@@ -633,6 +644,12 @@ fn run(job: Job<'_>, args: &SolverArgs, mut solver: SgdSolver, start: u64) -> Re
             for (name, m) in trainer.momentum()? {
                 solver.set_momentum(&name, m)?;
             }
+        }
+        if (snapshot || testing || done == args.iters)
+            && let Some(t) = &cpu_trainer
+        {
+            t.download_into(&mut net)?;
+            t.store_momentum(&mut solver)?;
         }
         if snapshot {
             write_safetensors(&args.output, &weight_set(&net)?)?;

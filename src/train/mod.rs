@@ -16,7 +16,9 @@
 //! * [`receptive`] — theoretical and effective receptive fields of an output pixel;
 //! * [`data`] — the context stage's cached scores and labels, in batches;
 //! * [`images`] — the front-end and joint stages' images and labels, as random crops;
-//! * [`synthetic`] — a small generated task for the context stage that needs context.
+//! * [`synthetic`] — a small generated task for the context stage that needs context;
+//! * [`fast`] — [`CpuTrainer`], the same steps in f32 on the fast CPU kernels, for training at
+//!   full size on the CPU.
 //!
 //! The GPU side is [`crate::plan::GpuTrainer`].
 //!
@@ -38,6 +40,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod fast;
 pub mod grad;
 mod gradients;
 pub mod images;
@@ -48,6 +51,7 @@ pub mod solver;
 pub mod synthetic;
 
 pub use eval::{ConfusionMatrix, Metrics, percent};
+pub use fast::{CpuKernels, CpuStepStats, CpuTrainer};
 pub use gradients::Gradients;
 pub use loss::{IGNORE_LABEL, SoftmaxLoss, softmax_cross_entropy};
 pub use network::{

@@ -66,7 +66,7 @@ impl Dropout {
     }
 }
 
-fn layer_index(net: &Network, name: &str) -> Result<usize> {
+pub(super) fn layer_index(net: &Network, name: &str) -> Result<usize> {
     net.layers()
         .iter()
         .position(|l| l.name == name)
@@ -78,7 +78,7 @@ fn layer_index(net: &Network, name: &str) -> Result<usize> {
 
 /// Number of layers that produce the scores: every layer, or all but a final softmax.
 /// Errors on layers training does not support.
-fn score_layers(net: &Network) -> Result<usize> {
+pub(super) fn score_layers(net: &Network) -> Result<usize> {
     let layers = net.layers();
     for (i, l) in layers.iter().enumerate() {
         let unsupported = match &l.op {
@@ -107,7 +107,7 @@ fn score_layers(net: &Network) -> Result<usize> {
 }
 
 /// The dropout entry of every score layer, checking that each names a score layer once.
-fn dropout_per_layer<'a>(
+pub(super) fn dropout_per_layer<'a>(
     net: &Network,
     body: usize,
     dropout: &'a [Dropout],

@@ -160,17 +160,17 @@ unsafe fn dispatch(mr: usize, nv: usize, t: &Tile) {
 }
 
 /// Geometry of the zero-padded input copy.
-struct Padded {
+pub(super) struct Padded {
     /// Padded height and width.
-    hp: usize,
-    wp: usize,
+    pub(super) hp: usize,
+    pub(super) wp: usize,
     /// Elements between channel planes (an odd number of cache lines, so planes do not
     /// collide in the cache sets).
-    plane: usize,
+    pub(super) plane: usize,
 }
 
 /// Copies `x` (NCHW) into `buf` with the spec's zero padding.
-fn pad_input(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded {
+pub(super) fn pad_input(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded {
     let p = s.padding;
     let (hp, wp) = (is.h + p.top + p.bottom, is.w + p.left + p.right);
     let mut lines = (hp * wp).div_ceil(16);

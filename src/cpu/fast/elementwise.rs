@@ -4,7 +4,7 @@ use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
 /// `max(x, 0)` on a slice, multi-threaded; NaN stays NaN.
-pub(super) fn relu_slice(x: &mut [f32]) {
+pub(crate) fn relu_slice(x: &mut [f32]) {
     x.par_chunks_mut(1 << 14).for_each(|c| {
         for v in c {
             if *v < 0.0 {

@@ -94,7 +94,7 @@ pub(super) fn forward(
 
 /// Fills `col` (k rows x rows*ow columns) with the input patches of output rows `r0..r0+rows`.
 #[allow(clippy::too_many_arguments)]
-fn im2col(
+pub(super) fn im2col(
     x: &[f32],
     s: &Conv2d,
     ih: usize,

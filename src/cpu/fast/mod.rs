@@ -13,15 +13,22 @@
 //!
 //! The kernels live in one file per family: the direct AVX-512 convolution
 //! (`direct_avx512.rs`), im2col + SGEMM (`gemm.rs`), max pooling (`pool.rs`), ReLU and softmax
-//! (`elementwise.rs`) and the transposed convolution (`deconv.rs`); the public functions are
-//! re-exported here: [`conv2d`], [`max_pool2d`], [`relu_inplace`], [`softmax`], [`deconv2d`].
-//! All multi-threaded, and everything is checked against [`super::reference`].
+//! (`elementwise.rs`), the transposed convolution (`deconv.rs`), and the backward passes
+//! training needs (`grad.rs`, with the AVX-512 weight gradient in `grad_avx512.rs`); the public
+//! functions are re-exported here: [`conv2d`], [`max_pool2d`], [`relu_inplace`], [`softmax`],
+//! [`deconv2d`], and [`conv2d_grad_weight`], [`conv2d_grad_input`], [`bias_grad`],
+//! [`max_pool2d_backward`] (whole networks train with [`crate::train::CpuTrainer`]). All
+//! multi-threaded, and everything is checked against [`super::reference`] and
+//! [`crate::train::grad`].
 
 mod deconv;
 #[cfg(target_arch = "x86_64")]
 mod direct_avx512;
 mod elementwise;
 mod gemm;
+pub(crate) mod grad;
+#[cfg(target_arch = "x86_64")]
+mod grad_avx512;
 mod pool;
 
 use std::sync::Mutex;
@@ -32,8 +39,11 @@ use crate::error::{Error, Result};
 use crate::spec::{Conv2d, Shape, check_conv_params, shape_of};
 
 pub use deconv::deconv2d;
+pub(crate) use elementwise::relu_slice;
 pub use elementwise::{relu_inplace, softmax};
+pub use grad::{bias_grad, conv2d_grad_input, conv2d_grad_weight, max_pool2d_backward};
 pub use pool::max_pool2d;
+pub(crate) use pool::max_pool2d_slices;
 
 /// Most output channels per micro-kernel tile of the direct path.
 pub const MAX_MR: usize = 14;
@@ -86,6 +96,89 @@ impl CpuConv2d {
             bias: bias.map(|b| b.to_vec()),
             scratch: Mutex::new([Vec::new(), Vec::new()]),
         })
+    }
+
+    /// As [`CpuConv2d::new`], but always on the portable im2col + SGEMM method, whatever the
+    /// CPU supports (to check that method on machines that would not pick it).
+    pub fn portable(
+        spec: Conv2d,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Result<Self> {
+        check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
+        let weight = weight.as_standard_layout();
+        Ok(Self {
+            spec,
+            method: Method::Gemm {
+                weight: weight.iter().copied().collect(),
+            },
+            bias: bias.map(|b| b.to_vec()),
+            scratch: Mutex::new([Vec::new(), Vec::new()]),
+        })
+    }
+
+    /// Whether the layer runs on the portable im2col + SGEMM method (rather than the direct
+    /// AVX-512 convolution).
+    pub fn is_portable(&self) -> bool {
+        matches!(self.method, Method::Gemm { .. })
+    }
+
+    /// Replaces the weights and bias (after a training step), packing them as the layer's
+    /// method needs without allocating.
+    ///
+    /// Errors: shapes other than the spec's, or a bias given to a layer without one (or
+    /// missing for a layer with one); the layer is unchanged then.
+    pub fn set_weights(
+        &mut self,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+    ) -> Result<()> {
+        check_conv_params(&self.spec, &weight, bias.as_ref(), "conv2d")?;
+        if bias.is_some() != self.bias.is_some() {
+            return Err(Error::InvalidSpec {
+                context: "conv2d".into(),
+                reason: "the new bias does not match the layer's (present or absent)".into(),
+            });
+        }
+        self.set_weights_flat(weight.as_standard_layout().as_slice().unwrap_or(&[]), bias)
+    }
+
+    /// [`CpuConv2d::set_weights`] from `[out, in, kh, kw]` weights in a slice, unchecked but
+    /// for their length.
+    pub(crate) fn set_weights_flat(
+        &mut self,
+        weight: &[f32],
+        bias: Option<ArrayView1<f32>>,
+    ) -> Result<()> {
+        if weight.len() != self.spec.weight_len() {
+            return Err(Error::Internal(format!(
+                "conv2d weights of {} values for a layer of {}",
+                weight.len(),
+                self.spec.weight_len()
+            )));
+        }
+        match &mut self.method {
+            Method::Gemm { weight: w } => w.copy_from_slice(weight),
+            #[cfg(target_arch = "x86_64")]
+            Method::Direct { packed, blocks } => {
+                let k = self.spec.in_channels * self.spec.kernel.0 * self.spec.kernel.1;
+                let mut i = 0;
+                for &(c0, mr) in blocks.iter() {
+                    for kk in 0..k {
+                        for m in 0..mr {
+                            packed[i] = weight[(c0 + m) * k + kk];
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if let (Some(dst), Some(src)) = (&mut self.bias, bias) {
+            for (d, s) in dst.iter_mut().zip(src.iter()) {
+                *d = *s;
+            }
+        }
+        Ok(())
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -195,9 +288,78 @@ impl CpuConv2d {
     }
 }
 
+impl CpuConv2d {
+    /// Runs the layer on a contiguous NCHW input of shape `is` into a contiguous output of the
+    /// output shape, with caller-owned scratch buffers (several layers may share them).
+    pub(crate) fn forward_slices(
+        &self,
+        x: &[f32],
+        is: Shape,
+        y: &mut [f32],
+        scratch: &mut [Vec<f32>; 2],
+    ) -> Result<()> {
+        self.forward_slices_within(x, is, y, scratch, SCRATCH_BUDGET)
+    }
+
+    /// [`CpuConv2d::forward_slices`] padding at most `budget` bytes of input per call of the
+    /// direct convolution (whole images, at least one).
+    pub(crate) fn forward_slices_within(
+        &self,
+        x: &[f32],
+        is: Shape,
+        y: &mut [f32],
+        scratch: &mut [Vec<f32>; 2],
+        budget: usize,
+    ) -> Result<()> {
+        let os = self.output_shape(is)?;
+        if x.len() != is.len() || y.len() != os.len() {
+            return Err(Error::Internal(format!(
+                "conv2d on slices of {} and {} values for shapes {is} and {os}",
+                x.len(),
+                y.len()
+            )));
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (scratch, budget);
+        match &self.method {
+            Method::Gemm { weight } => {
+                gemm::forward(&self.spec, weight, self.bias.as_deref(), x, is, os, y)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Method::Direct { packed, blocks } => {
+                // Groups of images whose padded copy stays within the budget, so the scratch
+                // does not grow with the batch.
+                let p = self.spec.padding;
+                let padded = is.c * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
+                let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
+                let (xi, yi) = (is.len() / is.n, os.len() / os.n);
+                for n0 in (0..is.n).step_by(per_call) {
+                    let n = per_call.min(is.n - n0);
+                    direct_avx512::forward(
+                        &self.spec,
+                        packed,
+                        blocks,
+                        self.bias.as_deref(),
+                        &x[n0 * xi..(n0 + n) * xi],
+                        Shape { n, ..is },
+                        Shape { n, ..os },
+                        &mut y[n0 * yi..(n0 + n) * yi],
+                        scratch,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of padded input one call of the direct convolution pads at most on the slice path
+/// (whole images; at least one).
+pub(crate) const SCRATCH_BUDGET: usize = 128 << 20;
+
 /// Splits `n` channels into the fewest blocks of at most `max` channels, sizes differing by at
 /// most one.
-fn split_blocks(n: usize, max: usize) -> Vec<(usize, usize)> {
+pub(crate) fn split_blocks(n: usize, max: usize) -> Vec<(usize, usize)> {
     let count = n.div_ceil(max);
     let (base, extra) = (n / count, n % count);
     let mut start = 0;
