@@ -168,7 +168,7 @@ pub fn measure_conv(
             continue;
         }
         best_warm = best_warm.min(warm.as_secs_f64());
-        let (mut runs, from_timestamps) = time_runs(gpu, &dispatches, TUNE_RUNS)?;
+        let (mut runs, from_timestamps) = time_dispatches(gpu, &dispatches, TUNE_RUNS)?;
         runs.sort();
         times.push(CandidateTime {
             choice,
@@ -197,8 +197,14 @@ pub fn measure_conv_alone(
 }
 
 /// `runs` timings of the dispatches: GPU timestamps around one compute pass each (all in one
-/// submission) where the device has them, else the host clock around each submission.
-fn time_runs(gpu: &Gpu, dispatches: &[Dispatch], runs: usize) -> Result<(Vec<Duration>, bool)> {
+/// submission) where the device has them, else the host clock around each submission (and its
+/// wait); the flag tells which.
+pub fn time_dispatches(
+    gpu: &Gpu,
+    dispatches: &[Dispatch],
+    runs: usize,
+) -> Result<(Vec<Duration>, bool)> {
+    let runs = runs.max(1);
     if !gpu.has_timestamps() {
         let mut out = Vec::with_capacity(runs);
         for _ in 0..runs {
