@@ -78,7 +78,7 @@ fn every_timed_candidate_matches_the_reference() {
     let mut r = rng(41);
     for (spec, shape) in cases {
         let x = random4(&mut r, shape.dims());
-        let w = random4(&mut r, spec.weight_shape().into());
+        let w = random4(&mut r, spec.weight_shape());
         let b = spec.bias.then(|| random1(&mut r, spec.out_channels));
         let reference =
             cpu::reference::conv2d(x.view(), &spec, w.view(), b.as_ref().map(|b| b.view()))
