@@ -119,8 +119,13 @@ pub fn execute(args: &TuneArgs) -> Result<(), Error> {
         ms(tuning_time),
         ms(pass)
     );
-    let heuristic = GpuPlan::with_tuning(&gpu, &net, shape, ConvAlgorithm::Auto, Tuning::Off);
-    if let Ok(heuristic) = heuristic {
+    // Beside it, the heuristic's choices (whole-image plans only, to stay within a budget).
+    let heuristic = args
+        .memory
+        .max_memory
+        .is_none()
+        .then(|| GpuPlan::with_tuning(&gpu, &net, shape, ConvAlgorithm::Auto, Tuning::Off));
+    if let Some(Ok(heuristic)) = heuristic {
         heuristic.forward(x.view())?;
         let start = Instant::now();
         heuristic.forward(x.view())?;
