@@ -3,12 +3,13 @@
 dilation10_cityscapes network at 1396x1396, to set beside `cargo bench --bench ops` and
 `dilated bench` run on the same machine.
 
-Each case runs with TF32 off (plain fp32, the arithmetic this crate's shaders do) and on, with
+Each case runs with TF32 off (plain fp32, the arithmetic this crate's shaders do) and on (and,
+with `--f16`, in half precision: inputs, weights and arithmetic in f16), with
 `cudnn.benchmark` so cuDNN picks its fastest algorithm, timed with CUDA events after a warm-up.
 Throughput counts a multiply-add as 2 FLOP (bias and ReLU not counted), as the Rust benches do.
 Times cover the GPU work only (inputs already on the device).
 
-    python3 benches/cudnn_reference.py [--reps 20] [--warmup 5] [--filter NAME] [--json FILE]
+    python3 benches/cudnn_reference.py [--reps 20] [--warmup 5] [--filter NAME] [--json FILE] [--f16]
 """
 
 import argparse
@@ -17,6 +18,9 @@ import statistics
 
 import torch
 import torch.nn.functional as F
+
+# The element type of every tensor the cases create (float16 for the `--f16` pass).
+DTYPE = torch.float32
 
 
 def conv_cases():
@@ -101,14 +105,14 @@ def time_cuda(fn, warmup, reps):
 
 def he(c_out, c_in, k, gen):
     std = (2.0 / (c_in * k * k)) ** 0.5
-    return torch.randn(c_out, c_in, k, k, generator=gen, device="cuda") * std
+    return torch.randn(c_out, c_in, k, k, generator=gen, device="cuda", dtype=DTYPE) * std
 
 
 def conv_case(case, gen):
     name, c_in, h, w, c_out, k, d, pad = case
-    x = torch.randn(1, c_in, h, w, generator=gen, device="cuda")
+    x = torch.randn(1, c_in, h, w, generator=gen, device="cuda", dtype=DTYPE)
     weight = he(c_out, c_in, k, gen)
-    bias = torch.randn(c_out, generator=gen, device="cuda")
+    bias = torch.randn(c_out, generator=gen, device="cuda", dtype=DTYPE)
     oh, ow = h + 2 * pad - d * (k - 1), w + 2 * pad - d * (k - 1)
     return name, conv_flops(c_in, c_out, k, oh, ow), (
         lambda: F.conv2d(x, weight, bias, padding=pad, dilation=d)
@@ -117,8 +121,9 @@ def conv_case(case, gen):
 
 def context_case(case, gen):
     name, c, size, layers = case
-    x = torch.rand(1, c, size, size, generator=gen, device="cuda")
-    params = [(he(o, i, k, gen), torch.zeros(o, device="cuda"), k, d) for i, o, k, d in layers]
+    x = torch.rand(1, c, size, size, generator=gen, device="cuda", dtype=DTYPE)
+    zeros = lambda n: torch.zeros(n, device="cuda", dtype=DTYPE)  # noqa: E731
+    params = [(he(o, i, k, gen), zeros(o), k, d) for i, o, k, d in layers]
     flops = sum(conv_flops(i, o, k, size, size) for i, o, k, _ in layers)
 
     def run():
@@ -136,7 +141,7 @@ def cityscapes_case(size, gen):
     """The whole network with random weights at size x size: front-end, context module,
     in-network bilinear deconvolution (kernel 16, stride 8, pad 4, one group per class) and
     softmax."""
-    x = torch.rand(1, 3, size, size, generator=gen, device="cuda") * 255.0 - 80.0
+    x = torch.rand(1, 3, size, size, generator=gen, device="cuda", dtype=DTYPE) * 255.0 - 80.0
     params, flops, h = [], 0, size
     for layer in cityscapes_layers():
         if layer[0] == "pool":
@@ -144,10 +149,11 @@ def cityscapes_case(size, gen):
             h = (h - 2 + 1) // 2 + 1  # Caffe: ceil((h - 2) / 2) + 1
             continue
         _, c_in, c_out, k, d, pad, relu = layer
-        params.append((he(c_out, c_in, k, gen), torch.zeros(c_out, device="cuda"), d, pad, relu))
+        bias = torch.zeros(c_out, device="cuda", dtype=DTYPE)
+        params.append((he(c_out, c_in, k, gen), bias, d, pad, relu))
         h = h + 2 * pad - d * (k - 1)
         flops += conv_flops(c_in, c_out, k, h, h)
-    up = torch.rand(19, 1, 16, 16, generator=gen, device="cuda")
+    up = torch.rand(19, 1, 16, 16, generator=gen, device="cuda", dtype=DTYPE)
     flops += 2 * 19 * h * h * 16 * 16
 
     def run():
@@ -173,7 +179,9 @@ def main():
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
     ap.add_argument("--size", type=int, default=1396, help="Cityscapes input size")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--f16", action="store_true", help="also time every case in float16")
     args = ap.parse_args()
+    global DTYPE
 
     torch.backends.cudnn.benchmark = True
     props = torch.cuda.get_device_properties(0)
@@ -181,11 +189,14 @@ def main():
         f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
         f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
     )
-    gen = torch.Generator(device="cuda").manual_seed(7)
-    cases = [conv_case(c, gen) for c in conv_cases()]
-    cases += [context_case(c, gen) for c in context_cases()]
-    cases.append(cityscapes_case(args.size, gen))
-    cases = [c for c in cases if args.filter in c[0]]
+    def make_cases():
+        gen = torch.Generator(device="cuda").manual_seed(7)
+        cases = [conv_case(c, gen) for c in conv_cases()]
+        cases += [context_case(c, gen) for c in context_cases()]
+        cases.append(cityscapes_case(args.size, gen))
+        return [c for c in cases if args.filter in c[0]]
+
+    cases = make_cases()
 
     results = []
     print(f"{'case':<34} {'GFLOP':>9} | {'fp32 ms':>9} {'GFLOP/s':>9} | {'TF32 ms':>9} {'GFLOP/s':>9}")
@@ -204,6 +215,19 @@ def main():
             f"{name:<34} {row['gflop']:>9.2f} | {row['fp32_ms']:>9.3f} {row['fp32_gflops']:>9.0f}"
             f" | {row['tf32_ms']:>9.3f} {row['tf32_gflops']:>9.0f}"
         )
+    if args.f16:
+        DTYPE = torch.float16
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        print(f"{'case':<34} {'f16 ms':>9} {'GFLOP/s':>9}")
+        for (name, flops, run), row in zip(make_cases(), results):
+            with torch.no_grad():
+                median, best = time_cuda(run, args.warmup, args.reps)
+            row["f16_ms"] = median
+            row["f16_best_ms"] = best
+            row["f16_gflops"] = flops / 1e9 / (median / 1e3)
+            print(f"{name:<34} {median:>9.3f} {row['f16_gflops']:>9.0f}")
+        DTYPE = torch.float32
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": props.name, "results": results}, f, indent=1)

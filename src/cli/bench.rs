@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use dilated::gpu::Kernel;
+use dilated::gpu::tune::Tuning;
 use dilated::net::{LayerReport, Network, PresetOptions};
 use dilated::plan::{BandedLayout, CpuPlan, GpuPlan, Plan, PlanOptions};
 use dilated::timing::LayerTimes;
@@ -42,6 +43,11 @@ pub struct BenchArgs {
     /// choice).
     #[arg(long, value_enum, default_value_t = Algorithm::Auto)]
     pub algorithm: Algorithm,
+    /// Kernel choice by measurement: `cached` runs the choices recorded for this adapter (else
+    /// the heuristic), `on` also measures and records the missing ones, `retune` measures every
+    /// layer again, `off` runs the heuristic; `--algorithm` other than auto overrides it.
+    #[arg(long, value_enum, default_value_t = TuneArg::Cached)]
+    pub tune: TuneArg,
     /// Where it runs: `--cpu` times the CPU only, and without `--gpu` the CPU alone is timed
     /// when the GPU is missing or fails.
     #[command(flatten)]
@@ -66,6 +72,27 @@ impl From<Algorithm> for ConvAlgorithm {
             Algorithm::Direct => ConvAlgorithm::Direct,
             Algorithm::Tiled => ConvAlgorithm::Tiled,
             Algorithm::Blocked => ConvAlgorithm::Blocked,
+        }
+    }
+}
+
+/// `--tune` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum TuneArg {
+    // No doc comments here: clap would list them in the help.
+    Cached,
+    On,
+    Off,
+    Retune,
+}
+
+impl From<TuneArg> for Tuning {
+    fn from(t: TuneArg) -> Self {
+        match t {
+            TuneArg::Cached => Tuning::Cached,
+            TuneArg::On => Tuning::On,
+            TuneArg::Off => Tuning::Off,
+            TuneArg::Retune => Tuning::Retune,
         }
     }
 }
@@ -108,6 +135,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
     let options = PlanOptions {
         max_memory: args.memory.max_memory,
         algorithm: args.algorithm.into(),
+        tuning: args.tune.into(),
     };
     let gpu = device::run(
         &executor,

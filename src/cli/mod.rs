@@ -17,6 +17,7 @@ pub mod report;
 pub mod run;
 pub mod segment;
 pub mod train;
+pub mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -60,6 +61,9 @@ pub enum Command {
     /// Scores predicted label PNGs against ground-truth label PNGs: per-class IoU, mean IoU and
     /// pixel accuracy over every non-ignored pixel of every pair (one confusion matrix).
     Eval(eval::EvalArgs),
+    /// Measures the convolution kernels of every layer geometry of a network on this adapter,
+    /// prints each candidate's time and the winner, and records the winners for later plans.
+    Tune(tune::TuneArgs),
     /// Draws the theoretical and the effective receptive field (Luo et al. 2016) of the centre
     /// output pixel for a model's front-end, its context module and both together, as a PNG.
     ReceptiveField(receptive_field::ReceptiveFieldArgs),
@@ -81,5 +85,6 @@ pub fn execute(cli: Cli) -> Result<(), dilated::Error> {
         Command::Features(args) => features::execute(&args),
         Command::Eval(args) => eval::execute(&args),
         Command::ReceptiveField(args) => receptive_field::execute(&args),
+        Command::Tune(args) => tune::execute(&args),
     }
 }

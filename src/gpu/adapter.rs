@@ -16,6 +16,8 @@ pub struct AdapterReport {
     pub subgroups: bool,
     /// Whether the adapter supports f16 in shaders.
     pub shader_f16: bool,
+    /// Whether the adapter offers wgpu's pipeline cache (compiled pipelines kept between runs).
+    pub pipeline_cache: bool,
 }
 
 impl AdapterReport {
@@ -27,6 +29,7 @@ impl AdapterReport {
             timestamps: f.contains(wgpu::Features::TIMESTAMP_QUERY),
             subgroups: f.contains(wgpu::Features::SUBGROUP),
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
+            pipeline_cache: f.contains(wgpu::Features::PIPELINE_CACHE),
         }
     }
 }
@@ -74,10 +77,11 @@ impl std::fmt::Display for AdapterReport {
         )?;
         write!(
             f,
-            "  features: timestamp queries {}, subgroups {}, shader f16 {}",
+            "  features: timestamp queries {}, subgroups {}, shader f16 {}, pipeline cache {}",
             yes(self.timestamps),
             yes(self.subgroups),
-            yes(self.shader_f16)
+            yes(self.shader_f16),
+            yes(self.pipeline_cache)
         )
     }
 }

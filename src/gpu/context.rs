@@ -1,5 +1,6 @@
 //! Device setup: adapter choice from the usual wgpu environment variables, limits, features.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,11 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::adapter::{AdapterReport, enumerate_candidates, make_instance};
+use crate::gpu::cache::{
+    adapter_key, cache_file, decode_pipeline_data, default_cache_dir, encode_pipeline_data,
+};
 use crate::gpu::shader::Kernels;
+use crate::gpu::tune::TuneTable;
 
 /// How to pick an adapter and how long to wait for it. [`GpuOptions::from_env`] reads
 /// `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` and `DILATED_GPU_TIMEOUT`.
@@ -29,6 +34,12 @@ pub struct GpuOptions {
     /// out returns [`Error::Device`] and marks the device lost (work may still be in flight on
     /// it). Default [`DEFAULT_TIMEOUT`], or `DILATED_GPU_TIMEOUT` seconds (`0` for none).
     pub timeout: Option<Duration>,
+    /// Directory of the files kept between runs for this adapter: the compiled pipelines
+    /// (where the adapter offers wgpu's pipeline cache) and the convolution kernels chosen by
+    /// measurement (see [`crate::gpu::tune`]). `None` keeps nothing. Default:
+    /// [`default_cache_dir`] (`DILATED_CACHE_DIR`, else `dilated` in the user's cache
+    /// directory).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Longest wait for one submission unless [`GpuOptions::timeout`] says otherwise: generous, as
@@ -56,6 +67,7 @@ impl GpuOptions {
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             timeout: timeout_from_env(std::env::var("DILATED_GPU_TIMEOUT").ok().as_deref()),
+            cache_dir: default_cache_dir(),
         }
     }
 }
@@ -137,6 +149,32 @@ pub struct Gpu {
     lost: Arc<Lost>,
     uncaptured: Arc<Mutex<Vec<String>>>,
     pub(crate) kernels: Kernels,
+    /// The adapter's key in the cache files (see [`adapter_key`]).
+    cache_key: String,
+    cache_dir: Option<PathBuf>,
+    pipeline_file: Option<PipelineFile>,
+    /// Convolution kernel choices, read from the cache directory on first use.
+    pub(crate) tuning: Mutex<Option<TuneTable>>,
+}
+
+/// The pipeline cache's file and what was found in it.
+struct PipelineFile {
+    path: PathBuf,
+    /// Bytes of cached data wgpu accepted when the device was opened (0: none).
+    loaded: u64,
+    /// Serialises writes of the file by this handle.
+    writing: Mutex<()>,
+}
+
+/// Where a [`Gpu`]'s pipeline cache lives and what it started with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineCacheInfo {
+    /// The file the cache is read from and written to.
+    pub path: PathBuf,
+    /// Bytes of cached pipelines that were found in the file and accepted when the device was
+    /// opened; 0 when there was no file or its data was corrupt, stale or from another
+    /// adapter, driver or version (it is then rewritten).
+    pub loaded_bytes: u64,
 }
 
 impl Gpu {
@@ -197,17 +235,33 @@ impl Gpu {
                 }
             }
         };
-        let mut gpu = Self::from_adapter(adapter)?;
+        let mut gpu = Self::open(adapter, options.cache_dir.as_deref())?;
         gpu.timeout = options.timeout;
         Ok(gpu)
     }
 
     /// Opens a device on a given adapter with the limits it offers and the optional features
     /// this crate uses when present; waits are bounded by [`DEFAULT_TIMEOUT`] (see
-    /// [`Gpu::set_timeout`]).
+    /// [`Gpu::set_timeout`]), with the cache directory of [`GpuOptions::from_env`].
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
+        Self::open(adapter, default_cache_dir().as_deref())
+    }
+
+    /// [`Gpu::from_adapter`] with the files of `cache_dir` (none when `None`).
+    pub fn from_adapter_with_cache(
+        adapter: wgpu::Adapter,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self> {
+        Self::open(adapter, cache_dir)
+    }
+
+    fn open(adapter: wgpu::Adapter, cache_dir: Option<&Path>) -> Result<Self> {
         let report = AdapterReport::of(&adapter);
+        let cache_key = adapter_key(&report.info);
         let mut features = wgpu::Features::empty();
+        if report.pipeline_cache && cache_dir.is_some() {
+            features |= wgpu::Features::PIPELINE_CACHE;
+        }
         if report.timestamps {
             features |= wgpu::Features::TIMESTAMP_QUERY;
         }
@@ -248,8 +302,25 @@ impl Gpu {
             }
         }));
         let limits = device.limits();
+        let (pipeline_cache, pipeline_file) = match cache_dir {
+            Some(dir) if features.contains(wgpu::Features::PIPELINE_CACHE) => {
+                let path = cache_file(dir, "pipelines", &cache_key, "bin");
+                let (cache, loaded) = open_pipeline_cache(&device, &path, &cache_key);
+                let file = PipelineFile {
+                    path,
+                    loaded,
+                    writing: Mutex::new(()),
+                };
+                (Some(cache), Some(file))
+            }
+            _ => (None, None),
+        };
         Ok(Self {
-            kernels: Kernels::default(),
+            kernels: Kernels::new(pipeline_cache),
+            cache_key,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            pipeline_file,
+            tuning: Mutex::new(None),
             device,
             queue,
             report,
@@ -260,6 +331,55 @@ impl Gpu {
             lost,
             uncaptured,
         })
+    }
+
+    /// The pipeline cache's file and how much of it was used, when the adapter offers wgpu's
+    /// pipeline cache and a cache directory is set ([`GpuOptions::cache_dir`]).
+    pub fn pipeline_cache(&self) -> Option<PipelineCacheInfo> {
+        self.pipeline_file.as_ref().map(|f| PipelineCacheInfo {
+            path: f.path.clone(),
+            loaded_bytes: f.loaded,
+        })
+    }
+
+    /// Writes the pipeline cache's data to its file (atomically) when pipelines were built
+    /// since it was last written; returns the bytes written, or `None` when there was nothing
+    /// to write or no pipeline cache. Plans call this once their pipelines are built, and a
+    /// `Gpu` calls it when dropped.
+    pub fn save_pipeline_cache(&self) -> Result<Option<u64>> {
+        let (Some(file), Some(cache)) = (&self.pipeline_file, self.kernels.cache()) else {
+            return Ok(None);
+        };
+        if !self.kernels.take_new() || self.lost.get().is_some() {
+            return Ok(None);
+        }
+        let Some(data) = cache.get_data() else {
+            return Ok(None);
+        };
+        let bytes = encode_pipeline_data(&self.cache_key, &data);
+        let _writing = file
+            .writing
+            .lock()
+            .map_err(|_| Error::Internal("a pipeline cache write panicked".into()))?;
+        if let Some(dir) = file.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        crate::io::write_file(&file.path, &bytes)?;
+        Ok(Some(bytes.len() as u64))
+    }
+
+    /// The directory of the files kept between runs ([`GpuOptions::cache_dir`]).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
+    /// The key this adapter's cached data is stored under (adapter name, vendor, device id,
+    /// driver, backend and this crate's version).
+    pub fn cache_key(&self) -> &str {
+        &self.cache_key
     }
 
     /// The longest wait for one submission or read-back (`None`: no limit).
@@ -433,6 +553,71 @@ impl Gpu {
                 }
                 Err(Error::Device(format!("{what}: {e}")))
             }
+        }
+    }
+}
+
+/// The pipeline cache of a new device, from the data in `path` when it holds data this
+/// adapter, driver and version wrote and wgpu accepts it, else empty; and the bytes accepted.
+fn open_pipeline_cache(
+    device: &wgpu::Device,
+    path: &Path,
+    key: &str,
+) -> (wgpu::PipelineCache, u64) {
+    let empty = || {
+        // SAFETY: no data is given.
+        unsafe {
+            device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                label: Some("dilated pipelines"),
+                data: None,
+                fallback: true,
+            })
+        }
+    };
+    let file = match std::fs::read(path) {
+        Ok(file) => file,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("pipeline cache {}: {e}; starting empty", path.display());
+            }
+            return (empty(), 0);
+        }
+    };
+    let data = match decode_pipeline_data(key, &file) {
+        Ok(data) => data,
+        Err(why) => {
+            log::info!("pipeline cache {}: {why}; rewriting it", path.display());
+            return (empty(), 0);
+        }
+    };
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    // SAFETY: the data is what `PipelineCache::get_data` returned on an adapter with the same
+    // name, ids, driver and backend under this crate's version: the file holds that key and a
+    // hash of the data, both checked above; wgpu checks its own header again.
+    let cache = unsafe {
+        device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+            label: Some("dilated pipelines"),
+            data: Some(data),
+            fallback: false,
+        })
+    };
+    match pollster::block_on(scope.pop()) {
+        None => (cache, data.len() as u64),
+        Some(e) => {
+            log::info!(
+                "pipeline cache {}: not used ({e}); rewriting it",
+                path.display()
+            );
+            (empty(), 0)
+        }
+    }
+}
+
+impl Drop for Gpu {
+    /// Writes the pipeline cache when pipelines were built since it was last written.
+    fn drop(&mut self) {
+        if let Err(e) = self.save_pipeline_cache() {
+            log::warn!("could not write the pipeline cache: {e}");
         }
     }
 }

@@ -5,20 +5,22 @@
 //! implementing [`GpuLayer`]) and one shader in `shaders/` listed in [`shader::Kernel`].
 
 pub mod adapter;
+pub mod cache;
 pub mod context;
 pub mod dispatch;
 pub mod layer;
 pub mod ops;
 pub mod shader;
 pub mod tensor;
+pub mod tune;
 
 pub use adapter::{AdapterReport, candidate_adapters, list_adapters};
-pub use context::{Gpu, GpuOptions};
+pub use context::{Gpu, GpuOptions, PipelineCacheInfo};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
 pub use ops::{
-    ConvAlgorithm, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuDropout, GpuMask, GpuMaxPool2d,
-    GpuRelu, GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom, LossAndGrad, SgdHyper,
+    ConvAlgorithm, ConvChoice, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuDropout, GpuMask,
+    GpuMaxPool2d, GpuRelu, GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom, LossAndGrad, SgdHyper,
 };
 pub use shader::Kernel;
 pub use tensor::GpuTensor;

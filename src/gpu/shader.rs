@@ -6,6 +6,7 @@
 //! struct by naga reflection.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Invocations per workgroup of the one-element-per-invocation kernels.
 pub const WG_LINEAR: u32 = 64;
@@ -472,15 +473,38 @@ pub(crate) struct Compiled {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Pipelines of one device, each built on first use with an explicit layout.
+/// Pipelines of one device, each built on first use with an explicit layout, through the
+/// device's pipeline cache when it has one.
 #[derive(Default)]
 pub(crate) struct Kernels {
     compiled: [OnceLock<Compiled>; Kernel::ALL.len()],
+    cache: Option<wgpu::PipelineCache>,
+    /// A pipeline was built since the cache's data was last taken (see [`Kernels::take_new`]).
+    built: AtomicBool,
 }
 
 impl Kernels {
+    /// Pipelines built through `cache` (or without one).
+    pub(crate) fn new(cache: Option<wgpu::PipelineCache>) -> Self {
+        Self {
+            cache,
+            ..Self::default()
+        }
+    }
+
+    /// The pipeline cache pipelines are built through.
+    pub(crate) fn cache(&self) -> Option<&wgpu::PipelineCache> {
+        self.cache.as_ref()
+    }
+
+    /// Whether a pipeline was built since the last call (and clears the mark).
+    pub(crate) fn take_new(&self) -> bool {
+        self.built.swap(false, Ordering::SeqCst)
+    }
+
     pub(crate) fn get(&self, device: &wgpu::Device, kernel: Kernel) -> &Compiled {
         self.compiled[kernel.index()].get_or_init(|| {
+            self.built.store(true, Ordering::SeqCst);
             let def = kernel.definition();
             let buffer = |binding, ty| wgpu::BindGroupLayoutEntry {
                 binding,
@@ -518,7 +542,7 @@ impl Kernels {
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
-                cache: None,
+                cache: self.cache.as_ref(),
             });
             Compiled { pipeline, layout }
         })

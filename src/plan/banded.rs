@@ -6,6 +6,7 @@ use std::time::Duration;
 use ndarray::{Array4, ArrayView4};
 
 use crate::error::Result;
+use crate::gpu::tune::{ConvTuning, Tuning};
 use crate::gpu::{ConvAlgorithm, Gpu, Kernel};
 use crate::net::Network;
 use crate::plan::compiled::GpuPlan;
@@ -52,14 +53,15 @@ impl<'g> Plan<'g> {
             None => None,
         };
         match layout {
-            Some(layout) => Self::build(gpu, network, layout, options.algorithm),
+            Some(layout) => Self::build(gpu, network, layout, options.algorithm, options.tuning),
             None => Ok(Self {
                 output_shape: network.output_shape(input_shape)?,
-                inner: Inner::Whole(GpuPlan::with_algorithm(
+                inner: Inner::Whole(GpuPlan::with_tuning(
                     gpu,
                     network,
                     input_shape,
                     options.algorithm,
+                    options.tuning,
                 )?),
                 input_shape,
             }),
@@ -71,6 +73,7 @@ impl<'g> Plan<'g> {
         network: &Network,
         layout: BandedLayout,
         algorithm: ConvAlgorithm,
+        tuning: Tuning,
     ) -> Result<Self> {
         let output_shape = network.output_shape(layout.input_shape)?;
         let mut stages = Vec::with_capacity(layout.stages.len());
@@ -82,7 +85,7 @@ impl<'g> Plan<'g> {
             };
             stages.push(StagePlan {
                 bands: stage.bands.clone(),
-                plan: GpuPlan::build(gpu, &net, band, algorithm, false)?,
+                plan: GpuPlan::build(gpu, &net, band, algorithm, tuning, false)?,
             });
         }
         let n = network.layers().len();
@@ -92,7 +95,7 @@ impl<'g> Plan<'g> {
                 .last()
                 .map_or(layout.input_shape, |s| s.bands.stitched_shape);
             let net = network.sub_network(layout.rest_start..n)?;
-            Some(GpuPlan::build(gpu, &net, input, algorithm, false)?)
+            Some(GpuPlan::build(gpu, &net, input, algorithm, tuning, false)?)
         } else {
             None
         };
@@ -167,6 +170,20 @@ impl<'g> Plan<'g> {
             for (name, kernels) in plan.layer_kernels() {
                 if !out.iter().any(|(n, _)| n == name) {
                     out.push((name.to_string(), kernels));
+                }
+            }
+        }
+        out
+    }
+
+    /// The kernel choice of each convolution layer, by layer name, in order (from the first
+    /// band that runs the layer; see [`GpuPlan::conv_choices`]).
+    pub fn conv_choices(&self) -> Vec<ConvTuning> {
+        let mut out: Vec<ConvTuning> = Vec::new();
+        for plan in self.plans() {
+            for t in plan.conv_choices() {
+                if !out.iter().any(|o| o.layer == t.layer) {
+                    out.push(t.clone());
                 }
             }
         }

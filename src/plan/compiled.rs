@@ -8,8 +8,12 @@ use ndarray::{Array4, ArrayView4};
 
 use crate::error::{Error, Result};
 use crate::gpu::layer::named_after;
-use crate::gpu::{ConvAlgorithm, Dispatch, Gpu, GpuLayer, Io, Kernel, LayerOptions, layer_for};
-use crate::net::Network;
+use crate::gpu::tune::{ChoiceSource, ConvTuning, Tuning, geometry_key, measure_conv};
+use crate::gpu::{
+    ConvAlgorithm, ConvChoice, Dispatch, Gpu, GpuConv2d, GpuLayer, Io, Kernel, LayerOptions,
+    layer_for,
+};
+use crate::net::{Network, Op};
 use crate::plan::memory::estimate_layers;
 use crate::spec::Shape;
 use crate::timing::LayerTimes;
@@ -26,6 +30,68 @@ struct Timestamps {
     queries: wgpu::QuerySet,
     resolved: wgpu::Buffer,
     staging: wgpu::Buffer,
+}
+
+/// A convolution layer with its kernel chosen: forced, recorded for this adapter, measured now
+/// or by the heuristic, as `tuning` and the forced `conv.choice()` say. A geometry measured
+/// earlier in the same plan (`earlier`) is not measured again.
+fn choose_kernel(
+    gpu: &Gpu,
+    conv: GpuConv2d,
+    layer: &str,
+    io: &Io<'_>,
+    tuning: Tuning,
+    split: bool,
+    earlier: &[ConvTuning],
+) -> Result<(GpuConv2d, ConvTuning)> {
+    let geometry = geometry_key(conv.spec(), io.input_shape, split);
+    let flops = 2
+        * io.output_shape.len() as u64
+        * (conv.spec().in_channels * conv.spec().kernel.0 * conv.spec().kernel.1) as u64;
+    let mut candidates = Vec::new();
+    let (conv, source) = if conv.choice().algorithm != ConvAlgorithm::Auto {
+        (conv, ChoiceSource::Forced)
+    } else if tuning == Tuning::Off {
+        (conv, ChoiceSource::Heuristic)
+    } else if let Some(done) = earlier
+        .iter()
+        .find(|t| t.geometry == geometry && t.source == ChoiceSource::Measured)
+    {
+        (conv.with_choice(done.choice), ChoiceSource::Measured)
+    } else {
+        let recorded = match tuning {
+            Tuning::Retune => None,
+            _ => gpu.recorded_choice(&geometry)?,
+        };
+        match recorded {
+            Some(choice) => (
+                conv.with_choice(ConvChoice {
+                    split: choice.split && split,
+                    ..choice
+                }),
+                ChoiceSource::Cached,
+            ),
+            None if tuning == Tuning::Cached => (conv, ChoiceSource::Heuristic),
+            None => {
+                candidates = measure_conv(gpu, &conv, io, split)?;
+                let best = candidates
+                    .first()
+                    .ok_or_else(|| Error::Internal(format!("{layer}: no kernel candidate")))?;
+                gpu.record_choice(&geometry, best.choice, best.time)?;
+                (conv.with_choice(best.choice), ChoiceSource::Measured)
+            }
+        }
+    };
+    let tuning = ConvTuning {
+        layer: layer.to_string(),
+        geometry,
+        flops,
+        choice: conv.choice(),
+        kernel: conv.kernel_for(io.output_shape),
+        source,
+        candidates,
+    };
+    Ok((conv, tuning))
 }
 
 /// A network compiled for one GPU and one input shape.
@@ -54,12 +120,34 @@ pub struct GpuPlan<'g> {
     peak_bytes: u64,
     pass: Mutex<()>,
     _scratch: Option<wgpu::Buffer>,
+    tuning: Vec<ConvTuning>,
 }
 
 impl<'g> GpuPlan<'g> {
     /// Compiles `network` for inputs of shape `input_shape`.
+    /// Layers run the kernels recorded for this adapter ([`Tuning::Cached`]).
     pub fn new(gpu: &'g Gpu, network: &Network, input_shape: Shape) -> Result<Self> {
-        Self::build(gpu, network, input_shape, ConvAlgorithm::Auto, true)
+        Self::build(
+            gpu,
+            network,
+            input_shape,
+            ConvAlgorithm::Auto,
+            Tuning::default(),
+            true,
+        )
+    }
+
+    /// Compiles `network` with convolution kernels forced (`algorithm` other than `Auto`) or
+    /// chosen as `tuning` says (see [`crate::gpu::tune`]); [`GpuPlan::conv_choices`] tells
+    /// what each layer runs and why.
+    pub fn with_tuning(
+        gpu: &'g Gpu,
+        network: &Network,
+        input_shape: Shape,
+        algorithm: ConvAlgorithm,
+        tuning: Tuning,
+    ) -> Result<Self> {
+        Self::build(gpu, network, input_shape, algorithm, tuning, true)
     }
 
     /// Compiles `network` with every convolution forced to one kernel choice (see
@@ -70,7 +158,14 @@ impl<'g> GpuPlan<'g> {
         input_shape: Shape,
         algorithm: ConvAlgorithm,
     ) -> Result<Self> {
-        Self::build(gpu, network, input_shape, algorithm, true)
+        Self::build(
+            gpu,
+            network,
+            input_shape,
+            algorithm,
+            Tuning::default(),
+            true,
+        )
     }
 
     /// Compiles `network`; `split`: whether convolutions may split their reductions (see
@@ -80,6 +175,7 @@ impl<'g> GpuPlan<'g> {
         network: &Network,
         input_shape: Shape,
         algorithm: ConvAlgorithm,
+        tuning: Tuning,
         split: bool,
     ) -> Result<Self> {
         let shapes = network.shapes(input_shape)?;
@@ -112,9 +208,35 @@ impl<'g> GpuPlan<'g> {
         let mut weight_bytes = 0;
         let mut scratch_len = 0;
         let mut in_shape = input_shape;
-        for (layer, &out_shape) in network.layers().iter().zip(&shapes) {
+        let mut choices = Vec::new();
+        for (i, (layer, &out_shape)) in network.layers().iter().zip(&shapes).enumerate() {
             let named = |e| named_after(&layer.name, e);
-            let op = layer_for(gpu, &layer.op, options).map_err(named)?;
+            let op: Box<dyn GpuLayer> = match &layer.op {
+                Op::Conv { spec, weight, bias } => {
+                    let conv =
+                        GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))
+                            .map_err(named)?
+                            .with_algorithm(algorithm)
+                            .with_split(split);
+                    let io = Io {
+                        input: if i == 0 {
+                            &input
+                        } else {
+                            &activations[(i - 1) % ping_pong]
+                        },
+                        input_shape: in_shape,
+                        output: &activations[i % ping_pong],
+                        output_shape: out_shape,
+                        scratch: None,
+                    };
+                    let (conv, choice) =
+                        choose_kernel(gpu, conv, &layer.name, &io, tuning, split, &choices)
+                            .map_err(named)?;
+                    choices.push(choice);
+                    Box::new(conv)
+                }
+                op => layer_for(gpu, op, options).map_err(named)?,
+            };
             weight_bytes += op.weight_bytes();
             scratch_len = scratch_len.max(op.scratch_bytes(gpu, in_shape).map_err(named)?);
             built.push((layer.name.clone(), in_shape, out_shape, op));
@@ -199,7 +321,20 @@ impl<'g> GpuPlan<'g> {
             peak_bytes,
             pass: Mutex::new(()),
             _scratch: scratch,
+            tuning: choices,
         })
+        .inspect(|_| {
+            if let Err(e) = gpu.save_pipeline_cache() {
+                log::warn!("could not write the pipeline cache: {e}");
+            }
+        })
+    }
+
+    /// The kernel choice of each convolution layer, in order: the choice, the kernel it runs,
+    /// where it came from and, for geometries measured while the plan was built, every
+    /// candidate's time.
+    pub fn conv_choices(&self) -> &[ConvTuning] {
+        &self.tuning
     }
 
     /// GPU memory a plan for `network` at `input_shape` will hold, computed without a device:

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::ConvAlgorithm;
+use crate::gpu::tune::Tuning;
 
 /// Options of a GPU plan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -11,8 +12,12 @@ pub struct PlanOptions {
     /// horizontal bands (see [`Bands`]).
     pub max_memory: Option<u64>,
     /// Convolution kernel choice for every layer (default: each layer chooses, see
-    /// [`crate::GpuConv2d::kernel_for`]).
+    /// [`crate::GpuConv2d::kernel_for`]). Anything but `Auto` overrides [`PlanOptions::tuning`].
     pub algorithm: ConvAlgorithm,
+    /// How layers choose their kernel when `algorithm` is `Auto` (default: the choices
+    /// measured earlier on the adapter where recorded, else the heuristic; see
+    /// [`crate::gpu::tune`]).
+    pub tuning: Tuning,
 }
 
 impl PlanOptions {

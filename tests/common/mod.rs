@@ -13,7 +13,8 @@ use ndarray::{Array1, Array4, ArrayView4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The GPU shared by every test of a binary (the handle is `Send + Sync`).
+/// The GPU shared by every test of a binary (the handle is `Send + Sync`), keeping no files
+/// between runs (no pipeline cache, no recorded kernel choices).
 ///
 /// A GPU test must not pass without a GPU: without an adapter this panics, and it asserts the
 /// adapter is the one the environment asks for: the backend named by `WGPU_BACKEND` (CI pins
@@ -22,7 +23,14 @@ use rand::{Rng, SeedableRng};
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
-        let g = Gpu::new().unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
+        // No cache directory: kernel choices recorded on this machine must not change what the
+        // tests run.
+        let options = dilated::GpuOptions {
+            cache_dir: None,
+            ..dilated::GpuOptions::from_env()
+        };
+        let g = Gpu::with_options(&options)
+            .unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
         check_adapter(&g);
         g
     })

@@ -16,7 +16,7 @@ use crate::gpu::shader::{
 use crate::spec::{Conv2d, Shape, check_conv_params};
 
 /// Which convolution kernel to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvAlgorithm {
     /// Chosen from the adapter and the layer's geometry (see [`GpuConv2d::kernel_for`]).
     #[default]
@@ -50,6 +50,49 @@ uniform! {
         out_base: u32, out_batch_stride: u32, bias_base: u32, flags: u32,
     }
 }
+
+/// A convolution's kernel choice: the algorithm, and whether the tiled kernel may split a deep
+/// reduction over several workgroups (split-K; see [`GpuConv2d::with_split`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvChoice {
+    /// The kernel.
+    pub algorithm: ConvAlgorithm,
+    /// Whether the tiled kernel may split its reduction.
+    pub split: bool,
+}
+
+impl ConvChoice {
+    /// A short name: `auto`, `direct`, `blocked`, `tiled` (may split) or `tiled-nosplit`
+    /// (`auto-nosplit` likewise).
+    pub fn name(self) -> &'static str {
+        match (self.algorithm, self.split) {
+            (ConvAlgorithm::Auto, true) => "auto",
+            (ConvAlgorithm::Auto, false) => "auto-nosplit",
+            (ConvAlgorithm::Direct, _) => "direct",
+            (ConvAlgorithm::Blocked, _) => "blocked",
+            (ConvAlgorithm::Tiled, true) => "tiled",
+            (ConvAlgorithm::Tiled, false) => "tiled-nosplit",
+        }
+    }
+
+    /// The choice [`ConvChoice::name`] names, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        let (algorithm, split) = match name {
+            "auto" => (ConvAlgorithm::Auto, true),
+            "auto-nosplit" => (ConvAlgorithm::Auto, false),
+            "direct" => (ConvAlgorithm::Direct, false),
+            "blocked" => (ConvAlgorithm::Blocked, false),
+            "tiled" => (ConvAlgorithm::Tiled, true),
+            "tiled-nosplit" => (ConvAlgorithm::Tiled, false),
+            _ => return None,
+        };
+        Some(Self { algorithm, split })
+    }
+}
+
+/// Most multiply-adds of a layer with many output channels and pixels on which the direct
+/// kernel is still timed when tuning (on larger ones it cannot win and is slow to time).
+pub const DIRECT_TUNE_MAX_MACS: u64 = 1 << 26;
 
 const FLAG_BIAS: u32 = 1;
 const FLAG_RELU: u32 = 2;
@@ -191,6 +234,11 @@ impl GpuConv2d {
     /// kernel may further split its reduction (see [`GpuConv2d::with_split`]); the dispatches
     /// [`GpuLayer::prepare`] returns name every kernel that runs.
     pub fn kernel_for(&self, output: Shape) -> Kernel {
+        self.kernel_as(self.algorithm, output)
+    }
+
+    /// The kernel `algorithm` runs for an output shape on this device.
+    fn kernel_as(&self, algorithm: ConvAlgorithm, output: Shape) -> Kernel {
         let tiled = if !self.tiled_supported {
             Kernel::ConvDirect
         } else if self.spec.is_pointwise() {
@@ -198,7 +246,7 @@ impl GpuConv2d {
         } else {
             Kernel::ConvTiled
         };
-        match self.algorithm {
+        match algorithm {
             ConvAlgorithm::Direct => Kernel::ConvDirect,
             ConvAlgorithm::Tiled => tiled,
             ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
@@ -218,6 +266,89 @@ impl GpuConv2d {
         }
     }
 
+    /// The layer's kernel choice: its algorithm and whether the tiled kernel may split.
+    pub fn choice(&self) -> ConvChoice {
+        ConvChoice {
+            algorithm: self.algorithm,
+            split: self.split,
+        }
+    }
+
+    /// Sets the kernel choice (see [`GpuConv2d::with_algorithm`], [`GpuConv2d::with_split`]).
+    pub fn with_choice(self, choice: ConvChoice) -> Self {
+        self.with_algorithm(choice.algorithm)
+            .with_split(choice.split)
+    }
+
+    /// The kernel choices worth timing for a run from `input` on this device (see
+    /// [`crate::gpu::tune`]), today's choice ([`ConvAlgorithm::Auto`]) first, each running a
+    /// different set of dispatches. Bounded by geometry: the tiled kernel with and without a
+    /// split reduction only when it would split (and `split` allows it), the register-blocked
+    /// kernel only where the device has subgroups of at least 8, and the direct kernel only on
+    /// layers small enough that it can win: fewer than [`TILE_M`] output channels or
+    /// [`TILE_N`] output pixels, at most [`DIRECT_TUNE_MAX_MACS`] multiply-adds, or where the
+    /// tiled kernel does not fit the device.
+    pub fn candidates(&self, gpu: &Gpu, input: Shape, split: bool) -> Result<Vec<ConvChoice>> {
+        let output = self.output_shape(input)?;
+        let auto = ConvChoice {
+            algorithm: ConvAlgorithm::Auto,
+            split,
+        };
+        let mut out = vec![auto];
+        let mut seen = vec![self.signature(gpu, input, output, auto)?];
+        let macs = output.len() as u64
+            * (self.spec.in_channels * self.spec.kernel.0 * self.spec.kernel.1) as u64;
+        let direct_may_win = output.c < TILE_M as usize
+            || output.plane() < TILE_N as usize
+            || macs <= DIRECT_TUNE_MAX_MACS
+            || !self.tiled_supported;
+        let mut options = vec![
+            ConvChoice {
+                algorithm: ConvAlgorithm::Tiled,
+                split,
+            },
+            ConvChoice {
+                algorithm: ConvAlgorithm::Tiled,
+                split: false,
+            },
+        ];
+        if self.blocked_supported {
+            options.push(ConvChoice {
+                algorithm: ConvAlgorithm::Blocked,
+                split: false,
+            });
+        }
+        if direct_may_win {
+            options.push(ConvChoice {
+                algorithm: ConvAlgorithm::Direct,
+                split: false,
+            });
+        }
+        for c in options {
+            let sig = self.signature(gpu, input, output, c)?;
+            if !seen.contains(&sig) {
+                seen.push(sig);
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What a choice runs: its kernel and the split of each chunk.
+    fn signature(
+        &self,
+        gpu: &Gpu,
+        input: Shape,
+        output: Shape,
+        choice: ConvChoice,
+    ) -> Result<(Kernel, Vec<usize>)> {
+        let (chunks, _) = self.chunks_and_splits(gpu, input, output, choice)?;
+        Ok((
+            self.kernel_as(choice.algorithm, output),
+            chunks.iter().map(|c| c.1).collect(),
+        ))
+    }
+
     /// The chunks of a run at `out_shape`, each with the number of slices its reduction is
     /// split into (tiled kernels on few tiles), and the floats of partial sums the largest
     /// split chunk needs (0 without a split).
@@ -226,8 +357,9 @@ impl GpuConv2d {
         gpu: &Gpu,
         in_shape: Shape,
         out_shape: Shape,
+        choice: ConvChoice,
     ) -> Result<(Vec<(ConvChunk, usize)>, usize)> {
-        let kernel = self.kernel_for(out_shape);
+        let kernel = self.kernel_as(choice.algorithm, out_shape);
         let taps = self.spec.kernel.0 * self.spec.kernel.1;
         let pixels = out_shape.plane();
         let max = gpu.max_binding_elems();
@@ -236,7 +368,8 @@ impl GpuConv2d {
             .into_iter()
             .map(|ch| {
                 let partial = ch.nb * ch.co_n * pixels;
-                let k = if self.split && matches!(kernel, Kernel::ConvTiled | Kernel::ConvPointwise)
+                let k = if choice.split
+                    && matches!(kernel, Kernel::ConvTiled | Kernel::ConvPointwise)
                 {
                     let tiles = ch.nb
                         * ch.co_n.div_ceil(TILE_M as usize)
@@ -272,22 +405,33 @@ impl GpuLayer for GpuConv2d {
     /// Bytes of partial sums a run at `input` keeps in scratch (0 when no reduction is split).
     fn scratch_bytes(&self, gpu: &Gpu, input: Shape) -> Result<u64> {
         let out_shape = self.output_shape(input)?;
-        Ok(self.chunks_and_splits(gpu, input, out_shape)?.1 as u64 * 4)
+        Ok(self
+            .chunks_and_splits(gpu, input, out_shape, self.choice())?
+            .1 as u64
+            * 4)
     }
 
     /// Records the dispatches. A split reduction keeps its partial sums in `io.scratch` when
     /// given (a plan shares one among its layers, which run one after another), else in a
     /// buffer of its own.
     fn prepare(&self, gpu: &Gpu, io: &Io<'_>) -> Result<Vec<Dispatch>> {
+        self.prepare_as(gpu, io, self.choice())
+    }
+}
+
+impl GpuConv2d {
+    /// [`GpuLayer::prepare`] with another kernel choice than the layer's own (for timing the
+    /// candidates, see [`crate::gpu::tune`]).
+    pub fn prepare_as(&self, gpu: &Gpu, io: &Io<'_>, choice: ConvChoice) -> Result<Vec<Dispatch>> {
         let (input, in_shape, output, out_shape) =
             (io.input, io.input_shape, io.output, io.output_shape);
         let s = &self.spec;
         expect_shape("conv2d", out_shape, self.output_shape(in_shape)?)?;
-        let kernel = self.kernel_for(out_shape);
+        let kernel = self.kernel_as(choice.algorithm, out_shape);
         let taps = s.kernel.0 * s.kernel.1;
         let w_row = s.in_channels * taps;
         let pixels = out_shape.plane();
-        let (chunks, scratch_len) = self.chunks_and_splits(gpu, in_shape, out_shape)?;
+        let (chunks, scratch_len) = self.chunks_and_splits(gpu, in_shape, out_shape, choice)?;
         let own;
         let scratch = match io.scratch {
             _ if scratch_len == 0 => None,

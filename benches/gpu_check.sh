@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One-command GPU check: adapter information, GFLOP/s of every convolution kernel and of the
+# kernel chosen by measurement on the shapes of benches/ops.rs, the whole dilation10_cityscapes
+# network at 1396x1396 with and without tuning and, where PyTorch with CUDA is importable,
+# cuDNN on the same shapes (fp32 with TF32 off, and f16). Writes benches/gpu_check.json and
+# benches/gpu_check.md (and copies them, with the log, into $OUT when it is set).
+#
+#   benches/gpu_check.sh            # full sizes (a real GPU; about 2-4 minutes on an H100)
+#   benches/gpu_check.sh --small    # or DILATED_CHECK_SMALL=1: small sizes, no cuDNN
+#                                   # (a couple of minutes on a software adapter)
+#
+# Nothing is built here: the binaries come from DILATED_BIN_DIR (default target/release),
+# which holds `dilated` and `gpu_check` (`cargo build --release --bin dilated --example
+# gpu_check`; the example lands in target/release/examples/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+small=${DILATED_CHECK_SMALL:-0}
+if [ "${1:-}" = "--small" ]; then small=1; fi
+bin=${DILATED_BIN_DIR:-target/release}
+check=$bin/gpu_check
+[ -x "$check" ] || check=$bin/examples/gpu_check
+for f in "$bin/dilated" "$check"; do
+    [ -x "$f" ] || { echo "gpu_check.sh: $f is missing; build it first (see the header)" >&2; exit 2; }
+done
+
+json=benches/gpu_check.json
+md=benches/gpu_check.md
+log=benches/gpu_check.log
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+start=$(date +%s)
+
+{
+    echo "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+    echo "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
+    "$bin/dilated" info
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv || true
+
+    args=(--json "$tmp/gpu_check.json" --md "$tmp/gpu_check.md")
+    if [ "$small" = 1 ]; then
+        args+=(--small)
+        echo "small sizes: cuDNN skipped"
+    elif python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+        python3 benches/cudnn_reference.py --f16 --reps 20 --warmup 5 --json "$tmp/cudnn.json"
+        args+=(--cudnn "$tmp/cudnn.json")
+    else
+        echo "PyTorch with CUDA is not importable: cuDNN skipped"
+    fi
+    "$check" "${args[@]}"
+    echo "gpu_check took $(( $(date +%s) - start )) s"
+} 2>&1 | tee "$tmp/gpu_check.log"
+
+cp "$tmp/gpu_check.json" "$json"
+cp "$tmp/gpu_check.md" "$md"
+cp "$tmp/gpu_check.log" "$log"
+if [ -n "${OUT:-}" ]; then cp "$json" "$md" "$log" "$OUT"/; fi
+echo "wrote $json, $md, $log"
