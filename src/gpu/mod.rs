@@ -12,7 +12,9 @@ pub mod ops;
 pub mod shader;
 pub mod tensor;
 
-pub use adapter::{AdapterReport, candidate_adapters, list_adapters};
+pub use adapter::AdapterReport;
+#[cfg(not(target_arch = "wasm32"))]
+pub use adapter::{candidate_adapters, list_adapters};
 pub use context::{Gpu, GpuOptions};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
