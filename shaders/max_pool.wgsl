@@ -33,7 +33,9 @@ fn element(i: u32) {
     }
     var r = m;
     if (nan) {
-        r = bitcast<f32>(0x7fc00000u);
+        // A quiet NaN made from a runtime value: browsers' WGSL compilers reject a NaN
+        // constant (`bitcast<f32>(0x7fc00000u)` is a constant expression there).
+        r = bitcast<f32>(bitcast<u32>(m) | 0x7fc00000u);
     }
     output[p.h.out_base + i] = r;
 }

@@ -6,6 +6,7 @@ use ndarray::{Array2, Array3, Array4, ArrayView3, s};
 
 use crate::cpu::reference;
 use crate::error::{Error, Result};
+use crate::gpu::context::block_on;
 use crate::gpu::{Gpu, GpuLayer, GpuZoom};
 use crate::net::{Model, ModelInfo, Network, Upsampling};
 use crate::plan::{CpuPlan, Plan, PlanOptions};
@@ -173,18 +174,18 @@ impl<'g> Segmenter<'g> {
         })
     }
 
-    fn run_tile(&self, input: &Array4<f32>) -> Result<Array4<f32>> {
+    async fn run_tile(&self, input: &Array4<f32>) -> Result<Array4<f32>> {
         match &self.runner {
-            Runner::Gpu(_, plan, _) => plan.forward(input.view()),
+            Runner::Gpu(_, plan, _) => plan.forward_async(input.view()).await,
             Runner::Cpu(plan) => plan.forward(input.view()),
         }
     }
 
     /// The network's output over the whole image, tile by tile, stitched: `[1, C, rows, cols]`
     /// for all the tiles (the last row and column of tiles may reach past the image).
-    fn stitch(
+    async fn stitch(
         &self,
-        image_bgr: &ArrayView3<f32>,
+        image_bgr: &ArrayView3<'_, f32>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Array4<f32>> {
         let (h, w, _) = image_bgr.dim();
@@ -193,7 +194,7 @@ impl<'g> Segmenter<'g> {
         let mut stitched = Array4::<f32>::zeros((1, o.c, nty * o.h, ntx * o.w));
         for ty in 0..nty {
             for tx in 0..ntx {
-                let out = self.run_tile(&self.tile_input(image_bgr, ty, tx))?;
+                let out = self.run_tile(&self.tile_input(image_bgr, ty, tx)).await?;
                 stitched
                     .slice_mut(s![
                         ..,
@@ -218,6 +219,15 @@ impl<'g> Segmenter<'g> {
         image_bgr: ArrayView3<f32>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Array3<f32>> {
+        block_on(self.scores_async(image_bgr, progress))
+    }
+
+    /// [`Segmenter::scores`] as a future, for browsers (WebGPU), where nothing may block.
+    pub async fn scores_async(
+        &self,
+        image_bgr: ArrayView3<'_, f32>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Array3<f32>> {
         let (h, w, c) = image_bgr.dim();
         if h == 0 || w == 0 || c != 3 {
             return Err(Error::InvalidSpec {
@@ -240,17 +250,30 @@ impl<'g> Segmenter<'g> {
             });
         }
         let stride = self.stride();
-        let stitched = self.stitch(&image_bgr, progress)?;
+        let stitched = self.stitch(&image_bgr, progress).await?;
         Ok(stitched
             .slice(s![0, .., ..h.div_ceil(stride.0), ..w.div_ceil(stride.1)])
             .to_owned())
     }
 
     /// Segments an image given as `[height, width, 3]` BGR values in 0..255, calling
-    /// `progress(done, total)` after each tile.
+    /// `progress(done, total)` after each tile (blocking; in a browser use
+    /// [`Segmenter::segment_async`]).
     pub fn segment(
         &self,
         image_bgr: ArrayView3<f32>,
+        want_probabilities: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Segmentation> {
+        block_on(self.segment_async(image_bgr, want_probabilities, progress))
+    }
+
+    /// [`Segmenter::segment`] as a future: each tile's read-back, the argmax and the
+    /// probabilities are awaited, so a browser (WebGPU) stays responsive and can show the
+    /// progress between tiles. Natively it is ready when first polled.
+    pub async fn segment_async(
+        &self,
+        image_bgr: ArrayView3<'_, f32>,
         want_probabilities: bool,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Segmentation> {
@@ -261,7 +284,7 @@ impl<'g> Segmenter<'g> {
                 reason: format!("expected a non-empty HxWx3 image, got {h}x{w}x{c}"),
             });
         }
-        let stitched = self.stitch(&image_bgr, progress)?;
+        let stitched = self.stitch(&image_bgr, progress).await?;
         let factor = match self.info.upsampling {
             Upsampling::Zoom(f) => f,
             Upsampling::Deconvolution => 1,
@@ -276,9 +299,9 @@ impl<'g> Segmenter<'g> {
                 } else {
                     t
                 };
-                let labels = gpu.argmax(&full)?;
+                let labels = gpu.argmax_async(&full).await?;
                 let probs = if want_probabilities {
-                    Some(gpu.download(&full)?)
+                    Some(gpu.download_async(&full).await?)
                 } else {
                     None
                 };

@@ -1,6 +1,7 @@
 //! Finding adapters: the wgpu instance (compute only), the adapters it lists and what each
 //! offers.
 
+#[cfg(not(target_arch = "wasm32"))]
 use crate::gpu::context::GpuOptions;
 
 /// What one adapter is and offers; printed by `dilated info`.
@@ -91,6 +92,7 @@ fn yes(b: bool) -> &'static str {
 }
 
 /// Every adapter wgpu sees on the given backends.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
     let instance = make_instance(backends);
     pollster::block_on(instance.enumerate_adapters(backends))
@@ -103,6 +105,7 @@ pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
 /// [`GpuOptions::adapter_index`] counts them: every adapter on `options.backends` in wgpu's
 /// enumeration order or, when those are the default backends (Vulkan, Metal, DX12) and none
 /// of them has an adapter, every OpenGL adapter (the fallback `Gpu::with_options` makes).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn candidate_adapters(options: &GpuOptions) -> Vec<AdapterReport> {
     enumerate_candidates(options.backends)
         .iter()
@@ -111,12 +114,18 @@ pub fn candidate_adapters(options: &GpuOptions) -> Vec<AdapterReport> {
 }
 
 /// The adapters of [`candidate_adapters`] themselves.
+#[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn enumerate_candidates(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
-    let adapters = pollster::block_on(make_instance(backends).enumerate_adapters(backends));
+    pollster::block_on(enumerate_candidates_async(backends))
+}
+
+/// The adapters of `candidate_adapters`, as a future.
+pub(crate) async fn enumerate_candidates_async(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let adapters = make_instance(backends).enumerate_adapters(backends).await;
     if adapters.is_empty() && backends == wgpu::Backends::PRIMARY {
-        return pollster::block_on(
-            make_instance(wgpu::Backends::GL).enumerate_adapters(wgpu::Backends::GL),
-        );
+        return make_instance(wgpu::Backends::GL)
+            .enumerate_adapters(wgpu::Backends::GL)
+            .await;
     }
     adapters
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::gpu::adapter::{AdapterReport, enumerate_candidates, make_instance};
+use crate::gpu::adapter::{AdapterReport, enumerate_candidates_async, make_instance};
 use crate::gpu::cache::{
     adapter_key, cache_file, decode_pipeline_data, default_cache_dir, encode_pipeline_data,
 };
@@ -83,6 +83,30 @@ fn timeout_from_env(value: Option<&str>) -> Option<Duration> {
             Some(DEFAULT_TIMEOUT)
         }
         None => Some(DEFAULT_TIMEOUT),
+    }
+}
+
+/// Runs a future to its end on this thread, blocking until it is ready.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
+    pollster::block_on(future)
+}
+
+/// In a browser nothing may block: a future that is not ready at once (one waiting for the
+/// GPU) is an [`Error::Device`] naming the `_async` method to call instead.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn block_on<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => value,
+        Poll::Pending => Err(Error::Device(
+            "a browser cannot block waiting for the GPU: call the `_async` form of this method"
+                .into(),
+        )),
     }
 }
 
@@ -185,11 +209,18 @@ impl Gpu {
 
     /// Opens an adapter chosen by explicit options: the one at [`GpuOptions::adapter_index`]
     /// when set, else the first whose name contains [`GpuOptions::adapter_name`], else wgpu's
-    /// choice for [`GpuOptions::power_preference`].
+    /// choice for [`GpuOptions::power_preference`]. Blocks until the device is open (natively;
+    /// in a browser use [`Gpu::new_async`]).
     pub fn with_options(options: &GpuOptions) -> Result<Self> {
+        block_on(Self::new_async(options))
+    }
+
+    /// [`Gpu::with_options`] as a future: the way to open a device in a browser (WebGPU),
+    /// where nothing may block. Natively it completes as soon as the device is open.
+    pub async fn new_async(options: &GpuOptions) -> Result<Self> {
         let adapter = match (options.adapter_index, &options.adapter_name) {
             (Some(index), _) => {
-                let mut adapters = enumerate_candidates(options.backends);
+                let mut adapters = enumerate_candidates_async(options.backends).await;
                 let count = adapters.len();
                 if index >= count {
                     return Err(Error::NoAdapter {
@@ -204,7 +235,9 @@ impl Gpu {
             (None, Some(name)) => {
                 let wanted = name.to_lowercase();
                 let instance = make_instance(options.backends);
-                pollster::block_on(instance.enumerate_adapters(options.backends))
+                instance
+                    .enumerate_adapters(options.backends)
+                    .await
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
                     .ok_or_else(|| Error::NoAdapter {
@@ -212,30 +245,32 @@ impl Gpu {
                     })?
             }
             (None, None) => {
-                let request = |backends: wgpu::Backends| {
-                    pollster::block_on(make_instance(backends).request_adapter(
-                        &wgpu::RequestAdapterOptions {
+                let request = async |backends: wgpu::Backends| {
+                    make_instance(backends)
+                        .request_adapter(&wgpu::RequestAdapterOptions {
                             power_preference: options.power_preference,
                             force_fallback_adapter: false,
                             compatible_surface: None,
                             apply_limit_buckets: false,
-                        },
-                    ))
+                        })
+                        .await
                 };
                 let no_adapter = |e: wgpu::RequestAdapterError| Error::NoAdapter {
                     detail: format!(" on backends {:?} ({e})", options.backends),
                 };
-                match request(options.backends) {
+                match request(options.backends).await {
                     Ok(a) => a,
                     // Nothing on Vulkan, Metal or DX12: try OpenGL before giving up.
                     Err(e) if options.backends == wgpu::Backends::PRIMARY => {
-                        request(wgpu::Backends::GL).map_err(|_| no_adapter(e))?
+                        request(wgpu::Backends::GL)
+                            .await
+                            .map_err(|_| no_adapter(e))?
                     }
                     Err(e) => return Err(no_adapter(e)),
                 }
             }
         };
-        let mut gpu = Self::open(adapter, options.cache_dir.as_deref())?;
+        let mut gpu = Self::open_async(adapter, options.cache_dir.as_deref()).await?;
         gpu.timeout = options.timeout;
         Ok(gpu)
     }
@@ -244,7 +279,7 @@ impl Gpu {
     /// this crate uses when present; waits are bounded by [`DEFAULT_TIMEOUT`] (see
     /// [`Gpu::set_timeout`]), with the cache directory of [`GpuOptions::from_env`].
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
-        Self::open(adapter, default_cache_dir().as_deref())
+        block_on(Self::open_async(adapter, default_cache_dir().as_deref()))
     }
 
     /// [`Gpu::from_adapter`] with the files of `cache_dir` (none when `None`).
@@ -252,10 +287,15 @@ impl Gpu {
         adapter: wgpu::Adapter,
         cache_dir: Option<&Path>,
     ) -> Result<Self> {
-        Self::open(adapter, cache_dir)
+        block_on(Self::open_async(adapter, cache_dir))
     }
 
-    fn open(adapter: wgpu::Adapter, cache_dir: Option<&Path>) -> Result<Self> {
+    /// [`Gpu::from_adapter`] as a future (for browsers, where nothing may block).
+    pub async fn from_adapter_async(adapter: wgpu::Adapter) -> Result<Self> {
+        Self::open_async(adapter, default_cache_dir().as_deref()).await
+    }
+
+    async fn open_async(adapter: wgpu::Adapter, cache_dir: Option<&Path>) -> Result<Self> {
         let report = AdapterReport::of(&adapter);
         let cache_key = adapter_key(&report.info);
         let mut features = wgpu::Features::empty();
@@ -271,17 +311,19 @@ impl Gpu {
         // Ask for everything the adapter offers: the defaults cap a storage binding at 128 MiB
         // and the buffer size at 256 MiB, far below what real GPUs allow.
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("dilated"),
-            required_features: features,
-            required_limits: limits.clone(),
-            memory_hints: wgpu::MemoryHints::Performance,
-            ..Default::default()
-        }))
-        .map_err(|e| Error::RequestDevice {
-            adapter: report.info.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("dilated"),
+                required_features: features,
+                required_limits: limits.clone(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: report.info.name.clone(),
+                reason: e.to_string(),
+            })?;
         let lost = Arc::new(Lost::default());
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
@@ -495,13 +537,26 @@ impl Gpu {
     /// Runs `f` inside validation and out-of-memory error scopes and turns a captured error
     /// into this crate's error. Error scopes are per thread, so concurrent callers each see
     /// their own errors only. Fails at once, without running `f`, on a lost device.
+    ///
+    /// In a browser the scopes' answers arrive only after the page's current code returns,
+    /// so there `f` runs without scopes and its errors reach the uncaptured-error log, which
+    /// every read-back checks ([`Gpu::check_health`]).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn scoped<T>(&self, _what: &str, _bytes: u64, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_lost()?;
+        Ok(f())
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns a captured error
+    /// into this crate's error. Error scopes are per thread, so concurrent callers each see
+    /// their own errors only. Fails at once, without running `f`, on a lost device.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn scoped<T>(&self, what: &str, bytes: u64, f: impl FnOnce() -> T) -> Result<T> {
         self.check_lost()?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = f();
-        let v = pollster::block_on(validation.pop());
-        let o = pollster::block_on(oom.pop());
+        let (v, o) = block_on(async { Ok((validation.pop().await, oom.pop().await)) })?;
         if let Some(e) = o {
             log::debug!("out of memory: {e}");
             return Err(Error::OutOfMemory {
@@ -534,6 +589,11 @@ impl Gpu {
         what: &str,
     ) -> Result<()> {
         self.check_lost()?;
+        // A browser's queue runs submissions in order and answers read-backs when they are
+        // done; it has nothing to wait on (and `poll` does nothing there).
+        if cfg!(target_arch = "wasm32") {
+            return Ok(());
+        }
         match self.device.poll(wgpu::PollType::Wait {
             submission_index,
             timeout: self.timeout,
@@ -601,9 +661,16 @@ fn open_pipeline_cache(
             fallback: false,
         })
     };
-    match pollster::block_on(scope.pop()) {
-        None => (cache, data.len() as u64),
-        Some(e) => {
+    match block_on(async { Ok(scope.pop().await) }) {
+        Ok(None) => (cache, data.len() as u64),
+        Ok(Some(e)) => {
+            log::info!(
+                "pipeline cache {}: not used ({e}); rewriting it",
+                path.display()
+            );
+            (empty(), 0)
+        }
+        Err(e) => {
             log::info!(
                 "pipeline cache {}: not used ({e}); rewriting it",
                 path.display()

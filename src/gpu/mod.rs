@@ -14,7 +14,9 @@ pub mod shader;
 pub mod tensor;
 pub mod tune;
 
-pub use adapter::{AdapterReport, candidate_adapters, list_adapters};
+pub use adapter::AdapterReport;
+#[cfg(not(target_arch = "wasm32"))]
+pub use adapter::{candidate_adapters, list_adapters};
 pub use context::{Gpu, GpuOptions, PipelineCacheInfo};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};

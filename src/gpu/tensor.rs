@@ -3,7 +3,7 @@
 use ndarray::{Array4, ArrayView4};
 
 use crate::error::{Error, Result};
-use crate::gpu::context::Gpu;
+use crate::gpu::context::{Gpu, block_on};
 use crate::spec::Shape;
 
 /// Bytes moved per staging copy when uploading or downloading, so a 400 MB tensor does not need
@@ -202,15 +202,33 @@ impl Gpu {
         Ok(tensor)
     }
 
-    /// Downloads a tensor into an ndarray.
+    /// Downloads a tensor into an ndarray (blocking; in a browser use
+    /// [`Gpu::download_async`]).
     pub fn download(&self, tensor: &GpuTensor) -> Result<Array4<f32>> {
-        let data = self.read_f32(&tensor.buffer, 0, tensor.shape.len())?;
+        block_on(self.download_async(tensor))
+    }
+
+    /// [`Gpu::download`] as a future, which a browser answers when the GPU is done.
+    pub async fn download_async(&self, tensor: &GpuTensor) -> Result<Array4<f32>> {
+        let data = self
+            .read_f32_async(&tensor.buffer, 0, tensor.shape.len())
+            .await?;
         Array4::from_shape_vec(tensor.shape.dims(), data)
             .map_err(|e| Error::Internal(format!("read-back of {}: {e}", tensor.shape)))
     }
 
     /// Reads `len` f32 elements starting at element `start` of a buffer.
     pub(crate) fn read_f32(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<f32>> {
+        block_on(self.read_f32_async(buffer, start, len))
+    }
+
+    /// [`Gpu::read_f32`] as a future.
+    pub(crate) async fn read_f32_async(
         &self,
         buffer: &wgpu::Buffer,
         start: usize,
@@ -233,13 +251,49 @@ impl Gpu {
                 encoder.finish()
             })?;
             self.submit_and_wait(commands)?;
-            out.extend_from_slice(bytemuck::cast_slice(&self.read_mapped(&staging, n)?));
+            out.extend_from_slice(bytemuck::cast_slice(
+                &self.read_mapped_async(&staging, n).await?,
+            ));
             done += n;
         }
         Ok(out)
     }
 
+    /// [`Gpu::read_mapped`] as a future: natively the same blocking call (so it is ready when
+    /// first polled); in a browser it waits for the mapping without blocking.
+    pub(crate) async fn read_mapped_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.read_mapped(buffer, len)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let slice = buffer.slice(0..len.max(4));
+            let answer = Answer::default();
+            let sender = answer.clone();
+            self.scoped("mapping a read-back buffer", len, || {
+                slice.map_async(wgpu::MapMode::Read, move |r| sender.set(r))
+            })?;
+            if let Err(e) = answer.await {
+                self.check_health()?;
+                return Err(Error::Device(format!("mapping the read-back buffer: {e}")));
+            }
+            self.check_health()?;
+            let data = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Device(format!("mapped range: {e}")))?
+                .to_vec();
+            buffer.unmap();
+            Ok(data)
+        }
+    }
+
     /// Maps a read-back buffer, copies `len` bytes out and unmaps it.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn read_mapped(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
         let slice = buffer.slice(0..len.max(4));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -271,5 +325,56 @@ impl Gpu {
             .to_vec();
         buffer.unmap();
         Ok(data)
+    }
+}
+
+/// A value delivered once by a callback (the browser's answer to a mapping), awaited as a
+/// future.
+#[cfg(target_arch = "wasm32")]
+struct Answer<T>(std::sync::Arc<std::sync::Mutex<(Option<T>, Option<std::task::Waker>)>>);
+
+#[cfg(target_arch = "wasm32")]
+impl<T> Default for Answer<T> {
+    fn default() -> Self {
+        Self(Default::default())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl<T> Clone for Answer<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl<T> Answer<T> {
+    /// Stores the value and wakes the task awaiting it.
+    fn set(&self, value: T) {
+        if let Ok(mut slot) = self.0.lock() {
+            slot.0 = Some(value);
+            if let Some(waker) = slot.1.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+impl<T> std::future::Future for Answer<T> {
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.0.lock() {
+            Ok(mut slot) => match slot.0.take() {
+                Some(value) => std::task::Poll::Ready(value),
+                None => {
+                    slot.1 = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            },
+            // Never poisoned: nothing panics while holding the lock.
+            Err(_) => std::task::Poll::Pending,
+        }
     }
 }

@@ -251,7 +251,7 @@ pub fn time_dispatches(
         encoder.finish()
     })?;
     gpu.submit_and_wait(commands)?;
-    let raw = gpu.read_mapped(&staging, bytes)?;
+    let raw = crate::gpu::context::block_on(gpu.read_mapped_async(&staging, bytes))?;
     let ticks: &[u64] = bytemuck::cast_slice(&raw);
     let period = gpu.queue.get_timestamp_period() as f64;
     let out = ticks

@@ -205,6 +205,16 @@ impl<'g> Plan<'g> {
         self.run(input, None)
     }
 
+    /// [`Plan::forward`] as a future, for browsers (WebGPU), where nothing may block: a
+    /// whole-image plan awaits its read-back. Banded plans read back between bands and run
+    /// natively only; in a browser they return [`crate::Error::Device`].
+    pub async fn forward_async(&self, input: ArrayView4<'_, f32>) -> Result<Array4<f32>> {
+        match &self.inner {
+            Inner::Whole(p) => p.forward_async(input).await,
+            Inner::Bands { .. } => self.run(input, None),
+        }
+    }
+
     /// Runs the network and measures each layer (see [`GpuPlan::forward_profiled`]); a banded
     /// layer's time is summed over its bands.
     pub fn forward_profiled(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {

@@ -2,11 +2,14 @@
 //! and buffers created once; a forward pass is one queue submission and one read-back.
 
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use ndarray::{Array4, ArrayView4};
 
 use crate::error::{Error, Result};
+use crate::gpu::context::block_on;
 use crate::gpu::layer::named_after;
 use crate::gpu::tune::{ChoiceSource, ConvTuning, Tuning, geometry_key, measure_conv};
 use crate::gpu::{
@@ -386,9 +389,16 @@ impl<'g> GpuPlan<'g> {
             .collect()
     }
 
-    /// Runs the network on an input of the compiled shape.
+    /// Runs the network on an input of the compiled shape (blocking; in a browser use
+    /// [`GpuPlan::forward_async`]).
     pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
-        Ok(self.run(input, false)?.0)
+        Ok(block_on(self.run(input, false))?.0)
+    }
+
+    /// [`GpuPlan::forward`] as a future: one submission, and a read-back that a browser
+    /// answers when the GPU is done.
+    pub async fn forward_async(&self, input: ArrayView4<'_, f32>) -> Result<Array4<f32>> {
+        Ok(self.run(input, false).await?.0)
     }
 
     /// Runs the network and measures each layer: with GPU timestamp queries where the adapter
@@ -397,7 +407,7 @@ impl<'g> GpuPlan<'g> {
         if self.timestamps.is_none() {
             return self.run_layer_by_layer(input);
         }
-        let (out, times) = self.run(input, true)?;
+        let (out, times) = block_on(self.run(input, true))?;
         Ok((
             out,
             times.unwrap_or(LayerTimes {
@@ -425,6 +435,13 @@ impl<'g> GpuPlan<'g> {
     /// Checks the input, takes the plan's buffers for one pass and uploads the input.
     fn begin_pass(&self, input: &ArrayView4<f32>) -> Result<MutexGuard<'_, ()>> {
         self.check_input(input)?;
+        // In a browser there is one thread: a second pass started while one awaits its
+        // read-back would wait for itself, so it is refused instead.
+        #[cfg(target_arch = "wasm32")]
+        let pass = self.pass.try_lock().map_err(|_| {
+            Error::Device("a forward pass of this plan is still running; await it first".into())
+        })?;
+        #[cfg(not(target_arch = "wasm32"))]
         let pass = self
             .pass
             .lock()
@@ -446,9 +463,12 @@ impl<'g> GpuPlan<'g> {
         &self.activations[(self.layers.len() - 1) % self.activations.len()]
     }
 
-    fn run(
+    // Natively the read-back is ready when first polled, so the pass lock is never held
+    // across a real suspension; in a browser there is a single thread.
+    #[allow(clippy::await_holding_lock)]
+    async fn run(
         &self,
-        input: ArrayView4<f32>,
+        input: ArrayView4<'_, f32>,
         timed: bool,
     ) -> Result<(Array4<f32>, Option<LayerTimes>)> {
         let _pass = self.begin_pass(&input)?;
@@ -486,7 +506,7 @@ impl<'g> GpuPlan<'g> {
             encoder.finish()
         })?;
         gpu.submit_and_wait(commands)?;
-        let data = gpu.read_mapped(&self.staging, out_bytes)?;
+        let data = gpu.read_mapped_async(&self.staging, out_bytes).await?;
         let out = Array4::from_shape_vec(
             self.output_shape().dims(),
             bytemuck::cast_slice::<u8, f32>(&data).to_vec(),
@@ -494,7 +514,7 @@ impl<'g> GpuPlan<'g> {
         .map_err(|e| Error::Internal(format!("read-back: {e}")))?;
         let times = match ts {
             Some(t) => {
-                let raw = gpu.read_mapped(&t.staging, t.staging.size())?;
+                let raw = gpu.read_mapped_async(&t.staging, t.staging.size()).await?;
                 let ticks: &[u64] = bytemuck::cast_slice(&raw);
                 let period = gpu.queue.get_timestamp_period() as f64;
                 let layers = self

@@ -2,7 +2,7 @@
 //! their weights laid out once; only the bilinear zoom, which follows the networks rather than
 //! belonging to them, comes from the reference.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use ndarray::{Array4, ArrayView4};
 

@@ -28,6 +28,7 @@ use crate::spec::{Conv2d, MaxPool2d, Padding, Shape, shape_of};
 const COL_ELEMS: usize = 4 << 20;
 
 /// Scratch buffers of the backward passes, reused across layers and steps.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct GradScratch {
     /// The forward path's padded input and flat output.
     pub(crate) conv: [Vec<f32>; 2],
@@ -77,6 +78,7 @@ enum InputGrad {
 
 /// A convolution's backward pass with its weights prepared (keep it across steps and give it
 /// the new weights with [`ConvBackward::set_weights`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct ConvBackward {
     spec: Conv2d,
     input: Option<InputGrad>,

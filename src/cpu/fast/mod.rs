@@ -260,6 +260,7 @@ impl CpuConv2d {
         })?;
         // A poisoned lock only means another call panicked mid-way; the scratch is rewritten
         // before use, so it is still fine to take.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         match &self.method {
             Method::Gemm { weight } => gemm::forward(
@@ -359,6 +360,7 @@ pub(crate) const SCRATCH_BUDGET: usize = 128 << 20;
 
 /// Splits `n` channels into the fewest blocks of at most `max` channels, sizes differing by at
 /// most one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn split_blocks(n: usize, max: usize) -> Vec<(usize, usize)> {
     let count = n.div_ceil(max);
     let (base, extra) = (n / count, n % count);

@@ -36,14 +36,22 @@ impl GpuLayer for GpuArgmax {
 }
 
 impl Gpu {
-    /// Label map: the index of the largest channel per pixel, `[n, h, w]`.
+    /// Label map: the index of the largest channel per pixel, `[n, h, w]` (blocking; in a
+    /// browser use [`Gpu::argmax_async`]).
     pub fn argmax(&self, input: &GpuTensor) -> Result<Array3<u32>> {
+        crate::gpu::context::block_on(self.argmax_async(input))
+    }
+
+    /// [`Gpu::argmax`] as a future, which a browser answers when the GPU is done.
+    pub async fn argmax_async(&self, input: &GpuTensor) -> Result<Array3<u32>> {
         let s = input.shape();
         // Poison: an unwritten label reads as u32::MAX.
         let labels = self.filled(GpuArgmax.output_shape(s)?, f32::from_bits(u32::MAX))?;
         let dispatches = GpuArgmax.prepare(self, &Io::tensors(input, &labels))?;
         self.run(&dispatches)?;
-        let raw = self.read_f32(&labels.buffer, 0, s.n * s.plane())?;
+        let raw = self
+            .read_f32_async(&labels.buffer, 0, s.n * s.plane())
+            .await?;
         Array3::from_shape_vec((s.n, s.h, s.w), raw.into_iter().map(f32::to_bits).collect())
             .map_err(|e| Error::Internal(format!("label read-back: {e}")))
     }
