@@ -527,6 +527,12 @@ fn steps_repeat_bit_for_bit_and_resume_exactly() {
 }
 
 #[test]
+fn trainers_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<CpuTrainer>();
+}
+
+#[test]
 fn bad_inputs_are_errors() {
     let mut r = rng(7009);
     let net = odd_network(1);
