@@ -179,7 +179,7 @@ fn weight_grad_lanes(
     let padded = ci * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
     let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
     let threads = rayon::current_num_threads().max(1);
-    let groups = (threads * 4).div_ceil(blocks.len()).clamp(1, per_call);
+    let groups = (threads * 8).div_ceil(blocks.len()).clamp(1, per_call);
     let group_len = pairs_pad * co_pad;
     let total = groups * group_len;
     if partials.len() < total {
