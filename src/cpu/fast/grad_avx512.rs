@@ -108,6 +108,90 @@ unsafe fn dispatch(mv: usize, t: &Tile) {
     }
 }
 
+/// Copies pixels `p0..p0 + len` of channels `c0..c0 + stride` of one image's output
+/// gradient (`[channel][ohow]`, `co` channels) into `dyt` as `[pixel][stride]`, channels past
+/// `co` as zeros: 16 x 16 blocks transposed in registers, the rest element by element.
+#[allow(clippy::too_many_arguments)]
+fn transpose_chunk(
+    dy: &[f32],
+    ohow: usize,
+    co: usize,
+    c0: usize,
+    stride: usize,
+    p0: usize,
+    len: usize,
+    dyt: &mut [f32],
+) {
+    for cb in (0..stride).step_by(16) {
+        let full_channels = c0 + cb + 16 <= co;
+        let mut i = 0;
+        if full_channels {
+            while i + 16 <= len {
+                // SAFETY: AVX-512F was checked by the caller of `weight_grad`; the 16 rows
+                // read `dy[(c0 + cb + r) * ohow + p0 + i..][..16]` inside the image (channels
+                // below `co`, pixels below `p0 + len <= ohow`), and the 16 stores write
+                // `dyt[(i + r) * stride + cb..][..16]` inside the chunk (`len * stride`).
+                unsafe {
+                    transpose16(
+                        dy.as_ptr().add((c0 + cb) * ohow + p0 + i),
+                        ohow,
+                        dyt.as_mut_ptr().add(i * stride + cb),
+                        stride,
+                    )
+                };
+                i += 16;
+            }
+        }
+        for c in cb..cb + 16 {
+            let ch = c0 + c;
+            for k in i..len {
+                dyt[k * stride + c] = if ch < co { dy[ch * ohow + p0 + k] } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Transposes a 16 x 16 block: row `r` of the source (`src + r * src_stride`, 16 floats)
+/// becomes column `r` of the destination (`dst + k * dst_stride + r`).
+///
+/// # Safety
+/// AVX-512F must be available; the 16 source rows and 16 destination rows of 16 floats must
+/// be in bounds.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    // SAFETY: the caller vouches for the rows.
+    let mut r: [__m512; 16] =
+        std::array::from_fn(|k| unsafe { _mm512_loadu_ps(src.add(k * src_stride)) });
+    let mut t = [_mm512_setzero_ps(); 16];
+    // Pairs of rows interleaved: per 128-bit lane, (r0[0], r1[0], r0[1], r1[1]) ...
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // Groups of four rows: per 128-bit lane, one column of the four.
+    for k in 0..4 {
+        r[4 * k] = _mm512_shuffle_ps::<0x44>(t[4 * k], t[4 * k + 2]);
+        r[4 * k + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * k], t[4 * k + 2]);
+        r[4 * k + 2] = _mm512_shuffle_ps::<0x44>(t[4 * k + 1], t[4 * k + 3]);
+        r[4 * k + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * k + 1], t[4 * k + 3]);
+    }
+    // 128-bit lanes across the groups, in two rounds.
+    for k in 0..4 {
+        t[k] = _mm512_shuffle_f32x4::<0x88>(r[k], r[k + 4]);
+        t[k + 4] = _mm512_shuffle_f32x4::<0xDD>(r[k], r[k + 4]);
+        t[k + 8] = _mm512_shuffle_f32x4::<0x88>(r[k + 8], r[k + 12]);
+        t[k + 12] = _mm512_shuffle_f32x4::<0xDD>(r[k + 8], r[k + 12]);
+    }
+    for k in 0..8 {
+        r[k] = _mm512_shuffle_f32x4::<0x88>(t[k], t[k + 8]);
+        r[k + 8] = _mm512_shuffle_f32x4::<0xDD>(t[k], t[k + 8]);
+    }
+    for (k, v) in r.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(dst.add(k * dst_stride), *v) };
+    }
+}
+
 /// A float buffer with a 64-byte aligned window of `len` elements.
 struct Aligned {
     buf: Vec<f32>,
@@ -232,19 +316,7 @@ fn weight_grad_lanes(
                 for p0 in (0..ohow).step_by(CHUNK) {
                     let p1 = (p0 + CHUNK).min(ohow);
                     let len = p1 - p0;
-                    for c in 0..stride {
-                        let ch = v0 * 16 + c;
-                        if ch < co {
-                            let src = &dy_img[ch * ohow + p0..ch * ohow + p1];
-                            for (i, &v) in src.iter().enumerate() {
-                                dyt[i * stride + c] = v;
-                            }
-                        } else {
-                            for i in 0..len {
-                                dyt[i * stride + c] = 0.0;
-                            }
-                        }
-                    }
+                    transpose_chunk(dy_img, ohow, co, v0 * 16, stride, p0, len, dyt);
                     segments.clear();
                     let mut p = p0;
                     while p < p1 {
@@ -507,4 +579,25 @@ fn weight_grad_dot(
                 *out = sum;
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_transpose() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let src: Vec<f32> = (0..16 * 20).map(|v| v as f32).collect();
+        let mut dst = vec![-1f32; 16 * 18];
+        // SAFETY: AVX-512F checked; 16 rows of 20 and of 18 floats.
+        unsafe { transpose16(src.as_ptr(), 20, dst.as_mut_ptr(), 18) };
+        for r in 0..16 {
+            for k in 0..16 {
+                assert_eq!(dst[k * 18 + r], src[r * 20 + k], "row {r} column {k}");
+            }
+        }
+    }
 }
