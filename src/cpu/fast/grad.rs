@@ -661,7 +661,7 @@ fn exp_nonpositive(x: f32) -> f32 {
     y = y * r + 8.333_452e-3;
     y = y * r + 4.166_579_6e-2;
     y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
+    y = y * r + 0.5;
     y = y * r * r + r + 1.0;
     // n is in -126..=0 here, so 2^n is a normal number.
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
