@@ -1,7 +1,7 @@
 //! The weight gradient of a convolution with AVX-512, without im2col.
 //!
 //! `dw[co, ci, ky, kx] = sum over images and output pixels of dy[co, p] * x[ci, tap(p)]` is a
-//! matrix product over the pixels. Output channels run along the vector lanes: a task copies
+//! matrix product over the pixels. Output channels run along the vector lanes: a job copies
 //! a chunk of pixels of the output gradient, for its block of up to 64 output channels, into a
 //! small pixel-major buffer (`[pixel][channel]`, kept in L2), then sweeps every (input
 //! channel, tap) pair of the layer in tiles of 6 to 12 pairs. A tile keeps its up to 24
@@ -10,7 +10,7 @@
 //! zero-padded input copy (the forward path's layout), so any kernel, dilation, padding and
 //! stride is only a matter of where each pair reads. Images are padded a few at a time
 //! (within the slice path's scratch budget), and each call's work is cut into (group of
-//! images, block of output channels) tasks, each summing into its own partial gradient; the
+//! images, block of output channels) jobs, each summing into its own partial gradient; the
 //! partials are added in a fixed order, so results do not depend on scheduling.
 
 use std::arch::x86_64::*;
@@ -291,18 +291,18 @@ fn weight_grad_lanes(
             })
             .collect();
         // Disjoint partial regions, one per (group, block), each `[pair][block lanes]`.
-        let mut tasks = Vec::with_capacity(groups * blocks.len());
+        let mut jobs = Vec::with_capacity(groups * blocks.len());
         let mut rest: &mut [f32] = &mut partials[..total];
         for g in 0..groups {
             for &(v0, nv) in &blocks {
                 let (region, tail) = rest.split_at_mut(pairs_pad * nv * 16);
-                tasks.push((g, v0, nv, region));
+                jobs.push((g, v0, nv, region));
                 rest = tail;
             }
         }
         let x_image = ci * pad.plane;
         let dy = &dy[n0 * dy_len..(n0 + n_call) * dy_len];
-        tasks.into_par_iter().for_each(|(g, v0, nv, region)| {
+        jobs.into_par_iter().for_each(|(g, v0, nv, region)| {
             let stride = nv * 16;
             let np = PAIRS[nv - 1];
             let mut dyt = Aligned::new(CHUNK * stride);
@@ -470,7 +470,7 @@ unsafe fn dot_dispatch(c: usize, t: &DotTile) {
 /// [`weight_grad`] for up to 8 output channels at horizontal stride 1, vectorised over the
 /// pixels of each output row instead of the channels: a tile keeps `channels x pairs` vectors
 /// of 16 partial sums (up to 24) in registers over a band of rows, loading one vector of the
-/// output gradient per channel and one of the input per pair for every 16 pixels. Tasks are
+/// output gradient per channel and one of the input per pair for every 16 pixels. Jobs are
 /// (image, band of rows, the band's output gradient kept in L2), each with its own 16-lane
 /// partial sums, added in a fixed order.
 #[allow(clippy::too_many_arguments)]
@@ -498,14 +498,14 @@ fn weight_grad_dot(
     let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
     let threads = rayon::current_num_threads().max(1);
     // Bands of rows per image whose output gradient stays in L2 (about 128 KiB) while every
-    // tile sweeps it, and at least about 4 tasks per thread.
+    // tile sweeps it, and at least about 4 jobs per thread.
     let band_rows = ((128 << 10) / (4 * c_pad * os.w).max(1)).max(1);
     let bands =
         os.h.div_ceil(band_rows)
             .max((threads * 4).div_ceil(per_call))
             .clamp(1, os.h);
-    let task_len = pairs_pad * c_pad * 16;
-    let total = per_call * bands * task_len;
+    let job_len = pairs_pad * c_pad * 16;
+    let total = per_call * bands * job_len;
     if partials.len() < total {
         partials.clear();
         partials.resize(total, 0.0);
@@ -530,11 +530,11 @@ fn weight_grad_dot(
             .collect();
         let dy = &dy[n0 * dy_len..(n0 + n_call) * dy_len];
         let x_image = ci * pad.plane;
-        partials[..n_call * bands * task_len]
-            .par_chunks_mut(task_len)
+        partials[..n_call * bands * job_len]
+            .par_chunks_mut(job_len)
             .enumerate()
-            .for_each(|(task, part)| {
-                let (n, band) = (task / bands, task % bands);
+            .for_each(|(job, part)| {
+                let (n, band) = (job / bands, job % bands);
                 let rows = (band * os.h / bands, (band + 1) * os.h / bands);
                 let x_img = &xp[n * x_image..(n + 1) * x_image];
                 let dy_img = &dy[n * dy_len..(n + 1) * dy_len];
@@ -563,17 +563,17 @@ fn weight_grad_dot(
                 }
             });
     }
-    // dw[c][pair] = sum over tasks and lanes, in order.
+    // dw[c][pair] = sum over jobs and lanes, in order.
     let parts: &[f32] = &partials[..total];
-    let tasks = total / task_len;
+    let jobs = total / job_len;
     dw[..co * pairs]
         .par_chunks_mut(pairs)
         .enumerate()
         .for_each(|(c, row)| {
             for (q, out) in row.iter_mut().enumerate() {
                 let mut sum = 0f32;
-                for t in 0..tasks {
-                    let at = t * task_len + (q * c_pad + c) * 16;
+                for t in 0..jobs {
+                    let at = t * job_len + (q * c_pad + c) * 16;
                     sum += parts[at..at + 16].iter().sum::<f32>();
                 }
                 *out = sum;
