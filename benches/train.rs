@@ -32,7 +32,9 @@
 //! iterations, with the convolutions' GFLOP/s.
 //!
 //! The GPU cases run when wgpu finds an adapter (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` choose
-//! it); `TRAIN_BENCH_NO_GPU=1` skips them.
+//! it) that is not a software one (lavapipe takes about 40 s per iteration of the basic
+//! module at batch 60 on 2 cores, and minutes for the large one; `TRAIN_BENCH_GPU=1` times it
+//! anyway); `TRAIN_BENCH_NO_GPU=1` skips them.
 
 use std::time::{Duration, Instant};
 
@@ -180,14 +182,25 @@ fn gpu_step<'g>(gpu: &'g Gpu, case: &Case) -> Step<'g> {
     })
 }
 
-/// The GPU, unless skipped or missing (with a note).
+/// The GPU, unless skipped, missing or a software adapter not asked for (with a note).
 fn gpu() -> Option<Gpu> {
     if std::env::var_os("TRAIN_BENCH_NO_GPU").is_some() {
         return None;
     }
     match Gpu::new() {
         Ok(g) => {
-            eprintln!("GPU: {}", g.adapter().info.name);
+            let info = &g.adapter().info;
+            if info.device_type == wgpu::DeviceType::Cpu
+                && std::env::var_os("TRAIN_BENCH_GPU").is_none()
+            {
+                eprintln!(
+                    "GPU: {} runs shaders on the CPU (minutes per iteration of the large \
+                     module); CPU cases only, TRAIN_BENCH_GPU=1 times it anyway",
+                    info.name
+                );
+                return None;
+            }
+            eprintln!("GPU: {}", info.name);
             Some(g)
         }
         Err(e) => {

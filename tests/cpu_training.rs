@@ -180,6 +180,32 @@ fn input_gradients_of_padding_heavy_layers_match_the_reference() {
 }
 
 #[test]
+fn loss_matches_the_reference_at_every_scale() {
+    let mut r = rng(7011);
+    // Scores up to 0.1, 10 and 60 apart: softmaxes near uniform, peaked, and saturated (the
+    // smallest probabilities underflow, the loss caps where a label's probability does).
+    for (case, scale) in [0.1f32, 10.0, 60.0].into_iter().enumerate() {
+        let s = random4(&mut r, [3, 21, 13, 17]).mapv(|v| v * scale);
+        let y = labels(&mut r, 3, 13, 17, 21).mapv(u32::from);
+        let (loss, valid, g) = fast::softmax_cross_entropy(s.view(), y.view(), 255).unwrap();
+        let want = dilated::train::softmax_cross_entropy(s.view(), y.view()).unwrap();
+        assert_eq!(valid, want.valid);
+        let le = (loss - want.loss).abs() / want.loss;
+        let ge = rel_error(g.view(), want.grad.view());
+        assert!(
+            le <= 1e-6 && ge <= 1e-6,
+            "case {case}: loss {le:e}, gradient {ge:e}"
+        );
+    }
+    // No valid pixel: loss 0, gradient 0.
+    let s = random4(&mut r, [1, 3, 2, 2]);
+    let y = Array3::from_elem((1, 2, 2), 255u32);
+    let (loss, valid, g) = fast::softmax_cross_entropy(s.view(), y.view(), 255).unwrap();
+    assert_eq!((loss, valid), (0.0, 0));
+    assert!(g.iter().all(|&v| v == 0.0));
+}
+
+#[test]
 fn max_pool_gradient_matches_the_reference() {
     let mut r = rng(7002);
     for case in 0..40 {
@@ -498,6 +524,12 @@ fn steps_repeat_bit_for_bit_and_resume_exactly() {
         0.0,
         "resumed vs uninterrupted"
     );
+}
+
+#[test]
+fn trainers_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<CpuTrainer>();
 }
 
 #[test]

@@ -15,7 +15,7 @@
 //! a pooling window sends its gradient to its first largest input in row-major order, and the
 //! loss is Caffe's `SoftmaxWithLoss` with an ignore label and `VALID` normalisation.
 
-use ndarray::{Array1, Array4, ArrayView4};
+use ndarray::{Array1, Array4, ArrayView3, ArrayView4};
 use rayon::prelude::*;
 
 use super::CpuConv2d;
@@ -546,10 +546,10 @@ pub(crate) fn max_pool2d_backward_slices(
 
 /// Softmax cross-entropy over the channels of `scores` (shape `s`) against `labels`
 /// (`[n, h, w]`, each a class or `ignore`), with `VALID` normalisation: returns the loss and
-/// the number of non-ignored pixels, and writes the gradient (shape `s`). Per pixel in f64,
-/// as `crate::train::softmax_cross_entropy`: `-ln p` as `logsumexp - score`, capped at
-/// `-ln(f32::MIN_POSITIVE)`; the probabilities as `exp(s - max) / sum` (one exponential per
-/// class).
+/// the number of non-ignored pixels, and writes the gradient (shape `s`). As
+/// `crate::train::softmax_cross_entropy`: `-ln p` as `logsumexp - score`, capped at
+/// `-ln(f32::MIN_POSITIVE)`, each pixel's term and the sums in f64; the probabilities as
+/// `exp(s - max) / sum` in f32 over whole class planes (vectorised; [`exp_nonpositive`]).
 ///
 /// Errors: a label that is neither a class nor `ignore` (nothing is written then).
 pub(crate) fn softmax_loss(
@@ -589,37 +589,86 @@ pub(crate) fn softmax_loss(
     let norm = valid.max(1) as f64;
     let cap = -(f32::MIN_POSITIVE as f64).ln();
     let c = s.c;
-    // Per image: the loss summed in f64 over its pixels; images added in order.
+    let inv_norm = (1.0 / norm) as f32;
+    // Per image, in f32 class planes (vectorised): the maximum over the classes, the
+    // exponentials of the differences (kept in the gradient), their sum; then the loss per
+    // pixel in f64, summed over the image; images added in order.
     let sums: Vec<f64> = grad
         .par_chunks_mut(c * plane)
         .zip(scores.par_chunks(c * plane))
         .zip(labels.par_chunks(plane))
         .map(|((g, sc), lab)| {
+            let mut m = sc[..plane].to_vec();
+            for k in 1..c {
+                for (m, &v) in m.iter_mut().zip(&sc[k * plane..(k + 1) * plane]) {
+                    // NaN-propagating maximum.
+                    *m = if v > *m || v.is_nan() { v } else { *m };
+                }
+            }
+            let mut sum = vec![0f32; plane];
+            for k in 0..c {
+                let (gk, sk) = (
+                    &mut g[k * plane..(k + 1) * plane],
+                    &sc[k * plane..(k + 1) * plane],
+                );
+                for (((e, &v), &m), sum) in gk.iter_mut().zip(sk).zip(&m).zip(sum.iter_mut()) {
+                    *e = exp_nonpositive(v - m);
+                    *sum += *e;
+                }
+            }
+            // Per pixel: the scale of its exponentials (0 where ignored) and its loss term.
             let mut total = 0f64;
-            let mut e = vec![0f64; c];
-            for (p, &l) in lab.iter().enumerate() {
+            for (p, (&l, sum)) in lab.iter().zip(sum.iter_mut()).enumerate() {
                 if l == ignore {
-                    for k in 0..c {
-                        g[k * plane + p] = 0.0;
-                    }
+                    *sum = 0.0;
                     continue;
                 }
-                let at = |k: usize| sc[k * plane + p] as f64;
-                let m = (0..c).map(at).fold(f64::NEG_INFINITY, f64::max);
-                for (k, e) in e.iter_mut().enumerate() {
-                    *e = (at(k) - m).exp();
+                let lse = m[p] as f64 + (*sum as f64).ln();
+                total += (lse - sc[l as usize * plane + p] as f64).min(cap);
+                *sum = inv_norm / *sum;
+            }
+            for k in 0..c {
+                for (e, &scale) in g[k * plane..(k + 1) * plane].iter_mut().zip(&sum) {
+                    *e *= scale;
                 }
-                let sum: f64 = e.iter().sum();
-                total += (m + sum.ln() - at(l as usize)).min(cap);
-                for (k, &e) in e.iter().enumerate() {
-                    let onehot = if k == l as usize { 1.0 } else { 0.0 };
-                    g[k * plane + p] = ((e / sum - onehot) / norm) as f32;
+            }
+            for (p, &l) in lab.iter().enumerate() {
+                if l != ignore {
+                    g[l as usize * plane + p] -= inv_norm;
                 }
             }
             total
         })
         .collect();
     Ok((sums.iter().sum::<f64>() / norm, valid))
+}
+
+/// `e^x` for `x <= 0` in f32 (the softmax's arguments minus their maximum), as plain
+/// arithmetic that vectorises: `x = n ln 2 + r` with `|r| <= ln 2 / 2` (ln 2 in two parts, as
+/// Cephes' `expf`), `e^r` from Cephes' degree-7 polynomial (relative error about 1e-7), times
+/// `2^n` built in the exponent bits. Arguments below -87 give `e^-87` (a normal number; the
+/// exact value would be negligible beside the maximum's 1 in the sum); NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut y = 1.987_569_1e-4;
+    y = y * r + 1.398_199_9e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 0.5;
+    y = y * r * r + r + 1.0;
+    // n is in -126..=0 here, so 2^n is a normal number.
+    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    let e = y * scale;
+    if x.is_nan() { x } else { e }
 }
 
 /// Gradient of a convolution's loss with respect to its weights on the fast path, given its
@@ -727,6 +776,42 @@ pub fn max_pool2d_backward(
         dx.as_slice_mut().unwrap_or(&mut []),
     )?;
     Ok(dx)
+}
+
+/// Softmax cross-entropy on the fast path (as `crate::train::softmax_cross_entropy`): the
+/// loss normalised by the non-ignored pixels, their number, and the gradient with respect to
+/// the scores. `labels` are `[n, h, w]`, each a class or `ignore` (255 in Caffe's setup).
+///
+/// Errors: labels of another `[n, h, w]` than the scores, a zero dimension, or a label that is
+/// neither a class nor `ignore`.
+pub fn softmax_cross_entropy(
+    scores: ArrayView4<f32>,
+    labels: ArrayView3<u32>,
+    ignore: u32,
+) -> Result<(f64, usize, Array4<f32>)> {
+    let ctx = "softmax cross-entropy";
+    let s = shape_of(&scores);
+    s.check_nonzero(ctx)?;
+    if labels.dim() != (s.n, s.h, s.w) {
+        return Err(Error::ShapeMismatch {
+            context: ctx.to_string(),
+            left_name: "labels [n, h, w]",
+            left: labels.shape().to_vec(),
+            right_name: "scores [n, classes, h, w]",
+            right: s.dims().to_vec(),
+        });
+    }
+    let x = scores.as_standard_layout();
+    let l: Vec<u32> = labels.iter().copied().collect();
+    let mut grad = Array4::<f32>::zeros(s.dims());
+    let (loss, valid) = softmax_loss(
+        x.as_slice().unwrap_or(&[]),
+        s,
+        &l,
+        ignore,
+        grad.as_slice_mut().unwrap_or(&mut []),
+    )?;
+    Ok((loss, valid, grad))
 }
 
 /// Errors unless a gradient has the shape it must have.

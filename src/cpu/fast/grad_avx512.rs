@@ -1,7 +1,7 @@
 //! The weight gradient of a convolution with AVX-512, without im2col.
 //!
 //! `dw[co, ci, ky, kx] = sum over images and output pixels of dy[co, p] * x[ci, tap(p)]` is a
-//! matrix product over the pixels. Output channels run along the vector lanes: a task copies
+//! matrix product over the pixels. Output channels run along the vector lanes: a job copies
 //! a chunk of pixels of the output gradient, for its block of up to 64 output channels, into a
 //! small pixel-major buffer (`[pixel][channel]`, kept in L2), then sweeps every (input
 //! channel, tap) pair of the layer in tiles of 6 to 12 pairs. A tile keeps its up to 24
@@ -10,7 +10,7 @@
 //! zero-padded input copy (the forward path's layout), so any kernel, dilation, padding and
 //! stride is only a matter of where each pair reads. Images are padded a few at a time
 //! (within the slice path's scratch budget), and each call's work is cut into (group of
-//! images, block of output channels) tasks, each summing into its own partial gradient; the
+//! images, block of output channels) jobs, each summing into its own partial gradient; the
 //! partials are added in a fixed order, so results do not depend on scheduling.
 
 use std::arch::x86_64::*;
@@ -108,6 +108,90 @@ unsafe fn dispatch(mv: usize, t: &Tile) {
     }
 }
 
+/// Copies pixels `p0..p0 + len` of channels `c0..c0 + stride` of one image's output
+/// gradient (`[channel][ohow]`, `co` channels) into `dyt` as `[pixel][stride]`, channels past
+/// `co` as zeros: 16 x 16 blocks transposed in registers, the rest element by element.
+#[allow(clippy::too_many_arguments)]
+fn transpose_chunk(
+    dy: &[f32],
+    ohow: usize,
+    co: usize,
+    c0: usize,
+    stride: usize,
+    p0: usize,
+    len: usize,
+    dyt: &mut [f32],
+) {
+    for cb in (0..stride).step_by(16) {
+        let full_channels = c0 + cb + 16 <= co;
+        let mut i = 0;
+        if full_channels {
+            while i + 16 <= len {
+                // SAFETY: AVX-512F was checked by the caller of `weight_grad`; the 16 rows
+                // read `dy[(c0 + cb + r) * ohow + p0 + i..][..16]` inside the image (channels
+                // below `co`, pixels below `p0 + len <= ohow`), and the 16 stores write
+                // `dyt[(i + r) * stride + cb..][..16]` inside the chunk (`len * stride`).
+                unsafe {
+                    transpose16(
+                        dy.as_ptr().add((c0 + cb) * ohow + p0 + i),
+                        ohow,
+                        dyt.as_mut_ptr().add(i * stride + cb),
+                        stride,
+                    )
+                };
+                i += 16;
+            }
+        }
+        for c in cb..cb + 16 {
+            let ch = c0 + c;
+            for k in i..len {
+                dyt[k * stride + c] = if ch < co { dy[ch * ohow + p0 + k] } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Transposes a 16 x 16 block: row `r` of the source (`src + r * src_stride`, 16 floats)
+/// becomes column `r` of the destination (`dst + k * dst_stride + r`).
+///
+/// # Safety
+/// AVX-512F must be available; the 16 source rows and 16 destination rows of 16 floats must
+/// be in bounds.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    // SAFETY: the caller vouches for the rows.
+    let mut r: [__m512; 16] =
+        std::array::from_fn(|k| unsafe { _mm512_loadu_ps(src.add(k * src_stride)) });
+    let mut t = [_mm512_setzero_ps(); 16];
+    // Pairs of rows interleaved: per 128-bit lane, (r0[0], r1[0], r0[1], r1[1]) ...
+    for k in 0..8 {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    // Groups of four rows: per 128-bit lane, one column of the four.
+    for k in 0..4 {
+        r[4 * k] = _mm512_shuffle_ps::<0x44>(t[4 * k], t[4 * k + 2]);
+        r[4 * k + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * k], t[4 * k + 2]);
+        r[4 * k + 2] = _mm512_shuffle_ps::<0x44>(t[4 * k + 1], t[4 * k + 3]);
+        r[4 * k + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * k + 1], t[4 * k + 3]);
+    }
+    // 128-bit lanes across the groups, in two rounds.
+    for k in 0..4 {
+        t[k] = _mm512_shuffle_f32x4::<0x88>(r[k], r[k + 4]);
+        t[k + 4] = _mm512_shuffle_f32x4::<0xDD>(r[k], r[k + 4]);
+        t[k + 8] = _mm512_shuffle_f32x4::<0x88>(r[k + 8], r[k + 12]);
+        t[k + 12] = _mm512_shuffle_f32x4::<0xDD>(r[k + 8], r[k + 12]);
+    }
+    for k in 0..8 {
+        r[k] = _mm512_shuffle_f32x4::<0x88>(t[k], t[k + 8]);
+        r[k + 8] = _mm512_shuffle_f32x4::<0xDD>(t[k], t[k + 8]);
+    }
+    for (k, v) in r.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(dst.add(k * dst_stride), *v) };
+    }
+}
+
 /// A float buffer with a 64-byte aligned window of `len` elements.
 struct Aligned {
     buf: Vec<f32>,
@@ -179,7 +263,7 @@ fn weight_grad_lanes(
     let padded = ci * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
     let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
     let threads = rayon::current_num_threads().max(1);
-    let groups = (threads * 4).div_ceil(blocks.len()).clamp(1, per_call);
+    let groups = (threads * 8).div_ceil(blocks.len()).clamp(1, per_call);
     let group_len = pairs_pad * co_pad;
     let total = groups * group_len;
     if partials.len() < total {
@@ -207,18 +291,18 @@ fn weight_grad_lanes(
             })
             .collect();
         // Disjoint partial regions, one per (group, block), each `[pair][block lanes]`.
-        let mut tasks = Vec::with_capacity(groups * blocks.len());
+        let mut jobs = Vec::with_capacity(groups * blocks.len());
         let mut rest: &mut [f32] = &mut partials[..total];
         for g in 0..groups {
             for &(v0, nv) in &blocks {
                 let (region, tail) = rest.split_at_mut(pairs_pad * nv * 16);
-                tasks.push((g, v0, nv, region));
+                jobs.push((g, v0, nv, region));
                 rest = tail;
             }
         }
         let x_image = ci * pad.plane;
         let dy = &dy[n0 * dy_len..(n0 + n_call) * dy_len];
-        tasks.into_par_iter().for_each(|(g, v0, nv, region)| {
+        jobs.into_par_iter().for_each(|(g, v0, nv, region)| {
             let stride = nv * 16;
             let np = PAIRS[nv - 1];
             let mut dyt = Aligned::new(CHUNK * stride);
@@ -232,19 +316,7 @@ fn weight_grad_lanes(
                 for p0 in (0..ohow).step_by(CHUNK) {
                     let p1 = (p0 + CHUNK).min(ohow);
                     let len = p1 - p0;
-                    for c in 0..stride {
-                        let ch = v0 * 16 + c;
-                        if ch < co {
-                            let src = &dy_img[ch * ohow + p0..ch * ohow + p1];
-                            for (i, &v) in src.iter().enumerate() {
-                                dyt[i * stride + c] = v;
-                            }
-                        } else {
-                            for i in 0..len {
-                                dyt[i * stride + c] = 0.0;
-                            }
-                        }
-                    }
+                    transpose_chunk(dy_img, ohow, co, v0 * 16, stride, p0, len, dyt);
                     segments.clear();
                     let mut p = p0;
                     while p < p1 {
@@ -398,7 +470,7 @@ unsafe fn dot_dispatch(c: usize, t: &DotTile) {
 /// [`weight_grad`] for up to 8 output channels at horizontal stride 1, vectorised over the
 /// pixels of each output row instead of the channels: a tile keeps `channels x pairs` vectors
 /// of 16 partial sums (up to 24) in registers over a band of rows, loading one vector of the
-/// output gradient per channel and one of the input per pair for every 16 pixels. Tasks are
+/// output gradient per channel and one of the input per pair for every 16 pixels. Jobs are
 /// (image, band of rows, the band's output gradient kept in L2), each with its own 16-lane
 /// partial sums, added in a fixed order.
 #[allow(clippy::too_many_arguments)]
@@ -426,14 +498,14 @@ fn weight_grad_dot(
     let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
     let threads = rayon::current_num_threads().max(1);
     // Bands of rows per image whose output gradient stays in L2 (about 128 KiB) while every
-    // tile sweeps it, and at least about 4 tasks per thread.
+    // tile sweeps it, and at least about 4 jobs per thread.
     let band_rows = ((128 << 10) / (4 * c_pad * os.w).max(1)).max(1);
     let bands =
         os.h.div_ceil(band_rows)
             .max((threads * 4).div_ceil(per_call))
             .clamp(1, os.h);
-    let task_len = pairs_pad * c_pad * 16;
-    let total = per_call * bands * task_len;
+    let job_len = pairs_pad * c_pad * 16;
+    let total = per_call * bands * job_len;
     if partials.len() < total {
         partials.clear();
         partials.resize(total, 0.0);
@@ -458,11 +530,11 @@ fn weight_grad_dot(
             .collect();
         let dy = &dy[n0 * dy_len..(n0 + n_call) * dy_len];
         let x_image = ci * pad.plane;
-        partials[..n_call * bands * task_len]
-            .par_chunks_mut(task_len)
+        partials[..n_call * bands * job_len]
+            .par_chunks_mut(job_len)
             .enumerate()
-            .for_each(|(task, part)| {
-                let (n, band) = (task / bands, task % bands);
+            .for_each(|(job, part)| {
+                let (n, band) = (job / bands, job % bands);
                 let rows = (band * os.h / bands, (band + 1) * os.h / bands);
                 let x_img = &xp[n * x_image..(n + 1) * x_image];
                 let dy_img = &dy[n * dy_len..(n + 1) * dy_len];
@@ -491,20 +563,41 @@ fn weight_grad_dot(
                 }
             });
     }
-    // dw[c][pair] = sum over tasks and lanes, in order.
+    // dw[c][pair] = sum over jobs and lanes, in order.
     let parts: &[f32] = &partials[..total];
-    let tasks = total / task_len;
+    let jobs = total / job_len;
     dw[..co * pairs]
         .par_chunks_mut(pairs)
         .enumerate()
         .for_each(|(c, row)| {
             for (q, out) in row.iter_mut().enumerate() {
                 let mut sum = 0f32;
-                for t in 0..tasks {
-                    let at = t * task_len + (q * c_pad + c) * 16;
+                for t in 0..jobs {
+                    let at = t * job_len + (q * c_pad + c) * 16;
                     sum += parts[at..at + 16].iter().sum::<f32>();
                 }
                 *out = sum;
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_transpose() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let src: Vec<f32> = (0..16 * 20).map(|v| v as f32).collect();
+        let mut dst = vec![-1f32; 16 * 18];
+        // SAFETY: AVX-512F checked; 16 rows of 20 and of 18 floats.
+        unsafe { transpose16(src.as_ptr(), 20, dst.as_mut_ptr(), 18) };
+        for r in 0..16 {
+            for k in 0..16 {
+                assert_eq!(dst[k * 18 + r], src[r * 20 + k], "row {r} column {k}");
+            }
+        }
+    }
 }

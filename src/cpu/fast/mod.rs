@@ -17,7 +17,7 @@
 //! training needs (`grad.rs`, with the AVX-512 weight gradient in `grad_avx512.rs`); the public
 //! functions are re-exported here: [`conv2d`], [`max_pool2d`], [`relu_inplace`], [`softmax`],
 //! [`deconv2d`], and [`conv2d_grad_weight`], [`conv2d_grad_input`], [`bias_grad`],
-//! [`max_pool2d_backward`] (whole networks train with [`crate::train::CpuTrainer`]). All
+//! [`max_pool2d_backward`], [`softmax_cross_entropy`] (whole networks train with [`crate::train::CpuTrainer`]). All
 //! multi-threaded, and everything is checked against [`super::reference`] and
 //! [`crate::train::grad`].
 
@@ -41,7 +41,9 @@ use crate::spec::{Conv2d, Shape, check_conv_params, shape_of};
 pub use deconv::deconv2d;
 pub(crate) use elementwise::relu_slice;
 pub use elementwise::{relu_inplace, softmax};
-pub use grad::{bias_grad, conv2d_grad_input, conv2d_grad_weight, max_pool2d_backward};
+pub use grad::{
+    bias_grad, conv2d_grad_input, conv2d_grad_weight, max_pool2d_backward, softmax_cross_entropy,
+};
 pub use pool::max_pool2d;
 pub(crate) use pool::max_pool2d_slices;
 
