@@ -6,27 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{reference_forward, rel_error, run_cli};
+use common::{mirror_index as fold, reference_forward, rel_error, run_cli};
 use dilated::io::{load_label_png, read_list, read_npy3};
 use dilated::net::{FrontEnd, Model};
 use dilated::weights::write_safetensors;
 use ndarray::{Array4, Axis};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-/// Index `i` reflected into `0..n` without repeating the edge, by repeated mirror steps.
-fn fold(mut i: isize, n: usize) -> usize {
-    let n = n as isize;
-    loop {
-        if i < 0 {
-            i = -i;
-        } else if i >= n {
-            i = 2 * (n - 1) - i;
-        } else {
-            return i as usize;
-        }
-    }
-}
 
 #[test]
 fn features_are_the_front_end_on_the_padded_image() {

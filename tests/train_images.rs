@@ -2,6 +2,9 @@
 //! way `ImageLabelData` does (OpenCV borders materialised one after the other), and the
 //! image-list dataset's batches.
 
+mod common;
+
+use common::mirror_index;
 use dilated::io::save_png;
 use dilated::train::data::BatchOrder;
 use dilated::train::images::{Crops, ImageDataset};
@@ -18,25 +21,11 @@ fn border_reflect(
     left: usize,
     right: usize,
 ) -> Array2<f32> {
-    fn fold(mut i: isize, n: isize) -> usize {
-        if n == 1 {
-            return 0;
-        }
-        loop {
-            if i < 0 {
-                i = -i;
-            } else if i >= n {
-                i = 2 * (n - 1) - i;
-            } else {
-                return i as usize;
-            }
-        }
-    }
     let (h, w) = plane.dim();
     Array2::from_shape_fn((h + top + bottom, w + left + right), |(y, x)| {
         plane[[
-            fold(y as isize - top as isize, h as isize),
-            fold(x as isize - left as isize, w as isize),
+            mirror_index(y as isize - top as isize, h),
+            mirror_index(x as isize - left as isize, w),
         ]]
     })
 }

@@ -71,7 +71,14 @@ fn start_weights(path: &Path) -> WeightSet {
     set
 }
 
-fn train(stage: &str, lists: &(PathBuf, PathBuf), output: &Path, extra: &[&str]) -> String {
+/// Runs `dilated train <stage>` on the dataset (KITTI at width / 32, 396 crops, batch 2) with
+/// `extra` flags.
+fn run_train(
+    stage: &str,
+    lists: &(PathBuf, PathBuf),
+    output: &Path,
+    extra: &[&str],
+) -> std::process::Output {
     let (i, l) = (lists.0.to_str().unwrap(), lists.1.to_str().unwrap());
     let mut args = vec![
         "train",
@@ -94,13 +101,18 @@ fn train(stage: &str, lists: &(PathBuf, PathBuf), output: &Path, extra: &[&str])
         output.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let out = run_cli(&args, &[]);
+    run_cli(&args, &[])
+}
+
+/// [`run_train`], which must succeed; its stdout and stderr.
+fn train(stage: &str, lists: &(PathBuf, PathBuf), output: &Path, extra: &[&str]) -> String {
+    let out = run_train(stage, lists, output, extra);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{args:?}\n{text}");
+    assert!(out.status.success(), "{stage} {extra:?}\n{text}");
     text
 }
 
@@ -330,34 +342,19 @@ fn a_training_plan_over_the_budget_is_refused_on_the_gpu() {
     let start = dir.path().join("start.safetensors");
     start_weights(&start);
     let out = dir.path().join("fe.safetensors");
-    let (i, l) = (lists.0.to_str().unwrap(), lists.1.to_str().unwrap());
-    let o = run_cli(
+    let o = run_train(
+        "frontend",
+        &lists,
+        &out,
         &[
-            "train",
-            "frontend",
-            "--model",
-            "dilation7_kitti",
-            "--width-divisor",
-            "32",
-            "--train-images",
-            i,
-            "--train-labels",
-            l,
-            "--crop-size",
-            "396",
-            "--batch",
-            "2",
             "--iters",
             "1",
             "--weights",
             start.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
             "--gpu",
             "--max-memory",
             "1M",
         ],
-        &[],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("budget"), "{err}");

@@ -36,30 +36,33 @@ pub fn load_image_bgr(path: impl AsRef<Path>) -> Result<Array3<f32>> {
 
 /// Writes a PNG atomically: the file appears only when complete.
 pub fn save_png(path: impl AsRef<Path>, img: &::image::RgbImage) -> Result<()> {
-    let path = path.as_ref();
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, ::image::ImageFormat::Png)
-        .map_err(|e| Error::Image {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    super::write_atomic(path, |w| std::io::Write::write_all(w, bytes.get_ref()))
+    write_png(path.as_ref(), |b| {
+        img.write_to(b, ::image::ImageFormat::Png)
+    })
 }
 
 /// Writes a label image atomically: an 8-bit grayscale PNG whose pixel values are the class
 /// ids of `labels` (`[height, width]`), as [`load_label_png`] reads them.
 pub fn save_label_png(path: impl AsRef<Path>, labels: &Array2<u8>) -> Result<()> {
-    let path = path.as_ref();
     let (h, w) = labels.dim();
     let img = ::image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
         ::image::Luma([labels[[y as usize, x as usize]]])
     });
+    write_png(path.as_ref(), |b| {
+        img.write_to(b, ::image::ImageFormat::Png)
+    })
+}
+
+/// Writes the PNG `encode` produces atomically.
+fn write_png(
+    path: &Path,
+    encode: impl FnOnce(&mut std::io::Cursor<Vec<u8>>) -> ::image::ImageResult<()>,
+) -> Result<()> {
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, ::image::ImageFormat::Png)
-        .map_err(|e| Error::Image {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    encode(&mut bytes).map_err(|e| Error::Image {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     super::write_atomic(path, |w| std::io::Write::write_all(w, bytes.get_ref()))
 }
 

@@ -215,3 +215,22 @@ pub fn assert_same_set(got: &WeightSet, want: &WeightSet) {
 pub fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// Index `i` reflected into `0..n` without repeating the edge pixel (OpenCV's
+/// `BORDER_REFLECT_101`), written as repeated mirror steps: an implementation independent of
+/// the library's, for checking it.
+pub fn mirror_index(mut i: isize, n: usize) -> usize {
+    let n = n as isize;
+    if n == 1 {
+        return 0;
+    }
+    loop {
+        if i < 0 {
+            i = -i;
+        } else if i >= n {
+            i = 2 * (n - 1) - i;
+        } else {
+            return i as usize;
+        }
+    }
+}
