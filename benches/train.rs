@@ -1,6 +1,6 @@
 //! Training iterations per second: forward, loss, backward and SGD update of whole networks,
 //! on the CPU's fast path (`dilated::train::CpuTrainer`) and on the GPU
-//! (`dilated::plan::GpuTrainer`, convolutions only: the context module).
+//! (`dilated::plan::GpuTrainer`).
 //! `benches/pytorch_train_reference.py` runs the same steps in PyTorch on the CPU.
 //!
 //! Cases:
@@ -12,7 +12,7 @@
 //!   authors' batch), CPU and GPU;
 //! * `frontend_w8`: the front-end with widths divided by 8 on 500 x 500 crops (16 x 16 scores,
 //!   as the authors' front-end training), dropout 0.5 after fc6 and fc7, batch
-//!   `TRAIN_BENCH_FE_BATCH` (default 2), CPU only (the GPU trainer takes convolutions only).
+//!   `TRAIN_BENCH_FE_BATCH` (default 2), CPU and GPU (the same dropout masks on both).
 //!
 //! Criterion reports the throughput in "elem/s" where one element is one FLOP of the
 //! iteration (multiply-add = 2; forward, weight and input gradients of every convolution), so
@@ -102,7 +102,7 @@ fn cases() -> Vec<Case> {
             net: front,
             input: Shape::new(fe_batch, 3, 500, 500),
             dropout: vec![("fc6", 0.5), ("fc7", 0.5)],
-            gpu: false,
+            gpu: true,
         },
     ]
 }
@@ -168,7 +168,7 @@ fn cpu_step(case: &Case) -> Step<'static> {
 /// The GPU step of a case.
 fn gpu_step<'g>(gpu: &'g Gpu, case: &Case) -> Step<'g> {
     let mut trainer = GpuTrainer::new(gpu, &case.net, case.input).expect("the GPU trainer builds");
-    let (x, y, _) = batch(case);
+    let (x, y, masks) = batch(case);
     let c = config();
     let hyper = SgdHyper {
         lr: c.base_lr as f32,
@@ -177,7 +177,7 @@ fn gpu_step<'g>(gpu: &'g Gpu, case: &Case) -> Step<'g> {
     };
     Box::new(move || {
         trainer
-            .step(x.view(), y.view(), &hyper)
+            .step_with_dropout(x.view(), y.view(), &masks, &hyper)
             .expect("a GPU training step");
     })
 }
