@@ -209,6 +209,28 @@ impl<'g> Segmenter<'g> {
         Ok(stitched)
     }
 
+    /// The time of each layer of the network on the image's first tile, on the GPU (layer by
+    /// layer, or with timestamp queries where the adapter has them); `None` on the CPU.
+    pub async fn profile_first_tile_async(
+        &self,
+        image_bgr: ArrayView3<'_, f32>,
+    ) -> Result<Option<crate::timing::LayerTimes>> {
+        let (h, w, c) = image_bgr.dim();
+        if h == 0 || w == 0 || c != 3 {
+            return Err(Error::InvalidSpec {
+                context: "image".into(),
+                reason: format!("expected a non-empty HxWx3 image, got {h}x{w}x{c}"),
+            });
+        }
+        match &self.runner {
+            Runner::Gpu(_, plan, _) => {
+                let input = self.tile_input(&image_bgr, 0, 0);
+                Ok(Some(plan.forward_profiled_async(input.view()).await?.1))
+            }
+            Runner::Cpu(_) => Ok(None),
+        }
+    }
+
     /// The network's raw output for an image given as `[height, width, 3]` BGR values in
     /// 0..255, as `[C, ceil(height / s), ceil(width / s)]` where `s` is the network's output
     /// stride (8 for the front-end): output pixel `(i, j)` is centred on image pixel

@@ -167,6 +167,11 @@ async function run(event) {
     const end = performance.now();
     rows.push(['stitch, upsampling and argmax', end - last]);
     rows.push([`total for ${image.width}x${image.height}`, end - t0 + prepareMs]);
+    // Per layer, on the first tile again, one layer at a time (waiting for the GPU after each).
+    $('status').textContent = 'timing each layer on the first tile';
+    for (const [layer, ms] of await prepared.profile(image.data, image.width, image.height)) {
+      rows.push([`layer ${layer} (tile 1)`, ms]);
+    }
     const palette = prepared.palette();
     draw(image, labels, palette, 0.5);
     legend(prepared.classes(), palette, labels);

@@ -265,6 +265,13 @@ def main():
             raise Failure(f"page labels are {got['w']}x{got['h']}, native {w}x{h}")
         if got["drawn"] != w or got["legend"] == 0:
             raise Failure("the overlay or the legend was not drawn")
+        layer_rows = wd.js(
+            "return Array.from(document.querySelectorAll('#timings tr'))"
+            ".map(r => r.textContent).filter(t => t.startsWith('layer '));"
+        )
+        if not any("conv1_1" in r for r in layer_rows) or not any("ms" in r for r in layer_rows):
+            raise Failure(f"no per-layer timings in the page: {layer_rows[:3]}")
+        print(f"per-layer timings shown: {len(layer_rows)} layers, e.g. {layer_rows[0]}")
         pal = got["palette"]
         colour_of = {i: tuple(pal[3 * i : 3 * i + 3]) for i in range(len(pal) // 3)}
         same = sum(colour_of.get(l) == p for l, p in zip(got["labels"], pixels))

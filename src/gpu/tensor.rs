@@ -259,6 +259,23 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Waits until the device has finished the work submitted so far: natively a blocking wait
+    /// (ready when first polled); in a browser the queue's answer that its work is done.
+    pub(crate) async fn wait_async(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.wait(None, "waiting for the GPU")?;
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let answer = Answer::default();
+            let sender = answer.clone();
+            self.queue.on_submitted_work_done(move || sender.set(()));
+            answer.await;
+        }
+        self.check_health()
+    }
+
     /// [`Gpu::read_mapped`] as a future: natively the same blocking call (so it is ready when
     /// first polled); in a browser it waits for the mapping without blocking.
     pub(crate) async fn read_mapped_async(

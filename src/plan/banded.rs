@@ -226,6 +226,18 @@ impl<'g> Plan<'g> {
         Ok((out, times))
     }
 
+    /// [`Plan::forward_profiled`] as a future: a plan over the whole image times its layers
+    /// without blocking (for browsers); a banded plan runs as [`Plan::forward_profiled`].
+    pub async fn forward_profiled_async(
+        &self,
+        input: ArrayView4<'_, f32>,
+    ) -> Result<(Array4<f32>, LayerTimes)> {
+        match &self.inner {
+            Inner::Whole(p) => p.forward_profiled_async(input).await,
+            _ => self.forward_profiled(input),
+        }
+    }
+
     fn run(
         &self,
         input: ArrayView4<f32>,

@@ -404,10 +404,19 @@ impl<'g> GpuPlan<'g> {
     /// Runs the network and measures each layer: with GPU timestamp queries where the adapter
     /// has them (still one submission), otherwise layer by layer with a wait after each.
     pub fn forward_profiled(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
+        block_on(self.forward_profiled_async(input))
+    }
+
+    /// [`GpuPlan::forward_profiled`] as a future (for browsers, where nothing may block and
+    /// layers are timed by awaiting the queue after each).
+    pub async fn forward_profiled_async(
+        &self,
+        input: ArrayView4<'_, f32>,
+    ) -> Result<(Array4<f32>, LayerTimes)> {
         if self.timestamps.is_none() {
-            return self.run_layer_by_layer(input);
+            return self.run_layer_by_layer(input).await;
         }
-        let (out, times) = block_on(self.run(input, true))?;
+        let (out, times) = self.run(input, true).await?;
         Ok((
             out,
             times.unwrap_or(LayerTimes {
@@ -536,7 +545,12 @@ impl<'g> GpuPlan<'g> {
         Ok((out, times))
     }
 
-    fn run_layer_by_layer(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
+    // As in `run`: natively every wait is ready when first polled; a browser has one thread.
+    #[allow(clippy::await_holding_lock)]
+    async fn run_layer_by_layer(
+        &self,
+        input: ArrayView4<'_, f32>,
+    ) -> Result<(Array4<f32>, LayerTimes)> {
         let _pass = self.begin_pass(&input)?;
         self.gpu.submit_and_wait(
             self.gpu
@@ -544,15 +558,18 @@ impl<'g> GpuPlan<'g> {
                 .create_command_encoder(&Default::default())
                 .finish(),
         )?;
+        self.gpu.wait_async().await?;
         let mut times = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let start = Instant::now();
             self.gpu.run(&layer.dispatches)?;
+            self.gpu.wait_async().await?;
             times.push((layer.name.clone(), start.elapsed()));
         }
         let raw = self
             .gpu
-            .read_f32(self.output_buffer(), 0, self.output_shape().len())?;
+            .read_f32_async(self.output_buffer(), 0, self.output_shape().len())
+            .await?;
         let out = Array4::from_shape_vec(self.output_shape().dims(), raw)
             .map_err(|e| Error::Internal(format!("read-back: {e}")))?;
         Ok((

@@ -220,6 +220,38 @@ impl Prepared {
             Ok(js_sys::Uint32Array::from(labels.as_slice()).into())
         })
     }
+
+    /// Times every layer of the network on the image's first tile (RGBA as for `segment`),
+    /// one layer at a time. Resolves to an array of `[layer name, milliseconds]` pairs.
+    pub fn profile(&self, rgba: Vec<u8>, width: usize, height: usize) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            if width == 0 || height == 0 || rgba.len() != width * height * 4 {
+                return Err(JsError::new(&format!(
+                    "expected {width}x{height} RGBA pixels ({} bytes), got {} bytes",
+                    width * height * 4,
+                    rgba.len()
+                ))
+                .into());
+            }
+            let bgr = Array3::from_shape_fn((height, width, 3), |(y, x, c)| {
+                rgba[(y * width + x) * 4 + 2 - c] as f32
+            });
+            let times = inner
+                .segmenter
+                .profile_first_tile_async(bgr.view())
+                .await
+                .map_err(|e| JsValue::from(js(e)))?;
+            let rows = js_sys::Array::new();
+            for (name, time) in times.map(|t| t.layers).unwrap_or_default() {
+                let row = js_sys::Array::new();
+                row.push(&JsValue::from(name));
+                row.push(&JsValue::from(time.as_secs_f64() * 1e3));
+                rows.push(&row);
+            }
+            Ok(rows.into())
+        })
+    }
 }
 
 /// Seeded values in `-scale..scale` (a linear congruential generator: the checks need
