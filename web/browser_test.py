@@ -192,6 +192,7 @@ def main():
     ap.add_argument("--driver", default="chromedriver")
     ap.add_argument("--image", required=True)
     ap.add_argument("--weights", required=True)
+    ap.add_argument("--caffemodel", help="the same weights as a .caffemodel, read in the page")
     ap.add_argument("--bad-weights", required=True)
     ap.add_argument("--native-labels", required=True)
     ap.add_argument("--model", required=True)
@@ -244,41 +245,43 @@ def main():
             raise Failure("garbage weights gave no message")
         print(f"bad weights refused: {message}")
 
-        # End to end with real (random, seeded) weights from a file.
-        wd.js("document.getElementById('weights').value = '';")
-        wd.send_keys("#weights", os.path.abspath(a.weights))
-        t0 = time.time()
-        wd.click("#run")
-        if wait_state(wd, ("done", "error"), 900) == "error":
-            raise Failure(f"segmenting in the page failed: {page_error(wd)}")
-        status = wd.js("return document.getElementById('status').textContent")
-        print(f"page segmented the image ({time.time() - t0:.1f} s): {status}")
-        got = wd.js(
-            "const d = window.dilated;"
-            "return {w: d.width, h: d.height, labels: d.labels,"
-            " palette: Array.from(d.prepared.palette()),"
-            " drawn: document.getElementById('overlay').width,"
-            " legend: document.querySelectorAll('#legend li').length};"
-        )
+        # End to end with real (random, seeded) weights from a file, as safetensors and, when
+        # given, as a .caffemodel parsed in the page: both must give the native labels.
         w, h, pixels = read_png_rgb(a.native_labels)
-        if (got["w"], got["h"]) != (w, h):
-            raise Failure(f"page labels are {got['w']}x{got['h']}, native {w}x{h}")
-        if got["drawn"] != w or got["legend"] == 0:
-            raise Failure("the overlay or the legend was not drawn")
-        layer_rows = wd.js(
-            "return Array.from(document.querySelectorAll('#timings tr'))"
-            ".map(r => r.textContent).filter(t => t.startsWith('layer '));"
-        )
-        if not any("conv1_1" in r for r in layer_rows) or not any("ms" in r for r in layer_rows):
-            raise Failure(f"no per-layer timings in the page: {layer_rows[:3]}")
-        print(f"per-layer timings shown: {len(layer_rows)} layers, e.g. {layer_rows[0]}")
-        pal = got["palette"]
-        colour_of = {i: tuple(pal[3 * i : 3 * i + 3]) for i in range(len(pal) // 3)}
-        same = sum(colour_of.get(l) == p for l, p in zip(got["labels"], pixels))
-        agreement = same / (w * h)
-        print(f"labels agree with native `dilated segment` on {same} of {w * h} pixels ({100 * agreement:.3f}%)")
-        if agreement < a.min_agreement:
-            raise Failure(f"agreement {agreement:.4f} is below {a.min_agreement}")
+        for weights in [a.weights] + ([a.caffemodel] if a.caffemodel else []):
+            wd.js("document.getElementById('weights').value = '';")
+            wd.send_keys("#weights", os.path.abspath(weights))
+            t0 = time.time()
+            wd.click("#run")
+            if wait_state(wd, ("done", "error"), 900) == "error":
+                raise Failure(f"segmenting in the page with {weights} failed: {page_error(wd)}")
+            status = wd.js("return document.getElementById('status').textContent")
+            print(f"page segmented the image with {os.path.basename(weights)} ({time.time() - t0:.1f} s): {status}")
+            got = wd.js(
+                "const d = window.dilated;"
+                "return {w: d.width, h: d.height, labels: d.labels,"
+                " palette: Array.from(d.prepared.palette()),"
+                " drawn: document.getElementById('overlay').width,"
+                " legend: document.querySelectorAll('#legend li').length};"
+            )
+            if (got["w"], got["h"]) != (w, h):
+                raise Failure(f"page labels are {got['w']}x{got['h']}, native {w}x{h}")
+            if got["drawn"] != w or got["legend"] == 0:
+                raise Failure("the overlay or the legend was not drawn")
+            layer_rows = wd.js(
+                "return Array.from(document.querySelectorAll('#timings tr'))"
+                ".map(r => r.textContent).filter(t => t.startsWith('layer '));"
+            )
+            if not any("conv1_1" in r for r in layer_rows) or not any("ms" in r for r in layer_rows):
+                raise Failure(f"no per-layer timings in the page: {layer_rows[:3]}")
+            print(f"per-layer timings shown: {len(layer_rows)} layers, e.g. {layer_rows[0]}")
+            pal = got["palette"]
+            colour_of = {i: tuple(pal[3 * i : 3 * i + 3]) for i in range(len(pal) // 3)}
+            same = sum(colour_of.get(l) == p for l, p in zip(got["labels"], pixels))
+            agreement = same / (w * h)
+            print(f"labels agree with native `dilated segment` on {same} of {w * h} pixels ({100 * agreement:.3f}%)")
+            if agreement < a.min_agreement:
+                raise Failure(f"agreement {agreement:.4f} is below {a.min_agreement}")
         if a.screenshot:
             wd.screenshot(a.screenshot)
             print(f"wrote {a.screenshot}")

@@ -56,6 +56,8 @@ cargo build --release --bin dilated --example synthetic_image --example random_w
 target/release/examples/synthetic_image "$fixtures/scene.png" 256x192
 target/release/examples/random_weights "$fixtures/weights.safetensors" "$model" "$divisor" 7
 printf 'not a safetensors file\n' >"$fixtures/bad.safetensors"
+target/release/dilated convert "$fixtures/weights.safetensors" "$fixtures/weights.caffemodel" \
+    --model "$model" --width-divisor "$divisor" || fail "converting the weights to .caffemodel failed"
 target/release/dilated segment "$fixtures/scene.png" -o "$fixtures/native-labels.png" \
     --model "$model" --width-divisor "$divisor" --weights "$fixtures/weights.safetensors" \
     --tile "${tile}x${tile}" --cpu || fail "native dilated segment failed"
@@ -72,6 +74,7 @@ for _ in $(seq 50); do
 done
 python3 web/browser_test.py --url "http://127.0.0.1:$port/index.html" \
     --image "$fixtures/scene.png" --weights "$fixtures/weights.safetensors" \
+    --caffemodel "$fixtures/weights.caffemodel" \
     --bad-weights "$fixtures/bad.safetensors" --native-labels "$fixtures/native-labels.png" \
     --model "$model" --divisor "$divisor" --tile "$tile" "${screenshot[@]}" \
     || fail "browser tests failed"
