@@ -101,7 +101,7 @@ pub fn list_adapters(backends: wgpu::Backends) -> Vec<AdapterReport> {
         .collect()
 }
 
-/// The adapters [`Gpu::with_options`] chooses among, in the order
+/// The adapters [`Gpu::with_options`](crate::gpu::Gpu::with_options) chooses among, in the order
 /// [`GpuOptions::adapter_index`] counts them: every adapter on `options.backends` in wgpu's
 /// enumeration order or, when those are the default backends (Vulkan, Metal, DX12) and none
 /// of them has an adapter, every OpenGL adapter (the fallback `Gpu::with_options` makes).

@@ -23,7 +23,7 @@ pub struct GpuOptions {
     pub backends: wgpu::Backends,
     /// Case-insensitive substring the adapter name must contain.
     pub adapter_name: Option<String>,
-    /// Position of the adapter in [`candidate_adapters`]' list (every adapter on
+    /// Position of the adapter in [`candidate_adapters`](crate::gpu::adapter::candidate_adapters)' list (every adapter on
     /// `backends`, in wgpu's enumeration order). Takes precedence over `adapter_name` and
     /// `power_preference`; an index past the end is an [`Error::NoAdapter`]. Not read from the
     /// environment: `None` unless set.

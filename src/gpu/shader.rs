@@ -2,7 +2,7 @@
 //! file and its storage bindings; its source is assembled from them with the shared constants
 //! spliced in, and its pipeline and bind group layout are built from the same list, once per
 //! device on first use. Every kernel's uniform is a `#[repr(C)]` Rust struct declared with
-//! [`uniform!`](crate::gpu::shader::uniform), whose layout a test checks against the WGSL
+//! `uniform!`, whose layout a test checks against the WGSL
 //! struct by naga reflection.
 
 use std::sync::OnceLock;

@@ -1,6 +1,6 @@
 //! NumPy arrays: [`read_npy4`], [`read_npy4_bytes`], [`write_npy`]. Images: [`load_image_bgr`],
 //! [`load_label_png`], [`load_label_png_with_palette`], [`save_png`]; figures drawn on them in
-//! [`figure`]. Any other file: [`write_file`]. Shared with the weight formats in [`crate::weights`]: opening a file with its
+//! [`figure`](crate::io::figure). Any other file: [`write_file`]. Shared with the weight formats in [`crate::weights`]: opening a file with its
 //! length, mapping read errors, and atomic writes.
 //!
 //! Readers treat their input as hostile: a malformed file gives an [`Error`], never a panic.

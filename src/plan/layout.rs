@@ -18,7 +18,7 @@
 //!   image height modulo the stride, and it may overlap the band before it), so the rows that
 //!   come from partial windows at the image's bottom are computed as in the whole-image run.
 //!
-//! Every band has the same height, so one compiled [`GpuPlan`] with the weights uploaded once
+//! Every band has the same height, so one compiled [`GpuPlan`](crate::plan::GpuPlan) with the weights uploaded once
 //! serves them all. The band plan's output (a few rows of class scores) is read back and
 //! stitched on the host, then a second plan runs the rest of the network.
 
@@ -59,8 +59,8 @@ pub struct Bands {
     /// Output shape of the banded layers for the whole input (the stitched map).
     pub stitched_shape: Shape,
     /// GPU memory of the banded plan: the band plan and the plan of the remaining layers, as
-    /// [`GpuPlan::estimate_memory`] counts them, plus room for timestamp buffers (an upper
-    /// bound of what [`Plan::peak_memory`] reports).
+    /// [`GpuPlan::estimate_memory`](crate::plan::GpuPlan::estimate_memory) counts them, plus room for timestamp buffers (an upper
+    /// bound of what [`Plan::peak_memory`](crate::plan::Plan::peak_memory) reports).
     pub peak_memory: u64,
 }
 
@@ -300,8 +300,8 @@ pub struct BandedLayout {
     /// Index of the first layer run once on the stitched map (the network's length if none).
     pub rest_start: usize,
     /// GPU memory of the plan: every stage's band plan and the plan of the remaining layers,
-    /// as [`GpuPlan::estimate_memory`] counts them, plus room for timestamp buffers (an upper
-    /// bound of what [`Plan::peak_memory`] reports).
+    /// as [`GpuPlan::estimate_memory`](crate::plan::GpuPlan::estimate_memory) counts them, plus room for timestamp buffers (an upper
+    /// bound of what [`Plan::peak_memory`](crate::plan::Plan::peak_memory) reports).
     pub peak_memory: u64,
 }
 

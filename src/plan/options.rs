@@ -9,7 +9,7 @@ use crate::gpu::tune::Tuning;
 pub struct PlanOptions {
     /// Most bytes of GPU memory the plan may hold (weights included); `None` for no limit.
     /// When the whole network at its input size does not fit, the image is processed in
-    /// horizontal bands (see [`Bands`]).
+    /// horizontal bands (see [`Bands`](crate::plan::layout::Bands)).
     pub max_memory: Option<u64>,
     /// Convolution kernel choice for every layer (default: each layer chooses, see
     /// [`crate::GpuConv2d::kernel_for`]). Anything but `Auto` overrides [`PlanOptions::tuning`].

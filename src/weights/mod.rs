@@ -15,7 +15,7 @@
 //! no partial file behind.
 //!
 //! NumPy `.npy` arrays, used for inputs and outputs rather than weights, are read and written
-//! by [`crate::io`]; [`read_npy4`] and [`write_npy`] are re-exported here as well.
+//! by [`crate::io`]; [`read_npy4`](crate::io::read_npy4) and [`write_npy`](crate::io::write_npy) are re-exported here as well.
 //!
 //! Layer names are kept verbatim; mapping them onto a network's layers is the network's
 //! business.

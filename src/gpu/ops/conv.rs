@@ -210,7 +210,7 @@ impl GpuConv2d {
 
     /// Whether the tiled kernel may split a deep reduction over several workgroups per output
     /// tile when the layer has too few tiles to fill the GPU (default: yes). A split holds the
-    /// partial sums in a scratch buffer (at most [`SPLIT_SCRATCH_BYTES`]) and adds them in a
+    /// partial sums in a scratch buffer (at most [`SPLIT_SCRATCH_BYTES`](crate::gpu::ops::conv_chunks::SPLIT_SCRATCH_BYTES)) and adds them in a
     /// second pass; plans built under a memory budget do not split.
     pub fn with_split(mut self, split: bool) -> Self {
         self.split = split;
