@@ -26,6 +26,46 @@ pub fn check_deconv_weight(spec: &Deconv2d, weight: &ArrayView4<f32>) -> Result<
     Ok(())
 }
 
+/// Errors unless two 4-D shapes are equal, naming both.
+pub(crate) fn same_shape(
+    context: &str,
+    left_name: &'static str,
+    left: Shape,
+    right_name: &'static str,
+    right: Shape,
+) -> Result<()> {
+    if left == right {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            context: context.to_string(),
+            left_name,
+            left: left.dims().to_vec(),
+            right_name,
+            right: right.dims().to_vec(),
+        })
+    }
+}
+
+/// Checks a convolution spec and its weight shape (`[out, in, kh, kw]`).
+pub(crate) fn check_conv_weight(
+    spec: &Conv2d,
+    weight: &ArrayView4<f32>,
+    context: &str,
+) -> Result<()> {
+    spec.validate(context)?;
+    if weight.shape() != spec.weight_shape() {
+        return Err(Error::ShapeMismatch {
+            context: context.to_string(),
+            left_name: "weight",
+            left: weight.shape().to_vec(),
+            right_name: "layer spec [out, in, kh, kw]",
+            right: spec.weight_shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks weight and bias shapes against a convolution spec.
 pub fn check_conv_params(
     spec: &Conv2d,
@@ -33,17 +73,7 @@ pub fn check_conv_params(
     bias: Option<&ArrayView1<f32>>,
     context: &str,
 ) -> Result<()> {
-    spec.validate(context)?;
-    let w = weight.shape();
-    if w != spec.weight_shape() {
-        return Err(Error::ShapeMismatch {
-            context: context.to_string(),
-            left_name: "weight",
-            left: w.to_vec(),
-            right_name: "layer spec [out, in, kh, kw]",
-            right: spec.weight_shape().to_vec(),
-        });
-    }
+    check_conv_weight(spec, weight, context)?;
     match (spec.bias, bias) {
         (true, Some(b)) if b.len() != spec.out_channels => Err(Error::BiasLength {
             context: context.to_string(),

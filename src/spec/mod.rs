@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 
 mod checks;
 
-pub(crate) use checks::shape_of;
 pub use checks::{check_conv_params, check_deconv_weight};
+pub(crate) use checks::{check_conv_weight, same_shape, shape_of};
 
 /// Padding on each side of a 2-D input, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -18,43 +18,8 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::spec::{Conv2d, MaxPool2d, Shape, shape_of};
-
-/// Errors unless two 4-D shapes are equal.
-pub(crate) fn same_shape(
-    context: &str,
-    left_name: &'static str,
-    left: Shape,
-    right_name: &'static str,
-    right: Shape,
-) -> Result<()> {
-    if left == right {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            context: context.to_string(),
-            left_name,
-            left: left.dims().to_vec(),
-            right_name,
-            right: right.dims().to_vec(),
-        })
-    }
-}
-
-/// Checks a convolution's weight shape against its spec.
-fn check_weight(spec: &Conv2d, weight: &ArrayView4<f32>, context: &str) -> Result<()> {
-    spec.validate(context)?;
-    if weight.shape() != spec.weight_shape() {
-        return Err(Error::ShapeMismatch {
-            context: context.to_string(),
-            left_name: "weight",
-            left: weight.shape().to_vec(),
-            right_name: "layer spec [out, in, kh, kw]",
-            right: spec.weight_shape().to_vec(),
-        });
-    }
-    Ok(())
-}
+pub(crate) use crate::spec::same_shape;
+use crate::spec::{Conv2d, MaxPool2d, Shape, check_conv_weight, shape_of};
 
 /// Calls `f(n, co, oy, ox, ci, ky, kx, iy, ix)` for every term of the reference convolution's
 /// sum whose input tap lies inside the input (padded taps contribute nothing), for the input
@@ -112,7 +77,7 @@ pub fn conv2d_grad_input(
     input_shape: Shape,
 ) -> Result<Array4<f32>> {
     let ctx = "conv2d backward (input)";
-    check_weight(spec, &weight, ctx)?;
+    check_conv_weight(spec, &weight, ctx)?;
     let out = spec.output_shape(input_shape, ctx)?;
     same_shape(
         ctx,
@@ -225,7 +190,7 @@ pub fn conv2d_backward(
     grad_output: ArrayView4<f32>,
 ) -> Result<Conv2dGrads> {
     let ctx = "conv2d backward";
-    check_weight(spec, &weight, ctx)?;
+    check_conv_weight(spec, &weight, ctx)?;
     let out = spec.output_shape(shape_of(&input), ctx)?;
     same_shape(ctx, "output", shape_of(&output), "convolution output", out)?;
     let masked;

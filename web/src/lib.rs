@@ -192,18 +192,7 @@ impl Prepared {
     ) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            if width == 0 || height == 0 || rgba.len() != width * height * 4 {
-                return Err(JsError::new(&format!(
-                    "expected {width}x{height} RGBA pixels ({} bytes), got {} bytes",
-                    width * height * 4,
-                    rgba.len()
-                ))
-                .into());
-            }
-            // BGR in 0..255, as the models were trained on.
-            let bgr = Array3::from_shape_fn((height, width, 3), |(y, x, c)| {
-                rgba[(y * width + x) * 4 + 2 - c] as f32
-            });
+            let bgr = bgr_of(&rgba, width, height)?;
             let mut report = |done: usize, total: usize| {
                 let _ = progress.call2(
                     &JsValue::NULL,
@@ -226,17 +215,7 @@ impl Prepared {
     pub fn profile(&self, rgba: Vec<u8>, width: usize, height: usize) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            if width == 0 || height == 0 || rgba.len() != width * height * 4 {
-                return Err(JsError::new(&format!(
-                    "expected {width}x{height} RGBA pixels ({} bytes), got {} bytes",
-                    width * height * 4,
-                    rgba.len()
-                ))
-                .into());
-            }
-            let bgr = Array3::from_shape_fn((height, width, 3), |(y, x, c)| {
-                rgba[(y * width + x) * 4 + 2 - c] as f32
-            });
+            let bgr = bgr_of(&rgba, width, height)?;
             let times = inner
                 .segmenter
                 .profile_first_tile_async(bgr.view())
@@ -252,6 +231,22 @@ impl Prepared {
             Ok(rows.into())
         })
     }
+}
+
+/// An RGBA image (`width * height * 4` bytes, as a canvas gives them) as `[height, width, 3]`
+/// BGR values in 0..255, as the models were trained on.
+fn bgr_of(rgba: &[u8], width: usize, height: usize) -> Result<Array3<f32>, JsValue> {
+    if width == 0 || height == 0 || rgba.len() != width * height * 4 {
+        return Err(JsError::new(&format!(
+            "expected {width}x{height} RGBA pixels ({} bytes), got {} bytes",
+            width * height * 4,
+            rgba.len()
+        ))
+        .into());
+    }
+    Ok(Array3::from_shape_fn((height, width, 3), |(y, x, c)| {
+        rgba[(y * width + x) * 4 + 2 - c] as f32
+    }))
 }
 
 /// Seeded values in `-scale..scale` (a linear congruential generator: the checks need

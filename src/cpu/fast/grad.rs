@@ -22,7 +22,7 @@ use super::CpuConv2d;
 use super::gemm::im2col;
 use super::pool::window;
 use crate::error::{Error, Result};
-use crate::spec::{Conv2d, MaxPool2d, Padding, Shape, shape_of};
+use crate::spec::{Conv2d, MaxPool2d, Padding, Shape, check_conv_weight, same_shape, shape_of};
 
 /// Most f32 elements of im2col scratch per band on the SGEMM paths (16 MiB).
 const COL_ELEMS: usize = 4 << 20;
@@ -685,7 +685,13 @@ pub fn conv2d_grad_weight(
     let ctx = "conv2d backward (weight)";
     let is = shape_of(&input);
     let os = spec.output_shape(is, ctx)?;
-    check_same(ctx, "output gradient", shape_of(&grad_output), os)?;
+    same_shape(
+        ctx,
+        "output gradient",
+        shape_of(&grad_output),
+        "expected",
+        os,
+    )?;
     let back = ConvBackward::new(*spec, &vec![0.0; spec.weight_len()], None, false)?;
     let x = input.as_standard_layout();
     let dy = grad_output.as_standard_layout();
@@ -714,18 +720,15 @@ pub fn conv2d_grad_input(
     input_shape: Shape,
 ) -> Result<Array4<f32>> {
     let ctx = "conv2d backward (input)";
-    spec.validate(ctx)?;
-    if weight.shape() != spec.weight_shape() {
-        return Err(Error::ShapeMismatch {
-            context: ctx.to_string(),
-            left_name: "weight",
-            left: weight.shape().to_vec(),
-            right_name: "layer spec [out, in, kh, kw]",
-            right: spec.weight_shape().to_vec(),
-        });
-    }
+    check_conv_weight(spec, &weight, ctx)?;
     let os = spec.output_shape(input_shape, ctx)?;
-    check_same(ctx, "output gradient", shape_of(&grad_output), os)?;
+    same_shape(
+        ctx,
+        "output gradient",
+        shape_of(&grad_output),
+        "expected",
+        os,
+    )?;
     let w = weight.as_standard_layout();
     let back = ConvBackward::new(*spec, w.as_slice().unwrap_or(&[]), Some(input_shape), false)?;
     let dy = grad_output.as_standard_layout();
@@ -764,7 +767,13 @@ pub fn max_pool2d_backward(
     let ctx = "max_pool2d backward";
     let is = shape_of(&input);
     let os = spec.output_shape(is, ctx)?;
-    check_same(ctx, "output gradient", shape_of(&grad_output), os)?;
+    same_shape(
+        ctx,
+        "output gradient",
+        shape_of(&grad_output),
+        "expected",
+        os,
+    )?;
     let x = input.as_standard_layout();
     let dy = grad_output.as_standard_layout();
     let mut dx = Array4::<f32>::zeros(is.dims());
@@ -812,21 +821,6 @@ pub fn softmax_cross_entropy(
         grad.as_slice_mut().unwrap_or(&mut []),
     )?;
     Ok((loss, valid, grad))
-}
-
-/// Errors unless a gradient has the shape it must have.
-fn check_same(context: &str, name: &'static str, got: Shape, want: Shape) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch {
-            context: context.to_string(),
-            left_name: name,
-            left: got.dims().to_vec(),
-            right_name: "expected",
-            right: want.dims().to_vec(),
-        })
-    }
 }
 
 #[cfg(test)]
