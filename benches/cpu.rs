@@ -11,16 +11,29 @@
 //! per-core efficiency):
 //!
 //!     CPU_BENCH_TABLE=1 cargo bench --bench cpu [-- FILTER]
+//!
+//! `CPU_BENCH_METHOD=direct|gemm|winograd-f2|winograd-f4` runs every layer that method can
+//! compute on it (the others on the automatic choice); unset, each layer takes
+//! [`CpuConv2d::auto`]'s choice, as the library does.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group};
-use dilated::cpu::fast::{self, CpuConv2d};
+use dilated::cpu::fast::{self, ConvMethod, CpuConv2d};
 use dilated::{Conv2d, MaxPool2d, Shape};
 use ndarray::{Array1, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// The method `CPU_BENCH_METHOD` asks for, if any.
+fn method() -> Option<ConvMethod> {
+    let v = std::env::var("CPU_BENCH_METHOD").ok()?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|e| panic!("CPU_BENCH_METHOD: {e}")),
+    )
+}
 
 /// A chain of prepared layers with their preallocated outputs.
 struct Chain {
@@ -47,8 +60,13 @@ impl Chain {
                 rng.random_range(-scale..scale)
             });
             let b = Array1::from_shape_simple_fn(spec.out_channels, || rng.random_range(-0.1..0.1));
-            let layer = CpuConv2d::new(*spec, w.view(), spec.bias.then(|| b.view()))
-                .expect("valid bench layer");
+            let bias = spec.bias.then(|| b.view());
+            let layer = match method() {
+                Some(m) => CpuConv2d::with_method(*spec, w.view(), bias, m)
+                    .or_else(|_| CpuConv2d::new(*spec, w.view(), bias)),
+                None => CpuConv2d::new(*spec, w.view(), bias),
+            }
+            .expect("valid bench layer");
             layers.push(layer);
             outputs.push(Array4::zeros(out.dims()));
             shape = out;
@@ -223,11 +241,18 @@ fn table(filter: &str) {
         };
         times.sort_by(f64::total_cmp);
         let g = chain.flops as f64 / 1e9;
+        let mut methods: Vec<String> = chain
+            .layers
+            .iter()
+            .map(|l| l.method().to_string())
+            .collect();
+        methods.dedup();
         println!(
-            "{name:32} {g:8.3} {:9.1} {:9.1} {per_cpu} {:5}",
+            "{name:32} {g:8.3} {:9.1} {:9.1} {per_cpu} {:5}  {}",
             g / times[0],
             g / times[times.len() / 2],
-            times.len()
+            times.len(),
+            methods.join(",")
         );
     }
 }

@@ -10,44 +10,44 @@ use crate::spec::{Conv2d, Shape};
 
 /// A raw pointer that may cross threads; every task writes a disjoint part of the output.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(super) struct SyncPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint elements (distinct output channels or rows).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
     /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Arguments of one micro-kernel call.
-struct Tile<'a> {
+pub(super) struct Tile<'a> {
     /// Input at (channel 0, first row of the window, first column of the tile).
-    x: *const f32,
+    pub(super) x: *const f32,
     /// Elements between input channel planes.
-    x_plane: usize,
+    pub(super) x_plane: usize,
     /// Packed weights of the block.
-    w: *const f32,
+    pub(super) w: *const f32,
     /// `(offset in x, offset in w)` of each tap that touches the input.
-    taps: &'a [(usize, usize)],
+    pub(super) taps: &'a [(usize, usize)],
     /// Input channels.
-    cin: usize,
+    pub(super) cin: usize,
     /// Weight elements per input channel (`taps * mr`).
-    w_ci: usize,
+    pub(super) w_ci: usize,
     /// Bias of the block's channels.
-    bias: Option<*const f32>,
+    pub(super) bias: Option<*const f32>,
     /// Start from the values already in `out` (a later chunk of input channels).
-    accumulate: bool,
+    pub(super) accumulate: bool,
     /// Apply the ReLU when storing (the last chunk of input channels).
-    relu: bool,
+    pub(super) relu: bool,
     /// Output at (first channel of the block, row, first column of the tile).
-    out: *mut f32,
+    pub(super) out: *mut f32,
     /// Elements between output channel planes.
-    out_plane: usize,
+    pub(super) out_plane: usize,
     /// Lanes of the last vector to store.
-    mask: __mmask16,
+    pub(super) mask: __mmask16,
 }
 
 /// One tile: `MR` output channels by `NV` vectors of 16 pixels (the last one masked).
@@ -146,7 +146,7 @@ unsafe fn tile<const MR: usize, const NV: usize>(t: &Tile) {
 ///
 /// # Safety
 /// As [`tile`]; `mr` in `1..=MAX_MR`, `nv` in `1..=2`.
-unsafe fn dispatch(mr: usize, nv: usize, t: &Tile) {
+pub(super) unsafe fn dispatch(mr: usize, nv: usize, t: &Tile) {
     macro_rules! go {
         ($($m:literal)*) => {
             match (mr, nv) {

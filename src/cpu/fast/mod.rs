@@ -30,6 +30,8 @@ pub(crate) mod grad;
 #[cfg(target_arch = "x86_64")]
 mod grad_avx512;
 mod pool;
+#[cfg(target_arch = "x86_64")]
+mod winograd;
 
 use std::sync::Mutex;
 
@@ -46,6 +48,64 @@ pub use grad::{
 };
 pub use pool::max_pool2d;
 pub(crate) use pool::max_pool2d_slices;
+#[cfg(target_arch = "x86_64")]
+pub use winograd::WinogradTile;
+
+/// Output tile of a Winograd scheme for 3x3 kernels (AVX-512 builds only).
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WinogradTile {
+    /// F(2x2, 3x3).
+    F2,
+    /// F(4x4, 3x3).
+    F4,
+}
+
+/// How the fast CPU path computes a convolution (see [`CpuConv2d::with_method`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvMethod {
+    /// im2col over bands of output rows plus multi-threaded SGEMM: any CPU, any layer.
+    Gemm,
+    /// The direct, register-blocked AVX-512 convolution: x86-64 CPUs with AVX-512F, layers
+    /// of horizontal stride 1.
+    Direct,
+    /// Winograd F(m x m, 3 x 3) on AVX-512 for 3x3, stride-1 layers at any dilation (the
+    /// dilated tile reads its window `d` apart). Inputs holding a NaN or an infinity are
+    /// computed by [`ConvMethod::Direct`], whose propagation of them matches the reference.
+    Winograd(WinogradTile),
+}
+
+impl std::fmt::Display for ConvMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gemm => f.write_str("im2col+sgemm"),
+            Self::Direct => f.write_str("direct"),
+            Self::Winograd(WinogradTile::F2) => f.write_str("winograd-f2"),
+            Self::Winograd(WinogradTile::F4) => f.write_str("winograd-f4"),
+        }
+    }
+}
+
+impl std::str::FromStr for ConvMethod {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "gemm" | "im2col+sgemm" => Self::Gemm,
+            "direct" => Self::Direct,
+            "winograd-f2" | "f2" => Self::Winograd(WinogradTile::F2),
+            "winograd-f4" | "f4" | "winograd" => Self::Winograd(WinogradTile::F4),
+            _ => {
+                return Err(Error::InvalidSpec {
+                    context: "CPU convolution method".into(),
+                    reason: format!(
+                        "unknown method {s:?} (expected gemm, direct, winograd-f2 or winograd-f4)"
+                    ),
+                });
+            }
+        })
+    }
+}
 
 /// Most output channels per micro-kernel tile of the direct path.
 pub const MAX_MR: usize = 14;
@@ -60,6 +120,13 @@ enum Method {
     Direct {
         packed: Vec<f32>,
         /// `(first output channel, channels in the block)`.
+        blocks: Vec<(usize, usize)>,
+    },
+    /// Winograd; the direct method's packed weights too, for inputs with NaN or infinity.
+    #[cfg(target_arch = "x86_64")]
+    Winograd {
+        wino: winograd::Packed,
+        packed: Vec<f32>,
         blocks: Vec<(usize, usize)>,
     },
 }
@@ -91,7 +158,7 @@ impl CpuConv2d {
             context: "conv2d".into(),
             reason: "weights are not contiguous".into(),
         })?;
-        let method = Self::choose(&spec, flat);
+        let method = Self::pack(&spec, flat, Self::auto(&spec));
         Ok(Self {
             spec,
             method,
@@ -119,8 +186,85 @@ impl CpuConv2d {
         })
     }
 
+    /// As [`CpuConv2d::new`], on the given method.
+    ///
+    /// Errors: [`Error::InvalidSpec`] when this CPU or layer cannot use the method (AVX-512F
+    /// missing for [`ConvMethod::Direct`] and [`ConvMethod::Winograd`], a horizontal stride
+    /// above 1 for the direct method, anything but a 3x3 stride-1 kernel for Winograd).
+    pub fn with_method(
+        spec: Conv2d,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+        method: ConvMethod,
+    ) -> Result<Self> {
+        check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
+        if let Some(reason) = Self::unsupported(&spec, method) {
+            return Err(Error::InvalidSpec {
+                context: format!("conv2d with method {method}"),
+                reason,
+            });
+        }
+        let weight = weight.as_standard_layout();
+        let flat = weight.as_slice().ok_or_else(|| Error::InvalidSpec {
+            context: "conv2d".into(),
+            reason: "weights are not contiguous".into(),
+        })?;
+        Ok(Self {
+            spec,
+            method: Self::pack(&spec, flat, method),
+            bias: bias.map(|b| b.to_vec()),
+            scratch: Mutex::new([Vec::new(), Vec::new()]),
+        })
+    }
+
+    /// Why `method` cannot compute `spec` on this CPU, if it cannot.
+    fn unsupported(spec: &Conv2d, method: ConvMethod) -> Option<String> {
+        let avx512 = avx512();
+        match method {
+            ConvMethod::Gemm => None,
+            ConvMethod::Direct if !avx512 => Some("this CPU lacks AVX-512F".into()),
+            ConvMethod::Direct if spec.stride.1 != 1 => {
+                Some("the direct method needs horizontal stride 1".into())
+            }
+            ConvMethod::Direct => None,
+            ConvMethod::Winograd(_) if !avx512 => Some("this CPU lacks AVX-512F".into()),
+            ConvMethod::Winograd(_) if spec.kernel != (3, 3) || spec.stride != (1, 1) => {
+                Some("Winograd here computes 3x3 kernels of stride 1 only".into())
+            }
+            ConvMethod::Winograd(_) => None,
+        }
+    }
+
+    /// The fastest method this CPU supports for the layer: Winograd F(4x4, 3x3) for 3x3
+    /// stride-1 layers with enough channels to amortise the transforms, else the direct
+    /// convolution, else im2col + SGEMM.
+    pub fn auto(spec: &Conv2d) -> ConvMethod {
+        let wino = ConvMethod::Winograd(WinogradTile::F4);
+        if Self::unsupported(spec, wino).is_none()
+            && spec.in_channels >= WINOGRAD_MIN_CHANNELS
+            && spec.out_channels >= WINOGRAD_MIN_CHANNELS
+        {
+            wino
+        } else if Self::unsupported(spec, ConvMethod::Direct).is_none() {
+            ConvMethod::Direct
+        } else {
+            ConvMethod::Gemm
+        }
+    }
+
+    /// The method the layer runs on.
+    pub fn method(&self) -> ConvMethod {
+        match &self.method {
+            Method::Gemm { .. } => ConvMethod::Gemm,
+            #[cfg(target_arch = "x86_64")]
+            Method::Direct { .. } => ConvMethod::Direct,
+            #[cfg(target_arch = "x86_64")]
+            Method::Winograd { wino, .. } => ConvMethod::Winograd(wino.tile),
+        }
+    }
+
     /// Whether the layer runs on the portable im2col + SGEMM method (rather than the direct
-    /// AVX-512 convolution).
+    /// AVX-512 convolution or Winograd).
     pub fn is_portable(&self) -> bool {
         matches!(self.method, Method::Gemm { .. })
     }
@@ -162,17 +306,15 @@ impl CpuConv2d {
         match &mut self.method {
             Method::Gemm { weight: w } => w.copy_from_slice(weight),
             #[cfg(target_arch = "x86_64")]
-            Method::Direct { packed, blocks } => {
-                let k = self.spec.in_channels * self.spec.kernel.0 * self.spec.kernel.1;
-                let mut i = 0;
-                for &(c0, mr) in blocks.iter() {
-                    for kk in 0..k {
-                        for m in 0..mr {
-                            packed[i] = weight[(c0 + m) * k + kk];
-                            i += 1;
-                        }
-                    }
-                }
+            Method::Direct { packed, blocks } => pack_direct(&self.spec, weight, blocks, packed),
+            #[cfg(target_arch = "x86_64")]
+            Method::Winograd {
+                wino,
+                packed,
+                blocks,
+            } => {
+                pack_direct(&self.spec, weight, blocks, packed);
+                wino.set(&self.spec, weight);
             }
         }
         if let (Some(dst), Some(src)) = (&mut self.bias, bias) {
@@ -183,29 +325,33 @@ impl CpuConv2d {
         Ok(())
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn choose(spec: &Conv2d, weight: &[f32]) -> Method {
-        if spec.stride.1 == 1 && std::is_x86_feature_detected!("avx512f") {
-            let blocks = split_blocks(spec.out_channels, MAX_MR);
-            let taps = spec.kernel.0 * spec.kernel.1;
-            let k = spec.in_channels * taps;
-            let mut packed = Vec::with_capacity(weight.len());
-            for &(c0, mr) in &blocks {
-                for kk in 0..k {
-                    for m in 0..mr {
-                        packed.push(weight[(c0 + m) * k + kk]);
-                    }
+    /// Packs `[out, in, kh, kw]` weights for `method` (which [`Self::unsupported`] accepts).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn pack(spec: &Conv2d, weight: &[f32], method: ConvMethod) -> Method {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let direct = || {
+                let blocks = split_blocks(spec.out_channels, MAX_MR);
+                let mut packed = vec![0.0; weight.len()];
+                pack_direct(spec, weight, &blocks, &mut packed);
+                (packed, blocks)
+            };
+            match method {
+                ConvMethod::Direct => {
+                    let (packed, blocks) = direct();
+                    return Method::Direct { packed, blocks };
                 }
+                ConvMethod::Winograd(tile) => {
+                    let (packed, blocks) = direct();
+                    return Method::Winograd {
+                        wino: winograd::Packed::new(spec, weight, tile),
+                        packed,
+                        blocks,
+                    };
+                }
+                ConvMethod::Gemm => {}
             }
-            return Method::Direct { packed, blocks };
         }
-        Method::Gemm {
-            weight: weight.to_vec(),
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn choose(_spec: &Conv2d, weight: &[f32]) -> Method {
         Method::Gemm {
             weight: weight.to_vec(),
         }
@@ -286,6 +432,36 @@ impl CpuConv2d {
                 y,
                 &mut scratch,
             ),
+            #[cfg(target_arch = "x86_64")]
+            Method::Winograd {
+                wino,
+                packed,
+                blocks,
+            } => {
+                let bias = self.bias.as_deref();
+                if !winograd::forward(
+                    &self.spec,
+                    wino,
+                    bias,
+                    x,
+                    in_shape,
+                    out_shape,
+                    y,
+                    &mut scratch,
+                ) {
+                    direct_avx512::forward(
+                        &self.spec,
+                        packed,
+                        blocks,
+                        bias,
+                        x,
+                        in_shape,
+                        out_shape,
+                        y,
+                        &mut scratch,
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -329,32 +505,69 @@ impl CpuConv2d {
                 gemm::forward(&self.spec, weight, self.bias.as_deref(), x, is, os, y)
             }
             #[cfg(target_arch = "x86_64")]
-            Method::Direct { packed, blocks } => {
+            Method::Direct { packed, blocks } | Method::Winograd { packed, blocks, .. } => {
                 // Groups of images whose padded copy stays within the budget, so the scratch
                 // does not grow with the batch.
                 let p = self.spec.padding;
-                let padded = is.c * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
+                let (eh, ew) = match &self.method {
+                    // Winograd's padded copy reaches past the last tiles' windows.
+                    Method::Winograd { wino, .. } => {
+                        let extra = wino.tile.alpha() - 3;
+                        (extra * self.spec.dilation.0, extra * self.spec.dilation.1)
+                    }
+                    _ => (0, 0),
+                };
+                let padded = is.c * (is.h + p.top + p.bottom + eh) * (is.w + p.left + p.right + ew);
                 let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
                 let (xi, yi) = (is.len() / is.n, os.len() / os.n);
                 for n0 in (0..is.n).step_by(per_call) {
                     let n = per_call.min(is.n - n0);
-                    direct_avx512::forward(
-                        &self.spec,
-                        packed,
-                        blocks,
-                        self.bias.as_deref(),
-                        &x[n0 * xi..(n0 + n) * xi],
-                        Shape { n, ..is },
-                        Shape { n, ..os },
-                        &mut y[n0 * yi..(n0 + n) * yi],
-                        scratch,
-                    );
+                    let (x, y) = (&x[n0 * xi..(n0 + n) * xi], &mut y[n0 * yi..(n0 + n) * yi]);
+                    let (is, os) = (Shape { n, ..is }, Shape { n, ..os });
+                    let bias = self.bias.as_deref();
+                    if let Method::Winograd { wino, .. } = &self.method
+                        && winograd::forward(&self.spec, wino, bias, x, is, os, y, scratch)
+                    {
+                        continue;
+                    }
+                    direct_avx512::forward(&self.spec, packed, blocks, bias, x, is, os, y, scratch);
                 }
             }
         }
         Ok(())
     }
 }
+
+/// Packs `[out, in, kh, kw]` weights for the direct method: per block of output channels
+/// `(c0, mr)`, `[in][kh*kw][mr]`, blocks one after the other.
+#[cfg(target_arch = "x86_64")]
+fn pack_direct(spec: &Conv2d, weight: &[f32], blocks: &[(usize, usize)], packed: &mut [f32]) {
+    let k = spec.in_channels * spec.kernel.0 * spec.kernel.1;
+    let mut i = 0;
+    for &(c0, mr) in blocks {
+        for kk in 0..k {
+            for m in 0..mr {
+                packed[i] = weight[(c0 + m) * k + kk];
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512F (the direct and Winograd methods need it).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Fewest input and output channels for which [`CpuConv2d::auto`] picks Winograd.
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// Bytes of padded input one call of the direct convolution pads at most on the slice path
 /// (whole images; at least one).
