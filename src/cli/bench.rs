@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use dilated::cpu::fast::ConvMethod;
 use dilated::gpu::Kernel;
 use dilated::gpu::tune::Tuning;
 use dilated::net::{LayerReport, Network, PresetOptions};
@@ -48,10 +49,25 @@ pub struct BenchArgs {
     /// layer again, `off` runs the heuristic; `--algorithm` other than auto overrides it.
     #[arg(long, value_enum, default_value_t = TuneArg::Cached)]
     pub tune: TuneArg,
+    /// CPU convolution method for every layer it can compute (`auto`: each layer's fastest;
+    /// `direct`, `gemm`, `winograd-f2`, `winograd-f4`).
+    #[arg(long, default_value = "auto", value_parser = parse_cpu_method)]
+    pub cpu_method: CpuMethod,
     /// Where it runs: `--cpu` times the CPU only, and without `--gpu` the CPU alone is timed
     /// when the GPU is missing or fails.
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// `--cpu-method`: `None` for each layer's automatic choice.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMethod(pub Option<ConvMethod>);
+
+fn parse_cpu_method(s: &str) -> Result<CpuMethod, String> {
+    if s == "auto" {
+        return Ok(CpuMethod(None));
+    }
+    s.parse().map(|m| CpuMethod(Some(m))).map_err(|e: Error| e.to_string())
 }
 
 /// `--algorithm` values: each layer's own choice, or the direct, workgroup-tiled or
@@ -147,7 +163,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
     let cpu = if args.no_cpu && gpu.is_some() {
         None
     } else {
-        Some(time_cpu(net, &x, runs)?)
+        Some(time_cpu(net, &x, runs, args.cpu_method)?)
     };
     if let Some(g) = &gpu {
         println!(
@@ -313,8 +329,20 @@ fn time_gpu<'g>(
 }
 
 /// Times the network on the CPU: the median pass and one profiled pass.
-fn time_cpu(net: &Network, x: &Array4<f32>, runs: usize) -> Result<(Duration, LayerTimes), Error> {
-    let cpu = CpuPlan::new(net)?;
+fn time_cpu(
+    net: &Network,
+    x: &Array4<f32>,
+    runs: usize,
+    method: CpuMethod,
+) -> Result<(Duration, LayerTimes), Error> {
+    let cpu = CpuPlan::with_method(net, method.0)?;
+    let mut methods: Vec<String> = Vec::new();
+    for (_, m) in cpu.conv_methods() {
+        if !methods.contains(&m.to_string()) {
+            methods.push(m.to_string());
+        }
+    }
+    println!("CPU convolution methods: {}", methods.join(", "));
     let total = timed(runs, || cpu.forward(x.view()).map(drop))?;
     let (_, layers) = cpu.forward_profiled(x.view())?;
     Ok((total, layers))

@@ -6,7 +6,7 @@ use web_time::Instant;
 
 use ndarray::{Array4, ArrayView4};
 
-use crate::cpu::fast::{self, CpuConv2d};
+use crate::cpu::fast::{self, ConvMethod, CpuConv2d};
 use crate::cpu::reference;
 use crate::error::Result;
 use crate::net::{Network, Op};
@@ -24,16 +24,29 @@ pub struct CpuPlan {
 }
 
 impl CpuPlan {
-    /// Prepares every layer of `network`.
+    /// Prepares every layer of `network`, each convolution on the fastest method this CPU
+    /// has for it ([`CpuConv2d::auto`]).
     pub fn new(network: &Network) -> Result<Self> {
+        Self::with_method(network, None)
+    }
+
+    /// As [`CpuPlan::new`], with every convolution that `method` can compute on it (the others
+    /// on their automatic choice); `None` is [`CpuPlan::new`]. To compare the methods on whole
+    /// networks.
+    pub fn with_method(network: &Network, method: Option<ConvMethod>) -> Result<Self> {
         let mut steps = Vec::with_capacity(network.layers().len());
         for l in network.layers() {
             let step = match &l.op {
-                Op::Conv { spec, weight, bias } => Step::Conv(CpuConv2d::new(
-                    *spec,
-                    weight.view(),
-                    bias.as_ref().map(|b| b.view()),
-                )?),
+                Op::Conv { spec, weight, bias } => {
+                    let (w, b) = (weight.view(), bias.as_ref().map(|b| b.view()));
+                    let layer = match method {
+                        Some(m) if CpuConv2d::supports(spec, m) => {
+                            CpuConv2d::with_method(*spec, w, b, m)?
+                        }
+                        _ => CpuConv2d::new(*spec, w, b)?,
+                    };
+                    Step::Conv(layer)
+                }
                 other => Step::Other(other.clone()),
             };
             steps.push((l.name.clone(), step));
@@ -42,6 +55,17 @@ impl CpuPlan {
             steps,
             network: network.clone(),
         })
+    }
+
+    /// Each convolution's name and method, in order.
+    pub fn conv_methods(&self) -> Vec<(&str, ConvMethod)> {
+        self.steps
+            .iter()
+            .filter_map(|(name, step)| match step {
+                Step::Conv(c) => Some((name.as_str(), c.method())),
+                Step::Other(_) => None,
+            })
+            .collect()
     }
 
     /// Runs the network.

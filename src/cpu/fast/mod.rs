@@ -217,6 +217,11 @@ impl CpuConv2d {
         })
     }
 
+    /// Whether `method` can compute `spec` on this CPU ([`CpuConv2d::with_method`] accepts it).
+    pub fn supports(spec: &Conv2d, method: ConvMethod) -> bool {
+        Self::unsupported(spec, method).is_none()
+    }
+
     /// Why `method` cannot compute `spec` on this CPU, if it cannot.
     fn unsupported(spec: &Conv2d, method: ConvMethod) -> Option<String> {
         let avx512 = avx512();
