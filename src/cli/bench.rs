@@ -67,7 +67,9 @@ fn parse_cpu_method(s: &str) -> Result<CpuMethod, String> {
     if s == "auto" {
         return Ok(CpuMethod(None));
     }
-    s.parse().map(|m| CpuMethod(Some(m))).map_err(|e: Error| e.to_string())
+    s.parse()
+        .map(|m| CpuMethod(Some(m)))
+        .map_err(|e: Error| e.to_string())
 }
 
 /// `--algorithm` values: each layer's own choice, or the direct, workgroup-tiled or

@@ -60,6 +60,9 @@ impl WinogradTile {
 
 /// Tiles per block of work (a multiple of 32, the micro-kernel's width).
 const TILE_BLOCK: usize = 64;
+/// Most output channels whose products a block keeps at once (whole micro-kernel blocks; the
+/// last may pass it by less than [`MR`]).
+const OUT_CHUNK: usize = 256;
 /// Input channels the transform prefetches ahead.
 const PREFETCH_AHEAD: usize = 2;
 /// Most output channels per micro-kernel tile.
@@ -118,16 +121,22 @@ pub(super) struct Packed {
     pub(super) tile: WinogradTile,
     u: Vec<f32>,
     blocks: Vec<(usize, usize)>,
+    /// 3x3 pieces of the kernel along each axis (`ceil(k / 3)`).
+    pieces: (usize, usize),
 }
 
 impl Packed {
-    /// Transforms `[out, in, 3, 3]` weights.
+    /// Transforms `[out, in, kh, kw]` weights: kernels larger than 3x3 are cut into 3x3
+    /// pieces (zero taps past the kernel), whose products add up over `pieces * in` rows.
     pub(super) fn new(s: &Conv2d, weight: &[f32], tile: WinogradTile) -> Self {
         let a = tile.alpha();
+        let pieces = (s.kernel.0.div_ceil(3), s.kernel.1.div_ceil(3));
+        let k = pieces.0 * pieces.1 * s.in_channels;
         let mut p = Self {
             tile,
-            u: vec![0.0; a * a * s.out_channels * s.in_channels],
+            u: vec![0.0; a * a * s.out_channels * k],
             blocks: split_blocks(s.out_channels, MR),
+            pieces,
         };
         p.set(s, weight);
         p
@@ -136,6 +145,9 @@ impl Packed {
     /// Re-transforms new weights of the same shape in place.
     pub(super) fn set(&mut self, s: &Conv2d, weight: &[f32]) {
         let (cin, cout) = (s.in_channels, s.out_channels);
+        let (kh, kw) = s.kernel;
+        let (ph, pw) = self.pieces;
+        let rows = ph * pw * cin;
         let a = self.tile.alpha();
         let g: &[[f64; 3]] = match self.tile {
             WinogradTile::F2 => &G2,
@@ -147,7 +159,7 @@ impl Packed {
         let mut rest: &mut [f32] = &mut self.u;
         for xi in 0..a * a {
             for (bi, &(_, mr)) in blocks.iter().enumerate() {
-                let (part, tail) = rest.split_at_mut(mr * cin);
+                let (part, tail) = rest.split_at_mut(mr * rows);
                 rest = tail;
                 parts.push((xi, bi, part));
             }
@@ -158,18 +170,29 @@ impl Packed {
             let (fa, fb) = (xi / a, xi % a);
             for m in 0..mr {
                 let oc = c0 + m;
-                for ic in 0..cin {
-                    let w = &weight[(oc * cin + ic) * 9..(oc * cin + ic + 1) * 9];
+                for r in 0..rows {
+                    let (piece, ic) = (r / cin, r % cin);
+                    let (y0, x0) = (3 * (piece / pw), 3 * (piece % pw));
+                    let w = &weight[(oc * cin + ic) * kh * kw..(oc * cin + ic + 1) * kh * kw];
+                    // The piece's tap (i, j), zero past the kernel.
+                    let tap = |i: usize, j: usize| {
+                        let (y, x) = (y0 + i, x0 + j);
+                        if y < kh && x < kw {
+                            f64::from(w[y * kw + x])
+                        } else {
+                            0.0
+                        }
+                    };
                     // U[fa][fb] = Σ_ij G[fa][i] w[i][j] G[fb][j], in f64.
                     let mut acc = 0.0f64;
                     for i in 0..3 {
                         let mut row = 0.0f64;
                         for j in 0..3 {
-                            row += f64::from(w[i * 3 + j]) * g[fb][j];
+                            row += tap(i, j) * g[fb][j];
                         }
                         acc += g[fa][i] * row;
                     }
-                    dst[ic * mr + m] = acc as f32;
+                    dst[r * mr + m] = acc as f32;
                 }
             }
         });
@@ -344,6 +367,10 @@ fn at4(m: [__m512; 6]) -> [__m512; 4] {
 /// The geometry of one call.
 struct Geom {
     cin: usize,
+    /// Offset of each 3x3 piece's first tap in a padded plane.
+    pieces: Vec<usize>,
+    /// Rows of the products: pieces times input channels.
+    k: usize,
     cout: usize,
     dh: usize,
     dw: usize,
@@ -388,8 +415,13 @@ pub(super) fn forward(
     let (m, a) = (p.tile.m(), p.tile.alpha());
     let (dh, dw) = s.dilation;
     let (oh, ow) = (os.h, os.w);
-    // Windows of the last tiles end at output + (alpha - 1) * d in padded coordinates.
-    let (hp, wp) = (oh + dh * (a - 1), ow + dw * (a - 1));
+    // Windows of the last tiles' last pieces end at output + (3 (pieces - 1) + alpha - 1) * d
+    // in padded coordinates.
+    let (ph, pw) = p.pieces;
+    let (hp, wp) = (
+        oh + dh * (3 * (ph - 1) + a - 1),
+        ow + dw * (3 * (pw - 1) + a - 1),
+    );
     // Gathers index a padded plane with 32-bit offsets.
     if hp * wp > i32::MAX as usize {
         return false;
@@ -398,8 +430,13 @@ pub(super) fn forward(
     if !pad(s, x, is, hp, wp, xbuf) {
         return false;
     }
+    let pieces: Vec<usize> = (0..ph * pw)
+        .map(|q| 3 * (q / pw) * dh * wp + 3 * (q % pw) * dw)
+        .collect();
     let geom = Geom {
         cin: s.in_channels,
+        k: pieces.len() * s.in_channels,
+        pieces,
         cout: s.out_channels,
         dh,
         dw,
@@ -412,12 +449,28 @@ pub(super) fn forward(
     };
     let xp: &[f32] = xbuf;
     let blocks_per_image = geom.tiles().div_ceil(TILE_BLOCK);
-    let jobs = os.n * blocks_per_image;
-    let workers = rayon::current_num_threads().clamp(1, jobs.max(1));
+    let tile_jobs = os.n * blocks_per_image;
+    // Output channels in chunks of whole micro-kernel blocks, so the products of a chunk stay
+    // in cache for the output transform.
+    let mut chunks: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    for (i, &(c0, mr)) in p.blocks.iter().enumerate() {
+        if i > start && c0 + mr - p.blocks[start].0 > OUT_CHUNK {
+            chunks.push((start, i));
+            start = i;
+        }
+    }
+    chunks.push((start, p.blocks.len()));
+    // With few blocks of tiles (small images), jobs also split the chunks between them, each
+    // transforming its block's input again (a small cost next to the products).
+    let threads = rayon::current_num_threads().max(1);
+    let groups = (4 * threads).div_ceil(tile_jobs).clamp(1, chunks.len());
+    let jobs = tile_jobs * groups;
+    let workers = threads.min(jobs);
     // Each worker's transformed inputs and products, kept across calls in the scratch.
     let (v_len, m_len) = (
-        a * a * geom.cin * TILE_BLOCK,
-        a * a * geom.cout * TILE_BLOCK,
+        a * a * geom.k * TILE_BLOCK,
+        a * a * geom.cout.min(OUT_CHUNK + MR) * TILE_BLOCK,
     );
     if wbuf.len() < workers * (v_len + m_len) {
         wbuf.clear();
@@ -430,29 +483,38 @@ pub(super) fn forward(
         .for_each(|(w, buf)| {
             let (v, mbuf) = buf.split_at_mut(v_len);
             for job in (w..jobs).step_by(workers) {
-                let (n, b) = (job / blocks_per_image, job % blocks_per_image);
+                let (tj, grp) = (job / groups, job % groups);
+                let (n, b) = (tj / blocks_per_image, tj % blocks_per_image);
+                let my_chunks =
+                    &chunks[grp * chunks.len() / groups..(grp + 1) * chunks.len() / groups];
                 let t0 = b * TILE_BLOCK;
                 let count = TILE_BLOCK.min(geom.tiles() - t0);
                 let x_img = &xp[n * geom.cin * geom.plane..(n + 1) * geom.cin * geom.plane];
                 // SAFETY: AVX-512F was detected when the method was chosen; see `block`.
-                unsafe { block(&geom, p, bias, s.relu, x_img, t0, count, v, mbuf, y_ptr, n) };
+                unsafe {
+                    block(
+                        &geom, p, my_chunks, bias, s.relu, x_img, t0, count, v, mbuf, y_ptr, n,
+                    )
+                };
             }
         });
     true
 }
 
-/// One block of `count` tiles from `t0` of image `n`.
+/// One block of `count` tiles from `t0` of image `n`, for the output channels of `chunks`
+/// (ranges of `p.blocks`).
 ///
 /// # Safety
 /// AVX-512F must be available. `x_img` is the image's padded input (`cin` planes of
-/// `geom.plane`); `v` and `mbuf` hold `alpha^2 * cin * TILE_BLOCK` and
-/// `alpha^2 * cout * TILE_BLOCK` values; `y` is the whole output, of which this call writes
+/// `geom.plane`); `v` and `mbuf` hold `alpha^2 * k * TILE_BLOCK` and
+/// `alpha^2 * min(cout, OUT_CHUNK + MR) * TILE_BLOCK` values; `y` is the whole output, of which this call writes
 /// only its tiles' outputs of image `n`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn block(
     g: &Geom,
     p: &Packed,
+    chunks: &[(usize, usize)],
     bias: Option<&[f32]>,
     relu: bool,
     x_img: &[f32],
@@ -466,13 +528,19 @@ unsafe fn block(
     match p.tile {
         WinogradTile::F2 => unsafe {
             input_transform::<4, F2>(g, x_img, t0, count, v);
-            products(g, p, 16, count, v, mbuf);
-            output_transform::<4, 2, F2>(g, bias, relu, t0, count, mbuf, y, n);
+            for &(b0, b1) in chunks {
+                let blocks = &p.blocks[b0..b1];
+                products(g, p, blocks, 16, count, v, mbuf);
+                output_transform::<4, 2, F2>(g, blocks, bias, relu, t0, count, mbuf, y, n);
+            }
         },
         WinogradTile::F4 => unsafe {
             input_transform::<6, F4>(g, x_img, t0, count, v);
-            products(g, p, 36, count, v, mbuf);
-            output_transform::<6, 4, F4>(g, bias, relu, t0, count, mbuf, y, n);
+            for &(b0, b1) in chunks {
+                let blocks = &p.blocks[b0..b1];
+                products(g, p, blocks, 36, count, v, mbuf);
+                output_transform::<6, 4, F4>(g, blocks, bias, relu, t0, count, mbuf, y, n);
+            }
         },
     }
 }
@@ -517,13 +585,16 @@ unsafe fn input_transform<const A: usize, S: Transforms<A, 0>>(
         // SAFETY (whole loop): AVX-512F is enabled in the caller; gathers read
         // base + offset < hp * wp = plane (the padded plane covers every tile's window, and
         // `forward` checked the plane fits in i32); stores write 16 values at
-        // (xi * cin + ic) * TILE_BLOCK + grp * 16 < v.len().
+        // (xi * k + r) * TILE_BLOCK + grp * 16 < v.len(); the window of piece r / cin lies in
+        // the padded plane too (hp, wp cover the last pieces).
         unsafe {
             let base = _mm512_loadu_si512(base.as_ptr().cast());
-            for ic in 0..g.cin {
-                let plane = x_img.as_ptr().add(ic * g.plane);
-                if ic + PREFETCH_AHEAD < g.cin && spans.len() <= 4 {
-                    let ahead = plane.add(PREFETCH_AHEAD * g.plane);
+            // Row r of the products is input channel r % cin of piece r / cin.
+            let src = |r: usize| (r % g.cin) * g.plane + g.pieces[r / g.cin];
+            for r in 0..g.k {
+                let plane = x_img.as_ptr().add(src(r));
+                if r + PREFETCH_AHEAD < g.k && spans.len() <= 4 {
+                    let ahead = x_img.as_ptr().add(src(r + PREFETCH_AHEAD));
                     for i in 0..A {
                         for &(lo, hi) in &spans {
                             for at in (lo..=hi).step_by(16) {
@@ -546,11 +617,11 @@ unsafe fn input_transform<const A: usize, S: Transforms<A, 0>>(
                         cols_t[k][j] = t[k];
                     }
                 }
-                let dst = v.as_mut_ptr().add(ic * TILE_BLOCK + grp * 16);
+                let dst = v.as_mut_ptr().add(r * TILE_BLOCK + grp * 16);
                 for (k, row) in cols_t.iter().enumerate() {
-                    let r = S::bt(*row);
-                    for (j, val) in r.iter().enumerate() {
-                        _mm512_storeu_ps(dst.add((k * A + j) * g.cin * TILE_BLOCK), *val);
+                    let t = S::bt(*row);
+                    for (j, val) in t.iter().enumerate() {
+                        _mm512_storeu_ps(dst.add((k * A + j) * g.k * TILE_BLOCK), *val);
                     }
                 }
             }
@@ -562,30 +633,39 @@ unsafe fn input_transform<const A: usize, S: Transforms<A, 0>>(
 /// frequencies stored together for the output transform), on the block's first
 /// `ceil(count / 16) * 16` tiles.
 #[inline(always)]
-unsafe fn products(g: &Geom, p: &Packed, freqs: usize, count: usize, v: &[f32], mbuf: &mut [f32]) {
+unsafe fn products(
+    g: &Geom,
+    p: &Packed,
+    blocks: &[(usize, usize)],
+    freqs: usize,
+    count: usize,
+    v: &[f32],
+    mbuf: &mut [f32],
+) {
     let vectors = count.div_ceil(16);
     let one_tap = [(0usize, 0usize)];
+    let c_lo = blocks[0].0;
     for xi in 0..freqs {
-        for &(c0, mr) in &p.blocks {
-            let w = &p.u[(xi * g.cout + c0) * g.cin..(xi * g.cout + c0 + mr) * g.cin];
+        for &(c0, mr) in blocks {
+            let w = &p.u[(xi * g.cout + c0) * g.k..(xi * g.cout + c0 + mr) * g.k];
             for vec0 in (0..vectors).step_by(2) {
                 let nv = (vectors - vec0).min(2);
                 let col = xi * TILE_BLOCK + vec0 * 16;
                 let t = Tile {
-                    x: v[xi * g.cin * TILE_BLOCK + vec0 * 16..].as_ptr(),
+                    x: v[xi * g.k * TILE_BLOCK + vec0 * 16..].as_ptr(),
                     x_plane: TILE_BLOCK,
                     w: w.as_ptr(),
                     taps: &one_tap,
-                    cin: g.cin,
+                    cin: g.k,
                     w_ci: mr,
                     bias: None,
                     accumulate: false,
                     relu: false,
-                    out: mbuf[c0 * freqs * TILE_BLOCK + col..].as_mut_ptr(),
+                    out: mbuf[(c0 - c_lo) * freqs * TILE_BLOCK + col..].as_mut_ptr(),
                     out_plane: freqs * TILE_BLOCK,
                     mask: 0xffff,
                 };
-                // SAFETY: reads cin rows of 16 * nv values of frequency xi, inside v; mr * cin
+                // SAFETY: reads k rows of 16 * nv values of frequency xi, inside v; mr * k
                 // packed weights; writes mr rows (stride freqs * TILE_BLOCK) of mbuf at
                 // column col, inside mbuf.
                 unsafe { dispatch(mr, nv, &t) };
@@ -599,6 +679,7 @@ unsafe fn products(g: &Geom, p: &Packed, freqs: usize, count: usize, v: &[f32], 
 #[inline(always)]
 unsafe fn output_transform<const A: usize, const M: usize, S: Transforms<A, M>>(
     g: &Geom,
+    blocks: &[(usize, usize)],
     bias: Option<&[f32]>,
     relu: bool,
     t0: usize,
@@ -620,13 +701,19 @@ unsafe fn output_transform<const A: usize, const M: usize, S: Transforms<A, M>>(
             first[l] = r * g.ow + c;
             whole[l] = r + (M - 1) * g.dh < g.oh && c + (M - 1) * g.dw < g.ow;
         }
-        for oc in 0..g.cout {
+        let (c_lo, c_hi) = (
+            blocks[0].0,
+            blocks[blocks.len() - 1].0 + blocks[blocks.len() - 1].1,
+        );
+        for oc in c_lo..c_hi {
             // SAFETY (whole block): AVX-512F is enabled in the caller; loads read
-            // (oc * A*A + xi) * TILE_BLOCK + grp * 16 + 16 <= mbuf.len(); stores write this
+            // ((oc - c_lo) * A*A + xi) * TILE_BLOCK + grp * 16 + 16 <= mbuf.len(); stores write this
             // tile's outputs inside channel oc of image n, which only this call writes.
             unsafe {
                 let bv = bias.map_or(zero, |b| _mm512_set1_ps(b[oc]));
-                let src = mbuf.as_ptr().add(oc * A * A * TILE_BLOCK + grp * 16);
+                let src = mbuf
+                    .as_ptr()
+                    .add((oc - c_lo) * A * A * TILE_BLOCK + grp * 16);
                 // Columns first: s[i][b] = Σ_k Aᵀ[i][k] M[k][b].
                 let mut s = [[zero; A]; M];
                 for b in 0..A {
