@@ -29,6 +29,7 @@ pub mod gpu;
 /// formats share.
 pub mod io;
 pub mod net;
+mod par;
 pub mod plan;
 pub mod segment;
 pub mod spec;

@@ -4,8 +4,8 @@
 //! fast CPU path are checked against. Convolutions compute their output channels in parallel,
 //! each output the same sum in the same order as on one thread.
 
+use crate::par::*;
 use ndarray::{Array3, Array4, ArrayView1, ArrayView4, Axis};
-use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::net::Op;

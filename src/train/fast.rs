@@ -38,8 +38,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::par::*;
 use ndarray::{Array1, Array4, ArrayView1, ArrayView3, ArrayView4};
-use rayon::prelude::*;
 
 use super::grad::same_shape;
 use super::gradients::Gradients;

@@ -13,9 +13,9 @@
 //!
 //! Shapes are checked; a mismatch is an [`Error`], never a panic.
 
+use crate::par::*;
 use ndarray::{Array1, Array3, Array4, ArrayView4, Axis, Zip};
 use rand::Rng;
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 pub(crate) use crate::spec::same_shape;

@@ -1,7 +1,7 @@
 //! The per-channel transposed convolution (the upsampling layer) on the fast path.
 
+use crate::par::*;
 use ndarray::{Array4, ArrayView4};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::spec::{check_deconv_weight, shape_of};

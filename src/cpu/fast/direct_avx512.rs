@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
+use crate::par::*;
 
 use crate::spec::{Conv2d, Shape};
 
@@ -393,7 +393,7 @@ pub(super) fn forward(
         SyncPtr(y.as_mut_ptr())
     };
     let out_plane = oh * pitch;
-    let threads = rayon::current_num_threads().max(1);
+    let threads = current_num_threads().max(1);
     // Tasks are (image, band of rows, group of output-channel blocks). Bands hold about
     // BAND_PIXELS outputs, so each block's weights, once in cache, serve many tiles; the
     // blocks are then split into groups until there are about 8 tasks per thread.

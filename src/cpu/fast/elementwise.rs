@@ -1,7 +1,7 @@
 //! Elementwise and per-pixel ops on the fast path: ReLU and the softmax over channels.
 
+use crate::par::*;
 use ndarray::{Array4, ArrayView4};
-use rayon::prelude::*;
 
 /// `max(x, 0)` on a slice, multi-threaded; NaN stays NaN.
 pub(crate) fn relu_slice(x: &mut [f32]) {

@@ -1,7 +1,7 @@
 //! The portable convolution: im2col over bands of output rows, then the `gemm` crate's
 //! multi-threaded SGEMM, with bias and ReLU applied around it.
 
-use rayon::prelude::*;
+use crate::par::*;
 
 use super::elementwise::relu_slice;
 use crate::spec::{Conv2d, Shape};
@@ -34,7 +34,7 @@ pub(super) fn forward(
             k * rows_per_band * ow
         }
     ];
-    let threads = rayon::current_num_threads();
+    let parallelism = gemm_parallelism();
     for n in 0..os.n {
         let x = &x[n * c_in * ih * iw..(n + 1) * c_in * ih * iw];
         let y = &mut y[n * m * oh * ow..(n + 1) * m * oh * ow];
@@ -82,7 +82,7 @@ pub(super) fn forward(
                     false,
                     false,
                     false,
-                    gemm::Parallelism::Rayon(threads),
+                    parallelism,
                 );
             }
         }

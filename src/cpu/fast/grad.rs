@@ -15,8 +15,8 @@
 //! a pooling window sends its gradient to its first largest input in row-major order, and the
 //! loss is Caffe's `SoftmaxWithLoss` with an ignore label and `VALID` normalisation.
 
+use crate::par::*;
 use ndarray::{Array1, Array4, ArrayView3, ArrayView4};
-use rayon::prelude::*;
 
 use super::CpuConv2d;
 use super::gemm::im2col;
@@ -365,7 +365,7 @@ fn weight_grad_gemm(
     let rows = band_rows(k, ow, oh);
     col.resize(k * rows * ow, 0.0);
     dw.fill(0.0);
-    let threads = rayon::current_num_threads();
+    let parallelism = gemm_parallelism();
     for n in 0..os.n {
         let x = &x[n * is.c * is.h * is.w..(n + 1) * is.c * is.h * is.w];
         let dy = &dy[n * co * oh * ow..(n + 1) * co * oh * ow];
@@ -395,7 +395,7 @@ fn weight_grad_gemm(
                     false,
                     false,
                     false,
-                    gemm::Parallelism::Rayon(threads),
+                    parallelism,
                 );
             }
         }
@@ -422,7 +422,7 @@ fn input_grad_columns(
     let rows = band_rows(k, ow, oh);
     col.resize(k * rows * ow, 0.0);
     dx.fill(0.0);
-    let threads = rayon::current_num_threads();
+    let parallelism = gemm_parallelism();
     for n in 0..os.n {
         let dy = &dy[n * co * oh * ow..(n + 1) * co * oh * ow];
         let dx = &mut dx[n * is.c * ih * iw..(n + 1) * is.c * ih * iw];
@@ -452,7 +452,7 @@ fn input_grad_columns(
                     false,
                     false,
                     false,
-                    gemm::Parallelism::Rayon(threads),
+                    parallelism,
                 );
             }
             let col: &[f32] = col;

@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
+use crate::par::*;
 
 use super::direct_avx512::pad_input;
 use super::split_blocks;
@@ -262,7 +262,7 @@ fn weight_grad_lanes(
     let p = s.padding;
     let padded = ci * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
     let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = current_num_threads().max(1);
     let groups = (threads * 8).div_ceil(blocks.len()).clamp(1, per_call);
     let group_len = pairs_pad * co_pad;
     let total = groups * group_len;
@@ -496,7 +496,7 @@ fn weight_grad_dot(
     let p = s.padding;
     let padded = ci * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
     let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = current_num_threads().max(1);
     // Bands of rows per image whose output gradient stays in L2 (about 128 KiB) while every
     // tile sweeps it, and at least about 4 jobs per thread.
     let band_rows = ((128 << 10) / (4 * c_pad * os.w).max(1)).max(1);

@@ -10,6 +10,7 @@
 //! of output rows, groups of output channels and cache-sized chunks of input channels, and
 //! spread over the rayon thread pool. Elsewhere (no AVX-512, or horizontal stride above 1) the path falls
 //! back to im2col over bands of output rows plus the `gemm` crate's multi-threaded SGEMM.
+//! Without the `threads` feature the same work runs on the caller's thread.
 //!
 //! The kernels live in one file per family: the direct AVX-512 convolution
 //! (`direct_avx512.rs`), im2col + SGEMM (`gemm.rs`), max pooling (`pool.rs`), ReLU and softmax
@@ -136,7 +137,7 @@ enum Method {
 /// reusable scratch buffer for the padded input.
 ///
 /// The layer is `Send + Sync`; concurrent calls on one layer take turns on the scratch buffer
-/// (each call itself uses every rayon thread).
+/// (each call itself uses every rayon thread, with the `threads` feature).
 pub struct CpuConv2d {
     spec: Conv2d,
     method: Method,

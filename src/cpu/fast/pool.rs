@@ -1,7 +1,7 @@
 //! Max pooling on the fast path.
 
+use crate::par::*;
 use ndarray::{Array4, ArrayView4};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::spec::{MaxPool2d, Shape, shape_of};
