@@ -6,7 +6,8 @@
 //! so no call site needs a `cfg`: `par_chunks`, `par_chunks_mut`, `par_iter_mut` on slices,
 //! `into_par_iter` on anything iterable (ranges, vectors, ndarray's axis iterators), and
 //! ndarray's `par_mapv_inplace`. The adaptors used after them (`zip`, `enumerate`, `map`,
-//! `for_each`, `collect`) exist on both kinds of iterator with the same meaning.
+//! `filter`, `for_each`, `count`, `collect`) exist on both kinds of iterator with the same
+//! meaning; rayon's two-argument `reduce` has no such twin, so it is not used.
 //!
 //! The `maybe-rayon` crate does the same for a few methods only (not `par_chunks_mut`,
 //! `par_iter_mut` or `current_num_threads`), hence these few lines.

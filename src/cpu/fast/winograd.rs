@@ -22,7 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
+use crate::par::*;
 
 use super::direct_avx512::{SyncPtr, Tile, dispatch};
 use super::split_blocks;
@@ -241,7 +241,11 @@ fn pad(s: &Conv2d, x: &[f32], is: Shape, hp: usize, wp: usize, buf: &mut Vec<f32
             dst[(pt + ih) * wp..].fill(0.0);
             src.iter().fold(true, |ok, v| ok & v.is_finite())
         })
-        .reduce(|| true, |a, b| a & b)
+        // Counted (rayon's and std's `count` both visit every plane, where `all` would stop at
+        // the first non-finite one and leave the rest unpadded).
+        .filter(|finite| !finite)
+        .count()
+        == 0
 }
 
 // The transforms, written out (a loop over a constant matrix is not folded by the compiler:
@@ -463,7 +467,7 @@ pub(super) fn forward(
     chunks.push((start, p.blocks.len()));
     // With few blocks of tiles (small images), jobs also split the chunks between them, each
     // transforming its block's input again (a small cost next to the products).
-    let threads = rayon::current_num_threads().max(1);
+    let threads = current_num_threads().max(1);
     let groups = (4 * threads).div_ceil(tile_jobs).clamp(1, chunks.len());
     let jobs = tile_jobs * groups;
     let workers = threads.min(jobs);
