@@ -19,6 +19,22 @@
 //! assert_eq!(y.dim(), reference.dim());
 //! # Ok::<(), dilated::Error>(())
 //! ```
+//!
+//! ## Cargo features
+//!
+//! * `cli` (default): the `dilated` command-line tool; implies `fs` and `threads`.
+//! * `fs` (default): whatever takes a path: reading weights, images and `.npy` arrays from
+//!   files and writing them atomically, training datasets listed in files, solver snapshots,
+//!   and the GPU's pipeline and kernel-choice caches on disk. Without it the readers of bytes
+//!   remain ([`weights::read_safetensors_bytes`], [`weights::read_caffemodel_bytes`],
+//!   [`io::decode_image_bgr`], [`io::read_npy4_bytes`]) and nothing is kept between runs.
+//! * `threads` (default): the CPU paths on every core, through rayon (and gemm's and
+//!   ndarray's rayon); without it they run on the caller's thread.
+//!
+//! With neither (`default-features = false`) the crate builds for `wasm32-unknown-unknown`,
+//! where a browser's WebGPU runs it through the `_async` methods ([`Gpu::new_async`],
+//! [`Plan::forward_async`], [`segment::Segmenter::segment_async`], ...); `web/` is such a
+//! page.
 
 #![warn(missing_docs)]
 
@@ -26,7 +42,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 /// Reading and writing files: NumPy `.npy` arrays, images, and the file handling the weight
-/// formats share.
+/// formats share (paths with the `fs` feature; bytes always).
 pub mod io;
 pub mod net;
 mod par;

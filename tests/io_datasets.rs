@@ -91,3 +91,34 @@ fn list_files_give_one_path_per_line() {
         Err(Error::Io { .. })
     ));
 }
+
+#[test]
+fn images_decode_from_bytes_as_from_their_files() {
+    // Every pixel different, so a swapped axis or channel shows.
+    let img = image::RgbImage::from_fn(13, 6, |x, y| {
+        image::Rgb([(20 * x) as u8, (40 * y + 3) as u8, (7 * x + 11 * y) as u8])
+    });
+    let want = Array3::from_shape_fn((6, 13, 3), |(y, x, c)| {
+        let rgb = [20 * x, 40 * y + 3, 7 * x + 11 * y];
+        rgb[2 - c] as f32
+    });
+    let dir = tempfile::tempdir().unwrap();
+    for (format, name) in [
+        (image::ImageFormat::Png, "a.png"),
+        (image::ImageFormat::Bmp, "a.bmp"),
+    ] {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, format).unwrap();
+        let bytes = bytes.into_inner();
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            dilated::io::decode_image_bgr(&bytes).unwrap(),
+            want,
+            "{name}"
+        );
+        assert_eq!(dilated::io::load_image_bgr(&path).unwrap(), want, "{name}");
+    }
+    let e = dilated::io::decode_image_bgr(b"not an image").unwrap_err();
+    assert!(matches!(e, Error::Image { .. }), "{e}");
+}

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use dilated::Error;
 use dilated::io::{read_npy4, read_npy4_bytes, write_npy};
 use dilated::weights::{
-    ExpectedLayer, LayerWeights, WeightSet, encode_caffemodel, proto, read_caffemodel,
-    read_caffemodel_bytes, read_safetensors, read_safetensors_bytes, write_caffemodel,
-    write_safetensors,
+    ExpectedLayer, LayerWeights, WeightSet, encode_caffemodel, encode_safetensors, proto,
+    read_caffemodel, read_caffemodel_bytes, read_safetensors, read_safetensors_bytes,
+    write_caffemodel, write_safetensors,
 };
 use ndarray::{Array1, Array2, Array4, ArrayD, IxDyn, ShapeBuilder};
 use prost::Message;
@@ -340,6 +340,8 @@ fn caffemodel_to_safetensors_round_trip() {
     }
     let bytes = std::fs::read(&st).unwrap();
     assert_same_set(&read_safetensors_bytes(&bytes).unwrap(), &set);
+    // In-memory encoding gives the same bytes as the file.
+    assert_eq!(encode_safetensors(&from_caffe).unwrap(), bytes);
     // PyTorch naming, and the file reads back with the safetensors crate itself.
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names = t.names();

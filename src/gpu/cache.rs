@@ -6,16 +6,22 @@
 //! and this crate's version, and hold the full key, so data from another adapter, driver or
 //! version is never used. Files are written atomically (a temporary file renamed over the old
 //! one); unreadable, corrupt or stale files are ignored and rewritten, never an error.
+//!
+//! The files need the `fs` feature (a default); without it only [`adapter_key`] is here and
+//! nothing is kept between runs.
 
+#[cfg(feature = "fs")]
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming the cache directory; empty or `off` disables the caches.
+#[cfg(feature = "fs")]
 pub const CACHE_DIR_ENV: &str = "DILATED_CACHE_DIR";
 
 /// The cache directory from the environment: [`CACHE_DIR_ENV`] when set (`None` when it is
 /// empty or `off`), else `dilated` in the user's cache directory (`$XDG_CACHE_HOME`, else
 /// `~/.cache` on Linux and other Unix systems, `~/Library/Caches` on macOS,
 /// `%LOCALAPPDATA%` on Windows); `None` when none of those is known.
+#[cfg(feature = "fs")]
 pub fn default_cache_dir() -> Option<PathBuf> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
@@ -50,6 +56,7 @@ pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
 }
 
 /// 64-bit FNV-1a hash: names the cache files after their key and checks their contents.
+#[cfg(feature = "fs")]
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
@@ -57,15 +64,18 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The path of a cache file: `<dir>/<stem>-<hash of key>.<ext>`.
+#[cfg(feature = "fs")]
 pub(crate) fn cache_file(dir: &Path, stem: &str, key: &str, ext: &str) -> PathBuf {
     dir.join(format!("{stem}-{:016x}.{ext}", fnv1a(key.as_bytes())))
 }
 
 /// First bytes of a pipeline cache file.
+#[cfg(feature = "fs")]
 const MAGIC: &[u8; 8] = b"DILPIPE1";
 
 /// A pipeline cache file: the magic, the key's length and bytes, the data's length and FNV-1a
 /// hash (little-endian `u64`s), then the data wgpu returned.
+#[cfg(feature = "fs")]
 pub(crate) fn encode_pipeline_data(key: &str, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + key.len() + 32);
     out.extend_from_slice(MAGIC);
@@ -79,6 +89,7 @@ pub(crate) fn encode_pipeline_data(key: &str, data: &[u8]) -> Vec<u8> {
 
 /// The data of a pipeline cache file written by [`encode_pipeline_data`] for `key`, or why it
 /// cannot be used (another key, truncated, extended or corrupted).
+#[cfg(feature = "fs")]
 pub(crate) fn decode_pipeline_data<'a>(
     key: &str,
     file: &'a [u8],
@@ -108,7 +119,7 @@ pub(crate) fn decode_pipeline_data<'a>(
     Ok(data)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fs"))]
 mod tests {
     use super::*;
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::gpu::adapter::{AdapterReport, enumerate_candidates_async, make_instance};
+use crate::gpu::cache::adapter_key;
+#[cfg(feature = "fs")]
 use crate::gpu::cache::{
-    adapter_key, cache_file, decode_pipeline_data, default_cache_dir, encode_pipeline_data,
+    cache_file, decode_pipeline_data, default_cache_dir, encode_pipeline_data,
 };
 use crate::gpu::shader::Kernels;
 use crate::gpu::tune::TuneTable;
@@ -37,8 +39,9 @@ pub struct GpuOptions {
     /// Directory of the files kept between runs for this adapter: the compiled pipelines
     /// (where the adapter offers wgpu's pipeline cache) and the convolution kernels chosen by
     /// measurement (see [`crate::gpu::tune`]). `None` keeps nothing. Default:
-    /// [`default_cache_dir`] (`DILATED_CACHE_DIR`, else `dilated` in the user's cache
-    /// directory).
+    /// `default_cache_dir` (`DILATED_CACHE_DIR`, else `dilated` in the user's cache
+    /// directory). Without the `fs` feature nothing is kept: the default is `None` and any
+    /// directory is ignored.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -67,9 +70,17 @@ impl GpuOptions {
             power_preference: wgpu::PowerPreference::from_env()
                 .unwrap_or(wgpu::PowerPreference::HighPerformance),
             timeout: timeout_from_env(std::env::var("DILATED_GPU_TIMEOUT").ok().as_deref()),
-            cache_dir: default_cache_dir(),
+            cache_dir: env_cache_dir(),
         }
     }
+}
+
+/// The cache directory [`GpuOptions::from_env`] gives: none without the `fs` feature.
+fn env_cache_dir() -> Option<PathBuf> {
+    #[cfg(feature = "fs")]
+    return default_cache_dir();
+    #[cfg(not(feature = "fs"))]
+    None
 }
 
 /// `DILATED_GPU_TIMEOUT` in seconds (fractions allowed); `0` means no timeout; unset or
@@ -175,13 +186,16 @@ pub struct Gpu {
     pub(crate) kernels: Kernels,
     /// The adapter's key in the cache files (see [`adapter_key`]).
     cache_key: String,
+    #[cfg(feature = "fs")]
     cache_dir: Option<PathBuf>,
+    #[cfg(feature = "fs")]
     pipeline_file: Option<PipelineFile>,
     /// Convolution kernel choices, read from the cache directory on first use.
     pub(crate) tuning: Mutex<Option<TuneTable>>,
 }
 
 /// The pipeline cache's file and what was found in it.
+#[cfg(feature = "fs")]
 struct PipelineFile {
     path: PathBuf,
     /// Bytes of cached data wgpu accepted when the device was opened (0: none).
@@ -190,7 +204,8 @@ struct PipelineFile {
     writing: Mutex<()>,
 }
 
-/// Where a [`Gpu`]'s pipeline cache lives and what it started with.
+/// Where a [`Gpu`]'s pipeline cache lives and what it started with (with the `fs` feature).
+#[cfg(feature = "fs")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineCacheInfo {
     /// The file the cache is read from and written to.
@@ -279,10 +294,11 @@ impl Gpu {
     /// this crate uses when present; waits are bounded by [`DEFAULT_TIMEOUT`] (see
     /// [`Gpu::set_timeout`]), with the cache directory of [`GpuOptions::from_env`].
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Self> {
-        block_on(Self::open_async(adapter, default_cache_dir().as_deref()))
+        block_on(Self::open_async(adapter, env_cache_dir().as_deref()))
     }
 
     /// [`Gpu::from_adapter`] with the files of `cache_dir` (none when `None`).
+    #[cfg(feature = "fs")]
     pub fn from_adapter_with_cache(
         adapter: wgpu::Adapter,
         cache_dir: Option<&Path>,
@@ -292,14 +308,14 @@ impl Gpu {
 
     /// [`Gpu::from_adapter`] as a future (for browsers, where nothing may block).
     pub async fn from_adapter_async(adapter: wgpu::Adapter) -> Result<Self> {
-        Self::open_async(adapter, default_cache_dir().as_deref()).await
+        Self::open_async(adapter, env_cache_dir().as_deref()).await
     }
 
     async fn open_async(adapter: wgpu::Adapter, cache_dir: Option<&Path>) -> Result<Self> {
         let report = AdapterReport::of(&adapter);
         let cache_key = adapter_key(&report.info);
         let mut features = wgpu::Features::empty();
-        if report.pipeline_cache && cache_dir.is_some() {
+        if cfg!(feature = "fs") && report.pipeline_cache && cache_dir.is_some() {
             features |= wgpu::Features::PIPELINE_CACHE;
         }
         if report.timestamps {
@@ -344,6 +360,7 @@ impl Gpu {
             }
         }));
         let limits = device.limits();
+        #[cfg(feature = "fs")]
         let (pipeline_cache, pipeline_file) = match cache_dir {
             Some(dir) if features.contains(wgpu::Features::PIPELINE_CACHE) => {
                 let path = cache_file(dir, "pipelines", &cache_key, "bin");
@@ -357,10 +374,15 @@ impl Gpu {
             }
             _ => (None, None),
         };
+        // No files, so no pipeline cache to fill them.
+        #[cfg(not(feature = "fs"))]
+        let pipeline_cache = None;
         Ok(Self {
             kernels: Kernels::new(pipeline_cache),
             cache_key,
+            #[cfg(feature = "fs")]
             cache_dir: cache_dir.map(Path::to_path_buf),
+            #[cfg(feature = "fs")]
             pipeline_file,
             tuning: Mutex::new(None),
             device,
@@ -377,6 +399,7 @@ impl Gpu {
 
     /// The pipeline cache's file and how much of it was used, when the adapter offers wgpu's
     /// pipeline cache and a cache directory is set ([`GpuOptions::cache_dir`]).
+    #[cfg(feature = "fs")]
     pub fn pipeline_cache(&self) -> Option<PipelineCacheInfo> {
         self.pipeline_file.as_ref().map(|f| PipelineCacheInfo {
             path: f.path.clone(),
@@ -388,6 +411,7 @@ impl Gpu {
     /// since it was last written; returns the bytes written, or `None` when there was nothing
     /// to write or no pipeline cache. Plans call this once their pipelines are built, and a
     /// `Gpu` calls it when dropped.
+    #[cfg(feature = "fs")]
     pub fn save_pipeline_cache(&self) -> Result<Option<u64>> {
         let (Some(file), Some(cache)) = (&self.pipeline_file, self.kernels.cache()) else {
             return Ok(None);
@@ -414,6 +438,7 @@ impl Gpu {
     }
 
     /// The directory of the files kept between runs ([`GpuOptions::cache_dir`]).
+    #[cfg(feature = "fs")]
     pub fn cache_dir(&self) -> Option<&Path> {
         self.cache_dir.as_deref()
     }
@@ -619,6 +644,7 @@ impl Gpu {
 
 /// The pipeline cache of a new device, from the data in `path` when it holds data this
 /// adapter, driver and version wrote and wgpu accepts it, else empty; and the bytes accepted.
+#[cfg(feature = "fs")]
 fn open_pipeline_cache(
     device: &wgpu::Device,
     path: &Path,
@@ -680,6 +706,7 @@ fn open_pipeline_cache(
     }
 }
 
+#[cfg(feature = "fs")]
 impl Drop for Gpu {
     /// Writes the pipeline cache when pipelines were built since it was last written.
     fn drop(&mut self) {

@@ -17,7 +17,9 @@ pub mod tune;
 pub use adapter::AdapterReport;
 #[cfg(not(target_arch = "wasm32"))]
 pub use adapter::{candidate_adapters, list_adapters};
-pub use context::{Gpu, GpuOptions, PipelineCacheInfo};
+#[cfg(feature = "fs")]
+pub use context::PipelineCacheInfo;
+pub use context::{Gpu, GpuOptions};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
 pub use ops::{

@@ -493,11 +493,13 @@ impl Kernels {
     }
 
     /// The pipeline cache pipelines are built through.
+    #[cfg(feature = "fs")]
     pub(crate) fn cache(&self) -> Option<&wgpu::PipelineCache> {
         self.cache.as_ref()
     }
 
     /// Whether a pipeline was built since the last call (and clears the mark).
+    #[cfg(feature = "fs")]
     pub(crate) fn take_new(&self) -> bool {
         self.built.swap(false, Ordering::SeqCst)
     }

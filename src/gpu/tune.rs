@@ -11,12 +11,15 @@
 //! ([`crate::GpuOptions::cache_dir`], named after [`crate::Gpu::cache_key`]); plans read them
 //! as they are built ([`Tuning`]). An unreadable, corrupt or stale file (another adapter,
 //! driver or version of this crate) is ignored, and rewritten when choices are next recorded.
+//! Without the `fs` feature the choices are kept in memory only, for the `Gpu`'s life.
 
 use std::collections::BTreeMap;
+#[cfg(feature = "fs")]
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+#[cfg(feature = "fs")]
 use crate::gpu::cache::cache_file;
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::Dispatch;
@@ -31,6 +34,7 @@ pub const TUNE_RUNS: usize = 3;
 /// not timed further.
 pub const PRUNE_FACTOR: f64 = 3.0;
 /// The `format` field of the choice file.
+#[cfg(feature = "fs")]
 const FORMAT: &str = "dilated-conv-choices-1";
 
 /// How a plan chooses its convolution kernels (unless [`crate::PlanOptions::algorithm`]
@@ -265,7 +269,8 @@ pub fn time_dispatches(
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Recorded {
     pub choice: ConvChoice,
-    /// The winner's measured time in milliseconds.
+    /// The winner's measured time in milliseconds (kept in the file, for reading).
+    #[cfg_attr(not(feature = "fs"), allow(dead_code))]
     pub ms: f64,
 }
 
@@ -275,6 +280,7 @@ pub(crate) struct TuneTable {
     entries: BTreeMap<String, Recorded>,
 }
 
+#[cfg(feature = "fs")]
 impl TuneTable {
     /// The table in `text`, if it is a choice file for `key`.
     fn parse(text: &str, key: &str) -> std::result::Result<Self, String> {
@@ -328,6 +334,7 @@ impl TuneTable {
 impl Gpu {
     /// The file the convolution kernel choices of this adapter are kept in (see
     /// [`crate::gpu::tune`]), when a cache directory is set.
+    #[cfg(feature = "fs")]
     pub fn tuning_file(&self) -> Option<PathBuf> {
         self.cache_dir()
             .map(|d| cache_file(d, "conv-choices", self.cache_key(), "json"))
@@ -343,6 +350,14 @@ impl Gpu {
         Ok(f(table))
     }
 
+    /// The recorded choices: none without the `fs` feature.
+    #[cfg(not(feature = "fs"))]
+    fn read_table(&self) -> TuneTable {
+        TuneTable::default()
+    }
+
+    /// The recorded choices in [`Gpu::tuning_file`], if any.
+    #[cfg(feature = "fs")]
     fn read_table(&self) -> TuneTable {
         let Some(path) = self.tuning_file() else {
             return TuneTable::default();
@@ -371,9 +386,9 @@ impl Gpu {
     }
 
     /// Records a choice for a geometry, and writes the file (atomically) when a cache
-    /// directory is set.
+    /// directory is set (with the `fs` feature).
     pub fn record_choice(&self, geometry: &str, choice: ConvChoice, time: Duration) -> Result<()> {
-        let text = self.with_table(|t| {
+        let record = |t: &mut TuneTable| {
             t.entries.insert(
                 geometry.to_string(),
                 Recorded {
@@ -381,8 +396,19 @@ impl Gpu {
                     ms: time.as_secs_f64() * 1e3,
                 },
             );
+        };
+        #[cfg(not(feature = "fs"))]
+        return self.with_table(record);
+        #[cfg(feature = "fs")]
+        self.write_table(self.with_table(|t| {
+            record(t);
             t.to_json(self.cache_key())
-        })?;
+        })?)
+    }
+
+    /// Writes the table's JSON `text` to [`Gpu::tuning_file`] when there is one.
+    #[cfg(feature = "fs")]
+    fn write_table(&self, text: String) -> Result<()> {
         let Some(path) = self.tuning_file() else {
             return Ok(());
         };
@@ -402,6 +428,7 @@ mod tests {
     use crate::gpu::ConvAlgorithm;
 
     #[test]
+    #[cfg(feature = "fs")]
     fn the_table_round_trips_and_rejects_other_keys_and_garbage() {
         let mut t = TuneTable::default();
         for (i, name) in ["auto", "direct", "tiled", "tiled-nosplit", "blocked"]

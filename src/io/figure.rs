@@ -1,7 +1,7 @@
 //! Figures as RGB images: a [`Canvas`] to draw text, lines and heatmaps on (text and lines
 //! through [`embedded_graphics`] and its built-in monospaced fonts), and [`Panel`]s, plot areas
 //! that map data coordinates (map pixels, or a curve's x and y) onto it. Saved with
-//! [`crate::io::save_png`], atomically.
+//! [`crate::io::save_png`], atomically (with the `fs` feature).
 //!
 //! ```
 //! use dilated::io::figure::{BLACK, Canvas, Colour, Font, Panel, Scale};
@@ -19,6 +19,7 @@
 //! ```
 
 use std::convert::Infallible;
+#[cfg(feature = "fs")]
 use std::path::Path;
 
 use embedded_graphics::Drawable;
@@ -30,6 +31,7 @@ use embedded_graphics::primitives::{Line, PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Alignment, Baseline, Text, TextStyleBuilder};
 use ndarray::{Array2, ArrayView2};
 
+#[cfg(feature = "fs")]
 use crate::error::Result;
 
 /// An RGB colour.
@@ -250,6 +252,7 @@ impl Canvas {
     }
 
     /// Saves the picture as a PNG, atomically.
+    #[cfg(feature = "fs")]
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         super::save_png(path, &self.image)
     }

@@ -1,13 +1,18 @@
-//! Image files: decoding PNG, JPEG or BMP into BGR arrays, reading label PNGs (class ids as
-//! pixel values), and writing PNGs atomically.
+//! Image files: decoding PNG, JPEG or BMP into BGR arrays (from bytes, or with the `fs`
+//! feature from a path), reading label PNGs (class ids as pixel values), and writing PNGs
+//! atomically.
 
+#[cfg(feature = "fs")]
 use std::path::Path;
 
-use ndarray::{Array2, Array3};
+#[cfg(feature = "fs")]
+use ndarray::Array2;
+use ndarray::Array3;
 
 use crate::error::{Error, Result};
 
 /// Reads an image file (PNG, JPEG, BMP) as `[height, width, 3]` BGR values in 0..255.
+#[cfg(feature = "fs")]
 pub fn load_image_bgr(path: impl AsRef<Path>) -> Result<Array3<f32>> {
     let path = path.as_ref();
     let reader = ::image::ImageReader::open(path)
@@ -20,10 +25,30 @@ pub fn load_image_bgr(path: impl AsRef<Path>) -> Result<Array3<f32>> {
             path: path.display().to_string(),
             source,
         })?;
+    decode(reader, &path.display().to_string())
+}
+
+/// [`load_image_bgr`] on a file's bytes in memory (PNG, JPEG, BMP, told apart by their
+/// contents). Errors: [`Error::Image`] when the bytes are not such an image.
+pub fn decode_image_bgr(bytes: &[u8]) -> Result<Array3<f32>> {
+    let reader = ::image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|source| Error::Io {
+            path: super::BYTES_PATH.into(),
+            source,
+        })?;
+    decode(reader, super::BYTES_PATH)
+}
+
+/// Decodes the image `reader` holds as BGR values; `path` names it in errors.
+fn decode<R: std::io::BufRead + std::io::Seek>(
+    reader: ::image::ImageReader<R>,
+    path: &str,
+) -> Result<Array3<f32>> {
     let img = reader
         .decode()
         .map_err(|e| Error::Image {
-            path: path.display().to_string(),
+            path: path.to_string(),
             reason: e.to_string(),
         })?
         .to_rgb8();
@@ -35,6 +60,7 @@ pub fn load_image_bgr(path: impl AsRef<Path>) -> Result<Array3<f32>> {
 }
 
 /// Writes a PNG atomically: the file appears only when complete.
+#[cfg(feature = "fs")]
 pub fn save_png(path: impl AsRef<Path>, img: &::image::RgbImage) -> Result<()> {
     write_png(path.as_ref(), |b| {
         img.write_to(b, ::image::ImageFormat::Png)
@@ -43,6 +69,7 @@ pub fn save_png(path: impl AsRef<Path>, img: &::image::RgbImage) -> Result<()> {
 
 /// Writes a label image atomically: an 8-bit grayscale PNG whose pixel values are the class
 /// ids of `labels` (`[height, width]`), as [`load_label_png`] reads them.
+#[cfg(feature = "fs")]
 pub fn save_label_png(path: impl AsRef<Path>, labels: &Array2<u8>) -> Result<()> {
     let (h, w) = labels.dim();
     let img = ::image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
@@ -54,6 +81,7 @@ pub fn save_label_png(path: impl AsRef<Path>, labels: &Array2<u8>) -> Result<()>
 }
 
 /// Writes the PNG `encode` produces atomically.
+#[cfg(feature = "fs")]
 fn write_png(
     path: &Path,
     encode: impl FnOnce(&mut std::io::Cursor<Vec<u8>>) -> ::image::ImageResult<()>,
@@ -72,6 +100,7 @@ fn write_png(
 ///
 /// Errors: [`Error::Io`] if the file cannot be read, [`Error::Image`] if it is not a PNG of
 /// one of those two kinds.
+#[cfg(feature = "fs")]
 pub fn load_label_png(path: impl AsRef<Path>) -> Result<Array2<u8>> {
     load_labels(path.as_ref(), None)
 }
@@ -85,6 +114,7 @@ pub fn load_label_png(path: impl AsRef<Path>) -> Result<Array2<u8>> {
 /// Errors: [`Error::Io`] if the file cannot be read, [`Error::Image`] if it is not a PNG of
 /// those kinds, [`Error::InvalidFile`] naming the first pixel whose colour is not in the
 /// palette.
+#[cfg(feature = "fs")]
 pub fn load_label_png_with_palette(
     path: impl AsRef<Path>,
     palette: &[[u8; 3]],
@@ -92,6 +122,7 @@ pub fn load_label_png_with_palette(
     load_labels(path.as_ref(), Some(palette))
 }
 
+#[cfg(feature = "fs")]
 fn load_labels(path: &Path, palette: Option<&[[u8; 3]]>) -> Result<Array2<u8>> {
     let bad = |reason: String| Error::Image {
         path: path.display().to_string(),

@@ -4,15 +4,24 @@
 //! size the shape implies) before `ndarray-npy` allocates anything, so a corrupt header cannot
 //! make the reader allocate more than the file's size.
 
-use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
+#[cfg(feature = "fs")]
+use std::io::BufReader;
+use std::io::{Cursor, Read, Seek, SeekFrom};
+#[cfg(feature = "fs")]
 use std::path::Path;
 
-use ndarray::{Array3, Array4, ArrayBase, ArrayD, Data, Dimension};
+#[cfg(feature = "fs")]
+use ndarray::{Array3, ArrayBase, Data, Dimension};
+use ndarray::{Array4, ArrayD};
+use ndarray_npy::ReadNpyExt;
+#[cfg(feature = "fs")]
+use ndarray_npy::WriteNpyExt;
 use ndarray_npy::npy::header::Header;
-use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use py_literal::Value;
 
-use super::{BYTES_PATH, open, read_error, write_atomic};
+use super::{BYTES_PATH, read_error};
+#[cfg(feature = "fs")]
+use super::{open, write_atomic};
 use crate::error::{Error, Result};
 
 const FORMAT: &str = "npy";
@@ -26,6 +35,7 @@ const MAX_HEADER: u64 = 1 << 16;
 /// Errors: [`Error::Io`] if the file cannot be read; [`Error::InvalidFile`] for a bad magic
 /// string, version or header, a dtype other than `float32`, a rank other than 4, or data
 /// shorter or longer than the shape implies.
+#[cfg(feature = "fs")]
 pub fn read_npy4(path: impl AsRef<Path>) -> Result<Array4<f32>> {
     read_file(path.as_ref(), 4)?
         .into_dimensionality()
@@ -41,12 +51,14 @@ pub fn read_npy4_bytes(bytes: &[u8]) -> Result<Array4<f32>> {
 
 /// Reads a 3-D (`C, H, W`) `float32` array from a `.npy` file, such as one image's cached
 /// front-end scores; errors as [`read_npy4`]'s, for a rank other than 3.
+#[cfg(feature = "fs")]
 pub fn read_npy3(path: impl AsRef<Path>) -> Result<Array3<f32>> {
     read_file(path.as_ref(), 3)?
         .into_dimensionality()
         .map_err(|e| Error::Internal(format!("npy rank: {e}")))
 }
 
+#[cfg(feature = "fs")]
 fn read_file(path: &Path, rank: usize) -> Result<ArrayD<f32>> {
     let (file, len) = open(path)?;
     parse(BufReader::new(file), len, &path.display().to_string(), rank)
@@ -54,6 +66,7 @@ fn read_file(path: &Path, rank: usize) -> Result<ArrayD<f32>> {
 
 /// Writes a `float32` array of any rank (e.g. an `Array4` in NCHW order, or an `ArrayD`) as a
 /// `.npy` file, through a temporary file in the same directory renamed over `path`.
+#[cfg(feature = "fs")]
 pub fn write_npy<S, D>(path: impl AsRef<Path>, array: &ArrayBase<S, D>) -> Result<()>
 where
     S: Data<Elem = f32>,

@@ -312,6 +312,10 @@ impl<'g> GpuPlan<'g> {
             + timestamps
                 .as_ref()
                 .map_or(0, |t| t.resolved.size() + t.staging.size());
+        #[cfg(feature = "fs")]
+        if let Err(e) = gpu.save_pipeline_cache() {
+            log::warn!("could not write the pipeline cache: {e}");
+        }
         Ok(Self {
             gpu,
             input_shape,
@@ -325,11 +329,6 @@ impl<'g> GpuPlan<'g> {
             pass: Mutex::new(()),
             _scratch: scratch,
             tuning: choices,
-        })
-        .inspect(|_| {
-            if let Err(e) = gpu.save_pipeline_cache() {
-                log::warn!("could not write the pipeline cache: {e}");
-            }
         })
     }
 

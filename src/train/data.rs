@@ -6,14 +6,18 @@
 //! uninterrupted one would: in list order (`batch` items per iteration, wrapping around), or
 //! shuffled once per pass over the data with a generator seeded by the seed and the pass.
 
+#[cfg(feature = "fs")]
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "fs")]
 use ndarray::{Array3, Array4, s};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+#[cfg(feature = "fs")]
 use crate::error::{Error, Result};
+#[cfg(feature = "fs")]
 use crate::io::{load_label_png, read_list, read_npy3};
 
 /// The items of iteration `iter` of a dataset of `len` items, `batch` per iteration: the
@@ -55,13 +59,15 @@ pub enum BatchOrder {
     },
 }
 
-/// Cached front-end scores and their labels.
+/// Cached front-end scores and their labels (with the `fs` feature).
+#[cfg(feature = "fs")]
 #[derive(Clone, Debug)]
 pub struct FeatureDataset {
     features: Vec<PathBuf>,
     labels: Vec<PathBuf>,
 }
 
+#[cfg(feature = "fs")]
 impl FeatureDataset {
     /// The dataset of two list files: feature `.npy` paths and label PNG paths, line by line.
     pub fn from_lists(features: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<Self> {

@@ -20,14 +20,20 @@
 //! Evaluation uses centred crops without mirroring ([`Crops::centre`]), as Caffe's test phase
 //! does.
 
+#[cfg(feature = "fs")]
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView3, s};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+#[cfg(feature = "fs")]
+use ndarray::{Array4, s};
+use rand::Rng;
+#[cfg(feature = "fs")]
+use rand::{SeedableRng, rngs::StdRng};
 
+#[cfg(feature = "fs")]
 use super::data::{BatchOrder, batch_indices};
 use crate::error::{Error, Result};
+#[cfg(feature = "fs")]
 use crate::io::{load_image_bgr, load_label_png, read_list};
 use crate::net::FRONT_END_MARGIN;
 use crate::segment::reflect101;
@@ -199,13 +205,15 @@ impl Crops {
     }
 }
 
-/// Images and their label PNGs, listed line by line.
+/// Images and their label PNGs, listed line by line (with the `fs` feature).
+#[cfg(feature = "fs")]
 #[derive(Clone, Debug)]
 pub struct ImageDataset {
     images: Vec<PathBuf>,
     labels: Vec<PathBuf>,
 }
 
+#[cfg(feature = "fs")]
 impl ImageDataset {
     /// The dataset of two list files: image paths and label PNG paths, line by line.
     pub fn from_lists(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<Self> {

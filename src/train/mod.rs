@@ -14,8 +14,10 @@
 //! * [`solver`] — [`SgdSolver`] with [`LrPolicy`], its state saved as safetensors;
 //! * [`eval`] — [`ConfusionMatrix`], IoU and pixel accuracy;
 //! * [`receptive`] — theoretical and effective receptive fields of an output pixel;
-//! * [`data`] — the context stage's cached scores and labels, in batches;
-//! * [`images`] — the front-end and joint stages' images and labels, as random crops;
+//! * [`data`] — the context stage's cached scores and labels, in batches (the files listed in
+//!   files: the `fs` feature);
+//! * [`images`] — the front-end and joint stages' images and labels, as random crops (the
+//!   dataset of files: the `fs` feature);
 //! * [`synthetic`] — a small generated task for the context stage that needs context;
 //! * [`fast`] — [`CpuTrainer`], the same steps in f32 on the fast CPU kernels, for training at
 //!   full size on the CPU.

@@ -13,6 +13,7 @@
 //! [`SgdSolver::load_state`] reads them back to resume.
 
 use std::collections::HashMap;
+#[cfg(feature = "fs")]
 use std::path::Path;
 
 use ::safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -277,6 +278,7 @@ impl SgdSolver {
     }
 
     /// Writes the state to `path` (atomically: a temporary file renamed over it).
+    #[cfg(feature = "fs")]
     pub fn save_state(&self, path: impl AsRef<Path>, iter: u64) -> Result<()> {
         let bytes = self.state_bytes(iter)?;
         crate::io::write_atomic(path.as_ref(), |w| std::io::Write::write_all(w, &bytes))
@@ -287,6 +289,7 @@ impl SgdSolver {
     ///
     /// Errors: [`Error::Io`] if the file cannot be read, [`Error::InvalidFile`] for anything
     /// but a state this solver wrote (the solver is then unchanged).
+    #[cfg(feature = "fs")]
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<u64> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io {

@@ -6,7 +6,10 @@
 //! well). Every length is checked against the bytes left in its enclosing message before
 //! anything is allocated or skipped.
 
-use std::io::{self, BufRead, BufReader, Cursor, Seek};
+#[cfg(feature = "fs")]
+use std::io::BufReader;
+use std::io::{self, BufRead, Cursor, Seek};
+#[cfg(feature = "fs")]
 use std::path::Path;
 
 use ndarray::{Array1, Array4};
@@ -16,7 +19,9 @@ use prost::encoding::WireType;
 use super::proto::BlobShape;
 use super::{LayerWeights, WeightSet};
 use crate::error::{Error, Result};
-use crate::io::{BYTES_PATH, open};
+use crate::io::BYTES_PATH;
+#[cfg(feature = "fs")]
+use crate::io::open;
 
 const FORMAT: &str = "caffemodel";
 /// Longest layer name accepted.
@@ -53,6 +58,7 @@ const V1_INNER_PRODUCT: u64 = 14;
 ///
 /// A protobuf message has no end marker: a file cut exactly between two layers reads as a
 /// model with fewer layers. [`WeightSet::check`] against the network's layers catches that.
+#[cfg(feature = "fs")]
 pub fn read_caffemodel(path: impl AsRef<Path>) -> Result<WeightSet> {
     let path = path.as_ref();
     let (file, len) = open(path)?;

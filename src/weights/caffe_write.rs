@@ -2,6 +2,7 @@
 //! format Caffe reads and for tests of the reader.
 
 use std::io::{self, Write};
+#[cfg(feature = "fs")]
 use std::path::Path;
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
@@ -9,13 +10,16 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use super::WeightSet;
 use super::caffe::{CHUNK, Kind, NET_LAYER, NET_LAYERS, V1_CONVOLUTION};
 use crate::error::{Error, Result};
-use crate::io::{BYTES_PATH, write_atomic};
+use crate::io::BYTES_PATH;
+#[cfg(feature = "fs")]
+use crate::io::write_atomic;
 
 /// Writes `weights` as a `.caffemodel`: in the current form (`NetParameter.layer`, type
 /// `"Convolution"`, shapes in `BlobShape`, bias of shape `[out]`) or, if `legacy`, in the V1
 /// form (`NetParameter.layers`, type `CONVOLUTION`, shapes in `num`/`channels`/`height`/`width`,
 /// bias of shape `1 x 1 x 1 x out`). The file is written to a temporary file in the same
 /// directory, then renamed over `path`.
+#[cfg(feature = "fs")]
 pub fn write_caffemodel(path: impl AsRef<Path>, weights: &WeightSet, legacy: bool) -> Result<()> {
     let path = path.as_ref();
     validate_for_writing(weights, legacy)?;

@@ -2,9 +2,14 @@
 //! to.
 //!
 //! * Caffe `.caffemodel` (binary protobuf `NetParameter`, both the current `layer` field and the
-//!   legacy `layers` field): [`read_caffemodel`], [`write_caffemodel`].
+//!   legacy `layers` field): [`read_caffemodel`], [`write_caffemodel`]; in memory
+//!   [`read_caffemodel_bytes`], [`encode_caffemodel`].
 //! * safetensors, with tensors named `<layer>.weight` / `<layer>.bias` as PyTorch exports them:
-//!   [`read_safetensors`], [`write_safetensors`].
+//!   [`read_safetensors`], [`write_safetensors`]; in memory [`read_safetensors_bytes`],
+//!   [`encode_safetensors`].
+//!
+//! The readers and writers of paths, and [`WeightSet::load`], need the `fs` feature (a
+//! default); those of bytes do not.
 //!
 //! Every reader treats its input as hostile: any malformed file gives an
 //! [`Error`] (never a panic), and no length read from a file is trusted before
@@ -37,15 +42,24 @@ pub mod proto;
 mod safetensors;
 mod set;
 
+#[cfg(feature = "fs")]
 use std::path::Path;
 
-pub use caffe::{read_caffemodel, read_caffemodel_bytes};
-pub use caffe_write::{encode_caffemodel, write_caffemodel};
-pub use safetensors::{read_safetensors, read_safetensors_bytes, write_safetensors};
+#[cfg(feature = "fs")]
+pub use caffe::read_caffemodel;
+pub use caffe::read_caffemodel_bytes;
+pub use caffe_write::encode_caffemodel;
+#[cfg(feature = "fs")]
+pub use caffe_write::write_caffemodel;
+pub use safetensors::{encode_safetensors, read_safetensors_bytes};
+#[cfg(feature = "fs")]
+pub use safetensors::{read_safetensors, write_safetensors};
 pub use set::{ExpectedLayer, LayerWeights, WeightSet};
 
+#[cfg(feature = "fs")]
 use crate::error::{Error, Result};
 
+#[cfg(feature = "fs")]
 impl WeightSet {
     /// Reads weights from `path`, choosing the format by extension: `.caffemodel` or
     /// `.safetensors`.

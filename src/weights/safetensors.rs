@@ -5,7 +5,10 @@
 //! needs about the memory of the arrays, not of the file as well.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom, Write};
+#[cfg(feature = "fs")]
+use std::io::BufReader;
+use std::io::{self, Cursor, Read, Seek, SeekFrom, Write};
+#[cfg(feature = "fs")]
 use std::path::Path;
 
 use ::safetensors::tensor::{Dtype, Metadata, TensorInfo};
@@ -13,7 +16,9 @@ use ndarray::{Array1, Array4};
 
 use super::{LayerWeights, WeightSet};
 use crate::error::{Error, Result};
-use crate::io::{BYTES_PATH, open, read_error, write_atomic};
+use crate::io::{BYTES_PATH, read_error};
+#[cfg(feature = "fs")]
+use crate::io::{open, write_atomic};
 
 const FORMAT: &str = "safetensors";
 /// The `safetensors` crate's own limit on the JSON header.
@@ -29,6 +34,7 @@ const CHUNK: usize = 1 << 16;
 /// Errors: [`Error::Io`] if the file cannot be read; [`Error::InvalidFile`] naming the tensor
 /// for a corrupt or truncated file, another dtype, an unsupported rank, a bias without a
 /// weight or of the wrong length, or a file with no `.weight` tensor.
+#[cfg(feature = "fs")]
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<WeightSet> {
     let path = path.as_ref();
     let (file, len) = open(path)?;
@@ -48,8 +54,27 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<WeightSet> {
 /// set's order, with `"format": "pt"` metadata), through a temporary file in the same
 /// directory renamed over `path`. The header is built and validated with the `safetensors`
 /// crate's `Metadata`; tensor data is streamed from the arrays.
+#[cfg(feature = "fs")]
 pub fn write_safetensors(path: impl AsRef<Path>, weights: &WeightSet) -> Result<()> {
     let path = path.as_ref();
+    let header = header(weights, &path.display().to_string())?;
+    write_atomic(path, |w| write_file(w, &header, weights))
+}
+
+/// [`write_safetensors`] into memory.
+pub fn encode_safetensors(weights: &WeightSet) -> Result<Vec<u8>> {
+    let header = header(weights, BYTES_PATH)?;
+    let mut out = Vec::new();
+    write_file(&mut out, &header, weights).map_err(|source| Error::Io {
+        path: BYTES_PATH.to_string(),
+        source,
+    })?;
+    Ok(out)
+}
+
+/// The JSON header of `weights`, padded with spaces to a multiple of 8 bytes; `path` names the
+/// file in errors.
+fn header(weights: &WeightSet, path: &str) -> Result<Vec<u8>> {
     let mut infos: Vec<(String, TensorInfo)> = Vec::with_capacity(2 * weights.len());
     let mut offset = 0usize;
     let mut push = |name: String, shape: &[usize], len: usize| {
@@ -70,10 +95,7 @@ pub fn write_safetensors(path: impl AsRef<Path>, weights: &WeightSet) -> Result<
     }
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let invalid_set = |e: &dyn std::fmt::Display| {
-        Error::Weights(format!(
-            "{}: cannot describe these weights: {e}",
-            path.display()
-        ))
+        Error::Weights(format!("{path}: cannot describe these weights: {e}"))
     };
     let metadata = Metadata::new(Some(meta), infos).map_err(|e| invalid_set(&e))?;
     let mut header = serde_json::to_vec(&metadata).map_err(|e| invalid_set(&e))?;
@@ -82,22 +104,25 @@ pub fn write_safetensors(path: impl AsRef<Path>, weights: &WeightSet) -> Result<
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    write_atomic(path, |w| {
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)?;
-        let mut buf = Vec::with_capacity(CHUNK + 4);
-        for (_, lw) in weights.iter() {
-            let bias = lw.bias.iter().flat_map(|b| b.iter());
-            for &v in lw.weight.iter().chain(bias) {
-                buf.extend_from_slice(&v.to_le_bytes());
-                if buf.len() >= CHUNK {
-                    w.write_all(&buf)?;
-                    buf.clear();
-                }
+    Ok(header)
+}
+
+/// The header's length and bytes, then every tensor's data.
+fn write_file(w: &mut impl Write, header: &[u8], weights: &WeightSet) -> io::Result<()> {
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(header)?;
+    let mut buf = Vec::with_capacity(CHUNK + 4);
+    for (_, lw) in weights.iter() {
+        let bias = lw.bias.iter().flat_map(|b| b.iter());
+        for &v in lw.weight.iter().chain(bias) {
+            buf.extend_from_slice(&v.to_le_bytes());
+            if buf.len() >= CHUNK {
+                w.write_all(&buf)?;
+                buf.clear();
             }
         }
-        w.write_all(&buf)
-    })
+    }
+    w.write_all(&buf)
 }
 
 fn invalid(path: &str, reason: impl Into<String>) -> Error {
