@@ -264,6 +264,39 @@ fn profiled_banded_forward_times_every_layer_and_matches() {
     assert!(err <= 2e-5, "banded scores vs the f64 reference: {err:e}");
 }
 
+/// The banded plan's futures (what a browser awaits) give what its blocking methods give,
+/// and both the f64 reference's scores; the profiled future times every layer.
+#[test]
+fn banded_forward_async_equals_forward_and_the_reference() {
+    let gpu = gpu();
+    let net = scores_network(&cityscapes(64));
+    let shape = Shape::new(1, 3, 404, 380);
+    let x = random4(&mut rng(9550), shape.dims()).mapv(|v| 100.0 * v);
+    let whole = Plan::estimate_memory(&net, shape, &PlanOptions::default()).unwrap();
+    let plan = Plan::new(gpu, &net, shape, &PlanOptions::with_max_memory(whole / 2)).unwrap();
+    let layout = plan.layout().expect("half the memory needs bands");
+    assert!(layout.band_count() > 1, "{}", layout.describe(&net));
+    assert!(
+        layout.stages.iter().any(|s| s.bands.bands.len() > 1),
+        "{}",
+        layout.describe(&net)
+    );
+    let blocking = plan.forward(x.view()).unwrap();
+    let awaited = pollster::block_on(plan.forward_async(x.view())).unwrap();
+    assert_eq!(awaited, blocking);
+    let (profiled, times) = pollster::block_on(plan.forward_profiled_async(x.view())).unwrap();
+    assert_eq!(profiled, blocking);
+    let names: Vec<&str> = times.layers.iter().map(|(n, _)| n.as_str()).collect();
+    let want: Vec<&str> = net.layers().iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, want);
+    // Within the tolerance of the profiled banded run above.
+    let reference = reference_forward(&net, x.view());
+    for (what, got) in [("forward", &blocking), ("forward_async", &awaited)] {
+        let err = rel_error(got.view(), reference.view());
+        assert!(err <= 2e-5, "banded {what} vs the f64 reference: {err:e}");
+    }
+}
+
 #[test]
 fn budgets_that_cannot_be_met_say_why() {
     let net = cityscapes(8);

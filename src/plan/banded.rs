@@ -6,6 +6,7 @@ use std::time::Duration;
 use ndarray::{Array4, ArrayView4};
 
 use crate::error::Result;
+use crate::gpu::context::block_on;
 use crate::gpu::tune::{ConvTuning, Tuning};
 use crate::gpu::{ConvAlgorithm, Gpu, Kernel};
 use crate::net::Network;
@@ -200,55 +201,49 @@ impl<'g> Plan<'g> {
         self.plans().iter().map(|p| p.weight_bytes()).sum()
     }
 
-    /// Runs the network on an input of the compiled shape.
+    /// Runs the network on an input of the compiled shape (blocking; in a browser use
+    /// [`Plan::forward_async`]).
     pub fn forward(&self, input: ArrayView4<f32>) -> Result<Array4<f32>> {
-        self.run(input, None)
+        block_on(self.run(input, None))
     }
 
     /// [`Plan::forward`] as a future, for browsers (WebGPU), where nothing may block: a
-    /// whole-image plan awaits its read-back. Banded plans read back between bands and run
-    /// natively only; in a browser they return [`crate::Error::Device`].
+    /// whole-image plan awaits its read-back, a banded plan the read-back of every band.
     pub async fn forward_async(&self, input: ArrayView4<'_, f32>) -> Result<Array4<f32>> {
-        match &self.inner {
-            Inner::Whole(p) => p.forward_async(input).await,
-            Inner::Bands { .. } => self.run(input, None),
-        }
+        self.run(input, None).await
     }
 
     /// Runs the network and measures each layer (see [`GpuPlan::forward_profiled`]); a banded
     /// layer's time is summed over its bands.
     pub fn forward_profiled(&self, input: ArrayView4<f32>) -> Result<(Array4<f32>, LayerTimes)> {
-        let mut times = LayerTimes {
-            layers: Vec::new(),
-            from_timestamps: true,
-        };
-        let out = self.run(input, Some(&mut times))?;
-        Ok((out, times))
+        block_on(self.forward_profiled_async(input))
     }
 
-    /// [`Plan::forward_profiled`] as a future: a plan over the whole image times its layers
-    /// without blocking (for browsers); a banded plan runs as [`Plan::forward_profiled`].
+    /// [`Plan::forward_profiled`] as a future, for browsers: layers are timed without
+    /// blocking, band after band when the plan is banded.
     pub async fn forward_profiled_async(
         &self,
         input: ArrayView4<'_, f32>,
     ) -> Result<(Array4<f32>, LayerTimes)> {
-        match &self.inner {
-            Inner::Whole(p) => p.forward_profiled_async(input).await,
-            _ => self.forward_profiled(input),
-        }
+        let mut times = LayerTimes {
+            layers: Vec::new(),
+            from_timestamps: true,
+        };
+        let out = self.run(input, Some(&mut times)).await?;
+        Ok((out, times))
     }
 
-    fn run(
+    async fn run(
         &self,
-        input: ArrayView4<f32>,
+        input: ArrayView4<'_, f32>,
         mut times: Option<&mut LayerTimes>,
     ) -> Result<Array4<f32>> {
         let (stages, rest) = match &self.inner {
             Inner::Whole(p) => {
                 return match times {
-                    None => p.forward(input),
+                    None => p.forward_async(input).await,
                     Some(t) => {
-                        let (y, pt) = p.forward_profiled(input)?;
+                        let (y, pt) = p.forward_profiled_async(input).await?;
                         *t = pt;
                         Ok(y)
                     }
@@ -260,21 +255,24 @@ impl<'g> Plan<'g> {
         for stage in stages {
             let mut sums: Vec<(String, Duration)> = Vec::new();
             let view = x.as_ref().map_or(input.view(), |a| a.view());
-            let y = stage.bands.run(view, |band| match times.as_deref_mut() {
-                None => stage.plan.forward(band),
-                Some(t) => {
-                    let (y, bt) = stage.plan.forward_profiled(band)?;
-                    t.from_timestamps &= bt.from_timestamps;
-                    if sums.is_empty() {
-                        sums = bt.layers;
-                    } else {
-                        for ((_, sum), (_, d)) in sums.iter_mut().zip(bt.layers) {
-                            *sum += d;
+            let y = stage
+                .bands
+                .run_async(view, async |band| match times.as_deref_mut() {
+                    None => stage.plan.forward_async(band).await,
+                    Some(t) => {
+                        let (y, bt) = stage.plan.forward_profiled_async(band).await?;
+                        t.from_timestamps &= bt.from_timestamps;
+                        if sums.is_empty() {
+                            sums = bt.layers;
+                        } else {
+                            for ((_, sum), (_, d)) in sums.iter_mut().zip(bt.layers) {
+                                *sum += d;
+                            }
                         }
+                        Ok(y)
                     }
-                    Ok(y)
-                }
-            })?;
+                })
+                .await?;
             if let Some(t) = times.as_deref_mut() {
                 t.layers.extend(sums);
             }
@@ -283,9 +281,9 @@ impl<'g> Plan<'g> {
         let view = x.as_ref().map_or(input.view(), |a| a.view());
         match (rest, times) {
             (None, _) => Ok(x.unwrap_or_else(|| input.to_owned())),
-            (Some(r), None) => r.forward(view),
+            (Some(r), None) => r.forward_async(view).await,
             (Some(r), Some(t)) => {
-                let (y, rt) = r.forward_profiled(view)?;
+                let (y, rt) = r.forward_profiled_async(view).await?;
                 t.from_timestamps &= rt.from_timestamps;
                 t.layers.extend(rt.layers);
                 Ok(y)

@@ -27,6 +27,7 @@ use std::ops::Range;
 use ndarray::{Array4, ArrayView4, s};
 
 use crate::error::{Error, Result};
+use crate::gpu::context::block_on;
 use crate::net::{Layer, Network, Op};
 use crate::plan::memory::{estimate, estimate_layers, layer_shapes, timestamp_bytes, weight_bytes};
 use crate::spec::Shape;
@@ -240,6 +241,17 @@ impl Bands {
         input: ArrayView4<f32>,
         mut front: impl FnMut(ArrayView4<f32>) -> Result<Array4<f32>>,
     ) -> Result<Array4<f32>> {
+        // Nothing in it waits: ready when first polled, on every target.
+        block_on(self.run_async(input, async |band| front(band)))
+    }
+
+    /// [`Bands::run`] with an asynchronous `front`, awaited band after band: a GPU plan's
+    /// `forward_async`, which a browser answers when the GPU is done.
+    pub async fn run_async(
+        &self,
+        input: ArrayView4<'_, f32>,
+        mut front: impl AsyncFnMut(ArrayView4<'_, f32>) -> Result<Array4<f32>>,
+    ) -> Result<Array4<f32>> {
         let d = input.dim();
         let got = Shape::new(d.0, d.1, d.2, d.3);
         if got != self.input_shape {
@@ -255,7 +267,7 @@ impl Bands {
         let mut out = Array4::from_elem(o.dims(), f32::NAN);
         for band in &self.bands {
             let rows = band.input_start..band.input_start + self.band_height;
-            let y = front(input.slice(s![.., .., rows, ..]))?;
+            let y = front(input.slice(s![.., .., rows, ..])).await?;
             let take = band.rows.len();
             let (n, c, h, w) = y.dim();
             if (n, c, w) != (o.n, o.c, o.w) || band.offset + take > h {
