@@ -3,8 +3,9 @@
 Python standard library only; run by web/test.sh, which builds the page and the fixtures.
 
 1. the page finds a WebGPU adapter;
-2. the in-page checks: every GPU kernel the segmenter uses, and a width-reduced network,
-   against the crate's CPU reference compiled into the same WebAssembly module;
+2. the in-page checks: every GPU kernel the segmenter uses, and a width-reduced network
+   (whole, and in bands within a memory budget), against the crate's CPU reference compiled
+   into the same WebAssembly module;
 3. bad weights give a message in words;
 4. end to end: weights and an image loaded through the page's own file inputs, the overlay
    drawn, and the labels equal to the native `dilated segment` labels of the same image and
@@ -220,10 +221,13 @@ def main():
             raise Failure(f"in-page checks failed to run: {checks['error']}")
         for c in checks:
             mark = "ok " if c["ok"] else "FAIL"
-            print(f"  {mark} {c['name']}: max |GPU - CPU| {c['max_abs_error']:.3g} (tolerance {c['tolerance']:.3g})")
+            bands = f", {c['bands']} bands" if "bands" in c else ""
+            print(f"  {mark} {c['name']}: max |GPU - CPU| {c['max_abs_error']:.3g} (tolerance {c['tolerance']:.3g}){bands}")
         bad = [c["name"] for c in checks if not c["ok"]]
         if bad:
             raise Failure(f"WebGPU results differ from the CPU reference: {', '.join(bad)}")
+        if not any(c.get("bands", 1) > 1 for c in checks):
+            raise Failure("no in-page check ran a plan in bands")
         print(f"in-page checks passed ({len(checks)}, {time.time() - t0:.1f} s)")
 
         # Form settings shared by the runs below.

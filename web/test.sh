@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the web page (web/pkg: the crate compiled to WebAssembly with its wasm-bindgen glue)
 # and tests it in headless Chromium on WebGPU (SwiftShader where there is no GPU): the
-# kernels and a width-reduced network against the CPU reference, bad weights, and the page
-# end to end against the native `dilated segment`. Installs what it needs when missing: the
+# kernels and a width-reduced network (whole, and in bands within a memory budget) against
+# the CPU reference, bad weights, and the page end to end against the native
+# `dilated segment`. Installs what it needs when missing: the
 # wasm32 target, wasm-bindgen-cli at web/Cargo.lock's version, and (as root, with apt)
 # chromium and chromium-driver. Exits non-zero on any failure.
 #

@@ -118,8 +118,9 @@ impl Device {
     }
 
     /// Runs every GPU kernel the segmenter uses on small seeded inputs, and a width-reduced
-    /// network, and compares each with the crate's CPU reference (run here, in WebAssembly).
-    /// Resolves to a JSON array of `{name, max_abs_error, tolerance, ok}`.
+    /// network whole and in bands (within a memory budget), and compares each with the
+    /// crate's CPU reference (run here, in WebAssembly). Resolves to a JSON array of
+    /// `{name, max_abs_error, tolerance, ok}`, with `bands` where the plan ran in bands.
     pub fn checks(&self) -> js_sys::Promise {
         let gpu = self.gpu;
         wasm_bindgen_futures::future_to_promise(async move {
@@ -400,5 +401,45 @@ async fn run_checks(gpu: &Gpu) -> dilated::Result<Vec<serde_json::Value>> {
         max_abs(&got, &want) / scale,
         1e-4,
     ));
+    drop(plan);
+
+    // The same network within half the GPU memory it needs whole: a banded plan, its
+    // front-end run band after band (every band's read-back awaited), against the same CPU
+    // result; then profiled, every layer timed. Not banded is a failure.
+    let whole = Plan::estimate_memory(&net, shape, &PlanOptions::default())?;
+    let plan = Plan::new(gpu, &net, shape, &PlanOptions::with_max_memory(whole / 2))?;
+    let bands = plan.bands();
+    let got = plan.forward_async(x.view()).await?;
+    out.push(banded(
+        entry(
+            "dilation8_camvid / 32, 380x380 within half its memory, in bands (relative)",
+            max_abs(&got, &want) / scale,
+            1e-4,
+        ),
+        bands,
+    ));
+    let (got, times) = plan.forward_profiled_async(x.view()).await?;
+    let timed = times.layers.len() == net.layers().len();
+    out.push(banded(
+        entry(
+            "the same in bands, profiled: every layer timed (relative)",
+            if timed {
+                max_abs(&got, &want) / scale
+            } else {
+                f32::INFINITY
+            },
+            1e-4,
+        ),
+        bands,
+    ));
     Ok(out)
+}
+
+/// A check's entry with the number of bands its plan ran in; fewer than two fail it.
+fn banded(mut entry: serde_json::Value, bands: usize) -> serde_json::Value {
+    entry["bands"] = bands.into();
+    if bands < 2 {
+        entry["ok"] = false.into();
+    }
+    entry
 }
