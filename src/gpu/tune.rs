@@ -425,6 +425,7 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "fs")]
     use crate::gpu::ConvAlgorithm;
 
     #[test]

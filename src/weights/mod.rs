@@ -12,7 +12,7 @@
 //! default); those of bytes do not.
 //!
 //! Every reader treats its input as hostile: any malformed file gives an
-//! [`Error`] (never a panic), and no length read from a file is trusted before
+//! [`crate::Error`] (never a panic), and no length read from a file is trusted before
 //! it has been checked against the bytes actually present, so a corrupt length cannot make
 //! the reader allocate more than the file's size. Readers that take `&[u8]`
 //! (`*_bytes`) parse in-memory buffers the same way. Every writer writes a temporary file in
