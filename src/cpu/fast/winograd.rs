@@ -185,12 +185,13 @@ impl Packed {
                     };
                     // U[fa][fb] = Σ_ij G[fa][i] w[i][j] G[fb][j], in f64.
                     let mut acc = 0.0f64;
-                    for i in 0..3 {
-                        let mut row = 0.0f64;
-                        for j in 0..3 {
-                            row += tap(i, j) * g[fb][j];
-                        }
-                        acc += g[fa][i] * row;
+                    for (i, &ga) in g[fa].iter().enumerate() {
+                        let row: f64 = g[fb]
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &gb)| tap(i, j) * gb)
+                            .sum();
+                        acc += ga * row;
                     }
                     dst[r * mr + m] = acc as f32;
                 }
@@ -725,9 +726,8 @@ unsafe fn output_transform<const A: usize, const M: usize, S: Transforms<A, M>>(
                     for (k, c) in col.iter_mut().enumerate() {
                         *c = _mm512_loadu_ps(src.add((k * A + b) * TILE_BLOCK));
                     }
-                    let r = S::at(col);
-                    for i in 0..M {
-                        s[i][b] = r[i];
+                    for (si, ri) in s.iter_mut().zip(S::at(col)) {
+                        si[b] = ri;
                     }
                 }
                 for (i, row) in s.iter().enumerate() {
