@@ -123,8 +123,7 @@ fn wide_layers_stay_within_the_tolerance() {
 }
 
 /// fc6's shape (7x7 at dilation 4, 512 input channels) in nine 3x3 pieces: 4608 rows in the
-/// products. F(2x2, 3x3), which the automatic choice takes there, stays within the tolerance;
-/// F(4x4, 3x3)'s error is reported.
+/// products, summed in runs of 512 (in one run F(4x4, 3x3)'s error was 1.4e-5).
 #[test]
 fn fc6_in_pieces_stays_within_the_tolerance() {
     if !available() {
@@ -137,7 +136,7 @@ fn fc6_in_pieces_stays_within_the_tolerance() {
     let e4 = check(&mut rng, spec, input, WinogradTile::F4);
     eprintln!("fc6-like 512->64 7x7 d4: F2 {e2:.2e}, F4 {e4:.2e}");
     assert!(e2 <= 1e-5, "F2 error {e2:e}");
-    assert!(e4 <= 1e-4, "F4 error {e4:e}");
+    assert!(e4 <= 1e-5, "F4 error {e4:e}");
 }
 
 #[test]

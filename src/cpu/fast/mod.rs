@@ -245,18 +245,13 @@ impl CpuConv2d {
         }
     }
 
-    /// The fastest method this CPU supports for the layer: Winograd for 3x3 stride-1 layers
-    /// with enough channels to amortise the transforms (F(4x4, 3x3) up to
-    /// [`WINOGRAD_F4_MAX_ROWS`] input channels, F(2x2, 3x3) beyond, whose error grows less with
-    /// the sum's length), else the direct convolution, else im2col + SGEMM.
+    /// The fastest method this CPU supports for the layer: Winograd F(4x4, 3x3) for stride-1
+    /// kernels of 3x3 and larger (fc6's 7x7 in 3x3 pieces) with enough channels to amortise
+    /// the transforms, else the direct convolution, else im2col + SGEMM.
     pub fn auto(spec: &Conv2d) -> ConvMethod {
-        let tile = if spec.in_channels <= WINOGRAD_F4_MAX_ROWS {
-            WinogradTile::F4
-        } else {
-            WinogradTile::F2
-        };
-        let wino = ConvMethod::Winograd(tile);
-        if spec.kernel == (3, 3)
+        let wino = ConvMethod::Winograd(WinogradTile::F4);
+        if spec.kernel.0 >= 3
+            && spec.kernel.1 >= 3
             && Self::unsupported(spec, wino).is_none()
             && spec.in_channels >= WINOGRAD_MIN_CHANNELS
             && spec.out_channels >= WINOGRAD_MIN_CHANNELS
@@ -585,11 +580,6 @@ fn avx512() -> bool {
 
 /// Fewest input and output channels for which [`CpuConv2d::auto`] picks Winograd.
 pub const WINOGRAD_MIN_CHANNELS: usize = 32;
-/// Most rows (input channels times 3x3 pieces) of Winograd's products for which
-/// [`CpuConv2d::auto`] picks F(4x4, 3x3): its relative error, measured against the f64
-/// reference, is about 2e-6 at 256 and 6e-6 at 512 input channels, but passes 1e-5 past a
-/// few thousand (F(2x2, 3x3) stays near 2e-6 there).
-pub const WINOGRAD_F4_MAX_ROWS: usize = 1024;
 
 /// Bytes of padded input one call of the direct convolution pads at most on the slice path
 /// (whole images; at least one).

@@ -63,6 +63,9 @@ const TILE_BLOCK: usize = 64;
 /// Most output channels whose products a block keeps at once (whole micro-kernel blocks; the
 /// last may pass it by less than [`MR`]).
 const OUT_CHUNK: usize = 256;
+/// Longest run of rows (input channels times pieces) the products sum in one go; longer sums
+/// add runs (fc6: nine runs of 512).
+const ROW_CHUNK: usize = 512;
 /// Input channels the transform prefetches ahead.
 const PREFETCH_AHEAD: usize = 2;
 /// Most output channels per micro-kernel tile.
@@ -477,13 +480,14 @@ pub(super) fn forward(
         a * a * geom.k * TILE_BLOCK,
         a * a * geom.cout.min(OUT_CHUNK + MR) * TILE_BLOCK,
     );
-    if wbuf.len() < workers * (v_len + m_len) {
+    let per_worker = v_len + m_len;
+    if wbuf.len() < workers * per_worker {
         wbuf.clear();
-        wbuf.resize(workers * (v_len + m_len), 0.0);
+        wbuf.resize(workers * per_worker, 0.0);
     }
     let y_ptr = SyncPtr(y.as_mut_ptr());
-    wbuf[..workers * (v_len + m_len)]
-        .par_chunks_mut(v_len + m_len)
+    wbuf[..workers * per_worker]
+        .par_chunks_mut(per_worker)
         .enumerate()
         .for_each(|(w, buf)| {
             let (v, mbuf) = buf.split_at_mut(v_len);
@@ -650,30 +654,52 @@ unsafe fn products(
     let vectors = count.div_ceil(16);
     let one_tap = [(0usize, 0usize)];
     let c_lo = blocks[0].0;
+    // Sums longer than ROW_CHUNK rows are cut into runs: the first is summed in place, each
+    // other into a small buffer then added, so rounding errors grow with a run's length, not
+    // the whole sum's, and everything stays in the core's L1.
+    let mut run = [0.0f32; MR * 32];
     for xi in 0..freqs {
         for &(c0, mr) in blocks {
             let w = &p.u[(xi * g.cout + c0) * g.k..(xi * g.cout + c0 + mr) * g.k];
             for vec0 in (0..vectors).step_by(2) {
                 let nv = (vectors - vec0).min(2);
-                let col = xi * TILE_BLOCK + vec0 * 16;
-                let t = Tile {
-                    x: v[xi * g.k * TILE_BLOCK + vec0 * 16..].as_ptr(),
-                    x_plane: TILE_BLOCK,
-                    w: w.as_ptr(),
-                    taps: &one_tap,
-                    cin: g.k,
-                    w_ci: mr,
-                    bias: None,
-                    accumulate: false,
-                    relu: false,
-                    out: mbuf[(c0 - c_lo) * freqs * TILE_BLOCK + col..].as_mut_ptr(),
-                    out_plane: freqs * TILE_BLOCK,
-                    mask: 0xffff,
-                };
-                // SAFETY: reads k rows of 16 * nv values of frequency xi, inside v; mr * k
-                // packed weights; writes mr rows (stride freqs * TILE_BLOCK) of mbuf at
-                // column col, inside mbuf.
-                unsafe { dispatch(mr, nv, &t) };
+                let at = (c0 - c_lo) * freqs * TILE_BLOCK + xi * TILE_BLOCK + vec0 * 16;
+                let out_plane = freqs * TILE_BLOCK;
+                for r0 in (0..g.k).step_by(ROW_CHUNK) {
+                    let r1 = (r0 + ROW_CHUNK).min(g.k);
+                    let (out, plane) = if r0 == 0 {
+                        (mbuf[at..].as_mut_ptr(), out_plane)
+                    } else {
+                        (run.as_mut_ptr(), 32)
+                    };
+                    let t = Tile {
+                        x: v[(xi * g.k + r0) * TILE_BLOCK + vec0 * 16..].as_ptr(),
+                        x_plane: TILE_BLOCK,
+                        w: w[r0 * mr..].as_ptr(),
+                        taps: &one_tap,
+                        cin: r1 - r0,
+                        w_ci: mr,
+                        bias: None,
+                        accumulate: false,
+                        relu: false,
+                        out,
+                        out_plane: plane,
+                        mask: 0xffff,
+                    };
+                    // SAFETY: reads rows r0..r1 (16 * nv values each) of frequency xi, inside
+                    // v; mr * (r1 - r0) packed weights; writes mr rows of 16 * nv values at
+                    // `at` (stride freqs * TILE_BLOCK) inside mbuf, or into `run`.
+                    unsafe { dispatch(mr, nv, &t) };
+                    if r0 > 0 {
+                        for m in 0..mr {
+                            let row = at + m * out_plane;
+                            let dst = &mut mbuf[row..row + 16 * nv];
+                            for (d, q) in dst.iter_mut().zip(&run[m * 32..]) {
+                                *d += q;
+                            }
+                        }
+                    }
+                }
             }
         }
     }
