@@ -184,7 +184,7 @@ impl CpuTrainer {
                     let forward = if portable {
                         CpuConv2d::portable(*spec, wv, bv)
                     } else {
-                        CpuConv2d::new(*spec, wv, bv)
+                        CpuConv2d::with_method(*spec, wv, bv, CpuConv2d::auto_for_training(spec))
                     }
                     .map_err(named)?;
                     let backward = ConvBackward::new(

@@ -182,7 +182,7 @@ impl ConvBackward {
             let conv = if portable {
                 CpuConv2d::portable(t, w, None)?
             } else {
-                CpuConv2d::new(t, w, None)?
+                CpuConv2d::with_method(t, w, None, CpuConv2d::auto_for_training(&t))?
             };
             Some(InputGrad::Direct {
                 conv: Box::new(conv),

@@ -1,26 +1,36 @@
 //! The fast CPU path.
 //!
-//! On x86-64 CPUs with AVX-512 a convolution with horizontal stride 1 runs as a direct,
-//! register-blocked convolution over a zero-padded copy of the input: each micro-kernel call
-//! computes a tile of up to [`MAX_MR`] output channels by 16 or 32 consecutive output pixels
-//! (of one row, or of the output laid out at the padded input's row pitch when rows are narrow),
-//! accumulating every input channel and kernel tap in registers (weights pre-packed at
-//! [`CpuConv2d::new`], bias and ReLU fused into the store). Dilation only changes the offsets
-//! of the taps, and taps that fall wholly into the padding are skipped. Work is cut into bands
-//! of output rows, groups of output channels and cache-sized chunks of input channels, and
-//! spread over the rayon thread pool. Elsewhere (no AVX-512, or horizontal stride above 1) the path falls
-//! back to im2col over bands of output rows plus the `gemm` crate's multi-threaded SGEMM.
-//! Without the `threads` feature the same work runs on the caller's thread.
+//! Convolutions run on one of three methods ([`ConvMethod`], chosen per layer by
+//! [`CpuConv2d::auto`] or asked for with [`CpuConv2d::with_method`]):
 //!
-//! The kernels live in one file per family: the direct AVX-512 convolution
-//! (`direct_avx512.rs`), im2col + SGEMM (`gemm.rs`), max pooling (`pool.rs`), ReLU and softmax
+//! - **Winograd F(4x4, 3x3)** (or F(2x2, 3x3)) on AVX-512 for stride-1 kernels of 3x3 and
+//!   larger with 32 or more channels (`winograd.rs`). A dilation-`d` 3x3 convolution is `d^2`
+//!   ordinary ones on grids of pixels `d` apart, so a tile's outputs and its input window are
+//!   read `d` apart and every dilated layer of the networks gets the 4x saving in
+//!   multiplications; larger kernels (fc6's 7x7) go in 3x3 pieces whose products add up. The
+//!   products run on the direct method's micro-kernel, and long sums are added in runs of 512
+//!   terms, which keeps the error against the f64 reference within 1e-5 (measured 3-6e-6 for
+//!   256-4608 terms; `tests/cpu_winograd.rs`).
+//! - **Direct**, register-blocked AVX-512 (`direct_avx512.rs`) for horizontal stride 1: each
+//!   micro-kernel call computes a tile of up to [`MAX_MR`] output channels by 16 or 32
+//!   consecutive output pixels (of one row, or of the output laid out at the padded input's
+//!   row pitch when rows are narrow), accumulating every input channel and kernel tap in
+//!   registers (weights pre-packed at [`CpuConv2d::new`], bias and ReLU fused into the store).
+//!   Dilation only changes the offsets of the taps, and taps that fall wholly into the padding
+//!   are skipped. Work is cut into bands of output rows, groups of output channels and
+//!   cache-sized chunks of input channels.
+//! - **im2col + SGEMM** (`gemm.rs`, the `gemm` crate) elsewhere: no AVX-512, or horizontal
+//!   stride above 1.
+//!
+//! The other kernels live in one file per family: max pooling (`pool.rs`), ReLU and softmax
 //! (`elementwise.rs`), the transposed convolution (`deconv.rs`), and the backward passes
 //! training needs (`grad.rs`, with the AVX-512 weight gradient in `grad_avx512.rs`); the public
 //! functions are re-exported here: [`conv2d`], [`max_pool2d`], [`relu_inplace`], [`softmax`],
 //! [`deconv2d`], and [`conv2d_grad_weight`], [`conv2d_grad_input`], [`bias_grad`],
-//! [`max_pool2d_backward`], [`softmax_cross_entropy`] (whole networks train with [`crate::train::CpuTrainer`]). All
-//! multi-threaded, and everything is checked against [`super::reference`] and
-//! [`crate::train::grad`].
+//! [`max_pool2d_backward`], [`softmax_cross_entropy`] (whole networks train with
+//! [`crate::train::CpuTrainer`], whose layers use [`CpuConv2d::auto_for_training`]). All
+//! are multi-threaded (with the default `threads` feature), and everything is checked against
+//! [`super::reference`] and [`crate::train::grad`].
 
 mod deconv;
 #[cfg(target_arch = "x86_64")]
@@ -60,6 +70,17 @@ pub enum WinogradTile {
     F2,
     /// F(4x4, 3x3).
     F4,
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl WinogradTile {
+    /// Outputs along a tile edge.
+    pub const fn m(self) -> usize {
+        match self {
+            Self::F2 => 2,
+            Self::F4 => 4,
+        }
+    }
 }
 
 /// How the fast CPU path computes a convolution (see [`CpuConv2d::with_method`]).
@@ -246,8 +267,10 @@ impl CpuConv2d {
     }
 
     /// The fastest method this CPU supports for the layer: Winograd F(4x4, 3x3) for stride-1
-    /// kernels of 3x3 and larger (fc6's 7x7 in 3x3 pieces) with enough channels to amortise
-    /// the transforms, else the direct convolution, else im2col + SGEMM.
+    /// kernels of 3x3 and larger (in 3x3 pieces) with enough channels to amortise the
+    /// transforms and transformed weights under [`WINOGRAD_MAX_WEIGHT_BYTES`], else the direct
+    /// convolution, else im2col + SGEMM. (A Winograd layer still runs an input with too few
+    /// tiles, or with a NaN or an infinity, on the direct method.)
     pub fn auto(spec: &Conv2d) -> ConvMethod {
         let wino = ConvMethod::Winograd(WinogradTile::F4);
         if spec.kernel.0 >= 3
@@ -255,9 +278,21 @@ impl CpuConv2d {
             && Self::unsupported(spec, wino).is_none()
             && spec.in_channels >= WINOGRAD_MIN_CHANNELS
             && spec.out_channels >= WINOGRAD_MIN_CHANNELS
+            && winograd_weight_bytes(spec, WinogradTile::F4) <= WINOGRAD_MAX_WEIGHT_BYTES
         {
             wino
         } else if Self::unsupported(spec, ConvMethod::Direct).is_none() {
+            ConvMethod::Direct
+        } else {
+            ConvMethod::Gemm
+        }
+    }
+
+    /// The fastest method for a layer whose weights change every step (training): the
+    /// direct convolution where this CPU has it, else im2col + SGEMM. Winograd would transform
+    /// the weights again after each update.
+    pub fn auto_for_training(spec: &Conv2d) -> ConvMethod {
+        if Self::unsupported(spec, ConvMethod::Direct).is_none() {
             ConvMethod::Direct
         } else {
             ConvMethod::Gemm
@@ -577,6 +612,22 @@ fn avx512() -> bool {
         false
     }
 }
+
+/// Bytes of a layer's Winograd-transformed weights: `(m+2)^2` values per output channel, input
+/// channel and 3x3 piece of the kernel (F(4x4, 3x3): 4x the weights of a 3x3 kernel, 6.6x those
+/// of fc6's 7x7).
+pub fn winograd_weight_bytes(spec: &Conv2d, tile: WinogradTile) -> u64 {
+    let pieces = spec.kernel.0.div_ceil(3) * spec.kernel.1.div_ceil(3);
+    let a = (tile.m() + 2) as u64;
+    a * a * (spec.out_channels * spec.in_channels * pieces) as u64 * 4
+}
+
+/// Most bytes of transformed weights for which [`CpuConv2d::auto`] picks Winograd. Every
+/// layer of the presets is under it: conv5's 3x3 take 38 MB, fc6's 7x7 2.7 GB (against 411 MB
+/// of weights), which roughly halves the time of a whole network (fc6 is over half of its
+/// arithmetic). To keep memory down instead, run on [`ConvMethod::Direct`]
+/// ([`crate::plan::CpuPlan::with_method`], `dilated bench --cpu-method direct`).
+pub const WINOGRAD_MAX_WEIGHT_BYTES: u64 = 4 << 30;
 
 /// Fewest input and output channels for which [`CpuConv2d::auto`] picks Winograd.
 pub const WINOGRAD_MIN_CHANNELS: usize = 32;

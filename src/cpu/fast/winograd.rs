@@ -63,6 +63,8 @@ const TILE_BLOCK: usize = 64;
 /// Most output channels whose products a block keeps at once (whole micro-kernel blocks; the
 /// last may pass it by less than [`MR`]).
 const OUT_CHUNK: usize = 256;
+/// Fewest tiles (over the batch) worth the transformed weights' traffic; fewer run direct.
+const MIN_TILES: usize = 32;
 /// Longest run of rows (input channels times pieces) the products sum in one go; longer sums
 /// add runs (fc6: nine runs of 512).
 const ROW_CHUNK: usize = 512;
@@ -157,20 +159,22 @@ impl Packed {
             WinogradTile::F4 => &G4,
         };
         let blocks = &self.blocks;
-        // Cut the packed array into (frequency, block) parts and fill them in parallel.
-        let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(a * a * blocks.len());
+        // Cut the packed array into (frequency, block) parts, gather each block's parts and
+        // fill the blocks in parallel.
+        let mut parts: Vec<(usize, usize, Vec<&mut [f32]>)> = blocks
+            .iter()
+            .map(|&(c0, mr)| (c0, mr, Vec::new()))
+            .collect();
         let mut rest: &mut [f32] = &mut self.u;
-        for xi in 0..a * a {
+        for _ in 0..a * a {
             for (bi, &(_, mr)) in blocks.iter().enumerate() {
                 let (part, tail) = rest.split_at_mut(mr * rows);
                 rest = tail;
-                parts.push((xi, bi, part));
+                parts[bi].2.push(part);
             }
         }
         debug_assert!(rest.is_empty() && cout == blocks.iter().map(|b| b.1).sum::<usize>());
-        parts.into_par_iter().for_each(|(xi, bi, dst)| {
-            let (c0, mr) = blocks[bi];
-            let (fa, fb) = (xi / a, xi % a);
+        parts.into_par_iter().for_each(|(c0, mr, mut dst)| {
             for m in 0..mr {
                 let oc = c0 + m;
                 for r in 0..rows {
@@ -186,17 +190,17 @@ impl Packed {
                             0.0
                         }
                     };
-                    // U[fa][fb] = Σ_ij G[fa][i] w[i][j] G[fb][j], in f64.
-                    let mut acc = 0.0f64;
-                    for (i, &ga) in g[fa].iter().enumerate() {
-                        let row: f64 = g[fb]
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &gb)| tap(i, j) * gb)
-                            .sum();
-                        acc += ga * row;
+                    // U = G w Gᵀ in f64: first t = G w (a x 3), then t Gᵀ.
+                    let t: Vec<[f64; 3]> = g
+                        .iter()
+                        .map(|gr| std::array::from_fn(|j| (0..3).map(|i| gr[i] * tap(i, j)).sum()))
+                        .collect();
+                    for (fa, tr) in t.iter().enumerate() {
+                        for (fb, gb) in g.iter().enumerate() {
+                            let u: f64 = tr.iter().zip(gb).map(|(x, y)| x * y).sum();
+                            dst[fa * a + fb][r * mr + m] = u as f32;
+                        }
                     }
-                    dst[r * mr + m] = acc as f32;
                 }
             }
         });
@@ -406,9 +410,9 @@ impl Geom {
 }
 
 /// Runs the layer: pads the input into `scratch[0]`, then every block of tiles (each worker's
-/// buffers in `scratch[1]`). Returns
-/// `false`, computing nothing, when the input holds a NaN or an infinity (or a padded plane
-/// exceeds 2^31 values, beyond the gathers' 32-bit offsets).
+/// buffers in `scratch[1]`). Returns `false`, computing nothing, for the direct method to run
+/// instead: when the input holds a NaN or an infinity, has fewer than [`MIN_TILES`] tiles, or
+/// a padded plane exceeds 2^31 values (beyond the gathers' 32-bit offsets).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     s: &Conv2d,
@@ -423,6 +427,10 @@ pub(super) fn forward(
     let (m, a) = (p.tile.m(), p.tile.alpha());
     let (dh, dw) = s.dilation;
     let (oh, ow) = (os.h, os.w);
+    // Few tiles would stream the (larger) transformed weights for little arithmetic.
+    if os.n * oh.div_ceil(m) * ow.div_ceil(m) < MIN_TILES {
+        return false;
+    }
     // Windows of the last tiles' last pieces end at output + (3 (pieces - 1) + alpha - 1) * d
     // in padded coordinates.
     let (ph, pw) = p.pieces;
