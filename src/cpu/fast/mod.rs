@@ -268,8 +268,8 @@ impl CpuConv2d {
 
     /// The fastest method this CPU supports for the layer: Winograd F(4x4, 3x3) for stride-1
     /// kernels of 3x3 and larger (in 3x3 pieces) with enough channels to amortise the
-    /// transforms and transformed weights under [`WINOGRAD_MAX_WEIGHT_BYTES`], else the direct
-    /// convolution, else im2col + SGEMM. (A Winograd layer still runs an input with too few
+    /// transforms and transformed weights under [`WINOGRAD_MAX_WEIGHT_BYTES`], SGEMM for 1x1
+    /// layers (stride 1, no padding), else the direct convolution, else im2col + SGEMM. (A Winograd layer still runs an input with too few
     /// tiles, or with a NaN or an infinity, on the direct method.)
     pub fn auto(spec: &Conv2d) -> ConvMethod {
         let wino = ConvMethod::Winograd(WinogradTile::F4);
@@ -281,6 +281,10 @@ impl CpuConv2d {
             && winograd_weight_bytes(spec, WinogradTile::F4) <= WINOGRAD_MAX_WEIGHT_BYTES
         {
             wino
+        } else if spec.is_pointwise() {
+            // A plain matrix product: the gemm crate's SGEMM, measured faster than the direct
+            // kernel on 1x1 layers (`benches/CPU_RESULTS.md`).
+            ConvMethod::Gemm
         } else if Self::unsupported(spec, ConvMethod::Direct).is_none() {
             ConvMethod::Direct
         } else {
