@@ -459,62 +459,9 @@ impl CpuConv2d {
         })?;
         // A poisoned lock only means another call panicked mid-way; the scratch is rewritten
         // before use, so it is still fine to take.
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut, unused_variables))]
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        match &self.method {
-            Method::Gemm { weight } => gemm::forward(
-                &self.spec,
-                weight,
-                self.bias.as_deref(),
-                x,
-                in_shape,
-                out_shape,
-                y,
-            ),
-            #[cfg(target_arch = "x86_64")]
-            Method::Direct { packed, blocks } => direct_avx512::forward(
-                &self.spec,
-                packed,
-                blocks,
-                self.bias.as_deref(),
-                x,
-                in_shape,
-                out_shape,
-                y,
-                &mut scratch,
-            ),
-            #[cfg(target_arch = "x86_64")]
-            Method::Winograd {
-                wino,
-                packed,
-                blocks,
-            } => {
-                let bias = self.bias.as_deref();
-                if !winograd::forward(
-                    &self.spec,
-                    wino,
-                    bias,
-                    x,
-                    in_shape,
-                    out_shape,
-                    y,
-                    &mut scratch,
-                ) {
-                    direct_avx512::forward(
-                        &self.spec,
-                        packed,
-                        blocks,
-                        bias,
-                        x,
-                        in_shape,
-                        out_shape,
-                        y,
-                        &mut scratch,
-                    );
-                }
-            }
-        }
-        Ok(())
+        // The whole batch in one call: the layer's own scratch grows to the input's size.
+        self.forward_slices_within(x, in_shape, y, &mut scratch, usize::MAX)
     }
 }
 
