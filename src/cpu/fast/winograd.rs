@@ -1,4 +1,4 @@
-//! Winograd convolution F(m x m, 3 x 3) (Lavin & Gray, 2016) for 3x3, stride-1 layers at any
+//! Winograd convolution F(m x m, 3 x 3) (Lavin & Gray, 2016) for stride-1 layers at any
 //! dilation, on AVX-512.
 //!
 //! A dilation-`d` 3x3 convolution is `d^2` ordinary 3x3 convolutions on the grids of pixels
@@ -9,16 +9,22 @@
 //! `M[oc][tile] = Σ_ic U[oc][ic] V[ic][tile]` with the weights transformed once,
 //! `U = G g Gᵀ` (computed in f64); the outputs are `Y = Aᵀ M A`, with bias and ReLU fused
 //! into their store. F(2x2, 3x3) does 16 products per 4 outputs where the direct method does
-//! 36, F(4x4, 3x3) 36 per 16 where it does 144.
+//! 36, F(4x4, 3x3) 36 per 16 where it does 144. Kernels larger than 3x3 are cut into 3x3
+//! pieces (zero taps past the kernel) whose products add up: the sum then runs over pieces
+//! times input channels (fc6: 9 x 512), added in runs of [`ROW_CHUNK`] to bound its rounding.
 //!
-//! Work is cut into blocks of [`TILE_BLOCK`] tiles of one image. Each thread takes whole
-//! blocks: it transforms their input (16 tiles per vector), runs the products with the direct
-//! convolution's register-blocked micro-kernel (a 1x1 convolution over the tiles), and
-//! transforms back, so the block's transformed data stays in its core's caches.
+//! Work is cut into blocks of [`TILE_BLOCK`] tiles of one image and chunks of about
+//! [`OUT_CHUNK`] output channels. Each thread takes whole blocks (and, on small images, some
+//! of their chunks): it transforms their input (16 tiles per vector), runs the products with
+//! the direct convolution's register-blocked micro-kernel (a 1x1 convolution over the tiles),
+//! and transforms back chunk by chunk, so the block's transformed data stays in its core's
+//! caches.
 //!
 //! Winograd's transforms mix every value of a window, so one infinite input would turn the
 //! whole tile into NaN: inputs with a NaN or an infinity are computed by the direct method
-//! instead (the caller checks them), which propagates them exactly as the reference does.
+//! instead (the caller runs it when [`forward`] declines), which propagates them exactly as
+//! the reference does; so are inputs with fewer than [`MIN_TILES`] tiles, where the larger
+//! transformed weights would cost more to stream than the arithmetic saves.
 
 use std::arch::x86_64::*;
 
@@ -60,8 +66,7 @@ impl WinogradTile {
 
 /// Tiles per block of work (a multiple of 32, the micro-kernel's width).
 const TILE_BLOCK: usize = 64;
-/// Most output channels whose products a block keeps at once (whole micro-kernel blocks; the
-/// last may pass it by less than [`MR`]).
+/// Most output channels whose products a block keeps at once (in whole micro-kernel blocks).
 const OUT_CHUNK: usize = 256;
 /// Fewest tiles (over the batch) worth the transformed weights' traffic; fewer run direct.
 const MIN_TILES: usize = 32;
@@ -121,7 +126,8 @@ const AT4: [[f32; 6]; 4] = [
 ];
 
 /// Transformed weights, packed for the micro-kernel: for each frequency `xi`, the output
-/// channels in blocks `(c0, mr)`, each stored as `[in][mr]` at `(xi * out + c0) * in`.
+/// channels in blocks `(c0, mr)`, each stored as `[rows][mr]` at `(xi * out + c0) * rows`,
+/// where row `r` is input channel `r % in` of 3x3 piece `r / in`.
 pub(super) struct Packed {
     pub(super) tile: WinogradTile,
     u: Vec<f32>,
@@ -260,10 +266,14 @@ fn pad(s: &Conv2d, x: &[f32], is: Shape, hp: usize, wp: usize, buf: &mut Vec<f32
 // it would test every coefficient at run time). Each is checked against its matrix above by
 // the `transforms_match_their_matrices` test.
 
-/// A scheme's transforms of inputs (`A` values) and outputs (`M` values) along one axis,
-/// as static functions so they inline into the AVX-512 code.
-trait Transforms<const A: usize, const M: usize> {
+/// A scheme's input transform along one axis (`A` values), as a static function so it
+/// inlines into the AVX-512 code.
+trait InputTransform<const A: usize> {
     fn bt(d: [__m512; A]) -> [__m512; A];
+}
+
+/// A scheme's output transform along one axis (`A` values to `M` outputs).
+trait OutputTransform<const A: usize, const M: usize> {
     fn at(m: [__m512; A]) -> [__m512; M];
 }
 
@@ -272,42 +282,25 @@ struct F2;
 /// F(4x4, 3x3).
 struct F4;
 
-// `input_transform` names `Transforms<A, 0>` only for `bt`; `at` is never reached there.
-impl Transforms<4, 0> for F2 {
+impl InputTransform<4> for F2 {
     #[inline(always)]
     fn bt(d: [__m512; 4]) -> [__m512; 4] {
         bt2(d)
-    }
-    #[inline(always)]
-    fn at(_: [__m512; 4]) -> [__m512; 0] {
-        []
     }
 }
-impl Transforms<4, 2> for F2 {
-    #[inline(always)]
-    fn bt(d: [__m512; 4]) -> [__m512; 4] {
-        bt2(d)
-    }
+impl OutputTransform<4, 2> for F2 {
     #[inline(always)]
     fn at(m: [__m512; 4]) -> [__m512; 2] {
         at2(m)
     }
 }
-impl Transforms<6, 0> for F4 {
+impl InputTransform<6> for F4 {
     #[inline(always)]
     fn bt(d: [__m512; 6]) -> [__m512; 6] {
         bt4(d)
-    }
-    #[inline(always)]
-    fn at(_: [__m512; 6]) -> [__m512; 0] {
-        []
     }
 }
-impl Transforms<6, 4> for F4 {
-    #[inline(always)]
-    fn bt(d: [__m512; 6]) -> [__m512; 6] {
-        bt4(d)
-    }
+impl OutputTransform<6, 4> for F4 {
     #[inline(always)]
     fn at(m: [__m512; 6]) -> [__m512; 4] {
         at4(m)
@@ -565,7 +558,7 @@ unsafe fn block(
 /// `V[xi][ic][t] = (Bᵀ d B)[xi]` for the block's tiles, 16 at a time (lanes past `count`
 /// repeat the block's last tile): each frequency's matrix is contiguous for the products.
 #[inline(always)]
-unsafe fn input_transform<const A: usize, S: Transforms<A, 0>>(
+unsafe fn input_transform<const A: usize, S: InputTransform<A>>(
     g: &Geom,
     x_img: &[f32],
     t0: usize,
@@ -716,7 +709,7 @@ unsafe fn products(
 /// `Y = Aᵀ M A` for the block's tiles, plus bias and ReLU, stored into image `n`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn output_transform<const A: usize, const M: usize, S: Transforms<A, M>>(
+unsafe fn output_transform<const A: usize, const M: usize, S: OutputTransform<A, M>>(
     g: &Geom,
     blocks: &[(usize, usize)],
     bias: Option<&[f32]>,
