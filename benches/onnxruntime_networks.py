@@ -2,7 +2,7 @@
 """ONNX Runtime reference timings of whole networks, for `dilated bench --cpu`.
 
 Builds dilation8_pascal_voc or dilation10_cityscapes at full width as one ONNX graph (the
-layers of `../shared` NETWORK.md / `dilated bench --plan-only`: the VGG-16 front-end with
+layers `dilated bench --plan-only` lists, with the same GFLOP count: the VGG-16 front-end with
 unpadded convolutions, ceil-mode pooling, conv5 at dilation 2 and fc6 at dilation 4, the
 context module, and for Cityscapes the grouped bilinear deconvolution; softmax last), with
 random weights as initializers and the image as a graph input, and times it on ONNX Runtime's
