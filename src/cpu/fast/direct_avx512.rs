@@ -178,26 +178,67 @@ pub(super) fn pad_input(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) ->
         lines += 1;
     }
     let plane = lines * 16;
+    pad_planes(s, x, is, (hp, wp), plane, buf);
+    Padded { hp, wp, plane }
+}
+
+/// Copies `x` (NCHW) into `buf`, one plane of `plane` values per image and channel, each an
+/// `hp x wp` image with the spec's top and left padding and zeros everywhere else (at least
+/// the spec's bottom and right padding). Returns whether every input value is finite.
+pub(super) fn pad_planes(
+    s: &Conv2d,
+    x: &[f32],
+    is: Shape,
+    (hp, wp): (usize, usize),
+    plane: usize,
+    buf: &mut Vec<f32>,
+) -> bool {
+    debug_assert!(hp * wp <= plane && hp >= s.padding.top + is.h && wp >= s.padding.left + is.w);
     let total = is.n * is.c * plane;
     if buf.len() < total {
         buf.clear();
         buf.resize(total, 0.0);
     }
+    let (pt, pl) = (s.padding.top, s.padding.left);
     let (ih, iw) = (is.h, is.w);
     buf[..total]
         .par_chunks_mut(plane)
         .zip(x.par_chunks(ih * iw))
-        .for_each(|(dst, src)| {
-            dst[..p.top * wp].fill(0.0);
+        .map(|(dst, src)| {
+            dst[..pt * wp].fill(0.0);
             for r in 0..ih {
-                let row = &mut dst[(p.top + r) * wp..(p.top + r + 1) * wp];
-                row[..p.left].fill(0.0);
-                row[p.left..p.left + iw].copy_from_slice(&src[r * iw..(r + 1) * iw]);
-                row[p.left + iw..].fill(0.0);
+                let row = &mut dst[(pt + r) * wp..(pt + r + 1) * wp];
+                row[..pl].fill(0.0);
+                row[pl..pl + iw].copy_from_slice(&src[r * iw..(r + 1) * iw]);
+                row[pl + iw..].fill(0.0);
             }
-            dst[(p.top + ih) * wp..].fill(0.0);
-        });
-    Padded { hp, wp, plane }
+            dst[(pt + ih) * wp..].fill(0.0);
+            src.iter().fold(true, |ok, v| ok & v.is_finite())
+        })
+        // Counted (rayon's and std's `count` both visit every plane, where `all` would stop at
+        // the first non-finite one and leave the rest unpadded).
+        .filter(|finite| !finite)
+        .count()
+        == 0
+}
+
+/// Offset, inside an image's padded planes, of the tap-(0,0) input of each (input channel,
+/// tap) pair `p = channel * kh * kw + tap`, for `pairs` pairs; the `pairs_pad - pairs` padding
+/// pairs read the first pair's values (into rows that are dropped).
+pub(super) fn pair_offsets(s: &Conv2d, pad: &Padded, pairs: usize, pairs_pad: usize) -> Vec<usize> {
+    let taps = s.kernel.0 * s.kernel.1;
+    let kw = s.kernel.1;
+    let (dh, dw) = s.dilation;
+    (0..pairs_pad)
+        .map(|p| {
+            if p < pairs {
+                let (c, t) = (p / taps, p % taps);
+                c * pad.plane + (t / kw) * dh * pad.wp + (t % kw) * dw
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 /// Target bytes of padded input rows one task works on (kept in L2).

@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use crate::par::*;
 
-use super::direct_avx512::pad_input;
+use super::direct_avx512::{pad_input, pair_offsets};
 use super::split_blocks;
 use crate::spec::{Conv2d, Shape};
 
@@ -250,7 +250,6 @@ fn weight_grad_lanes(
 ) {
     let (co, ci) = (s.out_channels, s.in_channels);
     let (kh, kw) = s.kernel;
-    let (dh, dw_) = s.dilation;
     let (sh, sw) = s.stride;
     let taps = kh * kw;
     let pairs = ci * taps;
@@ -278,18 +277,7 @@ fn weight_grad_lanes(
         let chunk = Shape { n: n_call, ..is };
         let pad = pad_input(s, &x[n0 * x_len..(n0 + n_call) * x_len], chunk, pad_buf);
         let xp: &[f32] = pad_buf;
-        // Offset of each pair's tap-(0,0) input inside an image's padded planes; the padding
-        // pairs read the first pair's values into rows that are dropped.
-        let offsets: Vec<usize> = (0..pairs_pad)
-            .map(|p| {
-                if p < pairs {
-                    let (c, t) = (p / taps, p % taps);
-                    c * pad.plane + (t / kw) * dh * pad.wp + (t % kw) * dw_
-                } else {
-                    0
-                }
-            })
-            .collect();
+        let offsets = pair_offsets(s, &pad, pairs, pairs_pad);
         // Disjoint partial regions, one per (group, block), each `[pair][block lanes]`.
         let mut jobs = Vec::with_capacity(groups * blocks.len());
         let mut rest: &mut [f32] = &mut partials[..total];
@@ -489,7 +477,6 @@ fn weight_grad_dot(
     let c_pad = co.next_power_of_two();
     let np = dot_pairs(c_pad);
     let (kh, kw) = s.kernel;
-    let (dh, dw_) = s.dilation;
     let taps = kh * kw;
     let pairs = ci * taps;
     let pairs_pad = pairs.div_ceil(np) * np;
@@ -518,16 +505,7 @@ fn weight_grad_dot(
         let chunk = Shape { n: n_call, ..is };
         let pad = pad_input(s, &x[n0 * x_len..(n0 + n_call) * x_len], chunk, pad_buf);
         let xp: &[f32] = pad_buf;
-        let offsets: Vec<usize> = (0..pairs_pad)
-            .map(|q| {
-                if q < pairs {
-                    let (c, t) = (q / taps, q % taps);
-                    c * pad.plane + (t / kw) * dh * pad.wp + (t % kw) * dw_
-                } else {
-                    0
-                }
-            })
-            .collect();
+        let offsets = pair_offsets(s, &pad, pairs, pairs_pad);
         let dy = &dy[n0 * dy_len..(n0 + n_call) * dy_len];
         let x_image = ci * pad.plane;
         partials[..n_call * bands * job_len]

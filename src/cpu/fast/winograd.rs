@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 
 use crate::par::*;
 
-use super::direct_avx512::{SyncPtr, Tile, dispatch};
+use super::direct_avx512::{SyncPtr, Tile, dispatch, pad_planes};
 use super::split_blocks;
 use crate::spec::{Conv2d, Shape};
 
@@ -229,39 +229,6 @@ fn starts(len: usize, d: usize, m: usize) -> Vec<usize> {
     v
 }
 
-/// Copies `x` into `buf` with the spec's padding on the top and left and zeros up to
-/// `hp x wp` (the windows of the last tiles reach past the padded input). Returns whether
-/// every input value is finite.
-fn pad(s: &Conv2d, x: &[f32], is: Shape, hp: usize, wp: usize, buf: &mut Vec<f32>) -> bool {
-    let plane = hp * wp;
-    let total = is.n * is.c * plane;
-    if buf.len() < total {
-        buf.clear();
-        buf.resize(total, 0.0);
-    }
-    let (pt, pl) = (s.padding.top, s.padding.left);
-    let (ih, iw) = (is.h, is.w);
-    buf[..total]
-        .par_chunks_mut(plane)
-        .zip(x.par_chunks(ih * iw))
-        .map(|(dst, src)| {
-            dst[..pt * wp].fill(0.0);
-            for r in 0..ih {
-                let row = &mut dst[(pt + r) * wp..(pt + r + 1) * wp];
-                row[..pl].fill(0.0);
-                row[pl..pl + iw].copy_from_slice(&src[r * iw..(r + 1) * iw]);
-                row[pl + iw..].fill(0.0);
-            }
-            dst[(pt + ih) * wp..].fill(0.0);
-            src.iter().fold(true, |ok, v| ok & v.is_finite())
-        })
-        // Counted (rayon's and std's `count` both visit every plane, where `all` would stop at
-        // the first non-finite one and leave the rest unpadded).
-        .filter(|finite| !finite)
-        .count()
-        == 0
-}
-
 // The transforms, written out (a loop over a constant matrix is not folded by the compiler:
 // it would test every coefficient at run time). Each is checked against its matrix above by
 // the `transforms_match_their_matrices` test.
@@ -436,7 +403,7 @@ pub(super) fn forward(
         return false;
     }
     let [xbuf, wbuf] = scratch;
-    if !pad(s, x, is, hp, wp, xbuf) {
+    if !pad_planes(s, x, is, (hp, wp), hp * wp, xbuf) {
         return false;
     }
     let pieces: Vec<usize> = (0..ph * pw)
