@@ -123,7 +123,7 @@ fn wide_layers_stay_within_the_tolerance() {
 }
 
 /// fc6's shape (7x7 at dilation 4, 512 input channels) in nine 3x3 pieces: 4608 rows in the
-/// products, summed in runs of 512 (in one run F(4x4, 3x3)'s error was 1.4e-5).
+/// products, summed in runs of 512 (summed in one run, F(4x4, 3x3)'s error here was 1.4e-5).
 #[test]
 fn fc6_in_pieces_stays_within_the_tolerance() {
     if !available() {
