@@ -22,17 +22,18 @@ impl SyncPtr {
     }
 }
 
-/// Arguments of one micro-kernel call.
-pub(super) struct Tile<'a> {
+/// Arguments of one micro-kernel call, over input elements `T`: `f32`, or `u32` holding the
+/// bf16 values of two consecutive input channels (and likewise for the weights).
+pub(super) struct Tile<'a, T = f32> {
     /// Input at (channel 0, first row of the window, first column of the tile).
-    pub(super) x: *const f32,
+    pub(super) x: *const T,
     /// Elements between input channel planes.
     pub(super) x_plane: usize,
     /// Packed weights of the block.
-    pub(super) w: *const f32,
+    pub(super) w: *const T,
     /// `(offset in x, offset in w)` of each tap that touches the input.
     pub(super) taps: &'a [(usize, usize)],
-    /// Input channels.
+    /// Input channels (pairs of them for bf16).
     pub(super) cin: usize,
     /// Weight elements per input channel (`taps * mr`).
     pub(super) w_ci: usize,
@@ -50,6 +51,60 @@ pub(super) struct Tile<'a> {
     pub(super) mask: __mmask16,
 }
 
+/// The accumulators' starting values for tile `$t`: the output (a later chunk of input
+/// channels), else the bias, else zeros. (A macro, so both micro-kernels inline it.)
+macro_rules! tile_start {
+    ($t:expr, $mr:expr, $nv:expr) => {{
+        let t = $t;
+        let mut acc = [[_mm512_setzero_ps(); $nv]; $mr];
+        if t.accumulate {
+            for (m, row) in acc.iter_mut().enumerate() {
+                // SAFETY: the same lanes the store writes.
+                let o = unsafe { t.out.add(m * t.out_plane) };
+                for (v, a) in row.iter_mut().enumerate() {
+                    *a = unsafe {
+                        if v + 1 == $nv {
+                            _mm512_maskz_loadu_ps(t.mask, o.add(16 * v))
+                        } else {
+                            _mm512_loadu_ps(o.add(16 * v))
+                        }
+                    };
+                }
+            }
+        } else if let Some(b) = t.bias {
+            for (m, row) in acc.iter_mut().enumerate() {
+                // SAFETY: the bias has the block's MR channels.
+                let bv = _mm512_set1_ps(unsafe { *b.add(m) });
+                *row = [bv; $nv];
+            }
+        }
+        acc
+    }};
+}
+
+/// Stores the accumulators `$acc` of tile `$t`, with the ReLU when asked for.
+macro_rules! tile_store {
+    ($t:expr, $acc:expr) => {{
+        let t = $t;
+        let zero = _mm512_setzero_ps();
+        for (m, row) in $acc.iter().enumerate() {
+            let o = unsafe { t.out.add(m * t.out_plane) };
+            let nv = row.len();
+            for (v, &a) in row.iter().enumerate() {
+                // max(0, NaN) keeps the NaN: the second operand wins when either is NaN.
+                let r = if t.relu { _mm512_max_ps(zero, a) } else { a };
+                unsafe {
+                    if v + 1 == nv {
+                        _mm512_mask_storeu_ps(o.add(16 * v), t.mask, r);
+                    } else {
+                        _mm512_storeu_ps(o.add(16 * v), r);
+                    }
+                }
+            }
+        }
+    }};
+}
+
 /// One tile: `MR` output channels by `NV` vectors of 16 pixels (the last one masked).
 ///
 /// # Safety
@@ -58,28 +113,7 @@ pub(super) struct Tile<'a> {
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const MR: usize, const NV: usize>(t: &Tile) {
     let zero = _mm512_setzero_ps();
-    let mut acc = [[zero; NV]; MR];
-    if t.accumulate {
-        for (m, row) in acc.iter_mut().enumerate() {
-            // SAFETY: the same lanes the store below writes.
-            let o = unsafe { t.out.add(m * t.out_plane) };
-            for (v, a) in row.iter_mut().enumerate() {
-                *a = unsafe {
-                    if v + 1 == NV {
-                        _mm512_maskz_loadu_ps(t.mask, o.add(16 * v))
-                    } else {
-                        _mm512_loadu_ps(o.add(16 * v))
-                    }
-                };
-            }
-        }
-    } else if let Some(b) = t.bias {
-        for (m, row) in acc.iter_mut().enumerate() {
-            // SAFETY: the bias has the block's MR channels.
-            let bv = _mm512_set1_ps(unsafe { *b.add(m) });
-            *row = [bv; NV];
-        }
-    }
+    let mut acc = tile_start!(t, MR, NV);
     if let [(xo, wo)] = *t.taps {
         // One tap (1x1 kernels, or all but one tap in the padding): a tight loop.
         for ci in 0..t.cin {
@@ -126,19 +160,102 @@ unsafe fn tile<const MR: usize, const NV: usize>(t: &Tile) {
             }
         }
     }
-    for (m, row) in acc.iter().enumerate() {
-        let o = unsafe { t.out.add(m * t.out_plane) };
-        for (v, &a) in row.iter().enumerate() {
-            // max(0, NaN) keeps the NaN: the second operand wins when either is NaN.
-            let r = if t.relu { _mm512_max_ps(zero, a) } else { a };
-            unsafe {
-                if v + 1 == NV {
-                    _mm512_mask_storeu_ps(o.add(16 * v), t.mask, r);
+    tile_store!(t, acc);
+}
+
+/// One bf16 tile: as [`tile`], over pairs of input channels whose bf16 values share a `u32`
+/// (input and weights alike); each `vdpbf16ps` adds both channels' products to the f32
+/// accumulators.
+///
+/// # Safety
+/// AVX-512F and AVX-512 BF16 must be available; bounds as for [`tile`].
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile_bf16<const MR: usize, const NV: usize>(t: &Tile<u32>) {
+    let zero = _mm512_setzero_si512();
+    let mut acc = tile_start!(t, MR, NV);
+    for cp in 0..t.cin {
+        // SAFETY (whole loop): offsets stay inside the padded input and packed weights.
+        let xc = unsafe { t.x.add(cp * t.x_plane) };
+        let wc = unsafe { t.w.add(cp * t.w_ci) };
+        for &(xo, wo) in t.taps {
+            let xp = unsafe { xc.add(xo) };
+            let mut xv = [zero; NV];
+            for (v, xr) in xv.iter_mut().enumerate() {
+                *xr = if v + 1 == NV {
+                    unsafe { _mm512_maskz_loadu_epi32(t.mask, xp.add(16 * v).cast()) }
                 } else {
-                    _mm512_storeu_ps(o.add(16 * v), r);
+                    unsafe { _mm512_loadu_si512(xp.add(16 * v).cast()) }
+                };
+            }
+            let wp = unsafe { wc.add(wo) };
+            for (m, row) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_epi32(unsafe { *wp.add(m) } as i32);
+                for (a, xr) in row.iter_mut().zip(xv.iter()) {
+                    // SAFETY: both are 512-bit vectors; the bits are 32 bf16 values.
+                    let (wb, xb) = unsafe {
+                        (
+                            std::mem::transmute::<__m512i, __m512bh>(wv),
+                            std::mem::transmute::<__m512i, __m512bh>(*xr),
+                        )
+                    };
+                    *a = _mm512_dpbf16_ps(*a, wb, xb);
                 }
             }
         }
+    }
+    tile_store!(t, acc);
+}
+
+/// Calls micro-kernel `$f::<mr, nv>` for `mr` in `1..=14` and `nv` in `1..=2`.
+macro_rules! dispatch_to {
+    ($f:ident, $mr:expr, $nv:expr, $t:expr) => {
+        dispatch_to!(@ $f, $mr, $nv, $t; 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    };
+    (@ $f:ident, $mr:expr, $nv:expr, $t:expr; $($m:literal)*) => {
+        match ($mr, $nv) {
+            $(($m, 1) => unsafe { $f::<$m, 1>($t) },
+              ($m, 2) => unsafe { $f::<$m, 2>($t) },)*
+            (mr, nv) => unreachable!("tile {mr}x{nv}"),
+        }
+    };
+}
+
+/// Elements a micro-kernel reads: `f32`, or `u32` pairs of bf16 channels.
+pub(super) trait Element: bytemuck::Pod + Send + Sync {
+    /// Input channels per element.
+    const CHANNELS: usize;
+
+    /// Calls the micro-kernel for `mr` output channels and `nv` vectors.
+    ///
+    /// # Safety
+    /// As [`tile`]; `mr` in `1..=MAX_MR`, `nv` in `1..=2`; the CPU has the kernel's features.
+    unsafe fn dispatch(mr: usize, nv: usize, t: &Tile<Self>);
+
+    /// Copies `x` (NCHW) into `buf` as [`pad_input`] does, in this element type.
+    fn pad(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded;
+}
+
+impl Element for f32 {
+    const CHANNELS: usize = 1;
+
+    unsafe fn dispatch(mr: usize, nv: usize, t: &Tile) {
+        unsafe { dispatch(mr, nv, t) }
+    }
+
+    fn pad(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded {
+        pad_input(s, x, is, buf)
+    }
+}
+
+impl Element for u32 {
+    const CHANNELS: usize = 2;
+
+    unsafe fn dispatch(mr: usize, nv: usize, t: &Tile<u32>) {
+        dispatch_to!(tile_bf16, mr, nv, t)
+    }
+
+    fn pad(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded {
+        pad_input_bf16(s, x, is, buf)
     }
 }
 
@@ -147,16 +264,7 @@ unsafe fn tile<const MR: usize, const NV: usize>(t: &Tile) {
 /// # Safety
 /// As [`tile`]; `mr` in `1..=MAX_MR`, `nv` in `1..=2`.
 pub(super) unsafe fn dispatch(mr: usize, nv: usize, t: &Tile) {
-    macro_rules! go {
-        ($($m:literal)*) => {
-            match (mr, nv) {
-                $(($m, 1) => unsafe { tile::<$m, 1>(t) },
-                  ($m, 2) => unsafe { tile::<$m, 2>(t) },)*
-                _ => unreachable!("tile {mr}x{nv}"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    dispatch_to!(tile, mr, nv, t)
 }
 
 /// Geometry of the zero-padded input copy.
@@ -171,15 +279,75 @@ pub(super) struct Padded {
 
 /// Copies `x` (NCHW) into `buf` with the spec's zero padding.
 pub(super) fn pad_input(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded {
+    let pad = padded(s, is);
+    pad_planes(s, x, is, (pad.hp, pad.wp), pad.plane, buf);
+    pad
+}
+
+/// The padded geometry of an input of shape `is`.
+fn padded(s: &Conv2d, is: Shape) -> Padded {
     let p = s.padding;
     let (hp, wp) = (is.h + p.top + p.bottom, is.w + p.left + p.right);
     let mut lines = (hp * wp).div_ceil(16);
     if lines % 2 == 0 {
         lines += 1;
     }
-    let plane = lines * 16;
-    pad_planes(s, x, is, (hp, wp), plane, buf);
-    Padded { hp, wp, plane }
+    Padded {
+        hp,
+        wp,
+        plane: lines * 16,
+    }
+}
+
+/// The bf16 bits of `v`, rounded to the nearest (ties to even; NaN stays NaN).
+#[inline]
+pub(super) fn bf16_bits(v: f32) -> u32 {
+    u32::from(half::bf16::from_f32(v).to_bits())
+}
+
+/// Copies `x` (NCHW) into `buf` as [`pad_input`] does, in bf16 pairs: plane `k` of an image
+/// holds, at each padded pixel, channel `2k` rounded to bf16 in the low half of a `u32` and
+/// channel `2k + 1` in the high half (zero past the last channel).
+pub(super) fn pad_input_bf16(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32>) -> Padded {
+    let pad = padded(s, is);
+    let (pt, pl) = (s.padding.top, s.padding.left);
+    let (ih, iw, wp) = (is.h, is.w, pad.wp);
+    let pairs = is.c.div_ceil(2);
+    let total = is.n * pairs * pad.plane;
+    if buf.len() < total {
+        buf.clear();
+        buf.resize(total, 0.0);
+    }
+    let out: &mut [u32] = bytemuck::cast_slice_mut(&mut buf[..total]);
+    out.par_chunks_mut(pad.plane)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (n, k) = (i / pairs, i % pairs);
+            let plane = |c: usize| &x[(n * is.c + c) * ih * iw..(n * is.c + c + 1) * ih * iw];
+            let lo = plane(2 * k);
+            let hi = (2 * k + 1 < is.c).then(|| plane(2 * k + 1));
+            dst[..pt * wp].fill(0);
+            for r in 0..ih {
+                let row = &mut dst[(pt + r) * wp..(pt + r + 1) * wp];
+                row[..pl].fill(0);
+                let (src, lo) = (&mut row[pl..pl + iw], &lo[r * iw..(r + 1) * iw]);
+                match hi {
+                    Some(hi) => {
+                        for ((d, &a), &b) in src.iter_mut().zip(lo).zip(&hi[r * iw..]) {
+                            *d = bf16_bits(a) | bf16_bits(b) << 16;
+                        }
+                    }
+                    None => {
+                        for (d, &a) in src.iter_mut().zip(lo) {
+                            *d = bf16_bits(a);
+                        }
+                    }
+                }
+                row[pl + iw..].fill(0);
+            }
+            dst[(pt + ih) * wp..].fill(0);
+        });
+    pad
 }
 
 /// Copies `x` (NCHW) into `buf`, one plane of `plane` values per image and channel, each an
@@ -397,9 +565,9 @@ impl Geom<'_> {
 /// channels are split into chunks whose padded rows and weights stay in L2, and for each
 /// chunk every block of the group sweeps the band's tiles.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn forward(
+pub(super) fn forward<E: Element>(
     s: &Conv2d,
-    packed: &[f32],
+    packed: &[E],
     blocks: &[(usize, usize)],
     bias: Option<&[f32]>,
     x: &[f32],
@@ -409,8 +577,8 @@ pub(super) fn forward(
     scratch: &mut [Vec<f32>; 2],
 ) {
     let [xbuf, zbuf] = scratch;
-    let pad = pad_input(s, x, is, xbuf);
-    let xp: &[f32] = xbuf;
+    let pad = E::pad(s, x, is, xbuf);
+    let xp: &[E] = bytemuck::cast_slice(&xbuf[..]);
     debug_assert!(pad.hp >= (os.h - 1) * s.stride.0 + s.extent().0);
     let geom = Geom {
         s,
@@ -420,7 +588,8 @@ pub(super) fn forward(
     };
     let plan = geom.plan();
     let taps = s.kernel.0 * s.kernel.1;
-    let cin = s.in_channels;
+    // Input elements per pixel: channels, or pairs of them in bf16.
+    let cin = s.in_channels.div_ceil(E::CHANNELS);
     let (oh, ow) = (os.h, os.w);
     let pitch = geom.pitch(plan);
     let z_len = os.n * s.out_channels * oh * pitch;
@@ -498,7 +667,7 @@ pub(super) fn forward(
                     // column <= ow-1 + (kw-1)*dw < wp (stride 1 horizontally), or in the
                     // flat layout at q + tap offset <= hp*wp - 1. Stores write this band's
                     // pixels of channels c0..c0+mr, which no other task writes.
-                    unsafe { dispatch(mr, nv, &t) };
+                    unsafe { E::dispatch(mr, nv, &t) };
                 }
             }
         }
