@@ -69,7 +69,8 @@ impl<'g> Segmenter<'g> {
 
     /// [`Segmenter::new`] with plan options: under a GPU memory budget
     /// (`options.max_memory`) each tile is processed in bands as needed, and the upsampling
-    /// and argmax of the stitched scores run on the CPU.
+    /// and argmax of the stitched scores run on the CPU; on the CPU, the network runs at
+    /// `options.cpu_precision`.
     pub fn with_options(
         model: Model,
         network: &Network,
@@ -100,7 +101,7 @@ impl<'g> Segmenter<'g> {
                 Box::new(Plan::new(gpu, network, shape, options)?),
                 options.max_memory.is_none(),
             ),
-            Backend::Cpu => Runner::Cpu(CpuPlan::new(network)?),
+            Backend::Cpu => Runner::Cpu(CpuPlan::with_precision(network, options.cpu_precision)?),
         };
         Ok(Self {
             info,

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use dilated::PlanOptions;
+use dilated::cpu::fast::CpuPrecision;
 use dilated::plan::executor::RunOn;
 
 /// The preset a command builds: `--model` and `--width-divisor`.
@@ -67,6 +68,30 @@ impl MemoryArgs {
             ..Default::default()
         }
     }
+}
+
+/// The CPU's arithmetic: `--cpu-precision`.
+#[derive(clap::Args)]
+pub struct CpuPrecisionArgs {
+    /// Arithmetic of the CPU's convolutions when the network runs there: `f32`, or `bf16`
+    /// (inputs and weights rounded to bf16, sums in f32; about 1e-3 relative error, faster
+    /// where the CPU has AVX-512 BF16, refused where it has not).
+    #[arg(long, default_value = "f32", value_parser = parse_cpu_precision)]
+    pub cpu_precision: CpuPrecision,
+}
+
+impl CpuPrecisionArgs {
+    /// `options` with this CPU precision.
+    pub fn apply(&self, options: PlanOptions) -> PlanOptions {
+        PlanOptions {
+            cpu_precision: self.cpu_precision,
+            ..options
+        }
+    }
+}
+
+fn parse_cpu_precision(s: &str) -> Result<CpuPrecision, String> {
+    s.parse().map_err(|e: dilated::Error| e.to_string())
 }
 
 /// Parses `HxW` (or `HXW`) into (height, width).

@@ -3,19 +3,19 @@
 
 use std::time::{Duration, Instant};
 
-use dilated::cpu::fast::ConvMethod;
+use dilated::cpu::fast::{ConvMethod, CpuPrecision};
 use dilated::gpu::Kernel;
 use dilated::gpu::tune::Tuning;
-use dilated::net::{LayerReport, Network, PresetOptions};
+use dilated::net::{LayerReport, Network, Op, PresetOptions};
 use dilated::plan::{BandedLayout, CpuPlan, GpuPlan, Plan, PlanOptions};
 use dilated::timing::LayerTimes;
 use dilated::{ConvAlgorithm, Error, Gpu, Shape};
 use ndarray::Array4;
 
-use super::args::{DeviceArgs, MemoryArgs, ModelArgs, parse_size};
+use super::args::{CpuPrecisionArgs, DeviceArgs, MemoryArgs, ModelArgs, parse_size};
 use super::device::{self, Device};
 use super::network::{self, generated_input};
-use super::report::{median, mib, ms};
+use super::report::{Agreement, median, mib, ms};
 
 /// Arguments of `dilated bench`.
 #[derive(clap::Args)]
@@ -49,10 +49,17 @@ pub struct BenchArgs {
     /// layer again, `off` runs the heuristic; `--algorithm` other than auto overrides it.
     #[arg(long, value_enum, default_value_t = TuneArg::Cached)]
     pub tune: TuneArg,
-    /// CPU convolution method for every layer it can compute (`auto`: each layer's fastest;
-    /// `direct`, `gemm`, `winograd-f2`, `winograd-f4`).
+    /// CPU convolution method for every layer it can compute (`auto`: each layer's fastest at
+    /// `--cpu-precision`; `direct`, `gemm`, `winograd-f2`, `winograd-f4`, `direct-bf16`).
     #[arg(long, default_value = "auto", value_parser = parse_cpu_method)]
     pub cpu_method: CpuMethod,
+    /// The CPU's arithmetic (for `--cpu-method auto`).
+    #[command(flatten)]
+    pub precision: CpuPrecisionArgs,
+    /// Also run the CPU at the other precision (`f32` against `bf16`) and report how far the
+    /// reduced-precision scores are from the f32 ones: max relative error and label agreement.
+    #[arg(long, conflicts_with = "no_cpu")]
+    pub compare_precision: bool,
     /// Where it runs: `--cpu` times the CPU only, and without `--gpu` the CPU alone is timed
     /// when the GPU is missing or fails.
     #[command(flatten)]
@@ -154,6 +161,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
         max_memory: args.memory.max_memory,
         algorithm: args.algorithm.into(),
         tuning: args.tune.into(),
+        ..Default::default()
     };
     let gpu = device::run(
         &executor,
@@ -165,7 +173,12 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
     let cpu = if args.no_cpu && gpu.is_some() {
         None
     } else {
-        Some(time_cpu(net, &x, runs, args.cpu_method)?)
+        let plan = match args.cpu_method.0 {
+            Some(m) => CpuPlan::with_method(net, Some(m))?,
+            None => CpuPlan::with_precision(net, args.precision.cpu_precision)?,
+        };
+        let (time, layers) = time_cpu(&plan, &x, runs)?;
+        Some((time, layers, plan))
     };
     if let Some(g) = &gpu {
         println!(
@@ -189,7 +202,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
     }
     let sum = |l: &LayerTimes| -> f64 { l.layers.iter().map(|(_, d)| ms(*d)).sum() };
     let gpu_sum = gpu.as_ref().map_or(0.0, |g| sum(&g.layers));
-    let cpu_sum = cpu.as_ref().map_or(0.0, |(_, l)| sum(l));
+    let cpu_sum = cpu.as_ref().map_or(0.0, |(_, l, _)| sum(l));
     print!("\n{:<14} {:>20} {:>9} |", "layer", "output", "GFLOP");
     if gpu.is_some() {
         print!(
@@ -217,7 +230,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
             );
         }
         match &cpu {
-            Some((_, l)) => {
+            Some((_, l, _)) => {
                 let t = ms(l.layers[i].1);
                 println!(
                     " {:>10.2} {:>8.1} {:>5.1}%",
@@ -239,14 +252,75 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
             g.gpu.name()
         );
     }
-    if let Some((t, _)) = cpu {
+    if let Some((t, _, _)) = &cpu {
         println!(
             "CPU: {:.1} ms per forward pass (median of {runs}), {:.1} GFLOP/s on {} threads",
-            ms(t),
+            ms(*t),
             gf / t.as_secs_f64(),
             rayon::current_num_threads()
         );
     }
+    if let (true, Some((time, _, plan))) = (args.compare_precision, &cpu) {
+        compare_precision(args.precision.cpu_precision, net, &x, runs, (plan, *time))?;
+    }
+    Ok(())
+}
+
+/// `--compare-precision`: the CPU at the other precision than `this` (the timed plan's), and
+/// how far bf16's scores are from f32's.
+fn compare_precision(
+    this: CpuPrecision,
+    net: &Network,
+    x: &Array4<f32>,
+    runs: usize,
+    (this_plan, this_time): (&CpuPlan, Duration),
+) -> Result<(), Error> {
+    let other = match this {
+        CpuPrecision::F32 => CpuPrecision::Bf16,
+        CpuPrecision::Bf16 => CpuPrecision::F32,
+    };
+    println!("\nCPU at {other}:");
+    let other_plan = CpuPlan::with_precision(net, other)?;
+    let (other_time, _) = time_cpu(&other_plan, x, runs)?;
+    // A final softmax would hide the differences (random weights give near-uniform
+    // probabilities): compare the scores before it.
+    let layers = net.layers();
+    let before_softmax = match layers.last().map(|l| &l.op) {
+        Some(Op::Softmax) => layers.len() - 1,
+        _ => layers.len(),
+    };
+    let run = |p: &CpuPlan, t: Duration| -> Result<_, Error> {
+        Ok((t, p.forward_prefix(x.view(), before_softmax)?, p.weight_bytes()))
+    };
+    let (this_run, other_run) = (run(this_plan, this_time)?, run(&other_plan, other_time)?);
+    let (f32_run, bf16_run) = match this {
+        CpuPrecision::F32 => (this_run, other_run),
+        CpuPrecision::Bf16 => (other_run, this_run),
+    };
+    let a = Agreement::of(&bf16_run.1, &f32_run.1);
+    println!(
+        "bf16 against f32 on the CPU, scores{}: max |bf16 - f32| / max |f32| = {:.2e} over {} \
+         scores; labels agree on {}/{} pixels ({:.3}%)",
+        if before_softmax < layers.len() {
+            " before the softmax"
+        } else {
+            ""
+        },
+        a.relative_error,
+        a.scores,
+        a.same_labels,
+        a.pixels,
+        100.0 * a.same_labels as f64 / a.pixels.max(1) as f64
+    );
+    println!(
+        "  f32 {:.1} ms, bf16 {:.1} ms per pass ({:.2}x); convolution weights as laid out: \
+         f32 {:.1} MiB, bf16 {:.1} MiB",
+        ms(f32_run.0),
+        ms(bf16_run.0),
+        f32_run.0.as_secs_f64() / bf16_run.0.as_secs_f64(),
+        mib(f32_run.2),
+        mib(bf16_run.2)
+    );
     Ok(())
 }
 
@@ -330,14 +404,8 @@ fn time_gpu<'g>(
     })
 }
 
-/// Times the network on the CPU: the median pass and one profiled pass.
-fn time_cpu(
-    net: &Network,
-    x: &Array4<f32>,
-    runs: usize,
-    method: CpuMethod,
-) -> Result<(Duration, LayerTimes), Error> {
-    let cpu = CpuPlan::with_method(net, method.0)?;
+/// Times `cpu`: the median pass and one profiled pass.
+fn time_cpu(cpu: &CpuPlan, x: &Array4<f32>, runs: usize) -> Result<(Duration, LayerTimes), Error> {
     let mut methods: Vec<String> = Vec::new();
     for (_, m) in cpu.conv_methods() {
         if !methods.contains(&m.to_string()) {

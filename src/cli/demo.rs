@@ -12,7 +12,7 @@ use ndarray::Array4;
 use super::args::{DeviceArgs, ModelArgs, parse_size};
 use super::device::{self, Device};
 use super::network::{self, generated_input};
-use super::report::{mib, ms};
+use super::report::{Agreement, mib, ms};
 
 /// Arguments of `dilated demo`.
 #[derive(clap::Args)]
@@ -137,25 +137,13 @@ pub fn execute(args: &DemoArgs) -> Result<(), Error> {
         ms(g.compile),
         mib(g.peak_memory),
     );
-    let max_ref = cpu_out.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let max_diff = g
-        .output
-        .iter()
-        .zip(&cpu_out)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-    let labels_gpu = dilated::cpu::reference::argmax(g.output.view());
-    let labels_cpu = dilated::cpu::reference::argmax(cpu_out.view());
-    let same = labels_gpu
-        .iter()
-        .zip(&labels_cpu)
-        .filter(|(a, b)| a == b)
-        .count();
+    let a = Agreement::of(&g.output, &cpu_out);
     println!(
         "GPU vs CPU: max |gpu - cpu| / max |cpu| = {:.2e} over {} scores; labels agree on {}/{} pixels ({})",
-        max_diff / max_ref.max(f64::MIN_POSITIVE),
-        cpu_out.len(),
-        same,
-        labels_cpu.len(),
+        a.relative_error,
+        a.scores,
+        a.same_labels,
+        a.pixels,
         if g.warm.from_timestamps {
             "GPU layer times from timestamp queries"
         } else {

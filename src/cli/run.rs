@@ -6,7 +6,7 @@ use dilated::Error;
 use dilated::io::{read_npy4, write_npy};
 use dilated::plan::executor::RanOn;
 
-use super::args::{DeviceArgs, MemoryArgs, ModelArgs, WeightsArgs};
+use super::args::{CpuPrecisionArgs, DeviceArgs, MemoryArgs, ModelArgs, WeightsArgs};
 use super::device::{self, Device};
 use super::network;
 use super::report::warn_non_finite;
@@ -32,6 +32,9 @@ pub struct RunArgs {
     /// The GPU memory budget.
     #[command(flatten)]
     pub memory: MemoryArgs,
+    /// The CPU's arithmetic.
+    #[command(flatten)]
+    pub precision: CpuPrecisionArgs,
 }
 
 /// Runs the network on the input and writes the scores, warning about NaN or infinite values
@@ -43,7 +46,7 @@ pub fn execute(args: &RunArgs) -> Result<(), Error> {
     let device = Device::open(&args.device)?;
     let executor = device
         .executor(net)
-        .with_plan_options(args.memory.plan_options());
+        .with_plan_options(args.precision.apply(args.memory.plan_options()));
     let run = device::forward(&executor, x.view())?;
     warn_non_finite("the output", run.output.iter().copied());
     write_npy(&args.output, &run.output)?;

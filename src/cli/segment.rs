@@ -9,7 +9,9 @@ use dilated::net::{Model, Network};
 use dilated::segment::{Backend, Segmentation, Segmenter, colorize, overlay, palette};
 use ndarray::Array3;
 
-use super::args::{DeviceArgs, MemoryArgs, ModelArgs, WeightsArgs, parse_size};
+use super::args::{
+    CpuPrecisionArgs, DeviceArgs, MemoryArgs, ModelArgs, WeightsArgs, parse_size,
+};
 use super::device::{self, Device};
 use super::network;
 use super::report::mib;
@@ -54,6 +56,9 @@ pub struct SegmentArgs {
     /// The GPU memory budget.
     #[command(flatten)]
     pub memory: MemoryArgs,
+    /// The CPU's arithmetic.
+    #[command(flatten)]
+    pub precision: CpuPrecisionArgs,
 }
 
 /// Segments the image and writes the label PNG (and the probabilities when asked).
@@ -105,7 +110,7 @@ fn segment_on(
     backend: Backend<'_>,
     device: &str,
 ) -> Result<(Segmentation, usize, (usize, usize)), Error> {
-    let options = args.memory.plan_options();
+    let options = args.precision.apply(args.memory.plan_options());
     let segmenter = Segmenter::with_options(model, net, backend, args.tile, &options)?;
     if let (Some(budget), Some(bytes)) = (args.memory.max_memory, segmenter.gpu_memory()) {
         println!(

@@ -57,6 +57,7 @@ pub fn execute(args: &TuneArgs) -> Result<(), Error> {
         } else {
             Tuning::Retune
         },
+        ..Default::default()
     };
     let start = Instant::now();
     let plan = Plan::new(&gpu, &net, shape, &options)?;

@@ -102,7 +102,8 @@ impl<'g> Executor<'g> {
         }
     }
 
-    /// Sets the GPU plan's options (a memory budget makes it process the image in bands).
+    /// Sets the plans' options (a memory budget makes the GPU plan process the image in bands;
+    /// `cpu_precision` sets the CPU plan's arithmetic).
     pub fn with_plan_options(mut self, options: PlanOptions) -> Self {
         self.options = options;
         self
@@ -232,7 +233,10 @@ impl<'g> Executor<'g> {
         if let Some(plan) = &*cached {
             return Ok(plan.clone());
         }
-        let plan = Arc::new(CpuPlan::new(&self.network)?);
+        let plan = Arc::new(CpuPlan::with_precision(
+            &self.network,
+            self.options.cpu_precision,
+        )?);
         *cached = Some(plan.clone());
         Ok(plan)
     }

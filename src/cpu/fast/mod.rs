@@ -154,6 +154,16 @@ pub enum CpuPrecision {
     Bf16,
 }
 
+impl CpuPrecision {
+    /// Whether this CPU can compute at this precision (bf16 needs AVX-512F and AVX-512 BF16).
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::F32 => true,
+            Self::Bf16 => avx512_bf16(),
+        }
+    }
+}
+
 impl std::fmt::Display for CpuPrecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -387,6 +397,21 @@ impl CpuConv2d {
             #[cfg(target_arch = "x86_64")]
             Method::DirectBf16 { .. } => ConvMethod::DirectBf16,
         }
+    }
+
+    /// Bytes of the layer's weights as its method lays them out (Winograd: the transformed
+    /// weights plus the direct method's copy for non-finite inputs; bf16: two values per four
+    /// bytes), bias excluded.
+    pub fn weight_bytes(&self) -> u64 {
+        4 * match &self.method {
+            Method::Gemm { weight } => weight.len(),
+            #[cfg(target_arch = "x86_64")]
+            Method::Direct { packed, .. } => packed.len(),
+            #[cfg(target_arch = "x86_64")]
+            Method::Winograd { wino, packed, .. } => wino.len() + packed.len(),
+            #[cfg(target_arch = "x86_64")]
+            Method::DirectBf16 { packed, .. } => packed.len(),
+        } as u64
     }
 
     /// Whether the layer runs on the portable im2col + SGEMM method (rather than the direct

@@ -138,6 +138,11 @@ pub(super) struct Packed {
 }
 
 impl Packed {
+    /// Values of the transformed weights.
+    pub(super) fn len(&self) -> usize {
+        self.u.len()
+    }
+
     /// Transforms `[out, in, kh, kw]` weights: kernels larger than 3x3 are cut into 3x3
     /// pieces (zero taps past the kernel), whose products add up over `pieces * in` rows.
     pub(super) fn new(s: &Conv2d, weight: &[f32], tile: WinogradTile) -> Self {
