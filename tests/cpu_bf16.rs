@@ -186,8 +186,13 @@ fn non_finite_inputs_propagate_as_in_the_reference() {
     x[[0, 8, 12, 7]] = f32::INFINITY;
     let w = common::random4(&mut rng, spec.weight_shape());
     let b = common::random1(&mut rng, 8);
-    let want =
-        reference::conv2d(to_bf16(&x).view(), &spec, to_bf16(&w).view(), Some(b.view())).unwrap();
+    let want = reference::conv2d(
+        to_bf16(&x).view(),
+        &spec,
+        to_bf16(&w).view(),
+        Some(b.view()),
+    )
+    .unwrap();
     let layer =
         CpuConv2d::with_method(spec, w.view(), Some(b.view()), ConvMethod::DirectBf16).unwrap();
     let got = layer.forward(x.view()).unwrap();

@@ -290,7 +290,11 @@ fn compare_precision(
         _ => layers.len(),
     };
     let run = |p: &CpuPlan, t: Duration| -> Result<_, Error> {
-        Ok((t, p.forward_prefix(x.view(), before_softmax)?, p.weight_bytes()))
+        Ok((
+            t,
+            p.forward_prefix(x.view(), before_softmax)?,
+            p.weight_bytes(),
+        ))
     };
     let (this_run, other_run) = (run(this_plan, this_time)?, run(&other_plan, other_time)?);
     let (f32_run, bf16_run) = match this {

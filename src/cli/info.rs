@@ -1,9 +1,11 @@
-//! `dilated info`: every adapter wgpu sees, with the limits that matter here.
+//! `dilated info`: the CPU's features and caches as the fast CPU path sees them, and every
+//! adapter wgpu sees, with the limits that matter here.
 
 use dilated::Error;
 
-/// Lists the adapters; an error when there is none.
+/// Prints the CPU and lists the adapters; an error when there is no adapter.
 pub fn execute() -> Result<(), Error> {
+    println!("{}\n", dilated::cpu::fast::CpuInfo::get());
     let adapters = dilated::gpu::list_adapters(wgpu::Backends::all());
     if adapters.is_empty() {
         return Err(Error::NoAdapter {

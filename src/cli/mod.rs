@@ -40,7 +40,8 @@ pub enum Command {
     /// Runs a real network topology on the GPU and the CPU on a generated input and compares
     /// them (the default when no command is given).
     Demo(demo::DemoArgs),
-    /// Lists every adapter wgpu sees, with the limits that matter here.
+    /// Prints the CPU's features and caches, and lists every adapter wgpu sees with the
+    /// limits that matter here.
     Info,
     /// Times a whole network on the GPU and the CPU with a per-layer table.
     Bench(bench::BenchArgs),

@@ -56,7 +56,11 @@ impl Agreement {
         Self {
             relative_error: max_diff / max_ref.max(f64::MIN_POSITIVE),
             scores: reference.len(),
-            same_labels: labels.iter().zip(&labels_ref).filter(|(a, b)| a == b).count(),
+            same_labels: labels
+                .iter()
+                .zip(&labels_ref)
+                .filter(|(a, b)| a == b)
+                .count(),
             pixels: labels_ref.len(),
         }
     }

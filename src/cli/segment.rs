@@ -9,9 +9,7 @@ use dilated::net::{Model, Network};
 use dilated::segment::{Backend, Segmentation, Segmenter, colorize, overlay, palette};
 use ndarray::Array3;
 
-use super::args::{
-    CpuPrecisionArgs, DeviceArgs, MemoryArgs, ModelArgs, WeightsArgs, parse_size,
-};
+use super::args::{CpuPrecisionArgs, DeviceArgs, MemoryArgs, ModelArgs, WeightsArgs, parse_size};
 use super::device::{self, Device};
 use super::network;
 use super::report::mib;

@@ -53,7 +53,9 @@ impl CpuPlan {
                 reason: "this CPU lacks AVX-512F with AVX-512 BF16 (vdpbf16ps)".into(),
             });
         }
-        Self::build(network, |spec| CpuConv2d::auto_for_precision(spec, precision))
+        Self::build(network, |spec| {
+            CpuConv2d::auto_for_precision(spec, precision)
+        })
     }
 
     /// Prepares every layer, each convolution on `method(spec)` (one the layer supports).

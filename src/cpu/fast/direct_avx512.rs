@@ -6,6 +6,8 @@ use std::arch::x86_64::*;
 
 use crate::par::*;
 
+use super::CpuInfo;
+
 use crate::spec::{Conv2d, Shape};
 
 /// A raw pointer that may cross threads; every task writes a disjoint part of the output.
@@ -409,10 +411,6 @@ pub(super) fn pair_offsets(s: &Conv2d, pad: &Padded, pairs: usize, pairs_pad: us
         .collect()
 }
 
-/// Target bytes of padded input rows one task works on (kept in L2).
-const INPUT_BYTES: usize = 384 << 10;
-/// Target bytes of one block's packed weights for one chunk of input channels.
-const WEIGHT_BYTES: usize = 160 << 10;
 /// Target output pixels per band of rows.
 const BAND_PIXELS: usize = 512;
 
@@ -613,8 +611,10 @@ pub(super) fn forward<E: Element>(
     // Distinct padded rows a band reads per input channel.
     let rows_read = (s.kernel.0 * band_rows).min((band_rows - 1) * s.stride.0 + s.extent().0);
     let max_mr = blocks.iter().map(|b| b.1).max().unwrap_or(1);
-    let by_input = INPUT_BYTES / (rows_read * pad.wp * 4).max(1);
-    let by_weight = WEIGHT_BYTES / (taps * max_mr * 4).max(1);
+    // Chunks of input channels whose padded rows and weights stay in the L2.
+    let cpu = CpuInfo::get();
+    let by_input = cpu.direct_input_bytes() / (rows_read * pad.wp * 4).max(1);
+    let by_weight = cpu.direct_weight_bytes() / (taps * max_mr * 4).max(1);
     let chunks = cin.div_ceil(by_input.min(by_weight).clamp(1, cin));
     (0..os.n * bands * groups).into_par_iter().for_each(|task| {
         let (n, band, group) = (

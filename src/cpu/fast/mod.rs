@@ -32,6 +32,7 @@
 //! are multi-threaded (with the default `threads` feature), and everything is checked against
 //! [`super::reference`] and [`crate::train::grad`].
 
+mod cpu_info;
 mod deconv;
 #[cfg(target_arch = "x86_64")]
 mod direct_avx512;
@@ -51,6 +52,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4};
 use crate::error::{Error, Result};
 use crate::spec::{Conv2d, Shape, check_conv_params, shape_of};
 
+pub use cpu_info::CpuInfo;
 pub use deconv::deconv2d;
 pub(crate) use elementwise::relu_slice;
 pub use elementwise::{relu_inplace, softmax};
@@ -507,7 +509,8 @@ impl CpuConv2d {
                 ConvMethod::DirectBf16 => {
                     let blocks = split_blocks(spec.out_channels, MAX_MR);
                     let taps = spec.kernel.0 * spec.kernel.1;
-                    let mut packed = vec![0; spec.out_channels * spec.in_channels.div_ceil(2) * taps];
+                    let mut packed =
+                        vec![0; spec.out_channels * spec.in_channels.div_ceil(2) * taps];
                     pack_direct_bf16(spec, weight, &blocks, &mut packed);
                     return Method::DirectBf16 { packed, blocks };
                 }
@@ -646,7 +649,8 @@ impl CpuConv2d {
             Method::DirectBf16 { packed, blocks } => {
                 // As above, with half the bytes per padded value.
                 let p = self.spec.padding;
-                let padded = is.c.div_ceil(2) * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
+                let padded =
+                    is.c.div_ceil(2) * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
                 let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
                 let (xi, yi) = (is.len() / is.n, os.len() / os.n);
                 for n0 in (0..is.n).step_by(per_call) {
@@ -706,14 +710,7 @@ fn pack_direct_bf16(spec: &Conv2d, weight: &[f32], blocks: &[(usize, usize)], pa
 
 /// Whether this CPU has AVX-512F and AVX-512 BF16 (the bf16 direct method needs both).
 fn avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    CpuInfo::get().avx512_bf16
 }
 
 /// Whether this CPU has AVX-512F (the direct and Winograd methods need it).
