@@ -238,3 +238,48 @@ fn precision_and_method_names_parse_and_print() {
     assert!("f8".parse::<CpuPrecision>().is_err());
     assert_eq!(CpuPrecision::default(), CpuPrecision::F32);
 }
+
+/// A whole network at bf16: the plan puts the bf16 method where the policy says, its scores
+/// stay within bf16's error of the f32 plan's (and differ from them: it did run in bf16), and
+/// its weights take less memory.
+#[test]
+fn plans_run_in_bf16_where_asked() {
+    use dilated::net::{Model, PresetOptions};
+    use dilated::plan::CpuPlan;
+    let net = Model::PascalVoc
+        .build(&PresetOptions {
+            width_divisor: 16,
+            ..PresetOptions::default()
+        })
+        .unwrap();
+    if !available() {
+        let err = CpuPlan::with_precision(&net, CpuPrecision::Bf16)
+            .err()
+            .expect("bf16 plan without AVX-512 BF16");
+        assert!(err.to_string().contains("BF16"), "{err}");
+        return;
+    }
+    let f32_plan = CpuPlan::with_precision(&net, CpuPrecision::F32).unwrap();
+    let bf16_plan = CpuPlan::with_precision(&net, CpuPrecision::Bf16).unwrap();
+    for ((name, m32), (_, m16)) in f32_plan.conv_methods().into_iter().zip(bf16_plan.conv_methods())
+    {
+        let spec = match &net.layer(name).unwrap().op {
+            dilated::net::Op::Conv { spec, .. } => *spec,
+            _ => unreachable!(),
+        };
+        assert_eq!(m16, CpuConv2d::auto_for_precision(&spec, CpuPrecision::Bf16));
+        assert_eq!(m32, CpuConv2d::auto(&spec));
+        // 3x3 layers on Winograd keep it; the others take bf16.
+        let wino = matches!(m32, ConvMethod::Winograd(_)) && spec.kernel == (3, 3);
+        assert_eq!(m16 == ConvMethod::DirectBf16, !wino, "{name}: {m32} / {m16}");
+    }
+    assert!(bf16_plan.weight_bytes() < f32_plan.weight_bytes());
+    let x = common::random4(&mut common::rng(0xbf1a), [1, 3, 452, 436]);
+    // Before the final softmax: the scores themselves.
+    let layers = net.layers().len() - 1;
+    let a = f32_plan.forward_prefix(x.view(), layers).unwrap();
+    let b = bf16_plan.forward_prefix(x.view(), layers).unwrap();
+    let e = common::rel_error(b.view(), a.view());
+    eprintln!("VOC widths / 16, 452x436: bf16 scores {e:.2e} from f32's");
+    assert!(e > 1e-5 && e < 5e-2, "relative error {e:e}");
+}

@@ -151,8 +151,9 @@ pub enum CpuPrecision {
     #[default]
     F32,
     /// Convolutions on [`ConvMethod::DirectBf16`] where this CPU has AVX-512 BF16 and it is
-    /// the faster choice, else as in f32: results about 1e-3 from f32's, half the weight
-    /// memory on those layers.
+    /// the faster choice ([`CpuConv2d::auto_for_precision`]), else as in f32: per layer about
+    /// 2e-3 from f32's results, half the weight memory on those layers (and fc6 without
+    /// Winograd's 2.7 GB of transformed weights).
     Bf16,
 }
 
@@ -366,14 +367,21 @@ impl CpuConv2d {
         }
     }
 
-    /// The method [`CpuConv2d::new`] would pick at `precision`: [`CpuConv2d::auto`] in f32;
-    /// in bf16, [`ConvMethod::DirectBf16`] where this CPU and layer support it.
+    /// The fastest method at `precision`: [`CpuConv2d::auto`] in f32. In bf16,
+    /// [`ConvMethod::DirectBf16`] where this CPU and layer support it, except on the 3x3
+    /// layers that [`CpuConv2d::auto`] gives Winograd F(4x4, 3x3): its 4x fewer
+    /// multiplications match bf16's 2x faster ones there, in f32's accuracy
+    /// (`benches/CPU_RESULTS.md`). Larger kernels (fc6's 7x7, where Winograd's 3x3 pieces
+    /// waste taps and its transformed weights take 2.7 GB) and 1x1 layers run in bf16.
     pub fn auto_for_precision(spec: &Conv2d, precision: CpuPrecision) -> ConvMethod {
+        let f32_choice = Self::auto(spec);
         match precision {
-            CpuPrecision::Bf16 if Self::supports(spec, ConvMethod::DirectBf16) => {
-                ConvMethod::DirectBf16
-            }
-            _ => Self::auto(spec),
+            CpuPrecision::F32 => f32_choice,
+            CpuPrecision::Bf16 => match f32_choice {
+                ConvMethod::Winograd(_) if spec.kernel == (3, 3) => f32_choice,
+                _ if Self::supports(spec, ConvMethod::DirectBf16) => ConvMethod::DirectBf16,
+                _ => f32_choice,
+            },
         }
     }
 
