@@ -133,6 +133,67 @@ fn convert_then_run_matches_the_library() {
         let got = read_npy4(&output).unwrap();
         assert!(rel_error(got.view(), want.view()) <= 1e-4, "cpu={cpu}");
     }
+    // The CPU in bf16: close to f32's scores, not equal to them; refused without AVX-512 BF16.
+    let output = dir.path().join("y-bf16.npy");
+    let out = dilated(&[
+        "run",
+        "--model",
+        "kitti",
+        "--width-divisor",
+        "32",
+        "--weights",
+        st.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--cpu",
+        "--cpu-precision",
+        "bf16",
+    ]);
+    if dilated::cpu::fast::CpuPrecision::Bf16.is_available() {
+        assert!(out.status.success(), "{}", stderr(&out));
+        let e = rel_error(read_npy4(&output).unwrap().view(), want.view());
+        assert!(e > 1e-6 && e <= 5e-2, "bf16 error {e:e}");
+    } else {
+        assert!(!out.status.success() && stderr(&out).contains("BF16"));
+        assert!(!output.exists());
+    }
+}
+
+#[test]
+fn bench_compares_the_cpu_precisions() {
+    let out = dilated(&[
+        "bench",
+        "--model",
+        "dilation8_pascal_voc",
+        "--width-divisor",
+        "16",
+        "--size",
+        "452x436",
+        "--cpu",
+        "--runs",
+        "1",
+        "--compare-precision",
+    ]);
+    if !dilated::cpu::fast::CpuPrecision::Bf16.is_available() {
+        assert!(!out.status.success() && stderr(&out).contains("BF16"));
+        return;
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("bf16 against f32 on the CPU, scores before the softmax"))
+        .unwrap_or_else(|| panic!("no comparison in:\n{text}"));
+    let error: f64 = line
+        .split("= ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no error in {line}"));
+    assert!(error > 1e-6 && error < 5e-2, "{line}");
+    assert!(text.contains("CPU convolution methods: direct-bf16"), "{text}");
 }
 
 #[test]
