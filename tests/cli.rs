@@ -193,7 +193,10 @@ fn bench_compares_the_cpu_precisions() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no error in {line}"));
     assert!(error > 1e-6 && error < 5e-2, "{line}");
-    assert!(text.contains("CPU convolution methods: direct-bf16"), "{text}");
+    assert!(
+        text.contains("CPU convolution methods: direct-bf16"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -299,3 +299,48 @@ fn one_threads_errors_are_not_reported_to_another() {
     assert!(!gpu.is_lost());
     same(&one_shot(gpu, &layers, 42).unwrap(), &serial, "after");
 }
+
+/// The CPU plan reuses its activation buffers between passes: passes on inputs of changing
+/// sizes, from several threads at once, give what a fresh plan gives for each input (bitwise),
+/// and that is the f64 reference's result.
+#[test]
+fn cpu_plan_passes_reuse_buffers_without_mixing_them() {
+    let net = network_b();
+    let plan = CpuPlan::new(&net).unwrap();
+    let shapes = [SHAPE_B, Shape::new(2, 3, 17, 13), Shape::new(1, 3, 6, 7)];
+    let want: Vec<Vec<_>> = (0..THREADS)
+        .map(|t| {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| {
+                    let fresh = CpuPlan::new(&net).unwrap();
+                    bits(&fresh.forward(input(s, t, i).view()).unwrap())
+                })
+                .collect()
+        })
+        .collect();
+    let x = input(shapes[1], 0, 1);
+    let e = rel_error(
+        plan.forward(x.view()).unwrap().view(),
+        reference_forward(&net, x.view()).view(),
+    );
+    assert!(e < 1e-5, "CPU plan vs reference error {e:.2e}");
+    std::thread::scope(|s| {
+        for (t, want) in want.iter().enumerate() {
+            let (plan, shapes) = (&plan, &shapes);
+            s.spawn(move || {
+                for round in 0..3 {
+                    for (i, &shape) in shapes.iter().enumerate() {
+                        let got = plan.forward(input(shape, t, i).view()).unwrap();
+                        assert_eq!(
+                            bits(&got),
+                            want[i],
+                            "thread {t} round {round} shape {shape}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+}

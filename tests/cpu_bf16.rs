@@ -261,17 +261,27 @@ fn plans_run_in_bf16_where_asked() {
     }
     let f32_plan = CpuPlan::with_precision(&net, CpuPrecision::F32).unwrap();
     let bf16_plan = CpuPlan::with_precision(&net, CpuPrecision::Bf16).unwrap();
-    for ((name, m32), (_, m16)) in f32_plan.conv_methods().into_iter().zip(bf16_plan.conv_methods())
+    for ((name, m32), (_, m16)) in f32_plan
+        .conv_methods()
+        .into_iter()
+        .zip(bf16_plan.conv_methods())
     {
         let spec = match &net.layer(name).unwrap().op {
             dilated::net::Op::Conv { spec, .. } => *spec,
             _ => unreachable!(),
         };
-        assert_eq!(m16, CpuConv2d::auto_for_precision(&spec, CpuPrecision::Bf16));
+        assert_eq!(
+            m16,
+            CpuConv2d::auto_for_precision(&spec, CpuPrecision::Bf16)
+        );
         assert_eq!(m32, CpuConv2d::auto(&spec));
         // 3x3 layers on Winograd keep it; the others take bf16.
         let wino = matches!(m32, ConvMethod::Winograd(_)) && spec.kernel == (3, 3);
-        assert_eq!(m16 == ConvMethod::DirectBf16, !wino, "{name}: {m32} / {m16}");
+        assert_eq!(
+            m16 == ConvMethod::DirectBf16,
+            !wino,
+            "{name}: {m32} / {m16}"
+        );
     }
     assert!(bf16_plan.weight_bytes() < f32_plan.weight_bytes());
     let x = common::random4(&mut common::rng(0xbf1a), [1, 3, 452, 436]);
