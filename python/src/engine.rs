@@ -57,7 +57,7 @@ pub struct Settings {
     pub gpu: GpuOptions,
     /// Tile size (height, width) of `segment`; `None`: the model's deploy input size.
     pub tile: Option<(usize, usize)>,
-    /// GPU plan options (the memory budget).
+    /// Plan options (the GPU memory budget, the CPU's precision).
     pub plan: PlanOptions,
 }
 
@@ -149,7 +149,10 @@ impl Engine {
             warnings = non_finite_weights(&network, path);
         }
         let (bound, no_gpu) = match device {
-            Device::Cpu => (Bound::Cpu(Executor::cpu(&network)), None),
+            Device::Cpu => (
+                Bound::Cpu(Executor::cpu(&network).with_plan_options(plan)),
+                None,
+            ),
             Device::Gpu => {
                 let side = GpuSide::try_new(Gpu::with_options(&gpu)?, |g| {
                     Ok::<_, Error>(OnGpu {
@@ -184,7 +187,8 @@ impl Engine {
                     Ok(side) => (Bound::Gpu(side), None),
                     // No GPU, or one too small for the model: the CPU answers, as in the CLI.
                     Err(e) if e.is_gpu_failure() => {
-                        let executor = Executor::gpu_or_cpu(&network, Err(&e));
+                        let executor =
+                            Executor::gpu_or_cpu(&network, Err(&e)).with_plan_options(plan);
                         (Bound::Cpu(executor), Some(e.to_string()))
                     }
                     Err(e) => return Err(e),

@@ -388,7 +388,7 @@ enum MemorySize {
 /// GPU or the CPU.
 ///
 /// `Model(name, weights=None, *, width_divisor=1, device="auto", adapter=None, tile=None,
-/// max_memory=None, seed=0)`:
+/// max_memory=None, cpu_precision="f32", seed=0)`:
 ///
 /// - `name`: `dilation8_pascal_voc`, `dilation8_camvid`, `dilation7_kitti` or
 ///   `dilation10_cityscapes` (or the dataset part alone: `pascal_voc`, `camvid`, ...).
@@ -406,6 +406,9 @@ enum MemorySize {
 ///   size; each side 372 plus a multiple of 8), as `dilated segment --tile`.
 /// - `max_memory`: a GPU memory budget in bytes or as text ("512M", "1.5G"), as
 ///   `--max-memory`; results are unchanged.
+/// - `cpu_precision`: `"f32"` or `"bf16"` for the network's convolutions when it runs on the
+///   CPU, as `--cpu-precision` (bf16 needs AVX-512 BF16 and changes results by about 1e-2
+///   relative; refused, when the CPU runs, on CPUs without it).
 /// - `seed`: seed of the random initial weights (`dilated` uses 0).
 ///
 /// Loading and compiling release the interpreter, and so does every computation; one model
@@ -427,6 +430,7 @@ impl Model {
         adapter=None,
         tile=None,
         max_memory=None,
+        cpu_precision="f32",
         seed=0
     ))]
     #[allow(clippy::too_many_arguments)]
@@ -439,8 +443,12 @@ impl Model {
         adapter: Option<AdapterChoice>,
         tile: Option<(usize, usize)>,
         max_memory: Option<MemorySize>,
+        cpu_precision: &str,
         seed: u64,
     ) -> PyResult<Self> {
+        let cpu_precision: dilated::cpu::fast::CpuPrecision = cpu_precision
+            .parse()
+            .map_err(|e: dilated::Error| PyValueError::new_err(e.to_string()))?;
         let device = Device::parse(device).map_err(PyValueError::new_err)?;
         let mut gpu = dilated::GpuOptions::from_env();
         match adapter {
@@ -470,6 +478,7 @@ impl Model {
             tile,
             plan: dilated::PlanOptions {
                 max_memory,
+                cpu_precision,
                 ..Default::default()
             },
         };

@@ -153,6 +153,34 @@ def test_forward_equals_run(
     assert np.array_equal(m.forward(xt), scores)
 
 
+def test_cpu_in_bf16_is_close_to_f32_and_equals_run(
+    weights: Dict[str, Path], tmp_path: Path
+) -> None:
+    name = "dilation8_camvid"
+    with pytest.raises(ValueError, match="f32 or bf16"):
+        dilated.Model(name, weights[name], width_divisor=DIVISOR, device="cpu", cpu_precision="f8")
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-120, 120, size=(1, 3, 396, 404)).astype(np.float32)
+    reference = dilated.Model(name, weights[name], width_divisor=DIVISOR, device="cpu").forward(x)
+    try:
+        m = dilated.Model(
+            name, weights[name], width_divisor=DIVISOR, device="cpu", cpu_precision="bf16"
+        )
+    except dilated.DilatedError as e:  # a CPU without AVX-512 BF16
+        assert "BF16" in str(e) and e.kind == "InvalidSpec"
+        return
+    scores = m.forward(x)
+    error = np.abs(scores - reference).max() / np.abs(reference).max()
+    assert 1e-6 < error < 5e-2, error
+    np.save(tmp_path / "x.npy", x)
+    run_cli(
+        "run", "--model", name, "--width-divisor", str(DIVISOR), "--weights",
+        str(weights[name]), "--input", str(tmp_path / "x.npy"), "--output",
+        str(tmp_path / "y.npy"), "--cpu", "--cpu-precision", "bf16",
+    )  # fmt: skip
+    assert np.array_equal(scores, np.load(tmp_path / "y.npy"))
+
+
 def test_random_weights_are_flagged() -> None:
     with pytest.warns(UserWarning, match="randomly initialised weights"):
         m = dilated.Model("camvid", width_divisor=DIVISOR, device="cpu")
