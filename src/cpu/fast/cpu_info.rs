@@ -87,12 +87,15 @@ impl CpuInfo {
         }
     }
 
+    // The direct convolution (x86-64 only) is the one user of the blocking sizes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     /// Bytes of padded input rows one task of the direct convolution works on: 3/8 of the L2,
     /// within 128 KiB and 1.5 MiB (384 KiB on a 1 MiB L2, the size measured best there).
     pub(crate) fn direct_input_bytes(&self) -> usize {
         (self.l2_bytes / 8 * 3).clamp(128 << 10, 3 << 19)
     }
 
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     /// Bytes of one block's packed weights per chunk of input channels in the direct
     /// convolution: 5/32 of the L2, within 64 KiB and 640 KiB (160 KiB on a 1 MiB L2).
     pub(crate) fn direct_weight_bytes(&self) -> usize {
