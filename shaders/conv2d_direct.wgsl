@@ -34,11 +34,11 @@ fn element(i: u32) {
                 if (ix < 0 || ix >= i32(p.in_w)) {
                     continue;
                 }
-                let w = weight[w_ch + (ky * p.k_w + kx) * in_total];
-                acc += input[in_ch + u32(iy) * p.in_w + u32(ix)] * w;
+                let w = f32(weight[w_ch + (ky * p.k_w + kx) * in_total]);
+                acc += f32(input[in_ch + u32(iy) * p.in_w + u32(ix)]) * w;
             }
         }
     }
     let o = p.out_base + b * p.out_batch_stride + co * plane + oy * p.out_w + ox;
-    output[o] = finish(acc, o, co);
+    output[o] = store_t(finish(acc, o, co));
 }

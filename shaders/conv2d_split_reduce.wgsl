@@ -22,9 +22,9 @@ fn element(i: u32) {
     var v = 0.0;
     var at = (i / image) * p.slices * image + e;
     for (var s = 0u; s < p.slices; s++) {
-        v += partial[at];
+        v += f32(partial[at]);
         at += image;
     }
     let o = p.out_base + (i / image) * p.out_batch_stride + e;
-    output[o] = finish(v, o, e / p.pixels);
+    output[o] = store_t(finish(v, o, e / p.pixels));
 }

@@ -10,6 +10,6 @@ fn element_count() -> u32 {
 }
 
 fn element(i: u32) {
-    let x = input[p.in_base + i];
-    output[p.out_base + i] = select(x, 0.0, x < 0.0);
+    let x = f32(input[p.in_base + i]);
+    output[p.out_base + i] = store_t(select(x, 0.0, x < 0.0));
 }

@@ -6,10 +6,10 @@
 fn finish(sum: f32, o: u32, co: u32) -> f32 {
     var v = sum;
     if ((p.flags & 4u) != 0u) {
-        v += output[o];
+        v += f32(output[o]);
     }
     if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_base + co];
+        v += f32(bias[p.bias_base + co]);
     }
     if ((p.flags & 2u) != 0u) {
         v = select(v, 0.0, v < 0.0);
@@ -24,5 +24,5 @@ fn store_output(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
         return;
     }
     let o = out_img + co * pixels + px;
-    output[o] = finish(acc, o, co);
+    output[o] = store_t(finish(acc, o, co));
 }

@@ -154,6 +154,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
         max_memory: args.memory.max_memory,
         algorithm: args.algorithm.into(),
         tuning: args.tune.into(),
+        precision: args.memory.precision,
     };
     let gpu = device::run(
         &executor,

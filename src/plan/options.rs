@@ -1,7 +1,7 @@
 //! Options of a GPU plan and the parsing of memory sizes.
 
 use crate::error::{Error, Result};
-use crate::gpu::ConvAlgorithm;
+use crate::gpu::{ConvAlgorithm, Precision};
 use crate::gpu::tune::Tuning;
 
 /// Options of a GPU plan.
@@ -18,6 +18,9 @@ pub struct PlanOptions {
     /// measured earlier on the adapter where recorded, else the heuristic; see
     /// [`crate::gpu::tune`]).
     pub tuning: Tuning,
+    /// How weights, biases and activations are stored (default f32; f16 halves the memory
+    /// and needs the adapter's `SHADER_F16`, see [`Precision`]).
+    pub precision: Precision,
 }
 
 impl PlanOptions {
