@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use dilated::{PlanOptions, Precision};
 use dilated::plan::executor::RunOn;
+use dilated::{PlanOptions, Precision};
 
 /// The preset a command builds: `--model` and `--width-divisor`.
 #[derive(clap::Args)]

@@ -9,11 +9,11 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::gpu::adapter::{AdapterReport, enumerate_candidates_async, make_instance};
 use crate::gpu::cache::adapter_key;
-use crate::gpu::precision::Precision;
 #[cfg(feature = "fs")]
 use crate::gpu::cache::{
     cache_file, decode_pipeline_data, default_cache_dir, encode_pipeline_data,
 };
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::Kernels;
 use crate::gpu::tune::TuneTable;
 

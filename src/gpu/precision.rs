@@ -113,7 +113,13 @@ mod tests {
         assert!(Precision::F32.check_features("x", none).is_ok());
         let err = Precision::F16.check_features("Some GPU", none).unwrap_err();
         assert!(
-            matches!(err, Error::UnsupportedPrecision { precision: "f16", .. }),
+            matches!(
+                err,
+                Error::UnsupportedPrecision {
+                    precision: "f16",
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(err.to_string().contains("Some GPU"), "{err}");

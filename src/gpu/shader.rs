@@ -422,10 +422,7 @@ impl Kernel {
         if precision == Precision::F16 {
             out.push_str("enable f16;\n\n");
         }
-        out.push_str(&format!(
-            "alias store_t = {};\n",
-            precision.wgsl()
-        ));
+        out.push_str(&format!("alias store_t = {};\n", precision.wgsl()));
         out += &format!(
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\

@@ -369,8 +369,7 @@ impl BandedLayout {
                 shapes[range.start - 1]
             };
             let stage_layers = &layers[range.clone()];
-            let bands =
-                Bands::of_layers(stage_layers, stage_layers.len(), input, n, precision)?;
+            let bands = Bands::of_layers(stage_layers, stage_layers.len(), input, n, precision)?;
             peak += bands.peak_memory;
             stages.push(Stage {
                 layers: range.clone(),

@@ -1,8 +1,8 @@
 //! Options of a GPU plan and the parsing of memory sizes.
 
 use crate::error::{Error, Result};
-use crate::gpu::{ConvAlgorithm, Precision};
 use crate::gpu::tune::Tuning;
+use crate::gpu::{ConvAlgorithm, Precision};
 
 /// Options of a GPU plan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
