@@ -284,18 +284,20 @@ fn mixed_precisions_are_errors() {
     assert!(GpuRelu.forward_into(gpu, &y, &mut out).is_ok());
 }
 
-/// A whole width-reduced network: the f16 plan's scores within 1% of the f32 plan's largest
-/// score, almost every pixel's label the same, about half the memory, and the memory estimate
+/// A whole width-reduced network (its class scores, before the final softmax): the f16
+/// plan's scores within 1% of the f32 plan's largest score, almost every pixel's label the same, about half the memory, and the memory estimate
 /// as the plan reports it; the banded f16 plan agrees with the whole one.
 #[test]
 fn f16_plan_agrees_with_the_f32_plan() {
     let gpu = gpu();
-    let net = Model::CamVid
-        .build(&PresetOptions {
-            width_divisor: 16,
-            ..Default::default()
-        })
-        .unwrap();
+    let net = common::scores_network(
+        &Model::CamVid
+            .build(&PresetOptions {
+                width_divisor: 16,
+                ..Default::default()
+            })
+            .unwrap(),
+    );
     let shape = Shape::new(1, 3, 396, 412);
     let x = random4(&mut rng(166), shape.dims()).mapv(|v| 60.0 * v);
     let f32_plan = GpuPlan::new(gpu, &net, shape).unwrap();

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use dilated::cpu::fast::ConvMethod;
 use dilated::gpu::Kernel;
 use dilated::gpu::tune::Tuning;
-use dilated::net::{LayerReport, Network, PresetOptions};
+use dilated::net::{LayerReport, Model, Network, Op, PresetOptions};
 use dilated::plan::{BandedLayout, CpuPlan, GpuPlan, Plan, PlanOptions};
 use dilated::timing::LayerTimes;
-use dilated::{ConvAlgorithm, Error, Gpu, Shape};
+use dilated::{ConvAlgorithm, Error, Gpu, Precision, Shape};
 use ndarray::Array4;
 
 use super::args::{DeviceArgs, MemoryArgs, ModelArgs, parse_size};
@@ -37,6 +37,12 @@ pub struct BenchArgs {
     /// no device needed.
     #[arg(long)]
     pub plan_only: bool,
+    /// Compare f16 storage with f32 on the GPU instead of timing: per model (every preset with
+    /// `--model all`), the largest difference of the class scores (before the final softmax)
+    /// relative to the largest f32 score, the share of pixels whose label agrees, and both
+    /// plans' peak GPU memory.
+    #[arg(long, conflicts_with_all = ["plan_only", "cpu"])]
+    pub compare_precision: bool,
     /// The GPU memory budget.
     #[command(flatten)]
     pub memory: MemoryArgs,
@@ -126,8 +132,12 @@ struct GpuTimes<'g> {
     kernels: Vec<(String, Vec<Kernel>)>,
 }
 
-/// Times the network, or describes its plan with `--plan-only`.
+/// Times the network, describes its plan with `--plan-only`, or compares f16 with f32 with
+/// `--compare-precision`.
 pub fn execute(args: &BenchArgs) -> Result<(), Error> {
+    if args.compare_precision {
+        return compare_precision(args);
+    }
     let (model, net) = network::build(&args.model, PresetOptions::default().seed)?;
     let (h, w) = args.size.unwrap_or(model.info().input_size);
     let shape = Shape::new(1, 3, h, w);
@@ -259,7 +269,7 @@ fn describe_plan(
     shape: Shape,
     report: &[LayerReport],
 ) -> Result<(), Error> {
-    let peak = GpuPlan::estimate_memory(net, shape)?;
+    let peak = GpuPlan::estimate_memory_as(net, shape, args.memory.precision)?;
     println!(
         "{:<14} {:>20} {:>10} {:>12}",
         "layer", "output", "GFLOP", "activation"
@@ -274,11 +284,12 @@ fn describe_plan(
         );
     }
     println!(
-        "peak GPU memory of the plan: {:.1} MiB ({peak} bytes)",
+        "peak GPU memory of the plan ({} storage): {:.1} MiB ({peak} bytes)",
+        args.memory.precision,
         mib(peak)
     );
     if let Some(budget) = args.memory.max_memory {
-        match BandedLayout::for_budget(net, shape, budget)? {
+        match BandedLayout::for_budget_as(net, shape, budget, args.memory.precision)? {
             None => println!(
                 "within the budget of {:.1} MiB: the whole image in one pass",
                 mib(budget)
@@ -295,6 +306,86 @@ fn describe_plan(
         }
     }
     Ok(())
+}
+
+/// `--compare-precision`: each model's class scores (the network without its final softmax,
+/// which would squash score errors) computed once with f32 and once with f16 storage on the
+/// GPU (same generated input, kernel options and budget), compared.
+fn compare_precision(args: &BenchArgs) -> Result<(), Error> {
+    let models = if args.model.model == "all" {
+        Model::ALL.to_vec()
+    } else {
+        vec![Model::from_name(&args.model.model)?]
+    };
+    let gpu = Gpu::new()?;
+    gpu.check_precision(Precision::F16)?;
+    println!(
+        "adapter: {} ({:?}); f16 storage against f32, widths / {}",
+        gpu.name(),
+        gpu.adapter().info.backend,
+        args.model.width_divisor
+    );
+    println!(
+        "{:<22} {:>10} {:>13} {:>13} {:>13} {:>13} {:>7}",
+        "model", "input", "max rel err", "labels agree", "f32 MiB", "f16 MiB", "ratio"
+    );
+    for model in models {
+        let net = model.build(&PresetOptions {
+            width_divisor: args.model.width_divisor,
+            ..Default::default()
+        })?;
+        let n = net.layers().len();
+        let scores = match net.layers().last().map(|l| &l.op) {
+            Some(Op::Softmax) => n - 1,
+            _ => n,
+        };
+        let net = net.sub_network(0..scores)?;
+        let (h, w) = args.size.unwrap_or(model.info().input_size);
+        let shape = Shape::new(1, 3, h, w);
+        let x = generated_input(shape, 1);
+        let run = |precision| -> Result<(Array4<f32>, u64), Error> {
+            let options = PlanOptions {
+                max_memory: args.memory.max_memory,
+                algorithm: args.algorithm.into(),
+                tuning: args.tune.into(),
+                precision,
+            };
+            let plan = Plan::new(&gpu, &net, shape, &options)?;
+            Ok((plan.forward(x.view())?, plan.peak_memory()))
+        };
+        let (a, mem32) = run(Precision::F32)?;
+        let (b, mem16) = run(Precision::F16)?;
+        let (err, agree) = score_agreement(&b, &a);
+        println!(
+            "{:<22} {:>10} {:>13.2e} {:>12.3}% {:>13.2} {:>13.2} {:>7.3}",
+            model.name(),
+            format!("{h}x{w}"),
+            err,
+            100.0 * agree,
+            mib(mem32),
+            mib(mem16),
+            mem16 as f64 / mem32 as f64
+        );
+    }
+    Ok(())
+}
+
+/// `max |a - b| / max |b|` over the scores, and the share of pixels whose largest channel
+/// (first on ties) is the same.
+fn score_agreement(a: &Array4<f32>, b: &Array4<f32>) -> (f64, f64) {
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max);
+    let la = dilated::cpu::reference::argmax(a.view());
+    let lb = dilated::cpu::reference::argmax(b.view());
+    let same = la.iter().zip(&lb).filter(|(p, q)| p == q).count();
+    (
+        diff / scale.max(f64::MIN_POSITIVE),
+        same as f64 / la.len().max(1) as f64,
+    )
 }
 
 /// `runs` timed passes `f` after one warm-up pass: their median.
