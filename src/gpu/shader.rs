@@ -676,6 +676,44 @@ mod tests {
         }
     }
 
+    /// Every forward kernel has an f16 variant that naga parses and validates (with f16 in
+    /// storage), and every variant of every kernel keeps its uniform's layout.
+    #[test]
+    fn f16_variants_parse_and_validate() {
+        let forward = [
+            Kernel::ConvDirect,
+            Kernel::ConvTiled,
+            Kernel::ConvPointwise,
+            Kernel::ConvBlocked,
+            Kernel::ConvSplitReduce,
+            Kernel::Relu,
+            Kernel::MaxPool,
+            Kernel::Softmax,
+            Kernel::Argmax,
+            Kernel::Zoom,
+            Kernel::Deconv,
+        ];
+        for kernel in Kernel::ALL {
+            assert_eq!(kernel.has_f16(), forward.contains(&kernel), "{kernel:?}");
+            let f32_source = kernel.source();
+            assert!(f32_source.starts_with("alias store_t = f32;"), "{kernel:?}");
+            assert!(!f32_source.contains("f16"), "{kernel:?}");
+            if !kernel.has_f16() {
+                continue;
+            }
+            let source = kernel.source_as(Precision::F16);
+            assert!(source.starts_with("enable f16;"), "{kernel:?}");
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", kernel.name()));
+        }
+    }
+
     #[test]
     fn written_storage_bindings_come_last() {
         for k in Kernel::ALL {
