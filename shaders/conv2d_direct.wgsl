@@ -3,7 +3,8 @@
 // Kept for shapes where the tiled kernel wastes work (very few output channels or pixels) and
 // as the simple baseline the tiled kernels are measured against.
 //
-// Buffers (f32, NCHW): `input` and `output` are windows of larger tensors; element 0 of the
+// Buffers (NCHW, of the storage type `store_t`, f32 or f16, read into f32 and accumulated in
+// f32): `input` and `output` are windows of larger tensors; element 0 of the
 // chunk is at `in_base` / `out_base`. `weight` holds a row of `w_row` elements per output
 // channel laid out as [kh][kw][in] (input channels innermost); `w_base` is the chunk's first
 // input channel in row 0, so element (co, ky, kx, ci) of the chunk is at

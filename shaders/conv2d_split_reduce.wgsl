@@ -4,8 +4,9 @@
 // kernels' `finish` (shaders/common/conv_finish.wgsl). One invocation per output element of the
 // chunk's images of `out_c` channels x `pixels`.
 //
-// `partial` is the scratch buffer laid out [image][slice][channel][pixel]; `output` is the
-// window of the convolution's output whose chunk starts at `out_base`.
+// `partial` is the scratch buffer laid out [image][slice][channel][pixel], in the storage type
+// (so f16 plans keep f16 partial sums); `output` is the window of the convolution's output
+// whose chunk starts at `out_base`.
 
 struct Params {
     out_c: u32, pixels: u32, slices: u32, total: u32,

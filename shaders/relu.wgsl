@@ -1,5 +1,6 @@
 // ReLU on its own: one invocation per element, `output[i] = max(input[i], 0)` (NaN stays NaN).
-// `input` and `output` are windows of f32 buffers starting at `in_base` / `out_base`.
+// `input` and `output` are windows of `store_t` (f32 or f16) buffers starting at `in_base` /
+// `out_base`.
 
 struct Params {
     total: u32, in_base: u32, out_base: u32, pad0: u32,

@@ -1,7 +1,8 @@
 // The end of every convolution output element, shared by the convolution kernels and the
 // split-reduction pass (whose uniforms both name `flags` and `bias_base`, and which bind `bias`
 // and `output`): the flags applied in order, 4 accumulate into the existing output, 1 add the
-// bias, 2 ReLU.
+// bias, 2 ReLU. Storage is `store_t` (f32 or f16, spliced in by src/gpu/shader.rs): values
+// are read with `f32(..)`, summed in f32, and rounded to the storage type only when written.
 
 fn finish(sum: f32, o: u32, co: u32) -> f32 {
     var v = sum;

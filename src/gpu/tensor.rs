@@ -160,7 +160,7 @@ impl Gpu {
         start: usize,
         data: &[f32],
     ) -> Result<()> {
-        if start % 2 != 0 {
+        if !start.is_multiple_of(2) {
             return Err(Error::Internal(format!(
                 "f16 write at the odd element offset {start}"
             )));
@@ -168,7 +168,7 @@ impl Gpu {
         let piece = (STAGING_BYTES / 2) as usize;
         for (i, chunk) in data.chunks(piece).enumerate() {
             let mut half = to_f16(chunk);
-            if half.len() % 2 != 0 {
+            if !half.len().is_multiple_of(2) {
                 half.push(half::f16::ZERO);
             }
             let offset = (start + i * piece) as u64 * 2;
@@ -332,7 +332,7 @@ impl Gpu {
         match precision {
             Precision::F32 => self.read_f32_async(buffer, start, len).await,
             Precision::F16 => {
-                if start % 2 != 0 {
+                if !start.is_multiple_of(2) {
                     return Err(Error::Internal(format!(
                         "f16 read at the odd element offset {start}"
                     )));
