@@ -358,3 +358,68 @@ fn bench_names_the_kernel_of_every_layer() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("fastest"), "{}", stderr(&out));
 }
+
+/// `--precision f16` reaches the plan: `run` gives scores close to the f32 run's but not equal
+/// to them (they went through f16), a bad precision is refused by the parser, and `bench
+/// --compare-precision` prints a row per model with half the memory.
+#[test]
+fn precision_flag_runs_f16_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = random_preset(Model::Kitti, 32, 7);
+    let st = dir.path().join("kitti.safetensors");
+    dilated::weights::write_safetensors(&st, &net.weight_set().unwrap()).unwrap();
+    let x = random4(&mut rng(8), [1, 3, 381, 397]).mapv(|v| v * 60.0);
+    let input = dir.path().join("x.npy");
+    write_npy(&input, &x).unwrap();
+    let run = |precision: &str| {
+        let output = dir.path().join(format!("y-{precision}.npy"));
+        let out = dilated(&[
+            "run",
+            "--model",
+            "dilation7_kitti",
+            "--width-divisor",
+            "32",
+            "--weights",
+            st.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--gpu",
+            "--precision",
+            precision,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        read_npy4(&output).unwrap()
+    };
+    let full = run("f32");
+    let half = run("f16");
+    let err = rel_error(half.view(), full.view());
+    assert!(err > 0.0 && err < 0.1, "f16 against f32: {err:e}");
+
+    let out = dilated(&["run", "--model", "dilation7_kitti", "--precision", "f64"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("expected f32 or f16"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = dilated(&[
+        "bench",
+        "--compare-precision",
+        "--model",
+        "dilation8_camvid",
+        "--width-divisor",
+        "32",
+        "--size",
+        "404x404",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("dilation8_camvid"))
+        .unwrap_or_else(|| panic!("no row: {text}"));
+    assert!(row.trim_end().ends_with("0.500"), "{row}");
+}
