@@ -589,9 +589,10 @@ impl<'g> GpuPlan<'g> {
         let data = gpu.read_mapped_async(&self.staging, out_bytes).await?;
         let values = match self.precision {
             Precision::F32 => bytemuck::cast_slice::<u8, f32>(&data).to_vec(),
-            Precision::F16 => bytemuck::cast_slice::<u8, half::f16>(&data)[..out_len]
-                .iter()
-                .map(|v| v.to_f32())
+            Precision::F16 => data
+                .chunks_exact(2)
+                .take(out_len)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
         };
         let out = Array4::from_shape_vec(self.output_shape().dims(), values)
