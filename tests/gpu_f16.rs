@@ -355,6 +355,48 @@ fn f16_plan_agrees_with_the_f32_plan() {
     assert!(err < 1e-2, "banded vs whole f16: {err:e}");
 }
 
+/// Every preset (widths / 32, class scores): f16 within 1% of f32's largest score, at least
+/// 97% of the labels the same (Cityscapes' in-network deconvolution and the large context
+/// module included).
+#[test]
+fn every_preset_agrees_between_f16_and_f32() {
+    let gpu = gpu();
+    let shape = Shape::new(1, 3, 404, 420);
+    let x = random4(&mut rng(167), shape.dims()).mapv(|v| 60.0 * v);
+    let options = PlanOptions {
+        precision: Precision::F16,
+        ..Default::default()
+    };
+    for model in Model::ALL {
+        let net = common::scores_network(
+            &model
+                .build(&PresetOptions {
+                    width_divisor: 32,
+                    ..Default::default()
+                })
+                .unwrap(),
+        );
+        let a = GpuPlan::new(gpu, &net, shape)
+            .unwrap()
+            .forward(x.view())
+            .unwrap();
+        let b = Plan::new(gpu, &net, shape, &options)
+            .unwrap()
+            .forward(x.view())
+            .unwrap();
+        let err = rel_error(b.view(), a.view());
+        let la = cpu::reference::argmax(a.view());
+        let lb = cpu::reference::argmax(b.view());
+        let agree = la.iter().zip(&lb).filter(|(p, q)| p == q).count() as f64 / la.len() as f64;
+        eprintln!(
+            "{}: relative error {err:e}, labels agree {agree}",
+            model.name()
+        );
+        assert!(err < 1e-2, "{}: relative error {err:e}", model.name());
+        assert!(agree > 0.97, "{}: labels agree on {agree}", model.name());
+    }
+}
+
 /// Training is f32 only: asking for f16 is an error, not a silent f32 run.
 #[test]
 fn the_trainer_refuses_f16() {
