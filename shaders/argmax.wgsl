@@ -4,9 +4,9 @@
 fn element(i: u32) {
     let first = p.in_base + first_channel(i);
     var best = 0u;
-    var best_v = input[first];
+    var best_v = f32(input[first]);
     for (var k = 1u; k < p.channels; k++) {
-        let v = input[first + k * p.plane];
+        let v = f32(input[first + k * p.plane]);
         if (v > best_v) {
             best = k;
             best_v = v;

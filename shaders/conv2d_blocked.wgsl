@@ -27,7 +27,7 @@ fn tap_offset(px: u32, ky: u32, kx: u32) -> i32 {
 
 // The input value at `off` in the plane starting at `plane`, zero in the padding.
 fn fetch(off: i32, plane: u32) -> f32 {
-    return select(0.0, input[plane + u32(max(off, 0))], off >= 0);
+    return select(0.0, f32(input[plane + u32(max(off, 0))]), off >= 0);
 }
 
 fn write_pixels(co: u32, px0: u32, pixels: u32, out_img: u32, acc: vec4<f32>) {
@@ -74,7 +74,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var ci = 0u; ci < p.in_c; ci++) {
                 let x = vec4<f32>(fetch(off.x, plane), fetch(off.y, plane),
                                   fetch(off.z, plane), fetch(off.w, plane));
-                // BLOCK: let w{r} = weight[row{r} + wk];
+                // BLOCK: let w{r} = f32(weight[row{r} + wk]);
                 // BLOCK: acc{i} = fma(vec4(subgroupBroadcast(w{i/8}, {i%8}u)), x, acc{i});
                 wk += 1u;
                 plane += in_plane;

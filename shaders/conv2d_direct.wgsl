@@ -3,7 +3,8 @@
 // Kept for shapes where the tiled kernel wastes work (very few output channels or pixels) and
 // as the simple baseline the tiled kernels are measured against.
 //
-// Buffers (f32, NCHW): `input` and `output` are windows of larger tensors; element 0 of the
+// Buffers (NCHW, of the storage type `store_t`, f32 or f16, read into f32 and accumulated in
+// f32): `input` and `output` are windows of larger tensors; element 0 of the
 // chunk is at `in_base` / `out_base`. `weight` holds a row of `w_row` elements per output
 // channel laid out as [kh][kw][in] (input channels innermost); `w_base` is the chunk's first
 // input channel in row 0, so element (co, ky, kx, ci) of the chunk is at
@@ -34,11 +35,11 @@ fn element(i: u32) {
                 if (ix < 0 || ix >= i32(p.in_w)) {
                     continue;
                 }
-                let w = weight[w_ch + (ky * p.k_w + kx) * in_total];
-                acc += input[in_ch + u32(iy) * p.in_w + u32(ix)] * w;
+                let w = f32(weight[w_ch + (ky * p.k_w + kx) * in_total]);
+                acc += f32(input[in_ch + u32(iy) * p.in_w + u32(ix)]) * w;
             }
         }
     }
     let o = p.out_base + b * p.out_batch_stride + co * plane + oy * p.out_w + ox;
-    output[o] = finish(acc, o, co);
+    output[o] = store_t(finish(acc, o, co));
 }

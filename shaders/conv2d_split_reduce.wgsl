@@ -4,8 +4,9 @@
 // kernels' `finish` (shaders/common/conv_finish.wgsl). One invocation per output element of the
 // chunk's images of `out_c` channels x `pixels`.
 //
-// `partial` is the scratch buffer laid out [image][slice][channel][pixel]; `output` is the
-// window of the convolution's output whose chunk starts at `out_base`.
+// `partial` is the scratch buffer laid out [image][slice][channel][pixel], in the storage type
+// (so f16 plans keep f16 partial sums); `output` is the window of the convolution's output
+// whose chunk starts at `out_base`.
 
 struct Params {
     out_c: u32, pixels: u32, slices: u32, total: u32,
@@ -22,9 +23,9 @@ fn element(i: u32) {
     var v = 0.0;
     var at = (i / image) * p.slices * image + e;
     for (var s = 0u; s < p.slices; s++) {
-        v += partial[at];
+        v += f32(partial[at]);
         at += image;
     }
     let o = p.out_base + (i / image) * p.out_batch_stride + e;
-    output[o] = finish(v, o, e / p.pixels);
+    output[o] = store_t(finish(v, o, e / p.pixels));
 }

@@ -145,8 +145,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     // An input-channel chunk: rows hold all in_total channels of each tap.
                     wk = (k / p.in_c) * in_total + k % p.in_c;
                 }
-                wv = select(wv, vec4<f32>(weight[rows.x + wk], weight[rows.y + wk],
-                                          weight[rows.z + wk], weight[rows.w + wk]), row_ok);
+                wv = select(wv, vec4<f32>(f32(weight[rows.x + wk]), f32(weight[rows.y + wk]),
+                                          f32(weight[rows.z + wk]), f32(weight[rows.w + wk])),
+                            row_ok);
             }
             w_next = wv;
             var xv = vec4<f32>(0.0);
@@ -155,7 +156,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if (POINTWISE) {
                     for (var j = 0u; j < 4u; j++) {
                         if (q[j] < pixels) {
-                            xv[j] = input[plane + q[j]];
+                            xv[j] = f32(input[plane + q[j]]);
                         }
                     }
                 } else {
@@ -165,7 +166,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                         let iy = y0[j] + dy;
                         let ix = x0[j] + dx;
                         if (iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w)) {
-                            xv[j] = input[plane + u32(iy) * p.in_w + u32(ix)];
+                            xv[j] = f32(input[plane + u32(iy) * p.in_w + u32(ix)]);
                         }
                     }
                 }

@@ -29,9 +29,9 @@ fn element(i: u32) {
         for (var kx = tx % p.stride; kx < p.kernel && kx <= tx; kx += p.stride) {
             let ix = (tx - kx) / p.stride;
             if (ix < p.h.in_w) {
-                acc += input[base + iy * p.h.in_w + ix] * weight[w_base + ky * p.kernel + kx];
+                acc += f32(input[base + iy * p.h.in_w + ix]) * f32(weight[w_base + ky * p.kernel + kx]);
             }
         }
     }
-    output[p.h.out_base + i] = acc;
+    output[p.h.out_base + i] = store_t(acc);
 }

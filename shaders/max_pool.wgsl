@@ -22,7 +22,7 @@ fn element(i: u32) {
     var nan = false;
     for (var y = y_lo; y < y_hi; y++) {
         for (var x = x_lo; x < x_hi; x++) {
-            let v = input[base + y * p.h.in_w + x];
+            let v = f32(input[base + y * p.h.in_w + x]);
             // NaN tested on the bits: `v != v` compiles to an ordered comparison, false for NaN.
             nan = nan || (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
             if (!seen || v > m) {
@@ -37,5 +37,5 @@ fn element(i: u32) {
         // constant (`bitcast<f32>(0x7fc00000u)` is a constant expression there).
         r = bitcast<f32>(bitcast<u32>(m) | 0x7fc00000u);
     }
-    output[p.h.out_base + i] = r;
+    output[p.h.out_base + i] = store_t(r);
 }

@@ -27,7 +27,7 @@ fn element(i: u32) {
     let c1 = min(c0 + 1u, w - 1u);
     let rt = f32(at.y % p.factor) / f32(p.factor);
     let ct = f32(at.x % p.factor) / f32(p.factor);
-    let v0 = lerp(input[base + r0 * w + c0], input[base + r1 * w + c0], rt);
-    let v1 = lerp(input[base + r0 * w + c1], input[base + r1 * w + c1], rt);
-    output[p.h.out_base + i] = lerp(v0, v1, ct);
+    let v0 = lerp(f32(input[base + r0 * w + c0]), f32(input[base + r1 * w + c0]), rt);
+    let v1 = lerp(f32(input[base + r0 * w + c1]), f32(input[base + r1 * w + c1]), rt);
+    output[p.h.out_base + i] = store_t(lerp(v0, v1, ct));
 }

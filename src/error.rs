@@ -119,6 +119,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A storage precision the adapter cannot run (f16 without `SHADER_F16`), or one a
+    /// component does not offer (training runs in f32 only).
+    #[error("{precision} storage is not available on {adapter}: {reason}")]
+    UnsupportedPrecision {
+        /// The precision asked for (`f16`).
+        precision: &'static str,
+        /// The adapter, or the component, that cannot run it.
+        adapter: String,
+        /// Why, and what to use instead.
+        reason: String,
+    },
+
     /// The device was lost, or a submission or read-back failed.
     #[error("GPU device error: {0}")]
     Device(String),

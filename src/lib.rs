@@ -54,6 +54,6 @@ pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuLayer, GpuOptions, GpuTensor};
+pub use gpu::{ConvAlgorithm, Gpu, GpuConv2d, GpuLayer, GpuOptions, GpuTensor, Precision};
 pub use plan::{Plan, PlanOptions};
 pub use spec::{Conv2d, Deconv2d, MaxPool2d, Padding, Shape, Zoom};

@@ -224,7 +224,7 @@ fn corrupt_files_are_ignored_and_rewritten() {
     let dilated::net::Op::Conv { spec, .. } = &first.op else {
         panic!("a convolution first")
     };
-    let key = geometry_key(spec, INPUT, true);
+    let key = geometry_key(spec, INPUT, true, dilated::Precision::F32);
     assert!(v["choices"][&key]["choice"].is_string(), "{text}");
     assert_eq!(shapes.len(), 4);
     // A stale file (another adapter's key) is ignored as well.

@@ -1,15 +1,16 @@
 // The end of every convolution output element, shared by the convolution kernels and the
 // split-reduction pass (whose uniforms both name `flags` and `bias_base`, and which bind `bias`
 // and `output`): the flags applied in order, 4 accumulate into the existing output, 1 add the
-// bias, 2 ReLU.
+// bias, 2 ReLU. Storage is `store_t` (f32 or f16, spliced in by src/gpu/shader.rs): values
+// are read with `f32(..)`, summed in f32, and rounded to the storage type only when written.
 
 fn finish(sum: f32, o: u32, co: u32) -> f32 {
     var v = sum;
     if ((p.flags & 4u) != 0u) {
-        v += output[o];
+        v += f32(output[o]);
     }
     if ((p.flags & 1u) != 0u) {
-        v += bias[p.bias_base + co];
+        v += f32(bias[p.bias_base + co]);
     }
     if ((p.flags & 2u) != 0u) {
         v = select(v, 0.0, v < 0.0);
@@ -24,5 +25,5 @@ fn store_output(co: u32, px: u32, pixels: u32, out_img: u32, acc: f32) {
         return;
     }
     let o = out_img + co * pixels + px;
-    output[o] = finish(acc, o, co);
+    output[o] = store_t(finish(acc, o, co));
 }

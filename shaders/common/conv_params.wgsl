@@ -1,5 +1,5 @@
 // The uniform of every convolution kernel (`ConvParams` in src/gpu/ops/conv.rs; a test checks
-// the two agree field by field). `input` and `output` are windows of larger NCHW f32 tensors
+// the two agree field by field). `input` and `output` are windows of larger NCHW tensors
 // whose chunk starts at `in_base` / `out_base`; weights are rows of `w_row` elements per output
 // channel from `w_base`; flags: 1 add bias, 2 ReLU, 4 accumulate into the existing output
 // (input-channel split). `k_split` > 1 (tiled kernel only) splits the reduction over that many

@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use dilated::PlanOptions;
 use dilated::cpu::fast::CpuPrecision;
 use dilated::plan::executor::RunOn;
+use dilated::{PlanOptions, Precision};
 
 /// The preset a command builds: `--model` and `--width-divisor`.
 #[derive(clap::Args)]
@@ -51,20 +51,25 @@ impl DeviceArgs {
     }
 }
 
-/// The GPU memory budget: `--max-memory`.
+/// The GPU plan's memory: the budget `--max-memory` and the storage precision `--precision`.
 #[derive(clap::Args)]
 pub struct MemoryArgs {
     /// GPU memory budget, e.g. 512M or 1.5G (binary units): the image is processed in
     /// horizontal bands as needed so the plan stays under it; results are unchanged.
     #[arg(long, value_parser = parse_memory)]
     pub max_memory: Option<u64>,
+    /// How the GPU stores weights and activations: f32, or f16 (half the memory, arithmetic
+    /// still in f32; needs an adapter with SHADER_F16).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
 }
 
 impl MemoryArgs {
-    /// Plan options with the budget and the default kernels.
+    /// Plan options with the budget, the precision and the default kernels.
     pub fn plan_options(&self) -> PlanOptions {
         PlanOptions {
             max_memory: self.max_memory,
+            precision: self.precision,
             ..Default::default()
         }
     }
@@ -91,6 +96,11 @@ impl CpuPrecisionArgs {
 }
 
 fn parse_cpu_precision(s: &str) -> Result<CpuPrecision, String> {
+    s.parse().map_err(|e: dilated::Error| e.to_string())
+}
+
+/// Parses `f32` or `f16`.
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse().map_err(|e: dilated::Error| e.to_string())
 }
 

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use dilated::cpu::fast::{ConvMethod, CpuPrecision};
 use dilated::gpu::Kernel;
 use dilated::gpu::tune::Tuning;
-use dilated::net::{LayerReport, Network, Op, PresetOptions};
+use dilated::net::{LayerReport, Model, Network, Op, PresetOptions};
 use dilated::plan::{BandedLayout, CpuPlan, GpuPlan, Plan, PlanOptions};
 use dilated::timing::LayerTimes;
-use dilated::{ConvAlgorithm, Error, Gpu, Shape};
+use dilated::{ConvAlgorithm, Error, Gpu, Precision, Shape};
 use ndarray::Array4;
 
 use super::args::{CpuPrecisionArgs, DeviceArgs, MemoryArgs, ModelArgs, parse_size};
@@ -37,6 +37,13 @@ pub struct BenchArgs {
     /// no device needed.
     #[arg(long)]
     pub plan_only: bool,
+    /// Compare reduced precision with f32 instead of timing the network: per model (every
+    /// preset with `--model all`), the largest difference of the class scores (before the
+    /// final softmax) relative to the largest f32 score and the share of pixels whose label
+    /// agrees. On the GPU f16 storage, with both plans' peak GPU memory; with `--cpu` the
+    /// CPU's bf16, with both plans' convolution weight memory and time per pass.
+    #[arg(long, conflicts_with = "plan_only")]
+    pub compare_precision: bool,
     /// The GPU memory budget.
     #[command(flatten)]
     pub memory: MemoryArgs,
@@ -56,10 +63,6 @@ pub struct BenchArgs {
     /// The CPU's arithmetic (for `--cpu-method auto`).
     #[command(flatten)]
     pub precision: CpuPrecisionArgs,
-    /// Also run the CPU at the other precision (`f32` against `bf16`) and report how far the
-    /// reduced-precision scores are from the f32 ones: max relative error and label agreement.
-    #[arg(long, conflicts_with = "no_cpu")]
-    pub compare_precision: bool,
     /// Where it runs: `--cpu` times the CPU only, and without `--gpu` the CPU alone is timed
     /// when the GPU is missing or fails.
     #[command(flatten)]
@@ -133,8 +136,16 @@ struct GpuTimes<'g> {
     kernels: Vec<(String, Vec<Kernel>)>,
 }
 
-/// Times the network, or describes its plan with `--plan-only`.
+/// Times the network, describes its plan with `--plan-only`, or compares f16 with f32 with
+/// `--compare-precision`.
 pub fn execute(args: &BenchArgs) -> Result<(), Error> {
+    if args.compare_precision {
+        return if args.device.cpu {
+            compare_cpu_precision(args)
+        } else {
+            compare_precision(args)
+        };
+    }
     let (model, net) = network::build(&args.model, PresetOptions::default().seed)?;
     let (h, w) = args.size.unwrap_or(model.info().input_size);
     let shape = Shape::new(1, 3, h, w);
@@ -161,6 +172,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
         max_memory: args.memory.max_memory,
         algorithm: args.algorithm.into(),
         tuning: args.tune.into(),
+        precision: args.memory.precision,
         ..Default::default()
     };
     let gpu = device::run(
@@ -177,8 +189,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
             Some(m) => CpuPlan::with_method(net, Some(m))?,
             None => CpuPlan::with_precision(net, args.precision.cpu_precision)?,
         };
-        let (time, layers) = time_cpu(&plan, &x, runs)?;
-        Some((time, layers, plan))
+        Some(time_cpu(&plan, &x, runs)?)
     };
     if let Some(g) = &gpu {
         println!(
@@ -202,7 +213,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
     }
     let sum = |l: &LayerTimes| -> f64 { l.layers.iter().map(|(_, d)| ms(*d)).sum() };
     let gpu_sum = gpu.as_ref().map_or(0.0, |g| sum(&g.layers));
-    let cpu_sum = cpu.as_ref().map_or(0.0, |(_, l, _)| sum(l));
+    let cpu_sum = cpu.as_ref().map_or(0.0, |(_, l)| sum(l));
     print!("\n{:<14} {:>20} {:>9} |", "layer", "output", "GFLOP");
     if gpu.is_some() {
         print!(
@@ -230,7 +241,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
             );
         }
         match &cpu {
-            Some((_, l, _)) => {
+            Some((_, l)) => {
                 let t = ms(l.layers[i].1);
                 println!(
                     " {:>10.2} {:>8.1} {:>5.1}%",
@@ -252,7 +263,7 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
             g.gpu.name()
         );
     }
-    if let Some((t, _, _)) = &cpu {
+    if let Some((t, _)) = &cpu {
         println!(
             "CPU: {:.1} ms per forward pass (median of {runs}), {:.1} GFLOP/s on {} threads",
             ms(*t),
@@ -260,71 +271,6 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
             rayon::current_num_threads()
         );
     }
-    if let (true, Some((time, _, plan))) = (args.compare_precision, &cpu) {
-        compare_precision(args.precision.cpu_precision, net, &x, runs, (plan, *time))?;
-    }
-    Ok(())
-}
-
-/// `--compare-precision`: the CPU at the other precision than `this` (the timed plan's), and
-/// how far bf16's scores are from f32's.
-fn compare_precision(
-    this: CpuPrecision,
-    net: &Network,
-    x: &Array4<f32>,
-    runs: usize,
-    (this_plan, this_time): (&CpuPlan, Duration),
-) -> Result<(), Error> {
-    let other = match this {
-        CpuPrecision::F32 => CpuPrecision::Bf16,
-        CpuPrecision::Bf16 => CpuPrecision::F32,
-    };
-    println!("\nCPU at {other}:");
-    let other_plan = CpuPlan::with_precision(net, other)?;
-    let (other_time, _) = time_cpu(&other_plan, x, runs)?;
-    // A final softmax would hide the differences (random weights give near-uniform
-    // probabilities): compare the scores before it.
-    let layers = net.layers();
-    let before_softmax = match layers.last().map(|l| &l.op) {
-        Some(Op::Softmax) => layers.len() - 1,
-        _ => layers.len(),
-    };
-    let run = |p: &CpuPlan, t: Duration| -> Result<_, Error> {
-        Ok((
-            t,
-            p.forward_prefix(x.view(), before_softmax)?,
-            p.weight_bytes(),
-        ))
-    };
-    let (this_run, other_run) = (run(this_plan, this_time)?, run(&other_plan, other_time)?);
-    let (f32_run, bf16_run) = match this {
-        CpuPrecision::F32 => (this_run, other_run),
-        CpuPrecision::Bf16 => (other_run, this_run),
-    };
-    let a = Agreement::of(&bf16_run.1, &f32_run.1);
-    println!(
-        "bf16 against f32 on the CPU, scores{}: max |bf16 - f32| / max |f32| = {:.2e} over {} \
-         scores; labels agree on {}/{} pixels ({:.3}%)",
-        if before_softmax < layers.len() {
-            " before the softmax"
-        } else {
-            ""
-        },
-        a.relative_error,
-        a.scores,
-        a.same_labels,
-        a.pixels,
-        100.0 * a.same_labels as f64 / a.pixels.max(1) as f64
-    );
-    println!(
-        "  f32 {:.1} ms, bf16 {:.1} ms per pass ({:.2}x); convolution weights as laid out: \
-         f32 {:.1} MiB, bf16 {:.1} MiB",
-        ms(f32_run.0),
-        ms(bf16_run.0),
-        f32_run.0.as_secs_f64() / bf16_run.0.as_secs_f64(),
-        mib(f32_run.2),
-        mib(bf16_run.2)
-    );
     Ok(())
 }
 
@@ -336,7 +282,7 @@ fn describe_plan(
     shape: Shape,
     report: &[LayerReport],
 ) -> Result<(), Error> {
-    let peak = GpuPlan::estimate_memory(net, shape)?;
+    let peak = GpuPlan::estimate_memory_as(net, shape, args.memory.precision)?;
     println!(
         "{:<14} {:>20} {:>10} {:>12}",
         "layer", "output", "GFLOP", "activation"
@@ -351,11 +297,12 @@ fn describe_plan(
         );
     }
     println!(
-        "peak GPU memory of the plan: {:.1} MiB ({peak} bytes)",
+        "peak GPU memory of the plan ({} storage): {:.1} MiB ({peak} bytes)",
+        args.memory.precision,
         mib(peak)
     );
     if let Some(budget) = args.memory.max_memory {
-        match BandedLayout::for_budget(net, shape, budget)? {
+        match BandedLayout::for_budget_as(net, shape, budget, args.memory.precision)? {
             None => println!(
                 "within the budget of {:.1} MiB: the whole image in one pass",
                 mib(budget)
@@ -372,6 +319,129 @@ fn describe_plan(
         }
     }
     Ok(())
+}
+
+/// `--compare-precision`: each model's class scores (the network without its final softmax,
+/// which would squash score errors) computed once with f32 and once with f16 storage on the
+/// GPU (same generated input, kernel options and budget), compared.
+fn compare_precision(args: &BenchArgs) -> Result<(), Error> {
+    let models = compared_models(args)?;
+    let gpu = Gpu::new()?;
+    gpu.check_precision(Precision::F16)?;
+    println!(
+        "adapter: {} ({:?}); f16 storage against f32, widths / {}",
+        gpu.name(),
+        gpu.adapter().info.backend,
+        args.model.width_divisor
+    );
+    println!(
+        "{:<22} {:>10} {:>13} {:>13} {:>13} {:>13} {:>7}",
+        "model", "input", "max rel err", "labels agree", "f32 MiB", "f16 MiB", "ratio"
+    );
+    for model in models {
+        let net = scores_network(model, args.model.width_divisor)?;
+        let (h, w) = args.size.unwrap_or(model.info().input_size);
+        let shape = Shape::new(1, 3, h, w);
+        let x = generated_input(shape, 1);
+        let run = |precision| -> Result<(Array4<f32>, u64), Error> {
+            let options = PlanOptions {
+                max_memory: args.memory.max_memory,
+                algorithm: args.algorithm.into(),
+                tuning: args.tune.into(),
+                precision,
+                ..Default::default()
+            };
+            let plan = Plan::new(&gpu, &net, shape, &options)?;
+            Ok((plan.forward(x.view())?, plan.peak_memory()))
+        };
+        let (a, mem32) = run(Precision::F32)?;
+        let (b, mem16) = run(Precision::F16)?;
+        let agreement = Agreement::of(&b, &a);
+        println!(
+            "{:<22} {:>10} {:>13.2e} {:>12.3}% {:>13.2} {:>13.2} {:>7.3}",
+            model.name(),
+            format!("{h}x{w}"),
+            agreement.relative_error,
+            100.0 * agreement.same_labels as f64 / agreement.pixels.max(1) as f64,
+            mib(mem32),
+            mib(mem16),
+            mem16 as f64 / mem32 as f64
+        );
+    }
+    Ok(())
+}
+
+/// `--compare-precision --cpu`: as [`compare_precision`] on the CPU, bf16 against f32, with
+/// the convolutions' weight memory as laid out and the median time of `--runs` passes.
+fn compare_cpu_precision(args: &BenchArgs) -> Result<(), Error> {
+    println!(
+        "{}\nCPU: bf16 against f32, widths / {}, {} threads",
+        dilated::cpu::fast::CpuInfo::get(),
+        args.model.width_divisor,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<22} {:>10} {:>11} {:>12} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "model",
+        "input",
+        "max rel err",
+        "labels agree",
+        "f32 MiB",
+        "bf16 MiB",
+        "f32 ms",
+        "bf16 ms",
+        "speed"
+    );
+    for model in compared_models(args)? {
+        let net = scores_network(model, args.model.width_divisor)?;
+        let (h, w) = args.size.unwrap_or(model.info().input_size);
+        let x = generated_input(Shape::new(1, 3, h, w), 1);
+        let run = |precision| -> Result<(Array4<f32>, u64, Duration), Error> {
+            let plan = CpuPlan::with_precision(&net, precision)?;
+            let time = timed(args.runs.max(1), || plan.forward(x.view()).map(drop))?;
+            Ok((plan.forward(x.view())?, plan.weight_bytes(), time))
+        };
+        let (a, mem32, t32) = run(CpuPrecision::F32)?;
+        let (b, mem16, t16) = run(CpuPrecision::Bf16)?;
+        let agreement = Agreement::of(&b, &a);
+        println!(
+            "{:<22} {:>10} {:>11.2e} {:>11.3}% {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>5.2}x",
+            model.name(),
+            format!("{h}x{w}"),
+            agreement.relative_error,
+            100.0 * agreement.same_labels as f64 / agreement.pixels.max(1) as f64,
+            mib(mem32),
+            mib(mem16),
+            ms(t32),
+            ms(t16),
+            t32.as_secs_f64() / t16.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// The models `--model` names (every preset for `all`).
+fn compared_models(args: &BenchArgs) -> Result<Vec<Model>, Error> {
+    Ok(if args.model.model == "all" {
+        Model::ALL.to_vec()
+    } else {
+        vec![Model::from_name(&args.model.model)?]
+    })
+}
+
+/// The preset without its final softmax (which would squash score errors): the class
+/// scores.
+fn scores_network(model: Model, width_divisor: usize) -> Result<Network, Error> {
+    let net = model.build(&PresetOptions {
+        width_divisor,
+        ..Default::default()
+    })?;
+    let n = net.layers().len();
+    let scores = match net.layers().last().map(|l| &l.op) {
+        Some(Op::Softmax) => n - 1,
+        _ => n,
+    };
+    net.sub_network(0..scores)
 }
 
 /// `runs` timed passes `f` after one warm-up pass: their median.

@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use dilated::gpu::tune::Tuning;
 use dilated::net::Network;
 use dilated::plan::{CpuPlan, GpuPlan};
 use dilated::timing::LayerTimes;
-use dilated::{Error, Gpu, Shape};
+use dilated::{ConvAlgorithm, Error, Gpu, Precision, Shape};
 use ndarray::Array4;
 
-use super::args::{DeviceArgs, ModelArgs, parse_size};
+use super::args::{DeviceArgs, ModelArgs, parse_precision, parse_size};
 use super::device::{self, Device};
 use super::network::{self, generated_input};
 use super::report::{Agreement, mib, ms};
@@ -30,6 +31,10 @@ pub struct DemoArgs {
     /// Seed of the weights and the input.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How the GPU stores weights and activations: f32, or f16 (half the memory, arithmetic
+    /// still in f32; needs an adapter with SHADER_F16).
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    pub precision: Precision,
     /// Where it runs: `--cpu` runs the CPU side only, and without `--gpu` the CPU side alone
     /// runs when the GPU is missing or fails.
     #[command(flatten)]
@@ -79,7 +84,7 @@ pub fn execute(args: &DemoArgs) -> Result<(), Error> {
     let gpu = device::run(
         &executor,
         "running the demo",
-        |gpu| run_gpu(gpu, net, &x).map(Some),
+        |gpu| run_gpu(gpu, net, &x, args.precision).map(Some),
         || Ok(None),
     )?;
 
@@ -153,11 +158,23 @@ pub fn execute(args: &DemoArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Builds the GPU plan and runs two profiled passes, cold and warm.
-fn run_gpu(gpu: &Gpu, net: &Network, x: &Array4<f32>) -> Result<GpuRun, Error> {
+/// Builds the GPU plan (storing `precision`) and runs two profiled passes, cold and warm.
+fn run_gpu(
+    gpu: &Gpu,
+    net: &Network,
+    x: &Array4<f32>,
+    precision: Precision,
+) -> Result<GpuRun, Error> {
     let d = x.dim();
     let t = Instant::now();
-    let plan = GpuPlan::new(gpu, net, Shape::new(d.0, d.1, d.2, d.3))?;
+    let plan = GpuPlan::with_precision(
+        gpu,
+        net,
+        Shape::new(d.0, d.1, d.2, d.3),
+        ConvAlgorithm::Auto,
+        Tuning::default(),
+        precision,
+    )?;
     let compile = t.elapsed();
     let t = Instant::now();
     let (_, cold) = plan.forward_profiled(x.view())?;

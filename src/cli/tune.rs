@@ -51,6 +51,7 @@ pub fn execute(args: &TuneArgs) -> Result<(), Error> {
     }
     let options = PlanOptions {
         max_memory: args.memory.max_memory,
+        precision: args.memory.precision,
         algorithm: ConvAlgorithm::Auto,
         tuning: if args.missing_only {
             Tuning::On

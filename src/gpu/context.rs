@@ -13,6 +13,7 @@ use crate::gpu::cache::adapter_key;
 use crate::gpu::cache::{
     cache_file, decode_pipeline_data, default_cache_dir, encode_pipeline_data,
 };
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::Kernels;
 use crate::gpu::tune::TuneTable;
 
@@ -324,6 +325,9 @@ impl Gpu {
         if report.subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
+        if report.shader_f16 {
+            features |= wgpu::Features::SHADER_F16;
+        }
         // Ask for everything the adapter offers: the defaults cap a storage binding at 128 MiB
         // and the buffer size at 256 MiB, far below what real GPUs allow.
         let limits = adapter.limits();
@@ -534,12 +538,30 @@ impl Gpu {
     /// Largest number of f32 elements one storage binding may hold, leaving room for the
     /// offset alignment of a window.
     pub(crate) fn max_binding_elems(&self) -> usize {
+        self.max_binding_elems_of(Precision::F32)
+    }
+
+    /// Largest number of elements of `precision` one storage binding may hold, leaving room
+    /// for the offset alignment of a window.
+    pub(crate) fn max_binding_elems_of(&self, precision: Precision) -> usize {
         let bytes = self
             .limits
             .max_storage_buffer_binding_size
             .min(self.binding_cap.unwrap_or(u64::MAX));
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
-        ((bytes - align) / 4) as usize
+        ((bytes - align) / precision.bytes()) as usize
+    }
+
+    /// Whether the device runs kernels storing `precision` (f16 needs the adapter's
+    /// `SHADER_F16`, which the device is opened with when offered).
+    pub fn supports(&self, precision: Precision) -> bool {
+        self.check_precision(precision).is_ok()
+    }
+
+    /// Errors with [`Error::UnsupportedPrecision`] unless the device runs kernels storing
+    /// `precision`.
+    pub fn check_precision(&self, precision: Precision) -> Result<()> {
+        precision.check_features(self.name(), self.device.features())
     }
 
     /// Errors if the device was lost or an error escaped the error scopes. Every operation of

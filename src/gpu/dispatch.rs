@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::{Kernel, Uniform, WG_LINEAR};
 use crate::gpu::tensor::Window;
 use crate::spec::Shape;
@@ -10,6 +11,7 @@ use crate::spec::Shape;
 /// One recorded compute dispatch: a pipeline, its bindings and the workgroup grid.
 pub struct Dispatch {
     pub(crate) kernel: Kernel,
+    pub(crate) precision: Precision,
     pub(crate) bind_group: wgpu::BindGroup,
     pub(crate) groups: (u32, u32),
 }
@@ -18,6 +20,11 @@ impl Dispatch {
     /// Which kernel this dispatch runs.
     pub fn kernel(&self) -> Kernel {
         self.kernel
+    }
+
+    /// The storage precision of the kernel's variant.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The workgroup grid `(x, y)`: grids of more workgroups than one dimension allows are
@@ -29,11 +36,21 @@ impl Dispatch {
 
 /// An error for `what`, `elems` f32 elements, exceeding one storage binding of `max` elements.
 pub(crate) fn exceeds_binding(what: String, elems: usize, max: usize) -> Error {
+    exceeds_binding_of(what, elems, max, Precision::F32)
+}
+
+/// [`exceeds_binding`] for elements of `precision`.
+pub(crate) fn exceeds_binding_of(
+    what: String,
+    elems: usize,
+    max: usize,
+    precision: Precision,
+) -> Error {
     Error::ExceedsDeviceLimits {
         what,
-        bytes: elems as u64 * 4,
+        bytes: elems as u64 * precision.bytes(),
         limit_name: "max_storage_buffer_binding_size",
-        limit: max as u64 * 4,
+        limit: max as u64 * precision.bytes(),
     }
 }
 
@@ -55,7 +72,12 @@ impl Gpu {
     /// Records dispatches into a compute pass.
     pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
         for d in dispatches {
-            pass.set_pipeline(&self.kernels.get(&self.device, d.kernel).pipeline);
+            pass.set_pipeline(
+                &self
+                    .kernels
+                    .get(&self.device, d.kernel, d.precision)
+                    .pipeline,
+            );
             pass.set_bind_group(0, &d.bind_group, &[]);
             pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
         }
@@ -100,20 +122,22 @@ impl Gpu {
         Ok((x as u32, y as u32))
     }
 
-    /// A dispatch of `kernel` over `workgroups` workgroups, bound to its uniform `params` and
-    /// the storage windows in binding order.
-    pub(crate) fn dispatch<P: Uniform>(
+    /// A dispatch of the variant for `precision` of `kernel` over `workgroups` workgroups,
+    /// bound to its uniform `params` and the storage windows in binding order.
+    pub(crate) fn dispatch_as<P: Uniform>(
         &self,
         kernel: Kernel,
+        precision: Precision,
         params: &P,
         storage: &[(&wgpu::Buffer, Window)],
         workgroups: usize,
     ) -> Result<Dispatch> {
         let bind_group = self.scoped(kernel.name(), 0, || {
-            self.bind(kernel, bytemuck::bytes_of(params), storage)
+            self.bind(kernel, precision, bytemuck::bytes_of(params), storage)
         })??;
         Ok(Dispatch {
             kernel,
+            precision,
             bind_group,
             groups: self.grid(workgroups, kernel.name())?,
         })
@@ -127,8 +151,21 @@ impl Gpu {
         storage: &[(&wgpu::Buffer, Window)],
         elements: usize,
     ) -> Result<Dispatch> {
-        self.dispatch(
+        self.linear_dispatch_as(kernel, Precision::F32, params, storage, elements)
+    }
+
+    /// [`Gpu::linear_dispatch`] of the kernel's variant for `precision`.
+    pub(crate) fn linear_dispatch_as<P: Uniform>(
+        &self,
+        kernel: Kernel,
+        precision: Precision,
+        params: &P,
+        storage: &[(&wgpu::Buffer, Window)],
+        elements: usize,
+    ) -> Result<Dispatch> {
+        self.dispatch_as(
             kernel,
+            precision,
             params,
             storage,
             elements.div_ceil(WG_LINEAR as usize),
@@ -138,6 +175,7 @@ impl Gpu {
     fn bind(
         &self,
         kernel: Kernel,
+        precision: Precision,
         params: &[u8],
         storage: &[(&wgpu::Buffer, Window)],
     ) -> Result<wgpu::BindGroup> {
@@ -155,7 +193,7 @@ impl Gpu {
             range.slice(..params.len()).copy_from_slice(params);
         }
         uniform.unmap();
-        let compiled = self.kernels.get(&self.device, kernel);
+        let compiled = self.kernels.get(&self.device, kernel, precision);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),

@@ -9,28 +9,32 @@ use crate::gpu::dispatch::Dispatch;
 use crate::gpu::ops::{
     ConvAlgorithm, GpuConv2d, GpuDeconv2d, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom,
 };
+use crate::gpu::precision::Precision;
 use crate::gpu::tensor::GpuTensor;
 use crate::net::Op;
 use crate::spec::Shape;
 
-/// The buffers one run of a layer reads and writes, with their shapes.
+/// The buffers one run of a layer reads and writes, with their shapes and element type.
 #[derive(Clone, Copy)]
 pub struct Io<'a> {
-    /// The input, NCHW f32.
+    /// The input, NCHW, of [`Io::precision`] elements.
     pub input: &'a wgpu::Buffer,
     /// The input's shape.
     pub input_shape: Shape,
-    /// The output, NCHW (f32, or u32 labels for argmax).
+    /// The output, NCHW (of [`Io::precision`] elements, or u32 labels for argmax).
     pub output: &'a wgpu::Buffer,
     /// The output's shape; it must be what the layer computes from `input_shape`.
     pub output_shape: Shape,
     /// Scratch memory the layer may use, at least [`GpuLayer::scratch_bytes`] long; without it
     /// a layer that needs scratch allocates its own.
     pub scratch: Option<&'a wgpu::Buffer>,
+    /// The element type of the input and output (and of the layer's weights, which must
+    /// match): every kernel runs its variant for this precision.
+    pub precision: Precision,
 }
 
 impl<'a> Io<'a> {
-    /// The buffers of two tensors, no shared scratch.
+    /// The buffers of two tensors, no shared scratch, in the input's precision.
     pub fn tensors(input: &'a GpuTensor, output: &'a GpuTensor) -> Self {
         Self {
             input: &input.buffer,
@@ -38,8 +42,21 @@ impl<'a> Io<'a> {
             output: &output.buffer,
             output_shape: output.shape(),
             scratch: None,
+            precision: input.precision(),
         }
     }
+}
+
+/// Errors unless a layer whose weights are stored as `weights` runs on buffers of `io`'s
+/// precision.
+pub(crate) fn expect_precision(layer: &str, weights: Precision, io: Precision) -> Result<()> {
+    if weights == io {
+        return Ok(());
+    }
+    Err(Error::InvalidSpec {
+        context: layer.to_string(),
+        reason: format!("weights stored as {weights} cannot run on {io} tensors"),
+    })
 }
 
 /// A layer on the GPU.
@@ -68,27 +85,49 @@ pub trait GpuLayer: Send + Sync {
         Ok(0)
     }
 
-    /// Runs the layer into an existing tensor of the output shape.
+    /// The element type of the output for an input of `input` elements (the same, but for
+    /// argmax's u32 labels, held in f32-sized tensors).
+    fn output_precision(&self, input: Precision) -> Precision {
+        input
+    }
+
+    /// Runs the layer into an existing tensor of the output shape and precision.
     fn forward_into(&self, gpu: &Gpu, input: &GpuTensor, output: &mut GpuTensor) -> Result<()> {
+        let want = self.output_precision(input.precision());
+        if output.precision() != want {
+            return Err(Error::InvalidSpec {
+                context: self.name().to_string(),
+                reason: format!(
+                    "the output tensor holds {} elements, the layer writes {want}",
+                    output.precision()
+                ),
+            });
+        }
         let dispatches = self.prepare(gpu, &Io::tensors(input, output))?;
         gpu.run(&dispatches)
     }
 
-    /// Runs the layer into a new tensor.
+    /// Runs the layer into a new tensor (of the input's precision).
     fn forward(&self, gpu: &Gpu, input: &GpuTensor) -> Result<GpuTensor> {
-        let mut output = gpu.empty(self.output_shape(input.shape())?)?;
+        let mut output = gpu.empty_as(
+            self.output_shape(input.shape())?,
+            self.output_precision(input.precision()),
+        )?;
         self.forward_into(gpu, input, &mut output)?;
         Ok(output)
     }
 }
 
-/// How convolutions choose their kernels when layers are built from a network's ops.
+/// How convolutions choose their kernels when layers are built from a network's ops, and how
+/// weights are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayerOptions {
     /// The convolution kernel (see [`GpuConv2d::with_algorithm`]).
     pub algorithm: ConvAlgorithm,
     /// Whether convolutions may split deep reductions (see [`GpuConv2d::with_split`]).
     pub split: bool,
+    /// The element type of the weights (and of the tensors the layers run on).
+    pub precision: Precision,
 }
 
 impl Default for LayerOptions {
@@ -96,6 +135,7 @@ impl Default for LayerOptions {
         Self {
             algorithm: ConvAlgorithm::Auto,
             split: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -104,11 +144,22 @@ impl Default for LayerOptions {
 pub fn layer_for(gpu: &Gpu, op: &Op, options: LayerOptions) -> Result<Box<dyn GpuLayer>> {
     Ok(match op {
         Op::Conv { spec, weight, bias } => Box::new(
-            GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))?
-                .with_algorithm(options.algorithm)
-                .with_split(options.split),
+            GpuConv2d::new_as(
+                gpu,
+                *spec,
+                weight.view(),
+                bias.as_ref().map(|b| b.view()),
+                options.precision,
+            )?
+            .with_algorithm(options.algorithm)
+            .with_split(options.split),
         ),
-        Op::Deconv { spec, weight } => Box::new(GpuDeconv2d::new(gpu, *spec, weight.view())?),
+        Op::Deconv { spec, weight } => Box::new(GpuDeconv2d::new_as(
+            gpu,
+            *spec,
+            weight.view(),
+            options.precision,
+        )?),
         Op::MaxPool(spec) => Box::new(GpuMaxPool2d::new(*spec)),
         Op::Relu => Box::new(GpuRelu),
         Op::Softmax => Box::new(GpuSoftmax),

@@ -10,6 +10,7 @@ pub mod context;
 pub mod dispatch;
 pub mod layer;
 pub mod ops;
+pub mod precision;
 pub mod shader;
 pub mod tensor;
 pub mod tune;
@@ -26,5 +27,6 @@ pub use ops::{
     ConvAlgorithm, ConvChoice, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuDropout, GpuMask,
     GpuMaxPool2d, GpuRelu, GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom, LossAndGrad, SgdHyper,
 };
+pub use precision::Precision;
 pub use shader::Kernel;
 pub use tensor::GpuTensor;

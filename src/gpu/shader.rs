@@ -1,12 +1,20 @@
 //! The WGSL kernels as data: each kernel lists its shared parts (`shaders/common/`), its own
 //! file and its storage bindings; its source is assembled from them with the shared constants
 //! spliced in, and its pipeline and bind group layout are built from the same list, once per
-//! device on first use. Every kernel's uniform is a `#[repr(C)]` Rust struct declared with
-//! `uniform!`, whose layout a test checks against the WGSL
-//! struct by naga reflection.
+//! device and [`Precision`] on first use.
+//!
+//! The forward kernels read and write their tensors, weights and biases through the storage
+//! type `store_t`, an alias spliced in per precision (`f32`, or `f16` after `enable f16;`):
+//! they read with `f32(x[i])`, compute in f32 and write `store_t(v)`, so one source serves
+//! both precisions and the f32 variant does exactly what it did before the alias existed.
+//!
+//! Every kernel's uniform is a `#[repr(C)]` Rust struct declared with `uniform!`, whose layout
+//! a test checks against the WGSL struct by naga reflection, in every variant.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::gpu::precision::Precision;
 
 /// Invocations per workgroup of the one-element-per-invocation kernels.
 pub const WG_LINEAR: u32 = 64;
@@ -124,8 +132,12 @@ impl Part {
 /// The element type of a storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Elem {
+    /// Always f32 (the training kernels).
     F32,
+    /// Always u32 (labels, masks).
     U32,
+    /// The precision's storage type `store_t` (the forward kernels' tensors and weights).
+    Store,
 }
 
 /// A storage binding after the uniform (binding 0): name in the WGSL, element type, and
@@ -189,12 +201,12 @@ struct Definition {
 }
 
 const CONV_STORAGE: &[Storage] = &[
-    ("input", Elem::F32, READ),
-    ("weight", Elem::F32, READ),
-    ("bias", Elem::F32, READ),
-    ("output", Elem::F32, WRITE),
+    ("input", Elem::Store, READ),
+    ("weight", Elem::Store, READ),
+    ("bias", Elem::Store, READ),
+    ("output", Elem::Store, WRITE),
 ];
-const UNARY: &[Storage] = &[("input", Elem::F32, READ), ("output", Elem::F32, WRITE)];
+const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store, WRITE)];
 
 impl Kernel {
     /// Every kernel.
@@ -259,9 +271,9 @@ impl Kernel {
                 &[ConvFinish, Linear],
                 include_str!("../../shaders/conv2d_split_reduce.wgsl"),
                 &[
-                    ("partial", Elem::F32, READ),
-                    ("bias", Elem::F32, READ),
-                    ("output", Elem::F32, WRITE),
+                    ("partial", Elem::Store, READ),
+                    ("bias", Elem::Store, READ),
+                    ("output", Elem::Store, WRITE),
                 ],
             ),
             Kernel::Relu => def(
@@ -286,7 +298,7 @@ impl Kernel {
                 "argmax",
                 &[PerPixel, Linear],
                 include_str!("../../shaders/argmax.wgsl"),
-                &[("input", Elem::F32, READ), ("labels", Elem::U32, WRITE)],
+                &[("input", Elem::Store, READ), ("labels", Elem::U32, WRITE)],
             ),
             Kernel::Zoom => def(
                 "zoom",
@@ -299,9 +311,9 @@ impl Kernel {
                 &[Planes, Linear],
                 include_str!("../../shaders/deconv.wgsl"),
                 &[
-                    ("input", Elem::F32, READ),
-                    ("weight", Elem::F32, READ),
-                    ("output", Elem::F32, WRITE),
+                    ("input", Elem::Store, READ),
+                    ("weight", Elem::Store, READ),
+                    ("output", Elem::Store, WRITE),
                 ],
             ),
             Kernel::ConvGradInput => def(
@@ -386,13 +398,33 @@ impl Kernel {
         self.definition().name
     }
 
-    /// The complete WGSL source: the shared constants, the uniform and storage bindings, the
+    /// The complete WGSL source of the f32 variant ([`Kernel::source_as`]).
+    pub fn source(self) -> String {
+        self.source_as(Precision::F32)
+    }
+
+    /// Whether the kernel has an f16 variant: it keeps tensors or weights in the storage
+    /// type (the forward kernels; the training kernels are f32 only).
+    pub fn has_f16(self) -> bool {
+        self.definition()
+            .storage
+            .iter()
+            .any(|(_, elem, _)| *elem == Elem::Store)
+    }
+
+    /// The complete WGSL source for a storage precision: `enable f16;` for f16, the shared
+    /// constants, the storage type alias `store_t`, the uniform and storage bindings, the
     /// kernel's shared parts and its own file, with the `// BLOCK:` template lines of the
     /// register-blocked kernel expanded.
-    pub fn source(self) -> String {
+    pub fn source_as(self, precision: Precision) -> String {
         let def = self.definition();
         let pointwise = self == Kernel::ConvPointwise;
-        let mut out = format!(
+        let mut out = String::new();
+        if precision == Precision::F16 {
+            out.push_str("enable f16;\n\n");
+        }
+        out.push_str(&format!("alias store_t = {};\n", precision.wgsl()));
+        out += &format!(
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
              const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
@@ -405,6 +437,7 @@ impl Kernel {
             let ty = match elem {
                 Elem::F32 => "f32",
                 Elem::U32 => "u32",
+                Elem::Store => "store_t",
             };
             out.push_str(&format!(
                 "@group(0) @binding({}) var<storage, {access}> {name}: array<{ty}>;\n",
@@ -473,11 +506,11 @@ pub(crate) struct Compiled {
     pub layout: wgpu::BindGroupLayout,
 }
 
-/// Pipelines of one device, each built on first use with an explicit layout, through the
-/// device's pipeline cache when it has one.
+/// Pipelines of one device, one per kernel and precision, each built on first use with an
+/// explicit layout, through the device's pipeline cache when it has one.
 #[derive(Default)]
 pub(crate) struct Kernels {
-    compiled: [OnceLock<Compiled>; Kernel::ALL.len()],
+    compiled: [[OnceLock<Compiled>; Precision::ALL.len()]; Kernel::ALL.len()],
     cache: Option<wgpu::PipelineCache>,
     /// A pipeline was built since the cache's data was last taken (see [`Kernels::take_new`]).
     built: AtomicBool,
@@ -504,8 +537,14 @@ impl Kernels {
         self.built.swap(false, Ordering::SeqCst)
     }
 
-    pub(crate) fn get(&self, device: &wgpu::Device, kernel: Kernel) -> &Compiled {
-        self.compiled[kernel.index()].get_or_init(|| {
+    /// The pipeline of `kernel` for `precision`, built on first use.
+    pub(crate) fn get(
+        &self,
+        device: &wgpu::Device,
+        kernel: Kernel,
+        precision: Precision,
+    ) -> &Compiled {
+        self.compiled[kernel.index()][precision.index()].get_or_init(|| {
             self.built.store(true, Ordering::SeqCst);
             let def = kernel.definition();
             let buffer = |binding, ty| wgpu::BindGroupLayoutEntry {
@@ -536,7 +575,7 @@ impl Kernels {
             });
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(def.name),
-                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                source: wgpu::ShaderSource::Wgsl(kernel.source_as(precision).into()),
             });
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(def.name),
@@ -615,12 +654,19 @@ mod tests {
         }
     }
 
-    /// Every kernel's WGSL uniform (binding 0) has the Rust struct's size, field names and
-    /// field offsets, nested structs included: the host writes exactly what the shader reads.
+    /// Every kernel's WGSL uniform (binding 0), in each of its variants, has the Rust struct's
+    /// size, field names and field offsets, nested structs included: the host writes exactly
+    /// what the shader reads.
     #[test]
     fn wgsl_uniforms_match_the_rust_structs_field_by_field() {
-        for kernel in Kernel::ALL {
-            let source = kernel.source();
+        let variants = Kernel::ALL.into_iter().flat_map(|k| {
+            Precision::ALL
+                .into_iter()
+                .filter(move |p| *p == Precision::F32 || k.has_f16())
+                .map(move |p| (k, p))
+        });
+        for (kernel, precision) in variants {
+            let source = kernel.source_as(precision);
             let module = naga::front::wgsl::parse_str(&source)
                 .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
             let (_, uniform) = module
@@ -634,7 +680,45 @@ mod tests {
                 })
                 .unwrap_or_else(|| panic!("{}: no uniform at binding 0", kernel.name()));
             let wgsl = wgsl_layout(&module, uniform.ty, kernel.name());
-            assert_eq!(wgsl, rust_uniform(kernel), "{}", kernel.name());
+            assert_eq!(wgsl, rust_uniform(kernel), "{} {precision}", kernel.name());
+        }
+    }
+
+    /// Every forward kernel has an f16 variant that naga parses and validates (with f16 in
+    /// storage); the f32 sources enable no f16.
+    #[test]
+    fn f16_variants_parse_and_validate() {
+        let forward = [
+            Kernel::ConvDirect,
+            Kernel::ConvTiled,
+            Kernel::ConvPointwise,
+            Kernel::ConvBlocked,
+            Kernel::ConvSplitReduce,
+            Kernel::Relu,
+            Kernel::MaxPool,
+            Kernel::Softmax,
+            Kernel::Argmax,
+            Kernel::Zoom,
+            Kernel::Deconv,
+        ];
+        for kernel in Kernel::ALL {
+            assert_eq!(kernel.has_f16(), forward.contains(&kernel), "{kernel:?}");
+            let f32_source = kernel.source();
+            assert!(f32_source.starts_with("alias store_t = f32;"), "{kernel:?}");
+            assert!(!f32_source.contains("enable f16"), "{kernel:?}");
+            if !kernel.has_f16() {
+                continue;
+            }
+            let source = kernel.source_as(Precision::F16);
+            assert!(source.starts_with("enable f16;"), "{kernel:?}");
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::all(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", kernel.name()));
         }
     }
 

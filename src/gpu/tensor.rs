@@ -1,27 +1,35 @@
-//! NCHW f32 tensors on the GPU: allocation, upload, download.
+//! NCHW tensors on the GPU, stored as f32 or f16 ([`Precision`]): allocation, upload and
+//! download (f16 converted on the host both ways).
 
 use ndarray::{Array4, ArrayView4};
 
 use crate::error::{Error, Result};
 use crate::gpu::context::{Gpu, block_on};
+use crate::gpu::precision::{Precision, from_f16, to_f16};
 use crate::spec::Shape;
 
 /// Bytes moved per staging copy when uploading or downloading, so a 400 MB tensor does not need
 /// a second 400 MB host-visible buffer.
 const STAGING_BYTES: u64 = 64 << 20;
 
-/// An NCHW f32 tensor in one GPU buffer.
+/// An NCHW tensor in one GPU buffer, of f32 elements or, with [`Precision::F16`], f16 ones.
 ///
 /// The buffer may be larger than one storage binding; kernels bind windows of it.
 pub struct GpuTensor {
     pub(crate) buffer: wgpu::Buffer,
     shape: Shape,
+    precision: Precision,
 }
 
 impl GpuTensor {
     /// The tensor's shape.
     pub fn shape(&self) -> Shape {
         self.shape
+    }
+
+    /// The element type it is stored as.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The underlying buffer (`STORAGE | COPY_SRC | COPY_DST`).
@@ -31,7 +39,7 @@ impl GpuTensor {
 
     /// Bytes the tensor occupies.
     pub fn bytes(&self) -> u64 {
-        self.shape.bytes()
+        self.shape.len() as u64 * self.precision.bytes()
     }
 
     /// A tensor of `shape` over the start of `buffer`, sharing it (several tensors may take
@@ -46,6 +54,7 @@ impl GpuTensor {
         Ok(Self {
             buffer: buffer.clone(),
             shape,
+            precision: Precision::F32,
         })
     }
 }
@@ -70,14 +79,27 @@ impl Window {
 }
 
 impl Gpu {
-    /// A window of `len` elements starting at element `start` of `buffer`.
+    /// A window of `len` f32 elements starting at element `start` of `buffer`.
     pub(crate) fn window(&self, buffer: &wgpu::Buffer, start: usize, len: usize) -> Window {
+        self.window_of(buffer, start, len, Precision::F32)
+    }
+
+    /// A window of `len` elements of `precision` starting at element `start` of `buffer`;
+    /// its size is rounded up to whole 4-byte words (as bindings must be), within the buffer.
+    pub(crate) fn window_of(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: usize,
+        len: usize,
+        precision: Precision,
+    ) -> Window {
+        let elem = precision.bytes();
         let align = self.limits().min_storage_buffer_offset_alignment as u64;
-        let start_bytes = start as u64 * 4;
+        let start_bytes = start as u64 * elem;
         let offset = start_bytes / align * align;
-        let base = ((start_bytes - offset) / 4) as u32;
+        let base = ((start_bytes - offset) / elem) as u32;
         let size = (buffer.size() - offset)
-            .min((base as u64 + len as u64) * 4)
+            .min(((base as u64 + len as u64) * elem).next_multiple_of(4))
             .max(4);
         Window { offset, size, base }
     }
@@ -110,19 +132,6 @@ impl Gpu {
         })
     }
 
-    /// A storage buffer holding `data`.
-    pub(crate) fn storage_from_slice(&self, what: &str, data: &[f32]) -> Result<wgpu::Buffer> {
-        let buffer = self.create_buffer(
-            what,
-            data.len() as u64 * 4,
-            wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-        )?;
-        self.write_f32(&buffer, 0, data)?;
-        Ok(buffer)
-    }
-
     /// Writes f32 data into a buffer at an element offset, in bounded pieces.
     pub(crate) fn write_f32(
         &self,
@@ -142,12 +151,80 @@ impl Gpu {
         self.check_health()
     }
 
+    /// Writes f32 data rounded to f16 into a buffer at an even element offset, in bounded
+    /// pieces (an odd count is padded by one element, which the buffer's rounding to whole
+    /// 4-byte words leaves room for at its end).
+    pub(crate) fn write_f16(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: usize,
+        data: &[f32],
+    ) -> Result<()> {
+        if !start.is_multiple_of(2) {
+            return Err(Error::Internal(format!(
+                "f16 write at the odd element offset {start}"
+            )));
+        }
+        let piece = (STAGING_BYTES / 2) as usize;
+        for (i, chunk) in data.chunks(piece).enumerate() {
+            let mut half = to_f16(chunk);
+            if !half.len().is_multiple_of(2) {
+                half.push(half::f16::ZERO);
+            }
+            let offset = (start + i * piece) as u64 * 2;
+            self.scoped("writing to the GPU", half.len() as u64 * 2, || {
+                self.queue
+                    .write_buffer(buffer, offset, bytemuck::cast_slice(&half));
+            })?;
+        }
+        self.scoped("submitting writes", 0, || self.queue.submit([]))?;
+        self.check_health()
+    }
+
+    /// Writes f32 data into a buffer of `precision` elements at an element offset (even for
+    /// f16), rounding to f16 on the host where needed.
+    pub(crate) fn write_as(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: usize,
+        data: &[f32],
+        precision: Precision,
+    ) -> Result<()> {
+        match precision {
+            Precision::F32 => self.write_f32(buffer, start, data),
+            Precision::F16 => self.write_f16(buffer, start, data),
+        }
+    }
+
+    /// A storage buffer holding `data` as `precision` elements.
+    pub(crate) fn storage_from_slice_as(
+        &self,
+        what: &str,
+        data: &[f32],
+        precision: Precision,
+    ) -> Result<wgpu::Buffer> {
+        let buffer = self.create_buffer(
+            what,
+            data.len() as u64 * precision.bytes(),
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        self.write_as(&buffer, 0, data, precision)?;
+        Ok(buffer)
+    }
+
     /// Uploads an NCHW array (any batch size).
     pub fn upload(&self, array: ArrayView4<f32>) -> Result<GpuTensor> {
+        self.upload_as(array, Precision::F32)
+    }
+
+    /// Uploads an NCHW array as `precision` elements (f16: rounded to nearest on the host).
+    pub fn upload_as(&self, array: ArrayView4<f32>, precision: Precision) -> Result<GpuTensor> {
         let d = array.dim();
         let shape = Shape::new(d.0, d.1, d.2, d.3);
         shape.check_nonzero("upload")?;
-        let tensor = self.empty(shape)?;
+        let tensor = self.empty_as(shape, precision)?;
         self.write_tensor(&tensor, array)?;
         Ok(tensor)
     }
@@ -164,39 +241,55 @@ impl Gpu {
                 right: tensor.shape.dims().to_vec(),
             });
         }
+        let p = tensor.precision;
         match array.as_slice() {
-            Some(s) => self.write_f32(&tensor.buffer, 0, s),
-            None => self.write_f32(
+            Some(s) => self.write_as(&tensor.buffer, 0, s, p),
+            None => self.write_as(
                 &tensor.buffer,
                 0,
                 &array.iter().copied().collect::<Vec<_>>(),
+                p,
             ),
         }
     }
 
     /// A tensor whose contents are undefined until written.
     pub fn empty(&self, shape: Shape) -> Result<GpuTensor> {
+        self.empty_as(shape, Precision::F32)
+    }
+
+    /// A tensor of `precision` elements whose contents are undefined until written.
+    pub fn empty_as(&self, shape: Shape, precision: Precision) -> Result<GpuTensor> {
         shape.check_nonzero("tensor")?;
         let buffer = self.create_buffer(
-            &format!("tensor {shape}"),
-            shape.bytes(),
+            &format!("tensor {shape} {precision}"),
+            shape.len() as u64 * precision.bytes(),
             wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
         )?;
-        Ok(GpuTensor { buffer, shape })
+        Ok(GpuTensor {
+            buffer,
+            shape,
+            precision,
+        })
     }
 
     /// A tensor with every element set to `value` (NaN poisons an output buffer so unwritten
     /// elements show).
     pub fn filled(&self, shape: Shape, value: f32) -> Result<GpuTensor> {
-        let tensor = self.empty(shape)?;
+        self.filled_as(shape, value, Precision::F32)
+    }
+
+    /// [`Gpu::filled`] with `precision` elements (`value` rounded to f16 for f16).
+    pub fn filled_as(&self, shape: Shape, value: f32, precision: Precision) -> Result<GpuTensor> {
+        let tensor = self.empty_as(shape, precision)?;
         let piece = (STAGING_BYTES / 4) as usize;
         let block = vec![value; piece.min(shape.len())];
         let mut done = 0;
         while done < shape.len() {
             let n = block.len().min(shape.len() - done);
-            self.write_f32(&tensor.buffer, done, &block[..n])?;
+            self.write_as(&tensor.buffer, done, &block[..n], precision)?;
             done += n;
         }
         Ok(tensor)
@@ -211,7 +304,7 @@ impl Gpu {
     /// [`Gpu::download`] as a future, which a browser answers when the GPU is done.
     pub async fn download_async(&self, tensor: &GpuTensor) -> Result<Array4<f32>> {
         let data = self
-            .read_f32_async(&tensor.buffer, 0, tensor.shape.len())
+            .read_as_async(&tensor.buffer, 0, tensor.shape.len(), tensor.precision)
             .await?;
         Array4::from_shape_vec(tensor.shape.dims(), data)
             .map_err(|e| Error::Internal(format!("read-back of {}: {e}", tensor.shape)))
@@ -225,6 +318,34 @@ impl Gpu {
         len: usize,
     ) -> Result<Vec<f32>> {
         block_on(self.read_f32_async(buffer, start, len))
+    }
+
+    /// Reads `len` elements of `precision` starting at element `start` (even for f16) of a
+    /// buffer, widened to f32.
+    pub(crate) async fn read_as_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        start: usize,
+        len: usize,
+        precision: Precision,
+    ) -> Result<Vec<f32>> {
+        match precision {
+            Precision::F32 => self.read_f32_async(buffer, start, len).await,
+            Precision::F16 => {
+                if !start.is_multiple_of(2) {
+                    return Err(Error::Internal(format!(
+                        "f16 read at the odd element offset {start}"
+                    )));
+                }
+                // Whole 4-byte words: an odd count reads one more element (the buffer's
+                // rounding leaves room for it), dropped here.
+                let words = self
+                    .read_f32_async(buffer, start / 2, len.div_ceil(2))
+                    .await?;
+                let half: &[half::f16] = bytemuck::cast_slice(&words);
+                Ok(from_f16(&half[..len]))
+            }
+        }
     }
 
     /// [`Gpu::read_f32`] as a future.

@@ -25,6 +25,7 @@ use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::Dispatch;
 use crate::gpu::layer::{GpuLayer, Io};
 use crate::gpu::ops::{ConvChoice, GpuConv2d};
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::Kernel;
 use crate::spec::{Conv2d, Shape};
 
@@ -116,12 +117,13 @@ pub struct ConvTuning {
 }
 
 /// The key of a convolution geometry in the choice file: batch, input channels and size,
-/// output channels, kernel, dilation, stride and padding, and `nosplit` when the plan may not
-/// split reductions (plans within a memory budget).
-pub fn geometry_key(spec: &Conv2d, input: Shape, split: bool) -> String {
+/// output channels, kernel, dilation, stride and padding, `nosplit` when the plan may not
+/// split reductions (plans within a memory budget), and `f16` for f16 storage (f32 keys carry
+/// no precision, as before f16 existed).
+pub fn geometry_key(spec: &Conv2d, input: Shape, split: bool, precision: Precision) -> String {
     let p = spec.padding;
     format!(
-        "n{} c{}x{}x{} o{} k{}x{} d{}x{} s{}x{} p{},{},{},{}{}",
+        "n{} c{}x{}x{} o{} k{}x{} d{}x{} s{}x{} p{},{},{},{}{}{}",
         input.n,
         input.c,
         input.h,
@@ -137,7 +139,11 @@ pub fn geometry_key(spec: &Conv2d, input: Shape, split: bool) -> String {
         p.bottom,
         p.left,
         p.right,
-        if split { "" } else { " nosplit" }
+        if split { "" } else { " nosplit" },
+        match precision {
+            Precision::F32 => "",
+            Precision::F16 => " f16",
+        }
     )
 }
 
@@ -195,8 +201,8 @@ pub fn measure_conv_alone(
     input: Shape,
     split: bool,
 ) -> Result<Vec<CandidateTime>> {
-    let x = gpu.empty(input)?;
-    let y = gpu.empty(conv.output_shape(input)?)?;
+    let x = gpu.empty_as(input, conv.precision())?;
+    let y = gpu.empty_as(conv.output_shape(input)?, conv.precision())?;
     measure_conv(gpu, conv, &Io::tensors(&x, &y), split)
 }
 
@@ -466,11 +472,14 @@ mod tests {
         let a = Conv2d::new(8, 16, 3).dilation(2).pad(2);
         let b = Conv2d::new(8, 16, 3).dilation(4).pad(4);
         let s = Shape::new(1, 8, 20, 20);
-        assert_ne!(geometry_key(&a, s, true), geometry_key(&b, s, true));
-        assert_ne!(geometry_key(&a, s, true), geometry_key(&a, s, false));
+        let key = |spec: &Conv2d, split| geometry_key(spec, s, split, Precision::F32);
+        assert_ne!(key(&a, true), key(&b, true));
+        assert_ne!(key(&a, true), key(&a, false));
+        assert_eq!(key(&a, true), key(&a.with_relu(true), true));
+        assert_eq!(key(&a, true), "n1 c8x20x20 o16 k3x3 d2x2 s1x1 p2,2,2,2");
         assert_eq!(
-            geometry_key(&a, s, true),
-            geometry_key(&a.with_relu(true), s, true)
+            geometry_key(&a, s, true, Precision::F16),
+            format!("{} f16", key(&a, true))
         );
     }
 }

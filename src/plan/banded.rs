@@ -8,7 +8,7 @@ use ndarray::{Array4, ArrayView4};
 use crate::error::Result;
 use crate::gpu::context::block_on;
 use crate::gpu::tune::{ConvTuning, Tuning};
-use crate::gpu::{ConvAlgorithm, Gpu, Kernel};
+use crate::gpu::{ConvAlgorithm, Gpu, Kernel, Precision};
 use crate::net::Network;
 use crate::plan::compiled::GpuPlan;
 use crate::plan::layout::{BandedLayout, Bands};
@@ -42,27 +42,41 @@ pub struct Plan<'g> {
 }
 
 impl<'g> Plan<'g> {
-    /// Compiles `network` for inputs of `input_shape` within `options.max_memory`.
+    /// Compiles `network` for inputs of `input_shape` within `options.max_memory`, storing
+    /// weights and activations as `options.precision` (an
+    /// [`Error::UnsupportedPrecision`](crate::Error::UnsupportedPrecision) for f16 on an
+    /// adapter without `SHADER_F16`).
     pub fn new(
         gpu: &'g Gpu,
         network: &Network,
         input_shape: Shape,
         options: &PlanOptions,
     ) -> Result<Self> {
+        gpu.check_precision(options.precision)?;
         let layout = match options.max_memory {
-            Some(budget) => BandedLayout::for_budget(network, input_shape, budget)?,
+            Some(budget) => {
+                BandedLayout::for_budget_as(network, input_shape, budget, options.precision)?
+            }
             None => None,
         };
         match layout {
-            Some(layout) => Self::build(gpu, network, layout, options.algorithm, options.tuning),
+            Some(layout) => Self::build(
+                gpu,
+                network,
+                layout,
+                options.algorithm,
+                options.tuning,
+                options.precision,
+            ),
             None => Ok(Self {
                 output_shape: network.output_shape(input_shape)?,
-                inner: Inner::Whole(GpuPlan::with_tuning(
+                inner: Inner::Whole(GpuPlan::with_precision(
                     gpu,
                     network,
                     input_shape,
                     options.algorithm,
                     options.tuning,
+                    options.precision,
                 )?),
                 input_shape,
             }),
@@ -75,6 +89,7 @@ impl<'g> Plan<'g> {
         layout: BandedLayout,
         algorithm: ConvAlgorithm,
         tuning: Tuning,
+        precision: Precision,
     ) -> Result<Self> {
         let output_shape = network.output_shape(layout.input_shape)?;
         let mut stages = Vec::with_capacity(layout.stages.len());
@@ -86,7 +101,7 @@ impl<'g> Plan<'g> {
             };
             stages.push(StagePlan {
                 bands: stage.bands.clone(),
-                plan: GpuPlan::build(gpu, &net, band, algorithm, tuning, false)?,
+                plan: GpuPlan::build(gpu, &net, band, algorithm, tuning, false, precision)?,
             });
         }
         let n = network.layers().len();
@@ -96,7 +111,9 @@ impl<'g> Plan<'g> {
                 .last()
                 .map_or(layout.input_shape, |s| s.bands.stitched_shape);
             let net = network.sub_network(layout.rest_start..n)?;
-            Some(GpuPlan::build(gpu, &net, input, algorithm, tuning, false)?)
+            Some(GpuPlan::build(
+                gpu, &net, input, algorithm, tuning, false, precision,
+            )?)
         } else {
             None
         };
@@ -118,13 +135,14 @@ impl<'g> Plan<'g> {
         input_shape: Shape,
         options: &PlanOptions,
     ) -> Result<u64> {
+        let p = options.precision;
         let layout = match options.max_memory {
-            Some(budget) => BandedLayout::for_budget(network, input_shape, budget)?,
+            Some(budget) => BandedLayout::for_budget_as(network, input_shape, budget, p)?,
             None => None,
         };
         match layout {
             Some(l) => Ok(l.peak_memory),
-            None => Ok(GpuPlan::estimate_memory(network, input_shape)?
+            None => Ok(GpuPlan::estimate_memory_as(network, input_shape, p)?
                 + timestamp_bytes(network.layers().len())),
         }
     }
@@ -194,6 +212,13 @@ impl<'g> Plan<'g> {
     /// Bytes of GPU memory the plan holds (every stage's plan when banded).
     pub fn peak_memory(&self) -> u64 {
         self.plans().iter().map(|p| p.peak_memory()).sum()
+    }
+
+    /// The element type of the plan's weights and activations.
+    pub fn precision(&self) -> Precision {
+        self.plans()
+            .first()
+            .map_or(Precision::F32, |p| p.precision())
     }
 
     /// Bytes of weights on the GPU.

@@ -14,10 +14,10 @@ use crate::gpu::layer::named_after;
 use crate::gpu::tune::{ChoiceSource, ConvTuning, Tuning, geometry_key, measure_conv};
 use crate::gpu::{
     ConvAlgorithm, ConvChoice, Dispatch, Gpu, GpuConv2d, GpuLayer, Io, Kernel, LayerOptions,
-    layer_for,
+    Precision, layer_for,
 };
 use crate::net::{Network, Op};
-use crate::plan::memory::estimate_layers;
+use crate::plan::memory::{buffer_bytes, estimate_layers};
 use crate::spec::Shape;
 use crate::timing::LayerTimes;
 
@@ -47,7 +47,7 @@ fn choose_kernel(
     split: bool,
     earlier: &[ConvTuning],
 ) -> Result<(GpuConv2d, ConvTuning)> {
-    let geometry = geometry_key(conv.spec(), io.input_shape, split);
+    let geometry = geometry_key(conv.spec(), io.input_shape, split, conv.precision());
     let flops = 2
         * io.output_shape.len() as u64
         * (conv.spec().in_channels * conv.spec().kernel.0 * conv.spec().kernel.1) as u64;
@@ -104,6 +104,11 @@ fn choose_kernel(
 /// the largest split reduction (layers with too few output tiles to fill a GPU split their
 /// reduction; they share one scratch buffer).
 ///
+/// Weights, biases, the input and the activations are stored as the plan's [`Precision`]
+/// (f32 unless built with [`GpuPlan::with_precision`]); with f16 the input is rounded to f16
+/// on the host, every kernel accumulates in f32, and the scores are widened to f32 on the
+/// host after the read-back.
+///
 /// # Threads
 ///
 /// `GpuPlan` is `Send + Sync`. [`GpuPlan::forward`] may be called from several threads at once:
@@ -124,6 +129,7 @@ pub struct GpuPlan<'g> {
     pass: Mutex<()>,
     _scratch: Option<wgpu::Buffer>,
     tuning: Vec<ConvTuning>,
+    precision: Precision,
 }
 
 impl<'g> GpuPlan<'g> {
@@ -137,6 +143,30 @@ impl<'g> GpuPlan<'g> {
             ConvAlgorithm::Auto,
             Tuning::default(),
             true,
+            Precision::F32,
+        )
+    }
+
+    /// Compiles `network` with weights and activations stored as `precision` elements
+    /// (kernels chosen as in [`GpuPlan::with_tuning`]). F16 needs the adapter's
+    /// `SHADER_F16`: without it this is an
+    /// [`Error::UnsupportedPrecision`].
+    pub fn with_precision(
+        gpu: &'g Gpu,
+        network: &Network,
+        input_shape: Shape,
+        algorithm: ConvAlgorithm,
+        tuning: Tuning,
+        precision: Precision,
+    ) -> Result<Self> {
+        Self::build(
+            gpu,
+            network,
+            input_shape,
+            algorithm,
+            tuning,
+            true,
+            precision,
         )
     }
 
@@ -150,7 +180,15 @@ impl<'g> GpuPlan<'g> {
         algorithm: ConvAlgorithm,
         tuning: Tuning,
     ) -> Result<Self> {
-        Self::build(gpu, network, input_shape, algorithm, tuning, true)
+        Self::build(
+            gpu,
+            network,
+            input_shape,
+            algorithm,
+            tuning,
+            true,
+            Precision::F32,
+        )
     }
 
     /// Compiles `network` with every convolution forced to one kernel choice (see
@@ -168,11 +206,12 @@ impl<'g> GpuPlan<'g> {
             algorithm,
             Tuning::default(),
             true,
+            Precision::F32,
         )
     }
 
     /// Compiles `network`; `split`: whether convolutions may split their reductions (see
-    /// [`GpuConv2d::with_split`]).
+    /// [`GpuConv2d::with_split`]); weights and activations stored as `precision`.
     pub(crate) fn build(
         gpu: &'g Gpu,
         network: &Network,
@@ -180,7 +219,9 @@ impl<'g> GpuPlan<'g> {
         algorithm: ConvAlgorithm,
         tuning: Tuning,
         split: bool,
+        precision: Precision,
     ) -> Result<Self> {
+        gpu.check_precision(precision)?;
         let shapes = network.shapes(input_shape)?;
         if shapes.is_empty() {
             return Err(Error::InvalidSpec {
@@ -188,11 +229,12 @@ impl<'g> GpuPlan<'g> {
                 reason: "the network has no layers".into(),
             });
         }
-        let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
+        let bytes = |s: &Shape| buffer_bytes(s.len(), precision);
+        let largest = shapes.iter().map(bytes).max().unwrap_or(4);
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
-        let input = gpu.create_buffer("plan input", input_shape.bytes(), usage)?;
+        let input = gpu.create_buffer("plan input", bytes(&input_shape), usage)?;
         let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
         let activations = (0..ping_pong)
             .map(|i| gpu.create_buffer(&format!("plan activation {i}"), largest, usage))
@@ -200,13 +242,17 @@ impl<'g> GpuPlan<'g> {
         let output_shape = shapes[shapes.len() - 1];
         let staging = gpu.create_buffer(
             "plan read-back",
-            output_shape.bytes(),
+            bytes(&output_shape),
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
 
         // Every layer built (weights uploaded) before any is recorded, so the scratch buffer
         // the layers share for split reductions is sized first.
-        let options = LayerOptions { algorithm, split };
+        let options = LayerOptions {
+            algorithm,
+            split,
+            precision,
+        };
         let mut built = Vec::with_capacity(shapes.len());
         let mut weight_bytes = 0;
         let mut scratch_len = 0;
@@ -216,11 +262,16 @@ impl<'g> GpuPlan<'g> {
             let named = |e| named_after(&layer.name, e);
             let op: Box<dyn GpuLayer> = match &layer.op {
                 Op::Conv { spec, weight, bias } => {
-                    let conv =
-                        GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))
-                            .map_err(named)?
-                            .with_algorithm(algorithm)
-                            .with_split(split);
+                    let conv = GpuConv2d::new_as(
+                        gpu,
+                        *spec,
+                        weight.view(),
+                        bias.as_ref().map(|b| b.view()),
+                        precision,
+                    )
+                    .map_err(named)?
+                    .with_algorithm(algorithm)
+                    .with_split(split);
                     let io = Io {
                         input: if i == 0 {
                             &input
@@ -231,6 +282,7 @@ impl<'g> GpuPlan<'g> {
                         output: &activations[i % ping_pong],
                         output_shape: out_shape,
                         scratch: None,
+                        precision,
                     };
                     let (conv, choice) =
                         choose_kernel(gpu, conv, &layer.name, &io, tuning, split, &choices)
@@ -265,6 +317,7 @@ impl<'g> GpuPlan<'g> {
                 output: &activations[i % ping_pong],
                 output_shape,
                 scratch: scratch.as_ref(),
+                precision,
             };
             let dispatches = op.prepare(gpu, &io).map_err(|e| named_after(&name, e))?;
             layers.push(PlannedLayer {
@@ -329,7 +382,13 @@ impl<'g> GpuPlan<'g> {
             pass: Mutex::new(()),
             _scratch: scratch,
             tuning: choices,
+            precision,
         })
+    }
+
+    /// The element type of the plan's weights and activations.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The kernel choice of each convolution layer, in order: the choice, the kernel it runs,
@@ -345,12 +404,22 @@ impl<'g> GpuPlan<'g> {
     /// as the tiled kernel would split it (an upper bound: adapters whose kernels do not split
     /// hold none; timestamp buffers, a few bytes per layer, aside).
     pub fn estimate_memory(network: &Network, input_shape: Shape) -> Result<u64> {
+        Self::estimate_memory_as(network, input_shape, Precision::F32)
+    }
+
+    /// [`GpuPlan::estimate_memory`] for a plan storing `precision` elements (f16: about half).
+    pub fn estimate_memory_as(
+        network: &Network,
+        input_shape: Shape,
+        precision: Precision,
+    ) -> Result<u64> {
         let shapes = network.shapes(input_shape)?;
         Ok(estimate_layers(
             network.layers(),
             input_shape,
             &shapes,
             true,
+            precision,
         ))
     }
 
@@ -459,11 +528,13 @@ impl<'g> GpuPlan<'g> {
     }
 
     fn upload(&self, input: &ArrayView4<f32>) -> Result<()> {
+        let p = self.precision;
         match input.as_slice() {
-            Some(s) => self.gpu.write_f32(&self.input, 0, s),
-            None => self
-                .gpu
-                .write_f32(&self.input, 0, &input.iter().copied().collect::<Vec<_>>()),
+            Some(s) => self.gpu.write_as(&self.input, 0, s, p),
+            None => {
+                let data = input.iter().copied().collect::<Vec<_>>();
+                self.gpu.write_as(&self.input, 0, &data, p)
+            }
         }
     }
 
@@ -486,7 +557,8 @@ impl<'g> GpuPlan<'g> {
         } else {
             None
         };
-        let out_bytes = self.output_shape().bytes();
+        let out_len = self.output_shape().len();
+        let out_bytes = buffer_bytes(out_len, self.precision);
         let commands = gpu.scoped("recording the forward pass", 0, || {
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             for (i, layer) in self.layers.iter().enumerate() {
@@ -515,11 +587,16 @@ impl<'g> GpuPlan<'g> {
         })?;
         gpu.submit_and_wait(commands)?;
         let data = gpu.read_mapped_async(&self.staging, out_bytes).await?;
-        let out = Array4::from_shape_vec(
-            self.output_shape().dims(),
-            bytemuck::cast_slice::<u8, f32>(&data).to_vec(),
-        )
-        .map_err(|e| Error::Internal(format!("read-back: {e}")))?;
+        let values = match self.precision {
+            Precision::F32 => bytemuck::cast_slice::<u8, f32>(&data).to_vec(),
+            Precision::F16 => data
+                .chunks_exact(2)
+                .take(out_len)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        let out = Array4::from_shape_vec(self.output_shape().dims(), values)
+            .map_err(|e| Error::Internal(format!("read-back: {e}")))?;
         let times = match ts {
             Some(t) => {
                 let raw = gpu.read_mapped_async(&t.staging, t.staging.size()).await?;
@@ -567,7 +644,12 @@ impl<'g> GpuPlan<'g> {
         }
         let raw = self
             .gpu
-            .read_f32_async(self.output_buffer(), 0, self.output_shape().len())
+            .read_as_async(
+                self.output_buffer(),
+                0,
+                self.output_shape().len(),
+                self.precision,
+            )
             .await?;
         let out = Array4::from_shape_vec(self.output_shape().dims(), raw)
             .map_err(|e| Error::Internal(format!("read-back: {e}")))?;

@@ -27,6 +27,7 @@ use std::ops::Range;
 use ndarray::{Array4, ArrayView4, s};
 
 use crate::error::{Error, Result};
+use crate::gpu::Precision;
 use crate::gpu::context::block_on;
 use crate::net::{Layer, Network, Op};
 use crate::plan::memory::{estimate, estimate_layers, layer_shapes, timestamp_bytes, weight_bytes};
@@ -129,15 +130,23 @@ impl Bands {
                 ),
             });
         }
-        Self::of_layers(network.layers(), banded, input_shape, rows_per_band)
+        Self::of_layers(
+            network.layers(),
+            banded,
+            input_shape,
+            rows_per_band,
+            Precision::F32,
+        )
     }
 
-    /// The layout for `layers`, of which the first `banded` are row-local.
+    /// The layout for `layers`, of which the first `banded` are row-local, for plans storing
+    /// `precision` elements.
     fn of_layers(
         layers: &[Layer],
         banded: usize,
         input_shape: Shape,
         rows_per_band: usize,
+        precision: Precision,
     ) -> Result<Self> {
         if rows_per_band == 0 {
             return Err(Error::ZeroDimension {
@@ -220,9 +229,9 @@ impl Bands {
         }
         let band_in = band_shape(h);
         let band_out = layer_shapes(front, band_in)?;
-        let peak = estimate_layers(front, band_in, &band_out, false)
+        let peak = estimate_layers(front, band_in, &band_out, false, precision)
             + timestamp_bytes(front.len())
-            + estimate(rest, stitched)?;
+            + estimate(rest, stitched, precision)?;
         Ok(Self {
             input_shape,
             banded_layers: banded,
@@ -348,6 +357,7 @@ impl BandedLayout {
         ranges: &[Range<usize>],
         rows: &[usize],
         shapes: &[Shape],
+        precision: Precision,
     ) -> Result<Self> {
         let layers = network.layers();
         let mut stages = Vec::with_capacity(ranges.len());
@@ -359,7 +369,7 @@ impl BandedLayout {
                 shapes[range.start - 1]
             };
             let stage_layers = &layers[range.clone()];
-            let bands = Bands::of_layers(stage_layers, stage_layers.len(), input, n)?;
+            let bands = Bands::of_layers(stage_layers, stage_layers.len(), input, n, precision)?;
             peak += bands.peak_memory;
             stages.push(Stage {
                 layers: range.clone(),
@@ -372,7 +382,7 @@ impl BandedLayout {
         } else {
             shapes[rest_start - 1]
         };
-        peak += estimate(&layers[rest_start..], rest_input)?;
+        peak += estimate(&layers[rest_start..], rest_input, precision)?;
         Ok(Self {
             input_shape,
             stages,
@@ -393,15 +403,26 @@ impl BandedLayout {
         input_shape: Shape,
         max_memory: u64,
     ) -> Result<Option<Self>> {
+        Self::for_budget_as(network, input_shape, max_memory, Precision::F32)
+    }
+
+    /// [`BandedLayout::for_budget`] for plans storing weights and activations as `precision`
+    /// elements (f16: half the bytes of f32, so fewer or no bands).
+    pub fn for_budget_as(
+        network: &Network,
+        input_shape: Shape,
+        max_memory: u64,
+        precision: Precision,
+    ) -> Result<Option<Self>> {
         let shapes = network.shapes(input_shape)?;
         let layers = network.layers();
-        let whole =
-            estimate_layers(layers, input_shape, &shapes, true) + timestamp_bytes(layers.len());
+        let whole = estimate_layers(layers, input_shape, &shapes, true, precision)
+            + timestamp_bytes(layers.len());
         if whole <= max_memory {
             return Ok(None);
         }
         let too_small = |needed: u64| {
-            let weights = weight_bytes(layers);
+            let weights = weight_bytes(layers, precision);
             Error::MemoryBudget {
                 budget: max_memory,
                 needed,
@@ -434,8 +455,14 @@ impl BandedLayout {
                 .map(|(&h, &k)| h.div_ceil(k))
                 .collect()
         };
-        let mut layout =
-            Self::with_stage_rows(network, input_shape, &ranges, &rows(&counts), &shapes)?;
+        let mut layout = Self::with_stage_rows(
+            network,
+            input_shape,
+            &ranges,
+            &rows(&counts),
+            &shapes,
+            precision,
+        )?;
         let mut flops = layout.flops(network)?;
         while layout.peak_memory > max_memory {
             // Among the stages that can still be split, one band more for the stage that
@@ -452,13 +479,19 @@ impl BandedLayout {
                 while heights[i].div_ceil(more[i]) >= n {
                     more[i] += 1;
                 }
-                let activations =
-                    layout.stages[i].bands.peak_memory - weight_bytes(&layers[ranges[i].clone()]);
+                let activations = layout.stages[i].bands.peak_memory
+                    - weight_bytes(&layers[ranges[i].clone()], precision);
                 if fallback.as_ref().is_none_or(|(a, _)| activations > *a) {
                     fallback = Some((activations, more.clone()));
                 }
-                let candidate =
-                    Self::with_stage_rows(network, input_shape, &ranges, &rows(&more), &shapes)?;
+                let candidate = Self::with_stage_rows(
+                    network,
+                    input_shape,
+                    &ranges,
+                    &rows(&more),
+                    &shapes,
+                    precision,
+                )?;
                 let saved = layout.peak_memory.saturating_sub(candidate.peak_memory);
                 if saved == 0 {
                     continue;
@@ -485,6 +518,7 @@ impl BandedLayout {
                         &ranges,
                         &rows(&counts),
                         &shapes,
+                        precision,
                     )?;
                     flops = layout.flops(network)?;
                 }

@@ -2,27 +2,39 @@
 //! of layers will hold, so budgets can be planned before anything is allocated.
 
 use crate::error::Result;
+use crate::gpu::Precision;
 use crate::gpu::ops::conv_chunks::split_scratch_bytes;
 use crate::net::{Layer, Op};
 use crate::spec::Shape;
 
+/// Bytes of a buffer of `elems` elements of `precision` (buffers are whole 4-byte words).
+pub(crate) fn buffer_bytes(elems: usize, precision: Precision) -> u64 {
+    (elems as u64 * precision.bytes()).next_multiple_of(4)
+}
+
 /// [`GpuPlan::estimate_memory`] for a run of layers whose output shapes are already known;
-/// `split`: whether the plan may split reductions (and hold their partial sums).
+/// `split`: whether the plan may split reductions (and hold their partial sums); weights and
+/// activations stored as `precision` elements.
 pub(crate) fn estimate_layers(
     layers: &[Layer],
     input_shape: Shape,
     shapes: &[Shape],
     split: bool,
+    precision: Precision,
 ) -> u64 {
-    let largest = shapes.iter().map(|s| s.bytes()).max().unwrap_or(4);
+    let bytes = |s: &Shape| buffer_bytes(s.len(), precision);
+    let largest = shapes.iter().map(bytes).max().unwrap_or(4);
     let ping_pong = if shapes.len() > 1 { 2 } else { 1 };
     let weights: u64 = layers
         .iter()
         .map(|l| match &l.op {
             Op::Conv { spec, .. } => {
-                4 * (spec.weight_len() + if spec.bias { spec.out_channels } else { 1 }) as u64
+                buffer_bytes(spec.weight_len(), precision)
+                    + buffer_bytes(if spec.bias { spec.out_channels } else { 1 }, precision)
             }
-            Op::Deconv { spec, .. } => 4 * (spec.channels * spec.kernel * spec.kernel) as u64,
+            Op::Deconv { spec, .. } => {
+                buffer_bytes(spec.channels * spec.kernel * spec.kernel, precision)
+            }
             _ => 0,
         })
         .sum();
@@ -31,13 +43,16 @@ pub(crate) fn estimate_layers(
         .iter()
         .zip(shapes)
         .map(|(l, &out)| match &l.op {
-            Op::Conv { spec, .. } if split => split_scratch_bytes(spec, out),
+            Op::Conv { spec, .. } if split => {
+                buffer_bytes((split_scratch_bytes(spec, out) / 4) as usize, precision)
+            }
             _ => 0,
         })
         .max()
         .unwrap_or(0);
-    let output = shapes.last().map_or(4, |s| s.bytes());
-    input_shape.bytes() + ping_pong * largest + output + weights + scratch
+    // The read-back buffer: f32 scores, or f16 widened on the host.
+    let output = shapes.last().map_or(4, bytes);
+    bytes(&input_shape) + ping_pong * largest + output + weights + scratch
 }
 
 /// Bytes of the timestamp buffers a plan of `layers` layers may hold.
@@ -58,20 +73,21 @@ pub(crate) fn layer_shapes(layers: &[Layer], input: Shape) -> Result<Vec<Shape>>
 }
 
 /// A plan's estimated GPU memory for a run of layers (timestamp room included).
-pub(crate) fn estimate(layers: &[Layer], input: Shape) -> Result<u64> {
+pub(crate) fn estimate(layers: &[Layer], input: Shape, precision: Precision) -> Result<u64> {
     if layers.is_empty() {
         return Ok(0);
     }
     let shapes = layer_shapes(layers, input)?;
-    Ok(estimate_layers(layers, input, &shapes, false) + timestamp_bytes(layers.len()))
+    Ok(estimate_layers(layers, input, &shapes, false, precision) + timestamp_bytes(layers.len()))
 }
 
 /// Bytes of the weights of `layers` on the GPU (as plans count them).
-pub(crate) fn weight_bytes(layers: &[Layer]) -> u64 {
+pub(crate) fn weight_bytes(layers: &[Layer], precision: Precision) -> u64 {
     estimate_layers(
         layers,
         Shape::new(0, 0, 0, 0),
         &[Shape::new(0, 0, 0, 0)],
         false,
+        precision,
     )
 }

@@ -2,8 +2,8 @@
 
 use crate::cpu::fast::CpuPrecision;
 use crate::error::{Error, Result};
-use crate::gpu::ConvAlgorithm;
 use crate::gpu::tune::Tuning;
+use crate::gpu::{ConvAlgorithm, Precision};
 
 /// Options of a plan: the GPU plan's, and the precision of the CPU plan that runs the network
 /// where the CPU is asked for or falls back ([`crate::plan::executor::Executor`],
@@ -21,6 +21,9 @@ pub struct PlanOptions {
     /// measured earlier on the adapter where recorded, else the heuristic; see
     /// [`crate::gpu::tune`]).
     pub tuning: Tuning,
+    /// How weights, biases and activations are stored (default f32; f16 halves the memory
+    /// and needs the adapter's `SHADER_F16`, see [`Precision`]).
+    pub precision: Precision,
     /// Arithmetic of the CPU plan (default f32; [`CpuPrecision::Bf16`] trades about 1e-3 of
     /// relative error for speed where the CPU has AVX-512 BF16).
     pub cpu_precision: CpuPrecision,

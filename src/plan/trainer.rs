@@ -30,7 +30,7 @@ use crate::gpu::ops::train::dropout::mask_bytes;
 use crate::gpu::ops::train::softmax_loss::mean_loss;
 use crate::gpu::{
     ConvGrads, Dispatch, Gpu, GpuConv2d, GpuDropout, GpuLayer, GpuMask, GpuMaxPool2d, GpuRelu,
-    GpuReluGrad, GpuSoftmaxLoss, GpuTensor, Io, Kernel, SgdHyper,
+    GpuReluGrad, GpuSoftmaxLoss, GpuTensor, Io, Kernel, Precision, SgdHyper,
 };
 use crate::net::{Network, Op};
 use crate::plan::PlanOptions;
@@ -250,14 +250,22 @@ impl<'g> GpuTrainer<'g> {
     /// convolution, a max pooling or a ReLU; a final softmax is the loss's and is skipped.
     ///
     /// Errors: unsupported layers ([`Error::Layer`]), a network without convolutions, an
-    /// input the network does not accept, a budget too small ([`Error::MemoryBudget`]), and
-    /// the device's errors.
+    /// input the network does not accept, a budget too small ([`Error::MemoryBudget`]),
+    /// `options.precision` other than f32 ([`Error::UnsupportedPrecision`]: training runs in
+    /// f32), and the device's errors.
     pub fn with_options(
         gpu: &'g Gpu,
         network: &Network,
         input_shape: Shape,
         options: &PlanOptions,
     ) -> Result<Self> {
+        if options.precision != Precision::F32 {
+            return Err(Error::UnsupportedPrecision {
+                precision: options.precision.wgsl(),
+                adapter: "the GPU trainer".into(),
+                reason: "training keeps weights, activations and gradients in f32".into(),
+            });
+        }
         let layout = Layout::new(network, input_shape)?;
         let estimate = Self::estimate_memory(network, input_shape, &[])?;
         check_budget(options.max_memory, estimate.total(), || {

@@ -7,6 +7,7 @@ use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::{GpuLayer, Io};
 use crate::gpu::ops::per_pixel::prepare_per_pixel;
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::Kernel;
 use crate::gpu::tensor::GpuTensor;
 use crate::spec::Shape;
@@ -25,13 +26,18 @@ impl GpuLayer for GpuArgmax {
         Ok(Shape { c: 1, ..input })
     }
 
+    /// u32 labels, in a tensor of 4-byte elements whatever the input's precision.
+    fn output_precision(&self, _input: Precision) -> Precision {
+        Precision::F32
+    }
+
     fn prepare(&self, gpu: &Gpu, io: &Io<'_>) -> Result<Vec<Dispatch>> {
         expect_shape(
             "argmax",
             io.output_shape,
             self.output_shape(io.input_shape)?,
         )?;
-        prepare_per_pixel(gpu, Kernel::Argmax, io, io.input_shape.plane())
+        prepare_per_pixel(gpu, Kernel::Argmax, io, io.input_shape.plane(), true)
     }
 }
 

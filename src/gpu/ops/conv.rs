@@ -7,8 +7,9 @@ use ndarray::{ArrayView1, ArrayView4};
 use crate::error::Result;
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
-use crate::gpu::layer::{GpuLayer, Io};
+use crate::gpu::layer::{GpuLayer, Io, expect_precision};
 use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks, split_slices};
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::{
     BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
     WG_TILED, uniform,
@@ -120,6 +121,8 @@ pub struct GpuConv2d {
     split: bool,
     /// The device allows the tiled kernel's workgroup size and workgroup memory.
     tiled_supported: bool,
+    /// The element type of the weights, the bias and the tensors the layer runs on.
+    precision: Precision,
 }
 
 /// Whether a device's limits allow the tiled kernel: a 256 x 1 x 1 workgroup and its two tiles
@@ -142,17 +145,33 @@ impl GpuConv2d {
         weight: ArrayView4<f32>,
         bias: Option<ArrayView1<f32>>,
     ) -> Result<Self> {
+        Self::new_as(gpu, spec, weight, bias, Precision::F32)
+    }
+
+    /// [`GpuConv2d::new`] with the weights and bias stored as `precision` elements (rounded
+    /// to nearest on the host for f16); the layer then runs on tensors of that precision,
+    /// accumulating in f32. F16 needs the adapter's `SHADER_F16`
+    /// ([`Error::UnsupportedPrecision`](crate::Error::UnsupportedPrecision) otherwise).
+    pub fn new_as(
+        gpu: &Gpu,
+        spec: Conv2d,
+        weight: ArrayView4<f32>,
+        bias: Option<ArrayView1<f32>>,
+        precision: Precision,
+    ) -> Result<Self> {
+        gpu.check_precision(precision)?;
         check_conv_params(&spec, &weight, bias.as_ref(), "conv2d")?;
         // [out][in][kh][kw] -> [out][kh][kw][in], uploaded a few output channels at a time.
         let w_row = spec.in_channels * spec.kernel.0 * spec.kernel.1;
         let buffer = gpu.create_buffer(
             "conv weight",
-            spec.weight_len() as u64 * 4,
+            spec.weight_len() as u64 * precision.bytes(),
             wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
         )?;
-        let rows = (UPLOAD_ELEMS / w_row).max(1);
+        // An even number of rows per piece, so f16 pieces start on whole 4-byte words.
+        let rows = (UPLOAD_ELEMS / w_row).max(1).next_multiple_of(2);
         let reordered = weight.permuted_axes([0, 2, 3, 1]);
         let mut piece = Vec::with_capacity(rows.min(spec.out_channels) * w_row);
         for co0 in (0..spec.out_channels).step_by(rows) {
@@ -164,12 +183,12 @@ impl GpuConv2d {
                     .iter()
                     .copied(),
             );
-            gpu.write_f32(&buffer, co0 * w_row, &piece)?;
+            gpu.write_as(&buffer, co0 * w_row, &piece, precision)?;
         }
         let weight = buffer;
         let bias = match bias {
-            Some(b) => gpu.storage_from_slice("conv bias", &b.to_vec())?,
-            None => gpu.storage_from_slice("conv bias (none)", &[0.0])?,
+            Some(b) => gpu.storage_from_slice_as("conv bias", &b.to_vec(), precision)?,
+            None => gpu.storage_from_slice_as("conv bias (none)", &[0.0], precision)?,
         };
         let info = &gpu.adapter().info;
         let template = ConvParams {
@@ -195,7 +214,13 @@ impl GpuConv2d {
                 && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
             split: true,
             tiled_supported: tiled_fits(gpu.limits()),
+            precision,
         })
+    }
+
+    /// The element type of the layer's weights and of the tensors it runs on.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by adapter and geometry.
@@ -351,7 +376,7 @@ impl GpuConv2d {
 
     /// The chunks of a run at `out_shape`, each with the number of slices its reduction is
     /// split into (tiled kernels on few tiles), and the floats of partial sums the largest
-    /// split chunk needs (0 without a split).
+    /// split chunk needs (0 without a split), in elements of the layer's precision.
     fn chunks_and_splits(
         &self,
         gpu: &Gpu,
@@ -362,7 +387,7 @@ impl GpuConv2d {
         let kernel = self.kernel_as(choice.algorithm, out_shape);
         let taps = self.spec.kernel.0 * self.spec.kernel.1;
         let pixels = out_shape.plane();
-        let max = gpu.max_binding_elems();
+        let max = gpu.max_binding_elems_of(self.precision);
         let mut scratch = 0;
         let chunks = conv_chunks(&self.spec, in_shape, out_shape, max)?
             .into_iter()
@@ -408,7 +433,7 @@ impl GpuLayer for GpuConv2d {
         Ok(self
             .chunks_and_splits(gpu, input, out_shape, self.choice())?
             .1 as u64
-            * 4)
+            * self.precision.bytes())
     }
 
     /// Records the dispatches. A split reduction keeps its partial sums in `io.scratch` when
@@ -426,7 +451,10 @@ impl GpuConv2d {
         let (input, in_shape, output, out_shape) =
             (io.input, io.input_shape, io.output, io.output_shape);
         let s = &self.spec;
+        let precision = self.precision;
+        expect_precision("conv2d", precision, io.precision)?;
         expect_shape("conv2d", out_shape, self.output_shape(in_shape)?)?;
+        let window = |buffer, start, len| gpu.window_of(buffer, start, len, precision);
         let kernel = self.kernel_as(choice.algorithm, out_shape);
         let taps = s.kernel.0 * s.kernel.1;
         let w_row = s.in_channels * taps;
@@ -435,11 +463,11 @@ impl GpuConv2d {
         let own;
         let scratch = match io.scratch {
             _ if scratch_len == 0 => None,
-            Some(b) if b.size() >= scratch_len as u64 * 4 => Some(b),
+            Some(b) if b.size() >= scratch_len as u64 * precision.bytes() => Some(b),
             _ => {
                 own = gpu.create_buffer(
                     "conv split partial sums",
-                    scratch_len as u64 * 4,
+                    scratch_len as u64 * precision.bytes(),
                     wgpu::BufferUsages::STORAGE,
                 )?;
                 Some(&own)
@@ -459,14 +487,14 @@ impl GpuConv2d {
             } else {
                 ch.co_n * pixels
             };
-            let in_win = gpu.window(input, in_start, in_len);
-            let out_win = gpu.window(output, out_start, out_len);
-            let w_win = gpu.window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
+            let in_win = window(input, in_start, in_len);
+            let out_win = window(output, out_start, out_len);
+            let w_win = window(&self.weight, ch.co0 * w_row, ch.co_n * w_row);
 
             let b_win = if s.bias {
-                gpu.window(&self.bias, ch.co0, ch.co_n)
+                window(&self.bias, ch.co0, ch.co_n)
             } else {
-                gpu.window(&self.bias, 0, 1)
+                window(&self.bias, 0, 1)
             };
             let mut flags = 0;
             if ch.ci0 > 0 {
@@ -521,7 +549,7 @@ impl GpuConv2d {
             let partial = ch.nb * ch.co_n * pixels;
             let split = scratch
                 .filter(|_| k_split > 1)
-                .map(|b| (b, gpu.window(b, 0, k_split * partial)));
+                .map(|b| (b, window(b, 0, k_split * partial)));
             let target = match split {
                 Some(scratch) => {
                     params.k_split = k_split as u32;
@@ -532,8 +560,9 @@ impl GpuConv2d {
                 }
                 None => (output, out_win),
             };
-            dispatches.push(gpu.dispatch(
+            dispatches.push(gpu.dispatch_as(
                 kernel,
+                precision,
                 &params,
                 &[
                     (input, in_win),
@@ -556,8 +585,9 @@ impl GpuConv2d {
                 bias_base: b_win.base,
                 flags,
             };
-            dispatches.push(gpu.linear_dispatch(
+            dispatches.push(gpu.linear_dispatch_as(
                 Kernel::ConvSplitReduce,
+                precision,
                 &reduce,
                 &[
                     (scratch, scratch_win),

@@ -6,8 +6,9 @@ use ndarray::ArrayView4;
 use crate::error::Result;
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
-use crate::gpu::layer::{GpuLayer, Io};
+use crate::gpu::layer::{GpuLayer, Io, expect_precision};
 use crate::gpu::ops::planes::{PlaneHeader, prepare_planes};
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::{Kernel, uniform};
 use crate::spec::{Deconv2d, Shape, check_deconv_weight};
 
@@ -25,11 +26,24 @@ pub struct GpuDeconv2d {
     spec: Deconv2d,
     weight: wgpu::Buffer,
     template: DeconvParams,
+    precision: Precision,
 }
 
 impl GpuDeconv2d {
     /// Validates and uploads weights `[channels, 1, k, k]`.
     pub fn new(gpu: &Gpu, spec: Deconv2d, weight: ArrayView4<f32>) -> Result<Self> {
+        Self::new_as(gpu, spec, weight, Precision::F32)
+    }
+
+    /// [`GpuDeconv2d::new`] with the weights stored as `precision` elements; the layer then
+    /// runs on tensors of that precision.
+    pub fn new_as(
+        gpu: &Gpu,
+        spec: Deconv2d,
+        weight: ArrayView4<f32>,
+        precision: Precision,
+    ) -> Result<Self> {
+        gpu.check_precision(precision)?;
         check_deconv_weight(&spec, &weight)?;
         let data: Vec<f32> = weight.iter().copied().collect();
         let template = DeconvParams {
@@ -41,8 +55,9 @@ impl GpuDeconv2d {
         };
         Ok(Self {
             spec,
-            weight: gpu.storage_from_slice("deconv weight", &data)?,
+            weight: gpu.storage_from_slice_as("deconv weight", &data, precision)?,
             template,
+            precision,
         })
     }
 }
@@ -67,7 +82,13 @@ impl GpuLayer for GpuDeconv2d {
             io.output_shape,
             self.output_shape(io.input_shape)?,
         )?;
-        let w_win = gpu.window(&self.weight, 0, s.channels * s.kernel * s.kernel);
+        expect_precision("deconv2d", self.precision, io.precision)?;
+        let w_win = gpu.window_of(
+            &self.weight,
+            0,
+            s.channels * s.kernel * s.kernel,
+            self.precision,
+        );
         prepare_planes(
             gpu,
             Kernel::Deconv,

@@ -4,8 +4,9 @@
 
 use crate::error::Result;
 use crate::gpu::context::Gpu;
-use crate::gpu::dispatch::{Dispatch, exceeds_binding};
+use crate::gpu::dispatch::{Dispatch, exceeds_binding_of};
 use crate::gpu::layer::Io;
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::{Kernel, Uniform, uniform};
 use crate::gpu::tensor::Window;
 use crate::spec::Shape;
@@ -19,20 +20,22 @@ uniform! {
 }
 
 /// Chunks `(first plane, planes)` of whole channel planes (n * c flattened) so that input and
-/// output windows fit one binding.
+/// output windows of `precision` elements fit one binding.
 pub(crate) fn plane_chunks(
     gpu: &Gpu,
     what: &str,
     input: Shape,
     output: Shape,
+    precision: Precision,
 ) -> Result<Vec<(usize, usize)>> {
-    let max = gpu.max_binding_elems();
+    let max = gpu.max_binding_elems_of(precision);
     let biggest = input.plane().max(output.plane());
     if biggest > max {
-        return Err(exceeds_binding(
+        return Err(exceeds_binding_of(
             format!("one channel plane of {what}"),
             biggest,
             max,
+            precision,
         ));
     }
     let per = max / biggest;
@@ -52,11 +55,12 @@ pub(crate) fn prepare_planes<P: Uniform>(
     extra: &[(&wgpu::Buffer, Window)],
     params: impl Fn(PlaneHeader, usize) -> P,
 ) -> Result<Vec<Dispatch>> {
-    let (in_shape, out_shape) = (io.input_shape, io.output_shape);
+    let (in_shape, out_shape, precision) = (io.input_shape, io.output_shape, io.precision);
     let mut dispatches = Vec::new();
-    for (p0, pn) in plane_chunks(gpu, kernel.name(), in_shape, out_shape)? {
-        let in_win = gpu.window(io.input, p0 * in_shape.plane(), pn * in_shape.plane());
-        let out_win = gpu.window(io.output, p0 * out_shape.plane(), pn * out_shape.plane());
+    for (p0, pn) in plane_chunks(gpu, kernel.name(), in_shape, out_shape, precision)? {
+        let window = |buffer, start, len| gpu.window_of(buffer, start, len, precision);
+        let in_win = window(io.input, p0 * in_shape.plane(), pn * in_shape.plane());
+        let out_win = window(io.output, p0 * out_shape.plane(), pn * out_shape.plane());
         let total = pn * out_shape.plane();
         let header = PlaneHeader {
             planes: pn as u32,
@@ -71,7 +75,13 @@ pub(crate) fn prepare_planes<P: Uniform>(
         let mut storage = vec![(io.input, in_win)];
         storage.extend_from_slice(extra);
         storage.push((io.output, out_win));
-        dispatches.push(gpu.linear_dispatch(kernel, &params(header, p0), &storage, total)?);
+        dispatches.push(gpu.linear_dispatch_as(
+            kernel,
+            precision,
+            &params(header, p0),
+            &storage,
+            total,
+        )?);
     }
     Ok(dispatches)
 }

@@ -30,13 +30,14 @@ impl GpuLayer for GpuRelu {
 
     fn prepare(&self, gpu: &Gpu, io: &Io<'_>) -> Result<Vec<Dispatch>> {
         expect_shape("relu", io.output_shape, io.input_shape)?;
-        let max = gpu.max_binding_elems();
+        let precision = io.precision;
+        let max = gpu.max_binding_elems_of(precision);
         let len = io.input_shape.len();
         let mut dispatches = Vec::new();
         for start in (0..len).step_by(max) {
             let n = max.min(len - start);
-            let in_win = gpu.window(io.input, start, n);
-            let out_win = gpu.window(io.output, start, n);
+            let in_win = gpu.window_of(io.input, start, n, precision);
+            let out_win = gpu.window_of(io.output, start, n, precision);
             let params = ReluParams {
                 total: n as u32,
                 in_base: in_win.base,
@@ -44,7 +45,13 @@ impl GpuLayer for GpuRelu {
                 pad0: 0,
             };
             let storage = [(io.input, in_win), (io.output, out_win)];
-            dispatches.push(gpu.linear_dispatch(Kernel::Relu, &params, &storage, n)?);
+            dispatches.push(gpu.linear_dispatch_as(
+                Kernel::Relu,
+                precision,
+                &params,
+                &storage,
+                n,
+            )?);
         }
         Ok(dispatches)
     }

@@ -24,6 +24,6 @@ impl GpuLayer for GpuSoftmax {
     fn prepare(&self, gpu: &Gpu, io: &Io<'_>) -> Result<Vec<Dispatch>> {
         expect_shape("softmax", io.output_shape, io.input_shape)?;
         let image = io.input_shape.c * io.input_shape.plane();
-        prepare_per_pixel(gpu, Kernel::Softmax, io, image)
+        prepare_per_pixel(gpu, Kernel::Softmax, io, image, false)
     }
 }

@@ -9,6 +9,7 @@ use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::GpuLayer;
 use crate::gpu::ops::max_pool::GpuMaxPool2d;
 use crate::gpu::ops::planes::plane_chunks;
+use crate::gpu::precision::Precision;
 use crate::gpu::shader::{Kernel, uniform};
 use crate::gpu::tensor::GpuTensor;
 
@@ -44,7 +45,13 @@ impl GpuMaxPool2d {
         expect_shape("max_pool2d input gradient", grad_input.shape(), in_shape)?;
         let spec = self.spec();
         let mut dispatches = Vec::new();
-        for (p0, pn) in plane_chunks(gpu, "max_pool2d gradient", in_shape, out_shape)? {
+        for (p0, pn) in plane_chunks(
+            gpu,
+            "max_pool2d gradient",
+            in_shape,
+            out_shape,
+            Precision::F32,
+        )? {
             let (in_plane, out_plane) = (in_shape.plane(), out_shape.plane());
             let x_win = gpu.window(&input.buffer, p0 * in_plane, pn * in_plane);
             let g_win = gpu.window(&grad_output.buffer, p0 * out_plane, pn * out_plane);
