@@ -2,7 +2,8 @@
 # The fast CPU path against ONNX Runtime, both with the same threads, shape by shape and on
 # whole networks, interleaved in one run: per shape the automatic f32 choice, the direct
 # method, the bf16 direct method (where the CPU has AVX-512 BF16) and ONNX Runtime; then each
-# whole network at f32, at bf16 (with its agreement with f32) and on ONNX Runtime. Prints everything; the tables in
+# whole network at f32, at bf16 and on ONNX Runtime; last, bf16's agreement with f32 on every
+# preset (`dilated bench --cpu --compare-precision --model all`; ACCURACY= skips it). Prints everything; the tables in
 # `CPU_RESULTS.md` are read off its output (`cpu_vs_onnxruntime.log`).
 #
 #   benches/cpu_vs_onnxruntime.sh [PYTHON]     # PYTHON: one with onnxruntime, onnx and numpy
@@ -52,16 +53,19 @@ for shape in $SHAPES; do
         grep "^$shape "
 done
 for model in $MODELS; do
+    echo "== whole $model, f32"
+    target/release/dilated bench --model "$model" --cpu --runs "$NETWORK_RUNS"
     if [ -n "$bf16" ]; then
-        echo "== whole $model, f32 (with its layer table), then bf16 and its agreement with f32"
+        echo "== whole $model, bf16"
         target/release/dilated bench --model "$model" --cpu --runs "$NETWORK_RUNS" \
-            --compare-precision
-    else
-        echo "== whole $model, f32"
-        target/release/dilated bench --model "$model" --cpu --runs "$NETWORK_RUNS"
+            --cpu-precision bf16
     fi
     echo "== whole $model, ONNX Runtime"
     "$PY" benches/onnxruntime_networks.py --model "$model" --threads "$THREADS" \
         --runs "$NETWORK_RUNS"
 done
+if [ -n "$bf16" ] && [ -n "${ACCURACY-1}" ]; then
+    echo "== bf16 against f32, every preset at full width and its deploy size"
+    target/release/dilated bench --cpu --compare-precision --model all --runs 1
+fi
 date -u

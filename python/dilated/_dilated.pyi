@@ -116,6 +116,7 @@ class Model:
         adapter: Union[int, str, None] = None,
         tile: Optional[Tuple[int, int]] = None,
         max_memory: Union[int, str, None] = None,
+        precision: str = "f32",  # "f32" or "f16" (GPU storage)
         cpu_precision: str = "f32",  # "f32" or "bf16"
         seed: int = 0,
     ) -> None: ...

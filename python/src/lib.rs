@@ -388,7 +388,7 @@ enum MemorySize {
 /// GPU or the CPU.
 ///
 /// `Model(name, weights=None, *, width_divisor=1, device="auto", adapter=None, tile=None,
-/// max_memory=None, cpu_precision="f32", seed=0)`:
+/// max_memory=None, precision="f32", cpu_precision="f32", seed=0)`:
 ///
 /// - `name`: `dilation8_pascal_voc`, `dilation8_camvid`, `dilation7_kitti` or
 ///   `dilation10_cityscapes` (or the dataset part alone: `pascal_voc`, `camvid`, ...).
@@ -406,6 +406,8 @@ enum MemorySize {
 ///   size; each side 372 plus a multiple of 8), as `dilated segment --tile`.
 /// - `max_memory`: a GPU memory budget in bytes or as text ("512M", "1.5G"), as
 ///   `--max-memory`; results are unchanged.
+/// - `precision`: `"f32"` or `"f16"`, how the GPU stores weights and activations, as
+///   `--precision` (f16 halves the GPU memory and needs an adapter with `SHADER_F16`).
 /// - `cpu_precision`: `"f32"` or `"bf16"` for the network's convolutions when it runs on the
 ///   CPU, as `--cpu-precision` (bf16 needs AVX-512 BF16 and changes results by about 1e-2
 ///   relative; refused, when the CPU runs, on CPUs without it).
@@ -430,6 +432,7 @@ impl Model {
         adapter=None,
         tile=None,
         max_memory=None,
+        precision="f32",
         cpu_precision="f32",
         seed=0
     ))]
@@ -443,9 +446,13 @@ impl Model {
         adapter: Option<AdapterChoice>,
         tile: Option<(usize, usize)>,
         max_memory: Option<MemorySize>,
+        precision: &str,
         cpu_precision: &str,
         seed: u64,
     ) -> PyResult<Self> {
+        let precision: dilated::Precision = precision
+            .parse()
+            .map_err(|e: dilated::Error| PyValueError::new_err(e.to_string()))?;
         let cpu_precision: dilated::cpu::fast::CpuPrecision = cpu_precision
             .parse()
             .map_err(|e: dilated::Error| PyValueError::new_err(e.to_string()))?;
@@ -478,6 +485,7 @@ impl Model {
             tile,
             plan: dilated::PlanOptions {
                 max_memory,
+                precision,
                 cpu_precision,
                 ..Default::default()
             },

@@ -224,6 +224,30 @@ def test_info_reports_the_model_and_its_layers(weights: Dict[str, Path]) -> None
     assert m.info(size=(500, 500))["layers"][-1]["output_shape"] == (1, 19, 128, 128)
 
 
+def test_gpu_in_f16_is_close_to_f32_and_equals_run(
+    weights: Dict[str, Path], tmp_path: Path
+) -> None:
+    name = "dilation8_camvid"
+    with pytest.raises(ValueError, match="f32 or f16"):
+        dilated.Model(name, weights[name], width_divisor=DIVISOR, device="gpu", precision="f8")
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-120, 120, size=(1, 3, 396, 404)).astype(np.float32)
+    full = dilated.Model(name, weights[name], width_divisor=DIVISOR, device="gpu").forward(x)
+    m = dilated.Model(name, weights[name], width_divisor=DIVISOR, device="gpu", precision="f16")
+    check_adapter(m)
+    scores = m.forward(x)
+    assert np.isfinite(scores).all()
+    error = np.abs(scores - full).max() / np.abs(full).max()
+    assert 0 < error < 0.1, error
+    np.save(tmp_path / "x.npy", x)
+    run_cli(
+        "run", "--model", name, "--width-divisor", str(DIVISOR), "--weights",
+        str(weights[name]), "--input", str(tmp_path / "x.npy"), "--output",
+        str(tmp_path / "y.npy"), "--gpu", "--precision", "f16",
+    )  # fmt: skip
+    assert np.array_equal(scores, np.load(tmp_path / "y.npy"))
+
+
 def test_gpu_model_reports_its_adapter(weights: Dict[str, Path]) -> None:
     m = dilated.Model(
         "camvid", weights["dilation8_camvid"], width_divisor=DIVISOR, device="gpu", tile=TILE
