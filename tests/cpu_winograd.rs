@@ -245,3 +245,69 @@ fn methods_parse_and_print() {
     }
     assert!("winograd-f8".parse::<ConvMethod>().is_err());
 }
+
+/// A Winograd convolution followed by a 2x2, stride-2 max pool runs fused in a `CpuPlan` (the
+/// pool's own time is then zero): the same values, bit for bit, as the convolution and the
+/// pool run one after the other, on odd and even sizes (partial windows in ceil mode, dropped
+/// rows in floor mode), batches and F(4x4, 3x3)'s partial tiles; inputs with a
+/// NaN take the direct method and the pool runs on its own.
+#[test]
+fn pools_fused_into_winograd_match_the_separate_layers() {
+    use dilated::MaxPool2d;
+    use dilated::cpu::fast;
+    use dilated::net::Network;
+    use dilated::plan::CpuPlan;
+    if !available() {
+        return;
+    }
+    let mut rng = common::rng(0x3a16);
+    for case in 0..12 {
+        let (cin, cout) = (rng.random_range(32..=48), rng.random_range(32..=40));
+        let conv = Conv2d::new(cin, cout, 3)
+            .padding(Padding::uniform(rng.random_range(0..=1)))
+            .with_relu(rng.random_bool(0.5));
+        let pool = if case % 3 == 2 {
+            MaxPool2d {
+                ceil_mode: false,
+                ..MaxPool2d::caffe(2, 2)
+            }
+        } else {
+            MaxPool2d::caffe(2, 2)
+        };
+        let net = Network::builder("conv-pool", cin)
+            .conv_he("conv", conv, case)
+            .max_pool("pool", pool)
+            .build()
+            .unwrap();
+        let plan = CpuPlan::new(&net).unwrap();
+        let dilated::net::Op::Conv { weight, bias, .. } = &net.layers()[0].op else {
+            unreachable!()
+        };
+        let layer = CpuConv2d::new(conv, weight.view(), bias.as_ref().map(|b| b.view())).unwrap();
+        assert!(matches!(layer.method(), ConvMethod::Winograd(_)));
+        let shape = [
+            rng.random_range(1..=2),
+            cin,
+            // At least 24x24 outputs: enough tiles for Winograd.
+            rng.random_range(26..=45),
+            rng.random_range(26..=45),
+        ];
+        let mut x = common::random4(&mut rng, shape);
+        for nan in [false, true] {
+            if nan {
+                x[[0, 1, 3, 4]] = f32::NAN;
+            }
+            let want = fast::max_pool2d(layer.forward(x.view()).unwrap().view(), &pool).unwrap();
+            let (got, times) = plan.forward_profiled(x.view()).unwrap();
+            assert_eq!(got.dim(), want.dim());
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "case {case} nan {nan}: {g} vs {w}"
+                );
+            }
+            // Fused exactly when the input is finite.
+            assert_eq!(times.layers[1].1.is_zero(), !nan, "case {case} nan {nan}");
+        }
+    }
+}

@@ -241,6 +241,10 @@ pub fn execute(args: &BenchArgs) -> Result<(), Error> {
             );
         }
         match &cpu {
+            // A pool taken into the convolution before it (its time counts there).
+            Some((_, l)) if l.layers[i].1.is_zero() => {
+                println!(" {:>10} {:>8} {:>6}", "fused", "-", "-")
+            }
             Some((_, l)) => {
                 let t = ms(l.layers[i].1);
                 println!(

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use web_time::Instant;
+use web_time::{Duration, Instant};
 
 use ndarray::{Array4, ArrayView4};
 
@@ -29,7 +29,9 @@ struct Buffers {
 
 /// A network ready to run on the CPU (any input size the network accepts).
 ///
-/// A pass runs layer to layer between two activation buffers, with ReLU layers in place; the
+/// A pass runs layer to layer between two activation buffers, with ReLU layers in place and a
+/// 2x2 max pool after a Winograd convolution taken from the tiles' outputs (the front-end's
+/// pool1-pool3: the unpooled output is never stored; its time counts as the convolution's); the
 /// buffers stay with the plan for the next pass (one set per pass running at once), so a
 /// pass writes into memory it has touched before instead of faulting in fresh pages for
 /// every layer's output (on a 900x900 VOC pass, 0.4 GB for conv1_1's alone).
@@ -195,8 +197,45 @@ impl CpuPlan {
             }
         }
         let mut times = Vec::new();
-        for (i, (name, step)) in self.steps.iter().take(layers).enumerate() {
+        let mut i = 0;
+        while i < layers {
+            let (name, step) = &self.steps[i];
             let start = Instant::now();
+            // A convolution followed by a max pool it can take into its epilogue: one step.
+            if let (Step::Conv(conv), Some((pool_name, Step::Other(Op::MaxPool(p))))) =
+                (step, self.steps[..layers].get(i + 1))
+                && conv.fuses_pool(p)
+            {
+                let (is, os, ps) = (shapes[i], shapes[i + 1], shapes[i + 2]);
+                let named = |name: &String, e: Error| Error::Layer {
+                    layer: name.clone(),
+                    reason: e.to_string(),
+                };
+                let fused = conv
+                    .forward_pooled_slices(&x[..is.len()], is, p, &mut y[..ps.len()], scratch)
+                    .map_err(|e| named(name, e))?;
+                if fused {
+                    std::mem::swap(&mut x, &mut y);
+                    if timed {
+                        times.push((name.clone(), start.elapsed()));
+                        times.push((pool_name.clone(), Duration::ZERO));
+                    }
+                } else {
+                    // This input takes the direct method: the two layers one after the other,
+                    // the pool back into the convolution's (no longer needed) input buffer.
+                    conv.forward_slices(&x[..is.len()], is, &mut y[..os.len()], scratch)
+                        .map_err(|e| named(name, e))?;
+                    let pooled = Instant::now();
+                    fast::max_pool2d_slices(&y[..os.len()], os, p, &mut x[..ps.len()])
+                        .map_err(|e| named(pool_name, e))?;
+                    if timed {
+                        times.push((name.clone(), pooled - start));
+                        times.push((pool_name.clone(), pooled.elapsed()));
+                    }
+                }
+                i += 2;
+                continue;
+            }
             let (is, os) = (shapes[i], shapes[i + 1]);
             let (src, dst) = (&mut x[..is.len()], &mut y[..os.len()]);
             let named = |e: Error| Error::Layer {
@@ -237,6 +276,7 @@ impl CpuPlan {
             if timed {
                 times.push((name.clone(), start.elapsed()));
             }
+            i += 1;
         }
         let out_shape = shapes[layers];
         let output = Array4::from_shape_vec(out_shape.dims(), x[..out_shape.len()].to_vec())

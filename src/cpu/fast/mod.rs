@@ -50,7 +50,7 @@ use std::sync::Mutex;
 use ndarray::{Array4, ArrayView1, ArrayView4};
 
 use crate::error::{Error, Result};
-use crate::spec::{Conv2d, Shape, check_conv_params, shape_of};
+use crate::spec::{Conv2d, MaxPool2d, Shape, check_conv_params, shape_of};
 
 pub use cpu_info::CpuInfo;
 pub use deconv::deconv2d;
@@ -646,7 +646,7 @@ impl CpuConv2d {
                     let (is, os) = (Shape { n, ..is }, Shape { n, ..os });
                     let bias = self.bias.as_deref();
                     if let Method::Winograd { wino, .. } = &self.method
-                        && winograd::forward(&self.spec, wino, bias, x, is, os, y, scratch)
+                        && winograd::forward(&self.spec, wino, bias, x, is, os, y, scratch, None)
                     {
                         continue;
                     }
@@ -671,6 +671,69 @@ impl CpuConv2d {
             }
         }
         Ok(())
+    }
+}
+
+impl CpuConv2d {
+    /// Whether [`CpuConv2d::forward_pooled_slices`] can fuse `pool` into this layer: a
+    /// Winograd layer of dilation 1 followed by a 2x2, stride-2 max pool without padding (the
+    /// front-end's pool1-pool3).
+    pub(crate) fn fuses_pool(&self, pool: &MaxPool2d) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            matches!(self.method, Method::Winograd { .. })
+                && self.spec.dilation == (1, 1)
+                && pool.kernel == (2, 2)
+                && pool.stride == (2, 2)
+                && pool.padding == crate::spec::Padding::default()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = pool;
+            false
+        }
+    }
+
+    /// The layer followed by `pool`, fused: the max pool is taken from each Winograd tile's
+    /// outputs as they are transformed, so the convolution's output is never stored; `y` is
+    /// the pooled output. Returns `Ok(false)`, with `y` to be overwritten, where the layer
+    /// does not fuse `pool` ([`CpuConv2d::fuses_pool`]) or this input takes the direct method
+    /// (a NaN or an infinity, too few tiles): the caller then runs the two layers one after
+    /// the other. The values are the unfused layers' ones.
+    pub(crate) fn forward_pooled_slices(
+        &self,
+        x: &[f32],
+        is: Shape,
+        pool: &MaxPool2d,
+        y: &mut [f32],
+        scratch: &mut [Vec<f32>; 2],
+    ) -> Result<bool> {
+        let os = self.output_shape(is)?;
+        let ps = pool.output_shape(os, "max_pool2d")?;
+        if x.len() != is.len() || y.len() != ps.len() {
+            return Err(Error::Internal(format!(
+                "conv2d + max_pool2d on slices of {} and {} values for shapes {is} and {ps}",
+                x.len(),
+                y.len()
+            )));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Method::Winograd { wino, .. }) = (self.fuses_pool(pool), &self.method) {
+            let bias = self.bias.as_deref();
+            return Ok(winograd::forward(
+                &self.spec,
+                wino,
+                bias,
+                x,
+                is,
+                os,
+                y,
+                scratch,
+                Some((ps.h, ps.w)),
+            ));
+        }
+        let _ = scratch;
+        Ok(false)
     }
 }
 

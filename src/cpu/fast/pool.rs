@@ -8,7 +8,7 @@ use crate::spec::{MaxPool2d, Shape, shape_of};
 
 /// The larger of two values, NaN if either is NaN.
 #[inline(always)]
-fn nan_max(a: f32, b: f32) -> f32 {
+pub(super) fn nan_max(a: f32, b: f32) -> f32 {
     if b > a || b.is_nan() { b } else { a }
 }
 

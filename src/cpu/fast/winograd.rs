@@ -31,6 +31,7 @@ use std::arch::x86_64::*;
 use crate::par::*;
 
 use super::direct_avx512::{SyncPtr, Tile, dispatch, pad_planes};
+use super::pool::nan_max;
 use super::split_blocks;
 use crate::spec::{Conv2d, Shape};
 
@@ -359,6 +360,9 @@ struct Geom {
     ow: usize,
     rows: Vec<usize>,
     cols: Vec<usize>,
+    /// `(height, width)` of the max-pooled output when a 2x2, stride-2 max pool is fused
+    /// into the output transform (dilation 1: tiles start at even rows and columns).
+    pool: Option<(usize, usize)>,
 }
 
 impl Geom {
@@ -379,6 +383,11 @@ impl Geom {
 /// buffers in `scratch[1]`). Returns `false`, computing nothing, for the direct method to run
 /// instead: when the input holds a NaN or an infinity, has fewer than [`MIN_TILES`] tiles, or
 /// a padded plane exceeds 2^31 values (beyond the gathers' 32-bit offsets).
+///
+/// With `pool` (the pooled output's height and width; the caller checked that the layer has
+/// dilation 1 and the pool is 2x2 with stride 2 and no padding), `y` is the output of that
+/// max pool, computed from each tile's outputs in registers: the convolution's own output is
+/// never stored.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     s: &Conv2d,
@@ -389,6 +398,7 @@ pub(super) fn forward(
     os: Shape,
     y: &mut [f32],
     scratch: &mut [Vec<f32>; 2],
+    pool: Option<(usize, usize)>,
 ) -> bool {
     let (m, a) = (p.tile.m(), p.tile.alpha());
     let (dh, dw) = s.dilation;
@@ -428,7 +438,9 @@ pub(super) fn forward(
         ow,
         rows: starts(oh, dh, m),
         cols: starts(ow, dw, m),
+        pool,
     };
+    debug_assert!(pool.is_none() || (dh, dw, m % 2) == (1, 1, 0));
     let xp: &[f32] = xbuf;
     let blocks_per_image = geom.tiles().div_ceil(TILE_BLOCK);
     let tile_jobs = os.n * blocks_per_image;
@@ -741,6 +753,10 @@ unsafe fn output_transform<const A: usize, const M: usize, S: OutputTransform<A,
                         _mm512_storeu_ps(out[i][j].as_mut_ptr(), o);
                     }
                 }
+                if let Some((ph, pw)) = g.pool {
+                    pool_tiles::<M>(g, &out, &first[..lanes], (ph, pw), y, n * g.cout + oc);
+                    continue;
+                }
                 let y_plane = y.get().add((n * g.cout + oc) * out_plane);
                 for l in 0..lanes {
                     let dst = y_plane.add(first[l]);
@@ -765,6 +781,57 @@ unsafe fn output_transform<const A: usize, const M: usize, S: OutputTransform<A,
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The 2x2, stride-2 max pool of the `m x m` outputs `out[i][j][lane]` of the tiles whose
+/// first outputs are at `first` (`row * ow + column`, both even), stored into channel plane
+/// `plane` of the pooled output `y` (`ph x pw` per plane). Windows are clipped at the output's
+/// edges and reduced in the order of [`super::pool`]'s `max_pool2d_slices` (down the rows,
+/// then across), so the values, NaN included, are the unfused pool's.
+///
+/// # Safety
+/// `y` holds at least `(plane + 1) * ph * pw` values and no other thread writes these tiles'
+/// pooled outputs.
+#[inline(always)]
+unsafe fn pool_tiles<const M: usize>(
+    g: &Geom,
+    out: &[[[f32; 16]; M]; M],
+    first: &[usize],
+    (ph, pw): (usize, usize),
+    y: SyncPtr,
+    plane: usize,
+) {
+    let dst = unsafe { y.get().add(plane * ph * pw) };
+    for (l, &f) in first.iter().enumerate() {
+        let (r0, c0) = (f / g.ow, f % g.ow);
+        for pi in 0..M / 2 {
+            let (r, pr) = (r0 + 2 * pi, r0 / 2 + pi);
+            if r >= g.oh || pr >= ph {
+                break;
+            }
+            let two_rows = r + 1 < g.oh;
+            let down = |j: usize| {
+                let a = out[2 * pi][j][l];
+                if two_rows {
+                    nan_max(a, out[2 * pi + 1][j][l])
+                } else {
+                    a
+                }
+            };
+            for pj in 0..M / 2 {
+                let (c, pc) = (c0 + 2 * pj, c0 / 2 + pj);
+                if c >= g.ow || pc >= pw {
+                    break;
+                }
+                let mut v = down(2 * pj);
+                if c + 1 < g.ow {
+                    v = nan_max(v, down(2 * pj + 1));
+                }
+                // SAFETY: pr < ph and pc < pw, inside the plane.
+                unsafe { *dst.add(pr * pw + pc) = v };
             }
         }
     }
