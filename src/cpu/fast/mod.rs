@@ -638,36 +638,26 @@ impl CpuConv2d {
                     _ => (0, 0),
                 };
                 let padded = is.c * (is.h + p.top + p.bottom + eh) * (is.w + p.left + p.right + ew);
-                let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
-                let (xi, yi) = (is.len() / is.n, os.len() / os.n);
-                for n0 in (0..is.n).step_by(per_call) {
-                    let n = per_call.min(is.n - n0);
-                    let (x, y) = (&x[n0 * xi..(n0 + n) * xi], &mut y[n0 * yi..(n0 + n) * yi]);
-                    let (is, os) = (Shape { n, ..is }, Shape { n, ..os });
-                    let bias = self.bias.as_deref();
+                let bias = self.bias.as_deref();
+                in_image_groups(x, is, y, os, 4 * padded, budget, |x, is, y, os| {
                     if let Method::Winograd { wino, .. } = &self.method
                         && winograd::forward(&self.spec, wino, bias, x, is, os, y, scratch, None)
                     {
-                        continue;
+                        return;
                     }
                     direct_avx512::forward(&self.spec, packed, blocks, bias, x, is, os, y, scratch);
-                }
+                });
             }
             #[cfg(target_arch = "x86_64")]
             Method::DirectBf16 { packed, blocks } => {
-                // As above, with half the bytes per padded value.
+                // As above, with two channels per four bytes padded.
                 let p = self.spec.padding;
                 let padded =
                     is.c.div_ceil(2) * (is.h + p.top + p.bottom) * (is.w + p.left + p.right);
-                let per_call = (budget / (4 * padded).max(1)).clamp(1, is.n);
-                let (xi, yi) = (is.len() / is.n, os.len() / os.n);
-                for n0 in (0..is.n).step_by(per_call) {
-                    let n = per_call.min(is.n - n0);
-                    let (x, y) = (&x[n0 * xi..(n0 + n) * xi], &mut y[n0 * yi..(n0 + n) * yi]);
-                    let (is, os) = (Shape { n, ..is }, Shape { n, ..os });
-                    let bias = self.bias.as_deref();
-                    direct_avx512::forward(&self.spec, packed, blocks, bias, x, is, os, y, scratch);
-                }
+                let bias = self.bias.as_deref();
+                in_image_groups(x, is, y, os, 4 * padded, budget, |x, is, y, os| {
+                    direct_avx512::forward(&self.spec, packed, blocks, bias, x, is, os, y, scratch)
+                });
             }
         }
         Ok(())
@@ -734,6 +724,32 @@ impl CpuConv2d {
         }
         let _ = scratch;
         Ok(false)
+    }
+}
+
+/// Runs `f(x, is, y, os)` on groups of whole images of the batch `x` (shape `is`) and its output
+/// `y` (shape `os`), each group's padded copy (`image_bytes` per image) within `budget` bytes,
+/// at least one image per group.
+#[cfg(target_arch = "x86_64")]
+fn in_image_groups(
+    x: &[f32],
+    is: Shape,
+    y: &mut [f32],
+    os: Shape,
+    image_bytes: usize,
+    budget: usize,
+    mut f: impl FnMut(&[f32], Shape, &mut [f32], Shape),
+) {
+    let per_call = (budget / image_bytes.max(1)).clamp(1, is.n);
+    let (xi, yi) = (is.len() / is.n, os.len() / os.n);
+    for n0 in (0..is.n).step_by(per_call) {
+        let n = per_call.min(is.n - n0);
+        f(
+            &x[n0 * xi..(n0 + n) * xi],
+            Shape { n, ..is },
+            &mut y[n0 * yi..(n0 + n) * yi],
+            Shape { n, ..os },
+        );
     }
 }
 
