@@ -79,8 +79,9 @@ impl MemoryArgs {
 #[derive(clap::Args)]
 pub struct CpuPrecisionArgs {
     /// Arithmetic of the CPU's convolutions when the network runs there: `f32`, or `bf16`
-    /// (inputs and weights rounded to bf16, sums in f32; about 1e-3 relative error, faster
-    /// where the CPU has AVX-512 BF16, refused where it has not).
+    /// (inputs and weights rounded to bf16, sums in f32: about 2e-3 relative error per layer,
+    /// 1e-2 on whole networks; faster where the CPU has AVX-512 BF16, refused where it has
+    /// not).
     #[arg(long, default_value = "f32", value_parser = parse_cpu_precision)]
     pub cpu_precision: CpuPrecision,
 }

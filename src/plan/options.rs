@@ -24,7 +24,7 @@ pub struct PlanOptions {
     /// How weights, biases and activations are stored (default f32; f16 halves the memory
     /// and needs the adapter's `SHADER_F16`, see [`Precision`]).
     pub precision: Precision,
-    /// Arithmetic of the CPU plan (default f32; [`CpuPrecision::Bf16`] trades about 1e-3 of
+    /// Arithmetic of the CPU plan (default f32; [`CpuPrecision::Bf16`] trades about 1e-2 of
     /// relative error for speed where the CPU has AVX-512 BF16).
     pub cpu_precision: CpuPrecision,
 }

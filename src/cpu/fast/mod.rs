@@ -104,7 +104,8 @@ pub enum ConvMethod {
     /// cycle where the instruction runs at the FMA's rate (Zen 4), with half the weight
     /// memory. x86-64 CPUs with AVX-512F and AVX-512 BF16, horizontal stride 1. Never chosen
     /// automatically: ask for it ([`CpuConv2d::with_method`], [`CpuPrecision::Bf16`]). Its
-    /// results differ from f32 by the inputs' and weights' rounding, about 1e-3 relative.
+    /// results differ from f32 by the inputs' and weights' rounding, about 2e-3 relative per
+    /// layer.
     DirectBf16,
 }
 
@@ -152,8 +153,8 @@ pub enum CpuPrecision {
     F32,
     /// Convolutions on [`ConvMethod::DirectBf16`] where this CPU has AVX-512 BF16 and it is
     /// the faster choice ([`CpuConv2d::auto_for_precision`]), else as in f32: per layer about
-    /// 2e-3 from f32's results, half the weight memory on those layers (and fc6 without
-    /// Winograd's 2.7 GB of transformed weights).
+    /// 2e-3 from f32's results (1e-2 on whole networks), half the weight memory on those
+    /// layers (and fc6 without Winograd's 2.7 GB of transformed weights).
     Bf16,
 }
 
