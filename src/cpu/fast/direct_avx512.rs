@@ -1,6 +1,8 @@
 //! The direct AVX-512 convolution: register-blocked micro-kernels over a zero-padded copy of
 //! the input, weights pre-packed per block of output channels, bias and ReLU fused into the
-//! store.
+//! store. In f32 (`vfmadd`), or in bf16 (`vdpbf16ps`, AVX-512 BF16) with the input and the
+//! weights packed as pairs of channels per `u32`; the tiling is the same for both
+//! ([`Element`]).
 
 use std::arch::x86_64::*;
 
@@ -561,7 +563,8 @@ impl Geom<'_> {
 /// dropped when copying out); the cheapest tiling counting skipped taps wins. Tasks are
 /// (image, band of output rows, group of output-channel blocks); within a task the input
 /// channels are split into chunks whose padded rows and weights stay in L2, and for each
-/// chunk every block of the group sweeps the band's tiles.
+/// chunk every block of the group sweeps the band's tiles. `E` is the element the
+/// micro-kernels read (`f32`, or `u32` pairs of bf16 channels, chunked in pairs).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward<E: Element>(
     s: &Conv2d,
@@ -662,8 +665,9 @@ pub(super) fn forward<E: Element>(
                         out_plane,
                         mask,
                     };
-                    // SAFETY: AVX-512F was detected when the method was chosen. Loads read
-                    // channels ci0..ci1 at padded row <= (oh-1)*stride + (kh-1)*dh < hp and
+                    // SAFETY: the element's features (AVX-512F, and AVX-512 BF16 for u32
+                    // pairs) were detected when the method was chosen. Loads read
+                    // channels (or pairs) ci0..ci1 at padded row <= (oh-1)*stride + (kh-1)*dh < hp and
                     // column <= ow-1 + (kw-1)*dw < wp (stride 1 horizontally), or in the
                     // flat layout at q + tap offset <= hp*wp - 1. Stores write this band's
                     // pixels of channels c0..c0+mr, which no other task writes.
