@@ -326,6 +326,9 @@ fn cpu_plan_passes_reuse_buffers_without_mixing_them() {
         reference_forward(&net, x.view()).view(),
     );
     assert!(e < 1e-5, "CPU plan vs reference error {e:.2e}");
+    assert!(plan.buffer_bytes() > 0);
+    plan.release_buffers();
+    assert_eq!(plan.buffer_bytes(), 0);
     std::thread::scope(|s| {
         for (t, want) in want.iter().enumerate() {
             let (plan, shapes) = (&plan, &shapes);

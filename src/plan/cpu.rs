@@ -34,7 +34,9 @@ struct Buffers {
 /// pool1-pool3: the unpooled output is never stored; its time counts as the convolution's); the
 /// buffers stay with the plan for the next pass (one set per pass running at once), so a
 /// pass writes into memory it has touched before instead of faulting in fresh pages for
-/// every layer's output (on a 900x900 VOC pass, 0.4 GB for conv1_1's alone).
+/// every layer's output (on a 900x900 VOC pass, 0.4 GB for conv1_1's alone). They hold two
+/// activations of the largest layer output ([`CpuPlan::buffer_bytes`]) until
+/// [`CpuPlan::release_buffers`] or the plan is dropped.
 pub struct CpuPlan {
     steps: Vec<(String, Step)>,
     network: Network,
@@ -117,6 +119,26 @@ impl CpuPlan {
                 Step::Other(_) => 0,
             })
             .sum()
+    }
+
+    /// Bytes of the buffers earlier passes left with the plan for the next ones (two
+    /// activations of the largest layer output and the convolutions' scratch per pass that
+    /// ran at once).
+    pub fn buffer_bytes(&self) -> u64 {
+        let sets = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        sets.iter()
+            .flat_map(|b| b.activations.iter().chain(&b.scratch))
+            .map(|v| 4 * v.len() as u64)
+            .sum()
+    }
+
+    /// Frees the buffers kept for later passes ([`CpuPlan::buffer_bytes`]); the next pass
+    /// allocates them again.
+    pub fn release_buffers(&self) {
+        self.buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Runs the network.
