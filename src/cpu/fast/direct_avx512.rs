@@ -330,26 +330,21 @@ pub(super) fn pad_input_bf16(s: &Conv2d, x: &[f32], is: Shape, buf: &mut Vec<f32
             let plane = |c: usize| &x[(n * is.c + c) * ih * iw..(n * is.c + c + 1) * ih * iw];
             let lo = plane(2 * k);
             let hi = (2 * k + 1 < is.c).then(|| plane(2 * k + 1));
-            dst[..pt * wp].fill(0);
-            for r in 0..ih {
-                let row = &mut dst[(pt + r) * wp..(pt + r + 1) * wp];
-                row[..pl].fill(0);
-                let (src, lo) = (&mut row[pl..pl + iw], &lo[r * iw..(r + 1) * iw]);
+            fill_padded(dst, (pt, pl), (ih, iw), wp, |r, row| {
+                let lo = &lo[r * iw..(r + 1) * iw];
                 match hi {
                     Some(hi) => {
-                        for ((d, &a), &b) in src.iter_mut().zip(lo).zip(&hi[r * iw..]) {
+                        for ((d, &a), &b) in row.iter_mut().zip(lo).zip(&hi[r * iw..]) {
                             *d = bf16_bits(a) | bf16_bits(b) << 16;
                         }
                     }
                     None => {
-                        for (d, &a) in src.iter_mut().zip(lo) {
+                        for (d, &a) in row.iter_mut().zip(lo) {
                             *d = bf16_bits(a);
                         }
                     }
                 }
-                row[pl + iw..].fill(0);
-            }
-            dst[(pt + ih) * wp..].fill(0);
+            });
         });
     pad
 }
@@ -377,14 +372,9 @@ pub(super) fn pad_planes(
         .par_chunks_mut(plane)
         .zip(x.par_chunks(ih * iw))
         .map(|(dst, src)| {
-            dst[..pt * wp].fill(0.0);
-            for r in 0..ih {
-                let row = &mut dst[(pt + r) * wp..(pt + r + 1) * wp];
-                row[..pl].fill(0.0);
-                row[pl..pl + iw].copy_from_slice(&src[r * iw..(r + 1) * iw]);
-                row[pl + iw..].fill(0.0);
-            }
-            dst[(pt + ih) * wp..].fill(0.0);
+            fill_padded(dst, (pt, pl), (ih, iw), wp, |r, row| {
+                row.copy_from_slice(&src[r * iw..(r + 1) * iw]);
+            });
             src.iter().fold(true, |ok, v| ok & v.is_finite())
         })
         // Counted (rayon's and std's `count` both visit every plane, where `all` would stop at
@@ -392,6 +382,26 @@ pub(super) fn pad_planes(
         .filter(|finite| !finite)
         .count()
         == 0
+}
+
+/// Fills one padded plane `dst` (rows of `wp` values): zeros above, below, left and right of
+/// the `ih x iw` image placed at `(pt, pl)`, whose row `r` `row(r, ..)` writes (`iw` values).
+fn fill_padded<T: Copy + Default>(
+    dst: &mut [T],
+    (pt, pl): (usize, usize),
+    (ih, iw): (usize, usize),
+    wp: usize,
+    mut row: impl FnMut(usize, &mut [T]),
+) {
+    let zero = T::default();
+    dst[..pt * wp].fill(zero);
+    for r in 0..ih {
+        let line = &mut dst[(pt + r) * wp..(pt + r + 1) * wp];
+        line[..pl].fill(zero);
+        row(r, &mut line[pl..pl + iw]);
+        line[pl + iw..].fill(zero);
+    }
+    dst[(pt + ih) * wp..].fill(zero);
 }
 
 /// Offset, inside an image's padded planes, of the tap-(0,0) input of each (input channel,

@@ -803,14 +803,7 @@ fn avx512_bf16() -> bool {
 
 /// Whether this CPU has AVX-512F (the direct and Winograd methods need it).
 fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    CpuInfo::get().avx512f
 }
 
 /// Bytes of a layer's Winograd-transformed weights: `(m+2)^2` values per output channel, input
