@@ -32,9 +32,9 @@
 //! iterations, with the convolutions' GFLOP/s.
 //!
 //! The GPU cases run when wgpu finds an adapter (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME` choose
-//! it) that is not a software one (lavapipe takes about 40 s per iteration of the basic
-//! module at batch 60 on 2 cores, and minutes for the large one; `TRAIN_BENCH_GPU=1` times it
-//! anyway); `TRAIN_BENCH_NO_GPU=1` skips them.
+//! it) that is not a software one (lavapipe takes about 7 s per iteration of the basic module
+//! at batch 60 on 2 cores, and about 14 minutes for the large one; `TRAIN_BENCH_GPU=1` times
+//! it anyway); `TRAIN_BENCH_NO_GPU=1` skips them.
 
 use std::time::{Duration, Instant};
 

@@ -11,8 +11,8 @@ mod common;
 use common::{gpu, random1, random4, rel_error, rng};
 use dilated::cpu::reference;
 use dilated::gpu::{
-    ConvGrads, GpuConv2d, GpuDropout, GpuLayer, GpuMask, GpuMaxPool2d, GpuReluGrad, GpuSoftmaxLoss,
-    Kernel, SgdHyper,
+    ConvGradAlgorithm, ConvGrads, GpuConv2d, GpuDropout, GpuLayer, GpuMask, GpuMaxPool2d,
+    GpuReluGrad, GpuSoftmaxLoss, Kernel, SgdHyper,
 };
 use dilated::train::{grad, softmax_cross_entropy};
 use dilated::{Conv2d, Error, Gpu, MaxPool2d, Padding, Shape};
@@ -73,18 +73,39 @@ fn geometries() -> Vec<(Conv2d, [usize; 4])> {
             [2, 2, 10, 9],
         ),
         (Conv2d::new(6, 6, 3).dilation(4).pad(4), [1, 6, 12, 12]),
+        // More channels than one register block (32) and columns than one workgroup (256),
+        // no padding at dilation 3 (the flipped convolution padded by 6).
+        (Conv2d::new(37, 45, 3).dilation(3), [2, 37, 14, 13]),
+        // Asymmetric padding within the kernel's extent, a wide kernel.
+        (
+            Conv2d::new(3, 5, 1)
+                .kernel(2, 5)
+                .dilation_hw(2, 1)
+                .padding(Padding::new(2, 4, 0, 1)),
+            [2, 3, 6, 9],
+        ),
     ]
 }
 
+/// Both gradient algorithms on every geometry: the fast one (flipped-weight convolution for
+/// the input gradient where the stride is 1 and the padding within the kernel's extent, the
+/// register-blocked weight gradient) and the gather kernels.
 #[test]
 fn convolution_gradients_match_the_definition() {
     let gpu = gpu();
-    for (i, (spec, shape)) in geometries().into_iter().enumerate() {
+    let cases = geometries()
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, g)| [ConvGradAlgorithm::Auto, ConvGradAlgorithm::Gather].map(|a| (i, g, a)));
+    for (i, (spec, shape), algorithm) in cases {
         let mut r = rng(100 + i as u64);
         let x = random4(&mut r, shape);
         let w = random4(&mut r, spec.weight_shape());
         let b = spec.bias.then(|| random1(&mut r, spec.out_channels));
-        let conv = GpuConv2d::new(gpu, spec, w.view(), b.as_ref().map(|b| b.view())).unwrap();
+        let conv = GpuConv2d::new(gpu, spec, w.view(), b.as_ref().map(|b| b.view()))
+            .unwrap()
+            .with_grad_algorithm(algorithm);
+        let i = format!("{i} ({algorithm:?})");
         let in_shape = Shape::new(shape[0], shape[1], shape[2], shape[3]);
         let out_shape = conv.output_shape(in_shape).unwrap();
         let g = random4(&mut r, out_shape.dims());
@@ -102,7 +123,7 @@ fn convolution_gradients_match_the_definition() {
             rel64(&got_dx, &dx)
         );
 
-        let grads = ConvGrads::zeros(gpu, &conv).unwrap();
+        let grads = ConvGrads::filled(gpu, &conv, f32::NAN).unwrap();
         gpu.run(
             &conv
                 .prepare_grad_params(gpu, &input, &grad_out, &grads)
@@ -149,19 +170,26 @@ fn convolution_gradients_match_finite_differences() {
             .map(|(&a, &c)| a as f64 * c as f64)
             .sum()
     };
-    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view())).unwrap();
-    let out_shape = conv.output_shape(Shape::new(1, 2, 7, 6)).unwrap();
+    let out_shape = spec.output_shape(Shape::new(1, 2, 7, 6), "conv").unwrap();
     let g = random4(&mut r, out_shape.dims());
     let input = gpu.upload(x.view()).unwrap();
     let grad_out = gpu.upload(g.view()).unwrap();
-    let dx = gpu
-        .download(&conv.grad_input(gpu, &grad_out, input.shape()).unwrap())
-        .unwrap();
-    let (dw, _) = conv
-        .grad_params_of(gpu, &input, &grad_out)
-        .unwrap()
-        .download(gpu)
-        .unwrap();
+    let grads = |algorithm| {
+        let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view()))
+            .unwrap()
+            .with_grad_algorithm(algorithm);
+        let dx = gpu
+            .download(&conv.grad_input(gpu, &grad_out, input.shape()).unwrap())
+            .unwrap();
+        let (dw, _) = conv
+            .grad_params_of(gpu, &input, &grad_out)
+            .unwrap()
+            .download(gpu)
+            .unwrap();
+        (dx, dw)
+    };
+    let (dx, dw) = grads(ConvGradAlgorithm::Auto);
+    let (gather_dx, gather_dw) = grads(ConvGradAlgorithm::Gather);
     // The loss is linear in x and in w, so a central difference of step 0.5 is exact up to
     // the f32 rounding of the forward pass.
     let h = 0.5f32;
@@ -176,11 +204,13 @@ fn convolution_gradients_match_finite_differences() {
         plus[at] += h;
         minus[at] -= h;
         let fd = (loss(&plus, &w, &g) - loss(&minus, &w, &g)) / (2.0 * h as f64);
-        assert!(
-            (dx[at] as f64 - fd).abs() <= 1e-4 * fd.abs().max(1.0),
-            "dx{at:?}: {} vs {fd}",
-            dx[at]
-        );
+        for dx in [&dx, &gather_dx] {
+            assert!(
+                (dx[at] as f64 - fd).abs() <= 1e-4 * fd.abs().max(1.0),
+                "dx{at:?}: {} vs {fd}",
+                dx[at]
+            );
+        }
         let at = [
             r.random_range(0..3),
             r.random_range(0..2),
@@ -191,11 +221,13 @@ fn convolution_gradients_match_finite_differences() {
         plus[at] += h;
         minus[at] -= h;
         let fd = (loss(&x, &plus, &g) - loss(&x, &minus, &g)) / (2.0 * h as f64);
-        assert!(
-            (dw[at] as f64 - fd).abs() <= 1e-4 * fd.abs().max(1.0),
-            "dw{at:?}: {} vs {fd}",
-            dw[at]
-        );
+        for dw in [&dw, &gather_dw] {
+            assert!(
+                (dw[at] as f64 - fd).abs() <= 1e-4 * fd.abs().max(1.0),
+                "dw{at:?}: {} vs {fd}",
+                dw[at]
+            );
+        }
     }
 }
 
@@ -587,12 +619,15 @@ fn capped_conv_grads(
     seed: u64,
     spec: Conv2d,
     shape: [usize; 4],
+    algorithm: ConvGradAlgorithm,
 ) -> (Vec<Kernel>, Vec<Kernel>, Vec<Kernel>) {
     let mut r = rng(seed);
     let x = random4(&mut r, shape);
     let w = random4(&mut r, spec.weight_shape());
     let b = random1(&mut r, spec.out_channels);
-    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view())).unwrap();
+    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view()))
+        .unwrap()
+        .with_grad_algorithm(algorithm);
     let in_shape = Shape::new(shape[0], shape[1], shape[2], shape[3]);
     let out_shape = conv.output_shape(in_shape).unwrap();
     let g = random4(&mut r, out_shape.dims());
@@ -680,6 +715,8 @@ fn capped_bindings_split_convolution_gradients_and_sgd_into_the_expected_chunks(
     let align = gpu.limits().min_storage_buffer_offset_alignment as usize;
     let max = ((64 << 10) - align) / 4;
     assert!((16_000..=16_383).contains(&max), "window of {max} floats");
+    use ConvGradAlgorithm::{Auto, Gather};
+    use Kernel::{ConvBlocked, ConvGradWeightBlocked as WB, ConvWeightFlip};
     use Kernel::{ConvGradBias as B, ConvGradInput as I, ConvGradWeight as W, Sgd as S};
 
     // As the forward pass (tests/gpu_dispatch.rs): 20 -> 150 channels, 3x3 dilation 2, 2
@@ -687,17 +724,30 @@ fn capped_bindings_split_convolution_gradients_and_sgd_into_the_expected_chunks(
     // chunks; the bias once per chunk of output channels. 27,000 weights: 2 SGD chunks, and
     // one for the bias.
     let spec = Conv2d::new(20, 150, 3).dilation(2).pad(2).with_relu(true);
-    let (input, params, sgd) = capped_conv_grads(&gpu, 250, spec, [2, 20, 30, 31]);
+    let (input, params, sgd) = capped_conv_grads(&gpu, 250, spec, [2, 20, 30, 31], Gather);
     assert_eq!(input, [I; 36]);
     assert_eq!(params, [W, B, W].repeat(18));
     assert_eq!(sgd, [S; 3]);
+    // The fast algorithm on the same layer: its weights are above the cap, so the input
+    // gradient gathers; the weight gradient runs register-blocked over the same chunks.
+    let (input, params, _) = capped_conv_grads(&gpu, 250, spec, [2, 20, 30, 31], Auto);
+    assert_eq!(input, [I; 36]);
+    assert_eq!(params, [WB, B, WB].repeat(18));
+    // Weights within the cap (20 -> 30, 5,400): the flip, then the flipped convolution cut
+    // as a forward pass from 30 channels to 20 is cut (activations above the cap).
+    let spec = Conv2d::new(20, 30, 3).dilation(2).pad(2).with_relu(true);
+    let (input, params, _) = capped_conv_grads(&gpu, 252, spec, [2, 20, 30, 31], Auto);
+    assert_eq!(input[0], ConvWeightFlip);
+    assert!(input.len() > 2, "{input:?}");
+    assert!(input[1..].iter().all(|&k| k == ConvBlocked), "{input:?}");
+    assert!(params.iter().all(|&k| k == WB || k == B), "{params:?}");
 
     // fc6-like, its weights above the cap: 8 -> 64 channels, 7x7 dilation 4, 3 images of 30 x
     // 30 (21,600 floats, above the cap too). Weight rows of 392 floats: 40 or 41 output
     // channels per window, so 3 images x 2 chunks of output channels; 25,088 weights in 2 SGD
     // chunks, and one for the bias.
     let spec = Conv2d::new(8, 64, 7).dilation(4).with_relu(true);
-    let (input, params, sgd) = capped_conv_grads(&gpu, 251, spec, [3, 8, 30, 30]);
+    let (input, params, sgd) = capped_conv_grads(&gpu, 251, spec, [3, 8, 30, 30], Gather);
     assert_eq!(input, [I; 6]);
     assert_eq!(params, [W, B].repeat(6));
     assert_eq!(sgd, [S; 3]);
@@ -705,13 +755,20 @@ fn capped_bindings_split_convolution_gradients_and_sgd_into_the_expected_chunks(
 
 /// The kernels of a convolution's input-gradient and parameter-gradient dispatches on the test
 /// GPU, with the three gradients checked against the CPU reference.
-fn conv_grads_checked(seed: u64, spec: Conv2d, shape: [usize; 4]) -> (Vec<Kernel>, Vec<Kernel>) {
+fn conv_grads_checked(
+    seed: u64,
+    spec: Conv2d,
+    shape: [usize; 4],
+    algorithm: ConvGradAlgorithm,
+) -> (Vec<Kernel>, Vec<Kernel>) {
     let gpu = gpu();
     let mut r = rng(seed);
     let x = random4(&mut r, shape);
     let w = random4(&mut r, spec.weight_shape());
     let b = random1(&mut r, spec.out_channels);
-    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view())).unwrap();
+    let conv = GpuConv2d::new(gpu, spec, w.view(), Some(b.view()))
+        .unwrap()
+        .with_grad_algorithm(algorithm);
     let in_shape = Shape::new(shape[0], shape[1], shape[2], shape[3]);
     let g = random4(&mut r, conv.output_shape(in_shape).unwrap().dims());
     let (dx, dw, db) = conv_grads_f64(&x, &w, &spec, &g);
@@ -740,23 +797,36 @@ fn conv_grads_checked(seed: u64, spec: Conv2d, shape: [usize; 4]) -> (Vec<Kernel
 /// an invocation's loops after 65,535 iterations in all) are cut into dispatches that add up.
 #[test]
 fn long_reductions_are_cut_into_bounded_loops() {
+    use ConvGradAlgorithm::{Auto, Gather};
+    use Kernel::{ConvBlocked, ConvGradWeightBlocked as WB, ConvWeightFlip};
     use Kernel::{ConvGradBias as B, ConvGradInput as I, ConvGradWeight as W};
     let steps = dilated::gpu::shader::MAX_LOOP_STEPS;
     assert_eq!(steps, 16_384);
     // Weight and bias gradients summing over 2 images of 198 x 198 = 78,408 pixels: 5 ranges.
-    let (input, params) = conv_grads_checked(
-        260,
-        Conv2d::new(1, 2, 3).pad(1).with_relu(true),
-        [2, 1, 198, 198],
-    );
+    let spec = Conv2d::new(1, 2, 3).pad(1).with_relu(true);
+    let (input, params) = conv_grads_checked(260, spec, [2, 1, 198, 198], Gather);
     assert_eq!(input, [I]);
     assert_eq!(params, [W, B].repeat(5));
-    // One row of 70,000 pixels, a 1x1 layer: 5 ranges.
-    let (_, params) = conv_grads_checked(261, Conv2d::new(1, 2, 1), [1, 1, 1, 70_000]);
-    assert_eq!(params, [W, B].repeat(5));
+    // The blocked kernel sums whole rows and counts one loop step per row: 16,384 / 199 = 82
+    // rows a range, 396 rows in 5 ranges.
+    let (input, params) = conv_grads_checked(260, spec, [2, 1, 198, 198], Auto);
+    assert_eq!(input, [ConvWeightFlip, ConvBlocked]);
+    assert_eq!(params, [WB, B].repeat(5));
+    // One row of 70,000 pixels, a 1x1 layer: 5 ranges; a row that long gathers.
+    for algorithm in [Gather, Auto] {
+        let spec = Conv2d::new(1, 2, 1);
+        let (_, params) = conv_grads_checked(261, spec, [1, 1, 1, 70_000], algorithm);
+        assert_eq!(params, [W, B].repeat(5));
+    }
     // An input gradient gathering over 1,400 output channels x 49 taps = 68,600 terms: 334
     // channels (16,384 / 49) per dispatch, 5 dispatches.
-    let (input, params) = conv_grads_checked(262, Conv2d::new(1, 1400, 7), [1, 1, 7, 7]);
+    let spec = Conv2d::new(1, 1400, 7);
+    let (input, params) = conv_grads_checked(262, spec, [1, 1, 7, 7], Gather);
     assert_eq!(input, [I; 5]);
     assert_eq!(params, [W, B]);
+    // The flipped convolution reduces over 1,400 channels x 49 taps, above
+    // MAX_REDUCTION_DEPTH: two chunks of input channels, as a forward pass is cut.
+    let (input, params) = conv_grads_checked(262, spec, [1, 1, 7, 7], Auto);
+    assert_eq!(input, [ConvWeightFlip, ConvBlocked, ConvBlocked]);
+    assert_eq!(params, [WB, B]);
 }

@@ -494,10 +494,15 @@ fn weights_above_a_capped_binding_train_in_chunks() {
         2,
         1e-5,
     );
-    // Weight gradients: fc6 in 3 images x 2 chunks of output channels (40 or 41 a window),
-    // fc7 and final in one chunk each. SGD: fc6's weights in 2 chunks, every other buffer
-    // in one (3 biases, fc7's and final's weights).
-    assert_eq!(count(&kernels, Kernel::ConvGradWeight), 8, "{kernels:?}");
+    // Weight gradients (register-blocked on lavapipe): fc6 in 3 images x 2 chunks of output
+    // channels (40 or 41 a window), fc7 and final in one chunk each. Input gradients of fc7
+    // and final as convolutions of their flipped weights (fc6, the first layer, needs
+    // none). SGD: fc6's weights in 2 chunks, every other buffer in one (3 biases, fc7's and
+    // final's weights).
+    let weight_grads =
+        count(&kernels, Kernel::ConvGradWeight) + count(&kernels, Kernel::ConvGradWeightBlocked);
+    assert_eq!(weight_grads, 8, "{kernels:?}");
+    assert_eq!(count(&kernels, Kernel::ConvWeightFlip), 2, "{kernels:?}");
     assert_eq!(count(&kernels, Kernel::Sgd), 7);
 }
 
@@ -544,13 +549,17 @@ fn split_reductions_of_the_tiled_kernel_train_as_on_the_cpu() {
         1e-5,
     );
     assert_eq!(count(&kernels, Kernel::ConvSplitReduce), 1, "{kernels:?}");
+    // b's input gradient is the 1x1 convolution of its flipped weights (3 -> 16 channels),
+    // never split.
     assert_eq!(count(&kernels, Kernel::ConvTiled), 1);
-    assert_eq!(count(&kernels, Kernel::ConvPointwise), 1);
+    assert_eq!(count(&kernels, Kernel::ConvPointwise), 2);
+    assert_eq!(count(&kernels, Kernel::ConvWeightFlip), 1);
     let labels_and_losses = 2 * 2 * 144 * 4;
     let mask = (2 * 16 * 144 / 32) * 4;
+    let flipped = 16 * 3 * 4;
     assert_eq!(
         memory.scratch,
-        labels_and_losses + 2 * 2 * 16 * 144 * 4 + mask
+        labels_and_losses + 2 * 2 * 16 * 144 * 4 + flipped + mask
     );
     assert_eq!(
         GpuTrainer::estimate_memory(&net, shape, &["a"]).unwrap(),
@@ -564,8 +573,8 @@ fn the_memory_report_adds_up_and_the_budget_is_kept() {
     // By hand: input [1, 2, 4, 4] (128 bytes); a: 1x1 to 3 channels with ReLU (192), pool
     // 2x2 (48), b: 1x1 to 2 channels (32). Output gradients alternate from the scores: b and
     // a share a buffer (192), the pool has the other (48); a's gradient before its ReLU
-    // another (192). Weights 6 + 3 and 6 + 2 floats; labels and losses 4 pixels each; a's
-    // dropout mask 48 bits in 2 words.
+    // another (192). Weights 6 + 3 and 6 + 2 floats; labels and losses 4 pixels each; b's
+    // weights flipped for its input gradient (6 floats); a's dropout mask 48 bits in 2 words.
     let mut r = rng(44);
     let a = Conv2d::new(2, 3, 1).with_relu(true);
     let b = Conv2d::new(3, 2, 1);
@@ -593,7 +602,7 @@ fn the_memory_report_adds_up_and_the_budget_is_kept() {
         weights: 36 + 32,
         weight_gradients: 36 + 32,
         momentum: 36 + 32,
-        scratch: 16 + 16,
+        scratch: 16 + 16 + 24,
     };
     assert_eq!(GpuTrainer::estimate_memory(&net, shape, &[]).unwrap(), want);
     let with_mask = TrainingMemory {

@@ -24,8 +24,9 @@ pub use context::{Gpu, GpuOptions};
 pub use dispatch::Dispatch;
 pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
 pub use ops::{
-    ConvAlgorithm, ConvChoice, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d, GpuDropout, GpuMask,
-    GpuMaxPool2d, GpuRelu, GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom, LossAndGrad, SgdHyper,
+    ConvAlgorithm, ConvChoice, ConvGradAlgorithm, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d,
+    GpuDropout, GpuMask, GpuMaxPool2d, GpuRelu, GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom,
+    LossAndGrad, SgdHyper,
 };
 pub use precision::Precision;
 pub use shader::Kernel;

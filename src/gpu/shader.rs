@@ -40,6 +40,11 @@ pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 /// gallivm) ends every loop of an invocation once its loops have run 65,535 iterations in all,
 /// silently; this stays well below, and keeps each invocation short on GPUs with a watchdog.
 pub const MAX_LOOP_STEPS: usize = 16384;
+/// Most input channels x kernel taps one dispatch of a forward convolution reduces over
+/// ([`MAX_LOOP_STEPS`] x 3, with room under lavapipe's 65,535 for the loops over taps): deeper
+/// reductions are cut into chunks of input channels that add to the output. No released
+/// network comes near (fc6: 25,088).
+pub const MAX_REDUCTION_DEPTH: usize = 3 * MAX_LOOP_STEPS;
 
 /// The layout of a uniform struct or of one of its fields, as Rust lays it out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +184,11 @@ pub enum Kernel {
     ConvGradWeight,
     /// Gradient of a convolution with respect to its bias.
     ConvGradBias,
+    /// A convolution's weights turned 180 degrees with input and output channels swapped: the
+    /// weights of the convolution that computes its input gradient.
+    ConvWeightFlip,
+    /// Register-blocked gradient of a convolution with respect to its weights.
+    ConvGradWeightBlocked,
     /// Gradient through a ReLU.
     ReluGrad,
     /// Softmax cross-entropy per pixel, with its gradient.
@@ -210,7 +220,7 @@ const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
@@ -225,6 +235,8 @@ impl Kernel {
         Kernel::ConvGradInput,
         Kernel::ConvGradWeight,
         Kernel::ConvGradBias,
+        Kernel::ConvWeightFlip,
+        Kernel::ConvGradWeightBlocked,
         Kernel::ReluGrad,
         Kernel::SoftmaxLoss,
         Kernel::Sgd,
@@ -342,6 +354,22 @@ impl Kernel {
                 include_str!("../../shaders/grad/conv2d_grad_bias.wgsl"),
                 &[("grad", Elem::F32, READ), ("output", Elem::F32, WRITE)],
             ),
+            Kernel::ConvWeightFlip => def(
+                "conv2d_weight_flip",
+                &[ConvParams, Linear],
+                include_str!("../../shaders/grad/conv2d_weight_flip.wgsl"),
+                &[("weight", Elem::F32, READ), ("output", Elem::F32, WRITE)],
+            ),
+            Kernel::ConvGradWeightBlocked => def(
+                "conv2d_grad_weight_blocked",
+                &[ConvParams],
+                include_str!("../../shaders/grad/conv2d_grad_weight_blocked.wgsl"),
+                &[
+                    ("input", Elem::F32, READ),
+                    ("grad", Elem::F32, READ),
+                    ("output", Elem::F32, WRITE),
+                ],
+            ),
             Kernel::ReluGrad => def(
                 "relu_grad",
                 &[Linear],
@@ -415,7 +443,7 @@ impl Kernel {
     /// The complete WGSL source for a storage precision: `enable f16;` for f16, the shared
     /// constants, the storage type alias `store_t`, the uniform and storage bindings, the
     /// kernel's shared parts and its own file, with the `// BLOCK:` template lines of the
-    /// register-blocked kernel expanded.
+    /// register-blocked kernels expanded.
     pub fn source_as(self, precision: Precision) -> String {
         let def = self.definition();
         let pointwise = self == Kernel::ConvPointwise;
@@ -449,7 +477,7 @@ impl Kernel {
             out.push_str(part.source());
         }
         out.push('\n');
-        if self == Kernel::ConvBlocked {
+        if matches!(self, Kernel::ConvBlocked | Kernel::ConvGradWeightBlocked) {
             out.push_str(&expand_blocks(def.file));
         } else {
             out.push_str(def.file);
@@ -613,7 +641,9 @@ mod tests {
             | Kernel::ConvBlocked
             | Kernel::ConvGradInput
             | Kernel::ConvGradWeight
-            | Kernel::ConvGradBias => conv::ConvParams::layout(),
+            | Kernel::ConvGradBias
+            | Kernel::ConvWeightFlip
+            | Kernel::ConvGradWeightBlocked => conv::ConvParams::layout(),
             Kernel::ReluGrad => relu_grad::ReluGradParams::layout(),
             Kernel::SoftmaxLoss => softmax_loss::SoftmaxLossParams::layout(),
             Kernel::Sgd => sgd::SgdParams::layout(),

@@ -13,7 +13,7 @@
 //! Memory: the batch and every layer's output, two alternating buffers for the gradients of
 //! the layers' outputs and one for the gradients before fused ReLUs (each as large as the
 //! largest it holds), the weights, their gradients and momentum, and scratch (labels,
-//! per-pixel losses, the partial sums of split reductions, dropout masks); see
+//! per-pixel losses, the partial sums of split reductions, flipped weights, dropout masks); see
 //! [`TrainingMemory`]. Every buffer is bound in windows that fit one storage binding, so
 //! fc6's 411 MB of weights, gradients and momentum train on adapters that cap a binding at
 //! 128 MiB.
@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::gpu::dispatch::expect_shape;
 use crate::gpu::layer::named_after;
 use crate::gpu::ops::conv_chunks::split_scratch_bytes;
+use crate::gpu::ops::train::conv_grad::{FLIP_MAX_BYTES, input_gradient_spec};
 use crate::gpu::ops::train::dropout::mask_bytes;
 use crate::gpu::ops::train::softmax_loss::mean_loss;
 use crate::gpu::{
@@ -88,8 +89,9 @@ pub struct TrainingMemory {
     pub weight_gradients: u64,
     /// Momentum of the weights and biases.
     pub momentum: u64,
-    /// Labels, per-pixel losses, the partial sums of split reductions and dropout masks (one
-    /// bit a unit).
+    /// Labels, per-pixel losses, the partial sums of split reductions, the flipped weights of
+    /// the input gradients (as large as the largest layer's that runs as a convolution; see
+    /// [`crate::gpu::ConvGradAlgorithm`]) and dropout masks (one bit a unit).
     pub scratch: u64,
 }
 
@@ -220,6 +222,8 @@ pub struct GpuTrainer<'g> {
     grad_buffers: [Option<GpuTensor>; 3],
     /// Partial sums of the convolutions whose reductions split (shared: layers run in turn).
     scratch: Option<wgpu::Buffer>,
+    /// The flipped weights of the input gradients that run as convolutions (shared likewise).
+    flipped: Option<wgpu::Buffer>,
     max_memory: Option<u64>,
     /// The dropout ratio of every layer the passes were recorded with.
     recorded_dropout: Vec<Option<f32>>,
@@ -277,8 +281,10 @@ impl<'g> GpuTrainer<'g> {
         let body = layout.shapes.len();
         let mut layers = Vec::with_capacity(body);
         let mut scratch_bytes = 0u64;
+        let mut flipped_bytes = 0u64;
         let mut in_shape = input_shape;
-        for (layer, &shape) in network.layers()[..body].iter().zip(&layout.shapes) {
+        let score_layers = network.layers()[..body].iter().zip(&layout.shapes);
+        for (i, (layer, &shape)) in score_layers.enumerate() {
             let named = |e| named_after(&layer.name, e);
             let op = match &layer.op {
                 Op::Conv { spec, weight, bias } => {
@@ -288,6 +294,9 @@ impl<'g> GpuTrainer<'g> {
                             .with_algorithm(options.algorithm);
                     scratch_bytes =
                         scratch_bytes.max(conv.scratch_bytes(gpu, in_shape).map_err(named)?);
+                    if i > layout.first_param {
+                        flipped_bytes = flipped_bytes.max(conv.grad_input_scratch_bytes(gpu));
+                    }
                     // NaN until a step writes them, so that an element it fails to write shows.
                     let grads = ConvGrads::filled(gpu, &conv, f32::NAN).map_err(named)?;
                     TrainOp::Conv(Box::new(TrainConv {
@@ -343,6 +352,14 @@ impl<'g> GpuTrainer<'g> {
                     wgpu::BufferUsages::STORAGE,
                 )?),
             },
+            flipped: match flipped_bytes {
+                0 => None,
+                bytes => Some(gpu.create_buffer(
+                    "training flipped weights",
+                    bytes,
+                    wgpu::BufferUsages::STORAGE,
+                )?),
+            },
             max_memory: options.max_memory,
             recorded_dropout: vec![None; layers.len()],
             layers,
@@ -360,8 +377,11 @@ impl<'g> GpuTrainer<'g> {
 
     /// GPU memory a trainer for `network` at `input_shape` will hold, computed without a
     /// device, with dropout masks for the layers named in `dropout_layers`. The scratch
-    /// counts the partial sums of convolutions as the tiled kernel would split them (an upper
-    /// bound: adapters whose kernels do not split hold none); every other kind is exact.
+    /// counts the partial sums of convolutions as the tiled kernel would split them, and the
+    /// flipped weights of every input gradient that may run as a convolution (upper bounds:
+    /// adapters whose kernels do not split hold no partial sums, and those whose storage
+    /// bindings hold less than a layer's weights gather its input gradient without flipping
+    /// them); every other kind is exact.
     ///
     /// Errors: unsupported layers, a network without convolutions, an input the network does
     /// not accept, or a dropout layer that is not one of the score layers.
@@ -378,7 +398,8 @@ impl<'g> GpuTrainer<'g> {
             ..TrainingMemory::default()
         };
         let mut split = 0u64;
-        for (l, &out) in layers.iter().zip(&layout.shapes) {
+        let mut flipped = 0u64;
+        for (i, (l, &out)) in layers.iter().zip(&layout.shapes).enumerate() {
             if let Op::Conv { spec, .. } = &l.op {
                 let weight = 4 * spec.weight_len() as u64;
                 let bias = if spec.bias {
@@ -390,13 +411,19 @@ impl<'g> GpuTrainer<'g> {
                 m.weight_gradients += weight + bias;
                 m.momentum += weight + bias;
                 split = split.max(split_scratch_bytes(spec, out));
+                if i > layout.first_param
+                    && weight <= FLIP_MAX_BYTES
+                    && input_gradient_spec(spec).is_some()
+                {
+                    flipped = flipped.max(weight);
+                }
             }
         }
         let pixels = Shape {
             c: 1,
             ..layout.scores()
         };
-        m.scratch = 2 * pixels.bytes() + split;
+        m.scratch = 2 * pixels.bytes() + split + flipped;
         for name in dropout_layers {
             let i = layers
                 .iter()
@@ -424,7 +451,8 @@ impl<'g> GpuTrainer<'g> {
                 .sum(),
             scratch: self.labels.buffer.size()
                 + self.losses.buffer.size()
-                + self.scratch.as_ref().map_or(0, |b| b.size()),
+                + self.scratch.as_ref().map_or(0, |b| b.size())
+                + self.flipped.as_ref().map_or(0, |b| b.size()),
             ..TrainingMemory::default()
         };
         let size =
@@ -538,7 +566,10 @@ impl<'g> GpuTrainer<'g> {
                             .map_err(named)?,
                     );
                     if let Some(below) = &below {
-                        backward.extend(conv.prepare_grad_input(gpu, grad, below).map_err(named)?);
+                        backward.extend(
+                            conv.prepare_grad_input_in(gpu, grad, below, self.flipped.as_ref())
+                                .map_err(named)?,
+                        );
                     }
                 }
                 TrainOp::MaxPool(pool) => {

@@ -9,6 +9,7 @@ use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::{GpuLayer, Io, expect_precision};
 use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks, split_slices};
+use crate::gpu::ops::train::conv_grad::ConvGradAlgorithm;
 use crate::gpu::precision::Precision;
 use crate::gpu::shader::{
     BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
@@ -123,6 +124,8 @@ pub struct GpuConv2d {
     tiled_supported: bool,
     /// The element type of the weights, the bias and the tensors the layer runs on.
     precision: Precision,
+    /// How the layer's gradients are computed.
+    pub(crate) grad_algorithm: ConvGradAlgorithm,
 }
 
 /// Whether a device's limits allow the tiled kernel: a 256 x 1 x 1 workgroup and its two tiles
@@ -132,6 +135,22 @@ fn tiled_fits(limits: &wgpu::Limits) -> bool {
     limits.max_compute_invocations_per_workgroup >= WG_TILED
         && limits.max_compute_workgroup_size_x >= WG_TILED
         && limits.max_compute_workgroup_storage_size >= shared
+}
+
+/// The uniform's fields a convolution's spec fixes.
+fn template_of(spec: &Conv2d) -> ConvParams {
+    ConvParams {
+        k_h: spec.kernel.0 as u32,
+        k_w: spec.kernel.1 as u32,
+        dil_h: spec.dilation.0 as u32,
+        dil_w: spec.dilation.1 as u32,
+        stride_h: spec.stride.0 as u32,
+        stride_w: spec.stride.1 as u32,
+        pad_top: spec.padding.top as u32,
+        pad_left: spec.padding.left as u32,
+        w_row: (spec.in_channels * spec.kernel.0 * spec.kernel.1) as u32,
+        ..ConvParams::default()
+    }
 }
 
 /// Most f32 elements per piece of the host-side weight reordering, bounding its scratch memory.
@@ -191,23 +210,11 @@ impl GpuConv2d {
             None => gpu.storage_from_slice_as("conv bias (none)", &[0.0], precision)?,
         };
         let info = &gpu.adapter().info;
-        let template = ConvParams {
-            k_h: spec.kernel.0 as u32,
-            k_w: spec.kernel.1 as u32,
-            dil_h: spec.dilation.0 as u32,
-            dil_w: spec.dilation.1 as u32,
-            stride_h: spec.stride.0 as u32,
-            stride_w: spec.stride.1 as u32,
-            pad_top: spec.padding.top as u32,
-            pad_left: spec.padding.left as u32,
-            w_row: w_row as u32,
-            ..ConvParams::default()
-        };
         Ok(Self {
             spec,
             weight,
             bias,
-            template,
+            template: template_of(&spec),
             algorithm: ConvAlgorithm::Auto,
             cpu_adapter: info.device_type == wgpu::DeviceType::Cpu,
             blocked_supported: gpu.device.features().contains(wgpu::Features::SUBGROUP)
@@ -215,12 +222,32 @@ impl GpuConv2d {
             split: true,
             tiled_supported: tiled_fits(gpu.limits()),
             precision,
+            grad_algorithm: ConvGradAlgorithm::Auto,
         })
     }
 
     /// The element type of the layer's weights and of the tensors it runs on.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Another layer of `spec` (same precision, device and kernel choice) whose weights are
+    /// `weight`, rows `[out][kh][kw][in]` of `spec`'s sizes, without a bias: the convolution
+    /// that computes a layer's input gradient from its flipped weights.
+    pub(crate) fn sibling(&self, spec: Conv2d, weight: wgpu::Buffer) -> Self {
+        Self {
+            spec,
+            weight,
+            bias: self.bias.clone(),
+            template: template_of(&spec),
+            ..*self
+        }
+    }
+
+    /// Whether the device runs the register-blocked kernels (subgroups of at least
+    /// [`BLOCKED_MIN_SUBGROUP`] invocations).
+    pub(crate) fn blocked_supported(&self) -> bool {
+        self.blocked_supported
     }
 
     /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by adapter and geometry.

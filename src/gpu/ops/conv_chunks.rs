@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::dispatch::exceeds_binding;
-use crate::gpu::shader::{TILE_M, TILE_N};
+use crate::gpu::shader::{MAX_REDUCTION_DEPTH, TILE_M, TILE_N};
 use crate::spec::{Conv2d, Shape};
 
 /// The tiled convolution splits its reduction (split-K) when it would launch fewer workgroups
@@ -68,7 +68,8 @@ pub(crate) struct ConvChunk {
 }
 
 /// Splits a convolution over batch, output channels and input channels (partial sums
-/// accumulated in the output) so every window holds at most `max` elements.
+/// accumulated in the output) so every window holds at most `max` elements and every
+/// reduction runs over at most [`MAX_REDUCTION_DEPTH`] input channels x taps.
 pub(crate) fn conv_chunks(
     spec: &Conv2d,
     input: Shape,
@@ -93,7 +94,11 @@ pub(crate) fn conv_chunks(
         ));
     }
     let co_n = spec.out_channels.min(max / output.plane()).min(max / w_row);
-    let ci_n = spec.in_channels.min(max / input.plane());
+    let taps = spec.kernel.0 * spec.kernel.1;
+    let ci_n = spec
+        .in_channels
+        .min(max / input.plane())
+        .min((MAX_REDUCTION_DEPTH / taps).max(1));
     let nb = if co_n == spec.out_channels && ci_n == spec.in_channels {
         input
             .n
@@ -151,6 +156,22 @@ mod tests {
             assert!(seen.iter().all(|&s| s == 1), "max {max}");
         }
         assert!(conv_chunks(&spec, input, output, 1000).is_err());
+    }
+
+    #[test]
+    fn deep_reductions_are_cut_over_input_channels() {
+        // 1,400 x 49 = 68,600 > MAX_REDUCTION_DEPTH: 1,003 channels, then 397.
+        let spec = Conv2d::new(1400, 1, 7);
+        let input = Shape::new(1, 1400, 7, 7);
+        let output = spec.output_shape(input, "t").unwrap();
+        let chunks = conv_chunks(&spec, input, output, 1 << 30).unwrap();
+        let cut: Vec<_> = chunks.iter().map(|c| (c.ci0, c.ci_n)).collect();
+        assert_eq!(cut, [(0, 1003), (1003, 397)]);
+        // fc6 stays whole.
+        let spec = Conv2d::new(512, 4096, 7).dilation(4);
+        let input = Shape::new(1, 512, 30, 30);
+        let output = spec.output_shape(input, "t").unwrap();
+        assert_eq!(conv_chunks(&spec, input, output, 1 << 30).unwrap().len(), 1);
     }
 
     #[test]

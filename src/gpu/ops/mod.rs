@@ -20,6 +20,7 @@ pub use max_pool::GpuMaxPool2d;
 pub use relu::GpuRelu;
 pub use softmax::GpuSoftmax;
 pub use train::{
-    ConvGrads, GpuDropout, GpuMask, GpuReluGrad, GpuSoftmaxLoss, LossAndGrad, SgdHyper,
+    ConvGradAlgorithm, ConvGrads, GpuDropout, GpuMask, GpuReluGrad, GpuSoftmaxLoss, LossAndGrad,
+    SgdHyper,
 };
 pub use zoom::GpuZoom;

@@ -3,18 +3,79 @@
 //! `[out][kh][kw][in]`, so the SGD step updates the layer's weights in place. The work is cut
 //! into the forward pass's chunks (see [`crate::gpu::ops::conv_chunks`]), so weights and
 //! activations larger than one storage binding (fc6's 411 MB weights) are bound in windows.
+//!
+//! Two ways to compute them ([`ConvGradAlgorithm`]):
+//! - The fast one. For stride 1 and padding no wider than the kernel's extent, the input
+//!   gradient is itself a convolution: of `dL/dy` with the weights turned 180 degrees and
+//!   their input and output channels swapped (`shaders/grad/conv2d_weight_flip.wgsl` writes
+//!   them, into scratch), padded by the extent minus the layer's padding. It runs through the
+//!   forward kernels (the layer's own kernel choice: register-blocked, tiled or direct), so it
+//!   is as fast as a forward pass. The weight gradient, a matrix product of the output
+//!   gradient and the input's windows reduced over pixels, runs register-blocked
+//!   (`shaders/grad/conv2d_grad_weight_blocked.wgsl`) where the device has subgroups of at
+//!   least 8.
+//! - The gather kernels, one output element per invocation (`conv2d_grad_input.wgsl`,
+//!   `conv2d_grad_weight.wgsl`), for every geometry: strides, wide padding, weights above one
+//!   binding, devices without subgroups.
 
 use ndarray::{Array1, Array4};
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
-use crate::gpu::layer::GpuLayer;
+use crate::gpu::layer::{GpuLayer, Io, expect_precision};
 use crate::gpu::ops::conv::{ConvParams, GpuConv2d};
 use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks};
-use crate::gpu::shader::{Kernel, MAX_LOOP_STEPS};
+use crate::gpu::precision::Precision;
+use crate::gpu::shader::{BLOCK_C, Kernel, MAX_LOOP_STEPS, WG_BLOCKED, WG_LINEAR};
 use crate::gpu::tensor::{GpuTensor, Window};
-use crate::spec::Shape;
+use crate::spec::{Conv2d, Padding, Shape};
+
+/// How a convolution's gradients are computed on the GPU (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvGradAlgorithm {
+    /// The fast kernels where they apply, the gather kernels elsewhere: the input gradient as
+    /// the forward convolution of the flipped weights for stride 1, padding at most the
+    /// kernel's extent on every side and weights of at most [`FLIP_MAX_BYTES`] that fit one
+    /// storage binding; the weight gradient register-blocked on devices with subgroups of at
+    /// least 8 and outputs of fewer than [`MAX_LOOP_STEPS`] columns.
+    #[default]
+    Auto,
+    /// The gather kernels, one output element per invocation, for every layer.
+    Gather,
+}
+
+/// Most bytes of flipped weights the fast input gradient keeps in scratch; larger layers
+/// (fc6) take the gather kernel.
+pub const FLIP_MAX_BYTES: u64 = 128 << 20;
+
+/// The convolution computing `spec`'s input gradient from its flipped weights, when `spec` has
+/// stride 1 and no side's padding exceeds the kernel's extent there: channels swapped, the
+/// same kernel and dilation, each side padded by the kernel's extent there minus the layer's
+/// padding on that side. Checking the weights' size is the caller's.
+pub(crate) fn input_gradient_spec(spec: &Conv2d) -> Option<Conv2d> {
+    let ext_h = spec.dilation.0 * (spec.kernel.0 - 1);
+    let ext_w = spec.dilation.1 * (spec.kernel.1 - 1);
+    let p = spec.padding;
+    if spec.stride != (1, 1) || p.top.max(p.bottom) > ext_h || p.left.max(p.right) > ext_w {
+        return None;
+    }
+    Some(Conv2d {
+        in_channels: spec.out_channels,
+        out_channels: spec.in_channels,
+        kernel: spec.kernel,
+        dilation: spec.dilation,
+        stride: (1, 1),
+        padding: Padding::new(
+            ext_h - p.top,
+            ext_w - p.left,
+            ext_h - p.bottom,
+            ext_w - p.right,
+        ),
+        bias: false,
+        relu: false,
+    })
+}
 
 /// Gradients (or momentum) of one convolution's parameters, on the GPU.
 pub struct ConvGrads {
@@ -175,20 +236,107 @@ impl GpuConv2d {
         }
     }
 
+    /// How the layer's gradients are computed (default [`ConvGradAlgorithm::Auto`]).
+    pub fn with_grad_algorithm(mut self, algorithm: ConvGradAlgorithm) -> Self {
+        self.grad_algorithm = algorithm;
+        self
+    }
+
+    /// The layer's gradient algorithm.
+    pub fn grad_algorithm(&self) -> ConvGradAlgorithm {
+        self.grad_algorithm
+    }
+
+    /// The spec of the convolution the fast input gradient runs on this device (`None`: the
+    /// gather kernel).
+    fn input_gradient_spec_on(&self, gpu: &Gpu) -> Option<Conv2d> {
+        let len = self.spec.weight_len();
+        if self.grad_algorithm != ConvGradAlgorithm::Auto
+            || self.precision() != Precision::F32
+            || len as u64 * 4 > FLIP_MAX_BYTES
+            || len > gpu.max_binding_elems()
+        {
+            return None;
+        }
+        input_gradient_spec(&self.spec)
+    }
+
+    /// Bytes of flipped weights the input gradient needs (0 for the gather kernel).
+    pub fn grad_input_scratch_bytes(&self, gpu: &Gpu) -> u64 {
+        match self.input_gradient_spec_on(gpu) {
+            Some(_) => self.spec.weight_len() as u64 * 4,
+            None => 0,
+        }
+    }
+
     /// Records `grad_input = dL/dx` from `grad_output = dL/dy`, the gradient of the output
     /// before the fused ReLU (mask it first with [`crate::gpu::GpuReluGrad`] for a layer with
-    /// one). The work is cut as the forward pass cuts it, over images, input channels and
-    /// output channels, so layers whose weights or activations exceed one storage binding
-    /// work; output channels are further cut so that an invocation gathers at most
-    /// [`MAX_LOOP_STEPS`] terms, each later chunk adding to the sums.
+    /// one). The fast path (see [`ConvGradAlgorithm::Auto`]) keeps the flipped weights in a
+    /// buffer of its own; [`GpuConv2d::prepare_grad_input_in`] shares scratch instead.
     pub fn prepare_grad_input(
         &self,
         gpu: &Gpu,
         grad_output: &GpuTensor,
         grad_input: &GpuTensor,
     ) -> Result<Vec<Dispatch>> {
+        self.prepare_grad_input_in(gpu, grad_output, grad_input, None)
+    }
+
+    /// [`GpuConv2d::prepare_grad_input`] with `flipped` holding the flipped weights when at
+    /// least as large as [`GpuConv2d::grad_input_scratch_bytes`] says (a buffer of its own
+    /// otherwise).
+    ///
+    /// The fast path records the flip, then the forward convolution of `grad_output` with
+    /// the flipped weights (its reduction never split, so it needs no further scratch). The
+    /// gather kernel's work is cut as the forward pass cuts it, over
+    /// images, input channels and output channels, so layers whose weights or activations
+    /// exceed one storage binding work; output channels are further cut so that an invocation
+    /// gathers at most [`MAX_LOOP_STEPS`] terms, each later chunk adding to the sums.
+    ///
+    /// Errors: shapes that do not match the layer, a layer stored in f16 (gradients are f32),
+    /// and the device's errors.
+    pub fn prepare_grad_input_in(
+        &self,
+        gpu: &Gpu,
+        grad_output: &GpuTensor,
+        grad_input: &GpuTensor,
+        flipped: Option<&wgpu::Buffer>,
+    ) -> Result<Vec<Dispatch>> {
         let input = grad_input.shape();
         let output = self.check_grad_output(input, grad_output.shape())?;
+        expect_precision("conv2d gradient", Precision::F32, self.precision())?;
+        expect_precision("conv2d gradient", Precision::F32, grad_output.precision())?;
+        expect_precision("conv2d gradient", Precision::F32, grad_input.precision())?;
+        if let Some(spec) = self.input_gradient_spec_on(gpu) {
+            let len = self.spec.weight_len();
+            let flipped = match flipped {
+                Some(b) if b.size() >= len as u64 * 4 => b.clone(),
+                _ => gpu.create_buffer(
+                    "conv flipped weights",
+                    len as u64 * 4,
+                    wgpu::BufferUsages::STORAGE,
+                )?,
+            };
+            let conv = self.sibling(spec, flipped).with_split(false);
+            let s = &self.spec;
+            let flip = ConvParams {
+                in_c: s.in_channels as u32,
+                out_c: s.out_channels as u32,
+                total: len as u32,
+                ..self.template
+            };
+            let mut dispatches = vec![gpu.linear_dispatch(
+                Kernel::ConvWeightFlip,
+                &flip,
+                &[
+                    (&self.weight, gpu.window(&self.weight, 0, len)),
+                    (&conv.weight, gpu.window(&conv.weight, 0, len)),
+                ],
+                len,
+            )?];
+            dispatches.extend(conv.prepare(gpu, &Io::tensors(grad_output, grad_input))?);
+            return Ok(dispatches);
+        }
         let w_row = self.template.w_row as usize;
         let out_plane = output.plane();
         // Output channels per dispatch, so the gather's innermost loop stays within bounds.
@@ -223,11 +371,24 @@ impl GpuConv2d {
         Ok(dispatches)
     }
 
+    /// Whether the weight gradient runs register-blocked for outputs of `output` (see
+    /// [`ConvGradAlgorithm::Auto`]).
+    fn blocked_weight_gradient(&self, output: Shape) -> bool {
+        self.grad_algorithm == ConvGradAlgorithm::Auto
+            && self.blocked_supported()
+            && self.precision() == Precision::F32
+            && output.w < MAX_LOOP_STEPS
+    }
+
     /// Records the parameters' gradients from the layer's `input` and `grad_output` (before
     /// the fused ReLU) into `grads` (shaped by [`ConvGrads::zeros`]), overwriting them. The
     /// work is cut as the forward pass cuts it, so layers whose weights or activations exceed
-    /// one storage binding work, and each chunk's output pixels into ranges of at most
-    /// [`MAX_LOOP_STEPS`]; each later chunk of images and range adds to the sums.
+    /// one storage binding work, and each chunk's output pixels into ranges whose loops run
+    /// at most [`MAX_LOOP_STEPS`] iterations (whole output rows for the register-blocked
+    /// kernel); each later chunk of images and range adds to the sums.
+    ///
+    /// Errors: shapes that do not match the layer, a layer stored in f16 (gradients are f32),
+    /// and the device's errors.
     pub fn prepare_grad_params(
         &self,
         gpu: &Gpu,
@@ -257,18 +418,41 @@ impl GpuConv2d {
                 });
             }
         };
+        expect_precision("conv2d gradient", Precision::F32, self.precision())?;
+        expect_precision("conv2d gradient", Precision::F32, input.precision())?;
+        expect_precision("conv2d gradient", Precision::F32, grad_output.precision())?;
         let w_row = self.template.w_row as usize;
         let taps = s.kernel.0 * s.kernel.1;
+        let blocked = self.blocked_weight_gradient(output);
+        // Pixels per range: whole rows for the blocked kernel, whose loops also count one
+        // iteration per row.
+        let step = if blocked {
+            (MAX_LOOP_STEPS / (output.w + 1)).max(1) * output.w
+        } else {
+            MAX_LOOP_STEPS
+        };
         let mut dispatches = Vec::new();
         for c in self.grad_chunks(gpu, in_shape, output, &input.buffer, &grad_output.buffer)? {
             let ch = c.chunk;
             let w_win = gpu.window(&grads.weight.buffer, c.w_start, ch.co_n * w_row);
             let b_win = bias.map(|b| gpu.window(&b.buffer, ch.co0, ch.co_n));
-            let total = ch.co_n * taps * ch.ci_n;
+            let columns = taps * ch.ci_n;
+            let (kernel, total, workgroups) = if blocked {
+                let groups =
+                    ch.co_n.div_ceil(BLOCK_C as usize) * columns.div_ceil(4 * WG_BLOCKED as usize);
+                (Kernel::ConvGradWeightBlocked, groups, groups)
+            } else {
+                let total = ch.co_n * columns;
+                (
+                    Kernel::ConvGradWeight,
+                    total,
+                    total.div_ceil(WG_LINEAR as usize),
+                )
+            };
             // The chunk's output pixels in ranges of bounded loops, each after the first adding
             // to the sums (as each chunk of images after the first does).
             let pixels = ch.nb * output.plane();
-            for start in (0..pixels).step_by(MAX_LOOP_STEPS) {
+            for start in (0..pixels).step_by(step) {
                 let flags = if ch.n0 > 0 || start > 0 {
                     FLAG_ACCUMULATE
                 } else {
@@ -277,11 +461,12 @@ impl GpuConv2d {
                 let ranged = ConvParams {
                     flags,
                     range_start: start as u32,
-                    range_len: MAX_LOOP_STEPS.min(pixels - start) as u32,
+                    range_len: step.min(pixels - start) as u32,
                     ..self.grad_uniform(in_shape, output, &c)
                 };
-                dispatches.push(gpu.linear_dispatch(
-                    Kernel::ConvGradWeight,
+                dispatches.push(gpu.dispatch_as(
+                    kernel,
+                    Precision::F32,
                     &ConvParams {
                         w_base: w_win.base + ch.ci0 as u32,
                         total: total as u32,
@@ -292,7 +477,7 @@ impl GpuConv2d {
                         (&grad_output.buffer, c.output),
                         (&grads.weight.buffer, w_win),
                     ],
-                    total,
+                    workgroups,
                 )?);
                 // The bias once per chunk of images and output channels.
                 if let (Some(bias), Some(b_win)) = (bias, b_win)

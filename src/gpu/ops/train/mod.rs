@@ -14,7 +14,7 @@ pub mod relu_grad;
 pub mod sgd;
 pub mod softmax_loss;
 
-pub use conv_grad::ConvGrads;
+pub use conv_grad::{ConvGradAlgorithm, ConvGrads, FLIP_MAX_BYTES};
 pub use dropout::{GpuDropout, GpuMask};
 pub use relu_grad::GpuReluGrad;
 pub use sgd::SgdHyper;
