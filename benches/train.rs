@@ -20,9 +20,11 @@
 //!
 //!     cargo bench --bench train [-- FILTER]
 //!
-//! With `TRAIN_BENCH_TABLE=1` it prints instead one line per case: iterations per second (best
+//! With `TRAIN_BENCH_TABLE=1` it prints instead one line per case, after
+//! `TRAIN_BENCH_WARMUP` untimed iterations (default 1; with 0 the first timed iteration
+//! includes building the GPU's pipelines): iterations per second (best
 //! and median wall clock over `TRAIN_BENCH_SECS`, default 10, at least `TRAIN_BENCH_RUNS`
-//! iterations, default 3, after one warm-up), seconds per iteration and GFLOP/s at the median,
+//! iterations, default 3), seconds per iteration and GFLOP/s at the median,
 //! and GFLOP per second of process CPU time (Linux):
 //!
 //!     TRAIN_BENCH_TABLE=1 RAYON_NUM_THREADS=2 cargo bench --bench train [-- FILTER]
@@ -252,8 +254,11 @@ fn table(filter: &str) {
         "{:34} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>5}",
         "case", "GFLOP/it", "best it/s", "med it/s", "s/it", "GFLOP/s", "per CPU-s", "runs"
     );
+    let warmup = env_usize("TRAIN_BENCH_WARMUP", 1);
     for (id, flops, mut step) in steps(gpu.as_ref(), filter) {
-        step();
+        for _ in 0..warmup {
+            step();
+        }
         let start = Instant::now();
         let cpu0 = cpu_seconds();
         let mut times = Vec::new();

@@ -100,7 +100,16 @@ fn shapes(small: bool) -> Vec<(&'static str, Conv2d, Shape)> {
 
 /// The kernels timed on every shape (a choice the device cannot run falls back, see
 /// `GpuConv2d::with_algorithm`; the table names the kernel that ran).
-const CHOICES: [&str; 5] = ["auto", "direct", "tiled", "tiled-nosplit", "blocked"];
+const CHOICES: [&str; 8] = [
+    "auto",
+    "direct",
+    "tiled",
+    "tiled-nosplit",
+    "blocked",
+    "tiled-64-4x4-k16",
+    "tiled-64-8x8-k8",
+    "tiled-32-4x4-k8",
+];
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use common::{gpu, random1, random4, rel_error, rng};
-use dilated::gpu::Kernel;
 use dilated::gpu::{GpuLayer, Io};
+use dilated::gpu::{Kernel, TiledVariant};
 use dilated::{Conv2d, ConvAlgorithm, GpuConv2d, Padding, Shape, cpu};
 use ndarray::{Array1, Array4};
 use rand::Rng;
@@ -223,6 +223,21 @@ fn tiled_kernels_match_reference() {
             "ConvTiled".to_string()
         ])
     );
+}
+
+/// Every generated tile shape, forced, on every configuration: each runs its own kernel
+/// (lavapipe's limits allow them all), splitting deep reductions over few tiles.
+#[test]
+fn generated_tiled_variants_match_reference() {
+    for v in TiledVariant::ALL {
+        let kernels = check_all(ConvAlgorithm::TiledVariant(v));
+        let own = format!("{:?}", v.kernel());
+        assert!(kernels.contains(&own), "{v:?}: {kernels:?}");
+        assert!(
+            kernels.iter().all(|k| *k == own || k == "ConvSplitReduce"),
+            "{v:?}: {kernels:?}"
+        );
+    }
 }
 
 #[test]

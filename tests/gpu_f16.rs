@@ -146,6 +146,14 @@ fn f16_tiled_pointwise_and_split_convolutions_match_the_reference() {
 }
 
 #[test]
+fn f16_generated_tiled_variants_match_the_reference() {
+    for v in dilated::gpu::TiledVariant::ALL {
+        let kernels = check_conv(gpu(), ConvAlgorithm::TiledVariant(v));
+        assert!(kernels.contains(&v.kernel()), "{v:?}: {kernels:?}");
+    }
+}
+
+#[test]
 fn f16_blocked_convolution_matches_the_reference() {
     let gpu = gpu();
     let kernels = check_conv(gpu, ConvAlgorithm::Blocked);

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use dilated::cpu::fast::{ConvMethod, CpuPrecision};
-use dilated::gpu::Kernel;
 use dilated::gpu::tune::Tuning;
+use dilated::gpu::{Kernel, TiledVariant};
 use dilated::net::{LayerReport, Model, Network, Op, PresetOptions};
 use dilated::plan::{BandedLayout, CpuPlan, GpuPlan, Plan, PlanOptions};
 use dilated::timing::LayerTimes;
@@ -82,8 +82,8 @@ fn parse_cpu_method(s: &str) -> Result<CpuMethod, String> {
         .map_err(|e: Error| e.to_string())
 }
 
-/// `--algorithm` values: each layer's own choice, or the direct, workgroup-tiled or
-/// register-blocked kernel for every layer.
+/// `--algorithm` values: each layer's own choice, or the direct, workgroup-tiled (or one of
+/// its generated tile shapes) or register-blocked kernel for every layer.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Algorithm {
     // No doc comments here: clap would list them in the help.
@@ -91,6 +91,12 @@ pub enum Algorithm {
     Direct,
     Tiled,
     Blocked,
+    #[value(name = "tiled-64-4x4-k16")]
+    Tiled64x4,
+    #[value(name = "tiled-64-8x8-k8")]
+    Tiled64x8,
+    #[value(name = "tiled-32-4x4-k8")]
+    Tiled32x4,
 }
 
 impl From<Algorithm> for ConvAlgorithm {
@@ -100,6 +106,9 @@ impl From<Algorithm> for ConvAlgorithm {
             Algorithm::Direct => ConvAlgorithm::Direct,
             Algorithm::Tiled => ConvAlgorithm::Tiled,
             Algorithm::Blocked => ConvAlgorithm::Blocked,
+            Algorithm::Tiled64x4 => ConvAlgorithm::TiledVariant(TiledVariant::T64x4),
+            Algorithm::Tiled64x8 => ConvAlgorithm::TiledVariant(TiledVariant::T64x8),
+            Algorithm::Tiled32x4 => ConvAlgorithm::TiledVariant(TiledVariant::T32x4),
         }
     }
 }
@@ -506,7 +515,7 @@ fn kernel_label(kernels: &[Kernel]) -> String {
             Kernel::ConvPointwise => "tiled-1x1",
             Kernel::ConvBlocked => "blocked",
             Kernel::ConvSplitReduce => "+split",
-            other => other.name(),
+            other => other.tiled_variant().map_or(other.name(), |v| v.name()),
         };
         if !names.contains(&name) {
             names.push(name);

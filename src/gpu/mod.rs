@@ -29,5 +29,5 @@ pub use ops::{
     LossAndGrad, SgdHyper,
 };
 pub use precision::Precision;
-pub use shader::Kernel;
+pub use shader::{Kernel, TiledVariant};
 pub use tensor::GpuTensor;

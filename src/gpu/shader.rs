@@ -33,6 +33,74 @@ pub const WG_BLOCKED: u32 = 64;
 pub const BLOCK_C: u32 = 32;
 /// Output pixels per invocation of the register-blocked convolution (one `vec4`).
 pub const BLOCK_P: u32 = 4;
+/// A tile shape of the generated tiled convolution (`shaders/conv2d_tiled_generic.wgsl`),
+/// each its own kernel: output channels and pixels per workgroup tile, outputs per invocation
+/// along each, and reduction depth per step. They are tuning candidates on GPUs beside the
+/// hand-unrolled 128 x 128 x 8 kernel ([`Kernel::ConvTiled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TiledVariant {
+    /// 64 x 64 tiles, 4 x 4 outputs per invocation (256 invocations), depth 16.
+    T64x4,
+    /// 64 x 64 tiles, 8 x 8 outputs per invocation (64 invocations), depth 8.
+    T64x8,
+    /// 32 x 32 tiles, 4 x 4 outputs per invocation (64 invocations), depth 8.
+    T32x4,
+}
+
+impl TiledVariant {
+    /// Every variant.
+    pub const ALL: [TiledVariant; 3] = [
+        TiledVariant::T64x4,
+        TiledVariant::T64x8,
+        TiledVariant::T32x4,
+    ];
+
+    /// `(tile, per, depth)`: channels and pixels per tile, outputs per invocation along each,
+    /// reduction depth per step.
+    pub const fn shape(self) -> (u32, u32, u32) {
+        match self {
+            TiledVariant::T64x4 => (64, 4, 16),
+            TiledVariant::T64x8 => (64, 8, 8),
+            TiledVariant::T32x4 => (32, 4, 8),
+        }
+    }
+
+    /// Channels (and pixels) per workgroup tile.
+    pub const fn tile(self) -> u32 {
+        self.shape().0
+    }
+
+    /// Invocations per workgroup.
+    pub const fn workgroup_size(self) -> u32 {
+        let (tile, per, _) = self.shape();
+        (tile / per) * (tile / per)
+    }
+
+    /// Bytes of workgroup memory: the two tiles, the weight tile's rows padded by one word.
+    pub const fn shared_bytes(self) -> u32 {
+        let (tile, _, depth) = self.shape();
+        4 * depth * (tile + 1) + 4 * depth * tile
+    }
+
+    /// The choice's name (`tiled-64-4x4-k16`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            TiledVariant::T64x4 => "tiled-64-4x4-k16",
+            TiledVariant::T64x8 => "tiled-64-8x8-k8",
+            TiledVariant::T32x4 => "tiled-32-4x4-k8",
+        }
+    }
+
+    /// The variant's kernel.
+    pub const fn kernel(self) -> Kernel {
+        match self {
+            TiledVariant::T64x4 => Kernel::ConvTiled64x4,
+            TiledVariant::T64x8 => Kernel::ConvTiled64x8,
+            TiledVariant::T32x4 => Kernel::ConvTiled32x4,
+        }
+    }
+}
+
 /// Smallest subgroup size the register-blocked convolution works with.
 pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 /// Most iterations of its reduction loop one invocation of a convolution gradient kernel
@@ -163,6 +231,12 @@ pub enum Kernel {
     ConvPointwise,
     /// Register-blocked convolution without workgroup memory.
     ConvBlocked,
+    /// Generated tiled convolution, [`TiledVariant::T64x4`].
+    ConvTiled64x4,
+    /// Generated tiled convolution, [`TiledVariant::T64x8`].
+    ConvTiled64x8,
+    /// Generated tiled convolution, [`TiledVariant::T32x4`].
+    ConvTiled32x4,
     /// Second pass of a tiled convolution whose reduction was split: adds the partial sums,
     /// then bias and ReLU.
     ConvSplitReduce,
@@ -220,11 +294,14 @@ const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
         Kernel::ConvBlocked,
+        Kernel::ConvTiled64x4,
+        Kernel::ConvTiled64x8,
+        Kernel::ConvTiled32x4,
         Kernel::ConvSplitReduce,
         Kernel::Relu,
         Kernel::MaxPool,
@@ -276,6 +353,24 @@ impl Kernel {
                 "conv2d_blocked",
                 &[ConvParams, ConvFinish],
                 include_str!("../../shaders/conv2d_blocked.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled64x4 => def(
+                "conv2d_tiled_64_4x4_k16",
+                &[ConvParams, ConvFinish],
+                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled64x8 => def(
+                "conv2d_tiled_64_8x8_k8",
+                &[ConvParams, ConvFinish],
+                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled32x4 => def(
+                "conv2d_tiled_32_4x4_k8",
+                &[ConvParams, ConvFinish],
+                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
                 CONV_STORAGE,
             ),
             Kernel::ConvSplitReduce => def(
@@ -441,7 +536,8 @@ impl Kernel {
     }
 
     /// The complete WGSL source for a storage precision: `enable f16;` for f16, the shared
-    /// constants, the storage type alias `store_t`, the uniform and storage bindings, the
+    /// constants (and a generated tiled variant's tile shape), the storage type alias
+    /// `store_t`, the uniform and storage bindings, the
     /// kernel's shared parts and its own file, with the `// BLOCK:` template lines of the
     /// register-blocked kernels expanded.
     pub fn source_as(self, precision: Precision) -> String {
@@ -457,9 +553,16 @@ impl Kernel {
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
              const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
              const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {BLOCK_C}u;\n\
-             const BLOCK_P: u32 = {BLOCK_P}u;\n\n\
-             @group(0) @binding(0) var<uniform> p: Params;\n"
+             const BLOCK_P: u32 = {BLOCK_P}u;\n"
         );
+        if let Some(v) = self.tiled_variant() {
+            let (tile, per, depth) = v.shape();
+            out += &format!(
+                "const GT_TILE: u32 = {tile}u;\nconst GT_PER: u32 = {per}u;\n\
+                 const GT_DEPTH: u32 = {depth}u;\n"
+            );
+        }
+        out.push_str("\n@group(0) @binding(0) var<uniform> p: Params;\n");
         for (i, (name, elem, write)) in def.storage.iter().enumerate() {
             let access = if *write { "read_write" } else { "read" };
             let ty = match elem {
@@ -483,6 +586,16 @@ impl Kernel {
             out.push_str(def.file);
         }
         out
+    }
+
+    /// The tile shape of a generated tiled convolution kernel.
+    pub const fn tiled_variant(self) -> Option<TiledVariant> {
+        match self {
+            Kernel::ConvTiled64x4 => Some(TiledVariant::T64x4),
+            Kernel::ConvTiled64x8 => Some(TiledVariant::T64x8),
+            Kernel::ConvTiled32x4 => Some(TiledVariant::T32x4),
+            _ => None,
+        }
     }
 
     /// Number of storage buffers the kernel binds after its uniform (binding 0): read-only
@@ -639,6 +752,9 @@ mod tests {
             | Kernel::ConvTiled
             | Kernel::ConvPointwise
             | Kernel::ConvBlocked
+            | Kernel::ConvTiled64x4
+            | Kernel::ConvTiled64x8
+            | Kernel::ConvTiled32x4
             | Kernel::ConvGradInput
             | Kernel::ConvGradWeight
             | Kernel::ConvGradBias
@@ -723,6 +839,9 @@ mod tests {
             Kernel::ConvTiled,
             Kernel::ConvPointwise,
             Kernel::ConvBlocked,
+            Kernel::ConvTiled64x4,
+            Kernel::ConvTiled64x8,
+            Kernel::ConvTiled32x4,
             Kernel::ConvSplitReduce,
             Kernel::Relu,
             Kernel::MaxPool,

@@ -438,10 +438,17 @@ mod tests {
     #[cfg(feature = "fs")]
     fn the_table_round_trips_and_rejects_other_keys_and_garbage() {
         let mut t = TuneTable::default();
-        for (i, name) in ["auto", "direct", "tiled", "tiled-nosplit", "blocked"]
-            .iter()
-            .enumerate()
-        {
+        let names = [
+            "auto",
+            "direct",
+            "tiled",
+            "tiled-nosplit",
+            "blocked",
+            "tiled-64-4x4-k16",
+            "tiled-64-8x8-k8-nosplit",
+            "tiled-32-4x4-k8",
+        ];
+        for (i, name) in names.iter().enumerate() {
             let choice = ConvChoice::from_name(name).unwrap();
             assert_eq!(choice.name(), *name);
             t.entries.insert(
@@ -465,6 +472,14 @@ mod tests {
                 split: false
             })
         );
+        assert_eq!(
+            ConvChoice::from_name("tiled-64-8x8-k8-nosplit"),
+            Some(ConvChoice {
+                algorithm: ConvAlgorithm::TiledVariant(crate::gpu::TiledVariant::T64x8),
+                split: false
+            })
+        );
+        assert_eq!(ConvChoice::from_name("tiled-64-8x8-k9"), None);
     }
 
     #[test]

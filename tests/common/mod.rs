@@ -151,6 +151,7 @@ pub fn assert_forced_kernels(algorithm: ConvAlgorithm, kernels: &[Kernel], what:
             Kernel::ConvPointwise,
             Kernel::ConvSplitReduce,
         ],
+        ConvAlgorithm::TiledVariant(v) => &[v.kernel(), Kernel::ConvSplitReduce],
     };
     let main = kernels
         .iter()

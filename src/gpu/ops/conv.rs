@@ -12,8 +12,8 @@ use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks, split_slices};
 use crate::gpu::ops::train::conv_grad::ConvGradAlgorithm;
 use crate::gpu::precision::Precision;
 use crate::gpu::shader::{
-    BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, WG_BLOCKED, WG_LINEAR,
-    WG_TILED, uniform,
+    BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, TiledVariant,
+    WG_BLOCKED, WG_LINEAR, WG_TILED, uniform,
 };
 use crate::spec::{Conv2d, Shape, check_conv_params};
 
@@ -30,6 +30,10 @@ pub enum ConvAlgorithm {
     /// Register-blocked without workgroup memory, weights shared through subgroup broadcasts
     /// (for adapters that run shaders on CPU cores; needs subgroups of at least 8).
     Blocked,
+    /// The workgroup-tiled implicit matrix product generated for another tile shape (every
+    /// layer, 1x1 included); falls back as `Tiled` does where the device's limits are below
+    /// the variant's workgroup size or workgroup memory.
+    TiledVariant(TiledVariant),
 }
 
 uniform! {
@@ -65,9 +69,16 @@ pub struct ConvChoice {
 
 impl ConvChoice {
     /// A short name: `auto`, `direct`, `blocked`, `tiled` (may split) or `tiled-nosplit`
-    /// (`auto-nosplit` likewise).
+    /// (`auto-nosplit` likewise), or a tiled variant's ([`TiledVariant::name`], `-nosplit`
+    /// appended when it may not split).
     pub fn name(self) -> &'static str {
         match (self.algorithm, self.split) {
+            (ConvAlgorithm::TiledVariant(v), true) => v.name(),
+            (ConvAlgorithm::TiledVariant(v), false) => match v {
+                TiledVariant::T64x4 => "tiled-64-4x4-k16-nosplit",
+                TiledVariant::T64x8 => "tiled-64-8x8-k8-nosplit",
+                TiledVariant::T32x4 => "tiled-32-4x4-k8-nosplit",
+            },
             (ConvAlgorithm::Auto, true) => "auto",
             (ConvAlgorithm::Auto, false) => "auto-nosplit",
             (ConvAlgorithm::Direct, _) => "direct",
@@ -86,7 +97,14 @@ impl ConvChoice {
             "blocked" => (ConvAlgorithm::Blocked, false),
             "tiled" => (ConvAlgorithm::Tiled, true),
             "tiled-nosplit" => (ConvAlgorithm::Tiled, false),
-            _ => return None,
+            _ => {
+                let (base, split) = match name.strip_suffix("-nosplit") {
+                    Some(base) => (base, false),
+                    None => (name, true),
+                };
+                let v = TiledVariant::ALL.into_iter().find(|v| v.name() == base)?;
+                (ConvAlgorithm::TiledVariant(v), split)
+            }
         };
         Some(Self { algorithm, split })
     }
@@ -122,6 +140,8 @@ pub struct GpuConv2d {
     split: bool,
     /// The device allows the tiled kernel's workgroup size and workgroup memory.
     tiled_supported: bool,
+    /// The device's limits, for the generated tiled variants' sizes.
+    variants_supported: [bool; TiledVariant::ALL.len()],
     /// The element type of the weights, the bias and the tensors the layer runs on.
     precision: Precision,
     /// How the layer's gradients are computed.
@@ -150,6 +170,21 @@ fn template_of(spec: &Conv2d) -> ConvParams {
         pad_left: spec.padding.left as u32,
         w_row: (spec.in_channels * spec.kernel.0 * spec.kernel.1) as u32,
         ..ConvParams::default()
+    }
+}
+
+/// Whether a device's limits allow a generated tiled variant's workgroup and its tiles.
+fn variant_fits(limits: &wgpu::Limits, v: TiledVariant) -> bool {
+    limits.max_compute_invocations_per_workgroup >= v.workgroup_size()
+        && limits.max_compute_workgroup_size_x >= v.workgroup_size()
+        && limits.max_compute_workgroup_storage_size >= v.shared_bytes()
+}
+
+/// Output channels (and pixels) per workgroup tile of a tiled kernel; `None` for the others.
+fn tile_of(kernel: Kernel) -> Option<usize> {
+    match kernel {
+        Kernel::ConvTiled | Kernel::ConvPointwise => Some(TILE_M as usize),
+        k => k.tiled_variant().map(|v| v.tile() as usize),
     }
 }
 
@@ -221,6 +256,7 @@ impl GpuConv2d {
                 && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
             split: true,
             tiled_supported: tiled_fits(gpu.limits()),
+            variants_supported: TiledVariant::ALL.map(|v| variant_fits(gpu.limits(), v)),
             precision,
             grad_algorithm: ConvGradAlgorithm::Auto,
         })
@@ -301,6 +337,14 @@ impl GpuConv2d {
         match algorithm {
             ConvAlgorithm::Direct => Kernel::ConvDirect,
             ConvAlgorithm::Tiled => tiled,
+            ConvAlgorithm::TiledVariant(v) => {
+                let at = TiledVariant::ALL.iter().position(|&x| x == v);
+                if at.is_some_and(|i| self.variants_supported[i]) {
+                    v.kernel()
+                } else {
+                    tiled
+                }
+            }
             ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
             ConvAlgorithm::Blocked => tiled,
             ConvAlgorithm::Auto if self.cpu_adapter && self.blocked_supported => {
@@ -339,7 +383,10 @@ impl GpuConv2d {
     /// kernel only where the device has subgroups of at least 8, and the direct kernel only on
     /// layers small enough that it can win: fewer than [`TILE_M`] output channels or
     /// [`TILE_N`] output pixels, at most [`DIRECT_TUNE_MAX_MACS`] multiply-adds, or where the
-    /// tiled kernel does not fit the device.
+    /// tiled kernel does not fit the device. The generated tiled variants ([`TiledVariant`],
+    /// each with the same split as the tiled kernel) are timed on devices that do not run
+    /// shaders on CPU cores (where the register-blocked kernel wins and the tiled ones are
+    /// slow to time), when their limits allow them.
     pub fn candidates(&self, gpu: &Gpu, input: Shape, split: bool) -> Result<Vec<ConvChoice>> {
         let output = self.output_shape(input)?;
         let auto = ConvChoice {
@@ -375,6 +422,18 @@ impl GpuConv2d {
                 algorithm: ConvAlgorithm::Direct,
                 split: false,
             });
+        }
+        if !self.cpu_adapter {
+            for (v, _) in TiledVariant::ALL
+                .into_iter()
+                .zip(self.variants_supported)
+                .filter(|(_, ok)| *ok)
+            {
+                options.push(ConvChoice {
+                    algorithm: ConvAlgorithm::TiledVariant(v),
+                    split,
+                });
+            }
         }
         for c in options {
             let sig = self.signature(gpu, input, output, c)?;
@@ -420,15 +479,12 @@ impl GpuConv2d {
             .into_iter()
             .map(|ch| {
                 let partial = ch.nb * ch.co_n * pixels;
-                let k = if choice.split
-                    && matches!(kernel, Kernel::ConvTiled | Kernel::ConvPointwise)
-                {
-                    let tiles = ch.nb
-                        * ch.co_n.div_ceil(TILE_M as usize)
-                        * pixels.div_ceil(TILE_N as usize);
-                    split_slices(tiles, ch.ci_n * taps, partial, max)
-                } else {
-                    1
+                let k = match tile_of(kernel) {
+                    Some(tile) if choice.split => {
+                        let tiles = ch.nb * ch.co_n.div_ceil(tile) * pixels.div_ceil(tile);
+                        split_slices(tiles, ch.ci_n * taps, partial, max)
+                    }
+                    _ => 1,
                 };
                 if k > 1 {
                     scratch = scratch.max(k * partial);
@@ -541,10 +597,8 @@ impl GpuConv2d {
                         * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize)
                 }
                 _ => {
-                    ch.nb
-                        * k_split
-                        * ch.co_n.div_ceil(TILE_M as usize)
-                        * pixels.div_ceil(TILE_N as usize)
+                    let tile = tile_of(kernel).unwrap_or(TILE_M as usize);
+                    ch.nb * k_split * ch.co_n.div_ceil(tile) * pixels.div_ceil(tile)
                 }
             };
             let workgroups = match kernel {

@@ -1,0 +1,157 @@
+// Tiled convolution as an implicit matrix product (as conv2d_tiled.wgsl), generated for one
+// tile shape: the constants GT_TILE (output channels and pixels per workgroup tile), GT_PER
+// (channels and pixels per invocation, GT_PER x GT_PER outputs) and GT_DEPTH (reduction depth
+// staged per step) are spliced in by src/gpu/shader.rs for each variant, and the workgroup has
+// (GT_TILE / GT_PER)^2 invocations. Per image:
+//   out[co, p] = sum_k W[co, k] * X[k, p],   k = (ky, kx, ci),  p = (oy, ox)
+// with X the im2col matrix, never materialised.
+//
+// Invocation (tx, ty) = (lid % SIDE, lid / SIDE) owns channels m0 + ty + SIDE i and pixels
+// n0 + tx + SIDE j (i, j < GT_PER), so neighbouring invocations read neighbouring words of
+// the pixel tile and write neighbouring output pixels. Each step, every invocation loads
+// LOADS weights (reduction index k0 + lid % GT_DEPTH of LOADS channels) and LOADS input
+// values (pixel n0 + lid % GT_TILE at LOADS reduction indices) into registers, the arithmetic
+// of the previous step runs from workgroup memory while they arrive, then they are stored
+// (one tile buffer, two barriers per step). The weight tile's rows are padded by one word so
+// its transposing stores spread over banks.
+//
+// Params, bindings, flags and the split reduction (`k_split` slices, partial sums to
+// out_base + (b k_split + s) out_batch_stride) as conv2d_tiled.wgsl; `total` is the number
+// of workgroups: tiles over pixels (fastest) x tiles over channels x slices x images.
+
+const SIDE: u32 = GT_TILE / GT_PER;
+const WG_GENERIC: u32 = SIDE * SIDE;
+const LOADS: u32 = GT_TILE * GT_DEPTH / WG_GENERIC;
+const W_STRIDE: u32 = GT_TILE + 1u;
+const_assert WG_GENERIC % GT_DEPTH == 0u && WG_GENERIC % GT_TILE == 0u;
+const_assert LOADS * WG_GENERIC == GT_TILE * GT_DEPTH;
+
+var<workgroup> tile_w: array<f32, GT_DEPTH * W_STRIDE>; // [k][m]
+var<workgroup> tile_x: array<f32, GT_DEPTH * GT_TILE>; // [k][n]
+
+@compute @workgroup_size(WG_GENERIC)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p.total) {
+        return;
+    }
+    let pixels = p.out_h * p.out_w;
+    let tiles_n = (pixels + GT_TILE - 1u) / GT_TILE;
+    let tiles_m = (p.out_c + GT_TILE - 1u) / GT_TILE;
+    let slices = max(p.k_split, 1u);
+    let n0 = (g % tiles_n) * GT_TILE;
+    let m0 = ((g / tiles_n) % tiles_m) * GT_TILE;
+    let s = (g / (tiles_n * tiles_m)) % slices;
+    let b = g / (tiles_n * tiles_m * slices);
+
+    let taps = p.k_h * p.k_w;
+    let k_total = p.in_c * taps;
+    // This workgroup's share of the reduction, [k_begin, k_end), in whole steps.
+    let k_per = (k_total + slices * GT_DEPTH - 1u) / (slices * GT_DEPTH) * GT_DEPTH;
+    let k_begin = min(s * k_per, k_total);
+    let k_end = min(k_begin + k_per, k_total);
+    let in_total = p.w_row / taps;
+    let in_img = p.in_base + b * p.in_batch_stride;
+    let in_plane = p.in_h * p.in_w;
+
+    // Weight loads: reduction index k0 + wk of channels m0 + wm + i WG_GENERIC / GT_DEPTH
+    // (clamped; channels past the end load zero).
+    let wk = lid % GT_DEPTH;
+    let wm = lid / GT_DEPTH;
+    var w_row: array<u32, LOADS>;
+    var w_ok: array<bool, LOADS>;
+    for (var i = 0u; i < LOADS; i++) {
+        let m = m0 + wm + i * (WG_GENERIC / GT_DEPTH);
+        w_ok[i] = m < p.out_c;
+        w_row[i] = p.w_base + min(m, p.out_c - 1u) * p.w_row;
+    }
+    // Input loads: pixel n0 + xn at reduction indices k0 + xk + i WG_GENERIC / GT_TILE. A
+    // pixel past the end has its window corner at y0 = -2^30, which no tap brings in.
+    let xn = lid % GT_TILE;
+    let xk = lid / GT_TILE;
+    let px = n0 + xn;
+    var y0 = -1073741824;
+    var x0 = 0;
+    if (px < pixels) {
+        y0 = i32((px / p.out_w) * p.stride_h) - i32(p.pad_top);
+        x0 = i32((px % p.out_w) * p.stride_w) - i32(p.pad_left);
+    }
+
+    let tx = lid % SIDE;
+    let ty = lid / SIDE;
+    var acc: array<array<f32, GT_PER>, GT_PER>;
+    for (var i = 0u; i < GT_PER; i++) {
+        for (var j = 0u; j < GT_PER; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    var w_next: array<f32, LOADS>;
+    var x_next: array<f32, LOADS>;
+    var k0 = k_begin;
+    loop {
+        // Global loads of step k0 into registers (zeros past the end of the reduction).
+        for (var i = 0u; i < LOADS; i++) {
+            let k = k0 + wk;
+            var w = 0.0;
+            if (k < k_end && w_ok[i]) {
+                var at = k;
+                if (p.in_c != in_total) {
+                    // An input-channel chunk: rows hold all in_total channels of each tap.
+                    at = (k / p.in_c) * in_total + k % p.in_c;
+                }
+                w = f32(weight[w_row[i] + at]);
+            }
+            w_next[i] = w;
+        }
+        for (var i = 0u; i < LOADS; i++) {
+            let k = k0 + xk + i * (WG_GENERIC / GT_TILE);
+            var x = 0.0;
+            if (k < k_end) {
+                let tap = k / p.in_c;
+                let ci = k - tap * p.in_c;
+                let ky = tap / p.k_w;
+                let kx = tap - ky * p.k_w;
+                let iy = y0 + i32(ky * p.dil_h);
+                let ix = x0 + i32(kx * p.dil_w);
+                if (iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w)) {
+                    x = f32(input[in_img + ci * in_plane + u32(iy) * p.in_w + u32(ix)]);
+                }
+            }
+            x_next[i] = x;
+        }
+        // Arithmetic of step k0 - GT_DEPTH, staged in workgroup memory, while those loads fly.
+        if (k0 > k_begin) {
+            for (var kk = 0u; kk < GT_DEPTH; kk++) {
+                var a: array<f32, GT_PER>;
+                var c: array<f32, GT_PER>;
+                for (var i = 0u; i < GT_PER; i++) {
+                    a[i] = tile_w[kk * W_STRIDE + ty + i * SIDE];
+                    c[i] = tile_x[kk * GT_TILE + tx + i * SIDE];
+                }
+                for (var i = 0u; i < GT_PER; i++) {
+                    for (var j = 0u; j < GT_PER; j++) {
+                        acc[i][j] = fma(a[i], c[j], acc[i][j]);
+                    }
+                }
+            }
+        }
+        if (k0 >= k_end) {
+            break;
+        }
+        workgroupBarrier();
+        for (var i = 0u; i < LOADS; i++) {
+            tile_w[wk * W_STRIDE + wm + i * (WG_GENERIC / GT_DEPTH)] = w_next[i];
+            tile_x[(xk + i * (WG_GENERIC / GT_TILE)) * GT_TILE + xn] = x_next[i];
+        }
+        workgroupBarrier();
+        k0 += GT_DEPTH;
+    }
+
+    let out_img = p.out_base + (b * slices + s) * p.out_batch_stride;
+    for (var i = 0u; i < GT_PER; i++) {
+        for (var j = 0u; j < GT_PER; j++) {
+            store_output(m0 + ty + i * SIDE, n0 + tx + j * SIDE, pixels, out_img, acc[i][j]);
+        }
+    }
+}
