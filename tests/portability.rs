@@ -1,6 +1,6 @@
 //! Every shader translates with naga to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12).
-//! Only the register-blocked convolution uses subgroup operations (an optional path chosen by
-//! feature detection); it needs MSL 2.1 and HLSL shader model 6.0.
+//! Only the register-blocked convolution and weight gradient use subgroup operations (optional
+//! paths chosen by feature detection); they need MSL 2.1 and HLSL shader model 6.0.
 
 use dilated::gpu::Kernel;
 
@@ -8,8 +8,8 @@ fn module(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let source = kernel.source();
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
-    // Only the register-blocked convolution uses subgroup operations.
-    let capabilities = if kernel == Kernel::ConvBlocked {
+    // Only the register-blocked kernels use subgroup operations.
+    let capabilities = if matches!(kernel, Kernel::ConvBlocked | Kernel::ConvGradWeightBlocked) {
         naga::valid::Capabilities::SUBGROUP
     } else {
         naga::valid::Capabilities::empty()
