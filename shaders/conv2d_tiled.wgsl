@@ -59,20 +59,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let pixels = p.out_h * p.out_w;
-    let tiles_n = (pixels + TILE_N - 1u) / TILE_N;
-    let tiles_m = (p.out_c + TILE_M - 1u) / TILE_M;
     let slices = max(p.k_split, 1u);
-    let n0 = (g % tiles_n) * TILE_N;
-    let m0 = ((g / tiles_n) % tiles_m) * TILE_M;
-    let s = (g / (tiles_n * tiles_m)) % slices;
-    let b = g / (tiles_n * tiles_m * slices);
-
+    // This workgroup's tile and share of the reduction, [k_begin, k_end), in whole steps.
+    let work = tile_work(g, TILE_M, TILE_N, TILE_K);
+    let n0 = work.n0;
+    let m0 = work.m0;
+    let s = work.s;
+    let b = work.b;
+    let k_begin = work.k_begin;
+    let k_end = work.k_end;
     let taps = p.k_h * p.k_w;
-    let k_total = p.in_c * taps;
-    // This workgroup's share of the reduction, [k_begin, k_end), in whole steps.
-    let k_per = (k_total + slices * TILE_K - 1u) / (slices * TILE_K) * TILE_K;
-    let k_begin = min(s * k_per, k_total);
-    let k_end = min(k_begin + k_per, k_total);
     let in_total = p.w_row / taps;
     let in_img = p.in_base + b * p.in_batch_stride;
     let in_plane = p.in_h * p.in_w;

@@ -188,6 +188,8 @@ pub enum Part {
     Planes,
     /// The per-pixel channel reductions' uniform.
     PerPixel,
+    /// The tiled convolutions' share of work per workgroup (`tile_work`).
+    TileWork,
 }
 
 impl Part {
@@ -198,6 +200,7 @@ impl Part {
             Part::ConvFinish => include_str!("../../shaders/common/conv_finish.wgsl"),
             Part::Planes => include_str!("../../shaders/common/planes.wgsl"),
             Part::PerPixel => include_str!("../../shaders/common/per_pixel.wgsl"),
+            Part::TileWork => include_str!("../../shaders/common/tile_work.wgsl"),
         }
     }
 }
@@ -339,13 +342,13 @@ impl Kernel {
             ),
             Kernel::ConvTiled => def(
                 "conv2d_tiled",
-                &[ConvParams, ConvFinish],
+                &[ConvParams, ConvFinish, TileWork],
                 tiled,
                 CONV_STORAGE,
             ),
             Kernel::ConvPointwise => def(
                 "conv2d_tiled_pointwise",
-                &[ConvParams, ConvFinish],
+                &[ConvParams, ConvFinish, TileWork],
                 tiled,
                 CONV_STORAGE,
             ),
@@ -357,19 +360,19 @@ impl Kernel {
             ),
             Kernel::ConvTiled64x4 => def(
                 "conv2d_tiled_64_4x4_k16",
-                &[ConvParams, ConvFinish],
+                &[ConvParams, ConvFinish, TileWork],
                 include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
                 CONV_STORAGE,
             ),
             Kernel::ConvTiled64x8 => def(
                 "conv2d_tiled_64_8x8_k8",
-                &[ConvParams, ConvFinish],
+                &[ConvParams, ConvFinish, TileWork],
                 include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
                 CONV_STORAGE,
             ),
             Kernel::ConvTiled32x4 => def(
                 "conv2d_tiled_32_4x4_k8",
-                &[ConvParams, ConvFinish],
+                &[ConvParams, ConvFinish, TileWork],
                 include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
                 CONV_STORAGE,
             ),
