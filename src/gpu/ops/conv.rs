@@ -281,9 +281,10 @@ impl GpuConv2d {
     }
 
     /// Whether the device runs the register-blocked kernels (subgroups of at least
-    /// [`BLOCKED_MIN_SUBGROUP`] invocations).
-    pub(crate) fn blocked_supported(&self) -> bool {
-        self.blocked_supported
+    /// [`BLOCKED_MIN_SUBGROUP`] invocations) and they are its choice: it runs shaders on CPU
+    /// cores (as for [`ConvAlgorithm::Auto`]).
+    pub(crate) fn blocked_preferred(&self) -> bool {
+        self.blocked_supported && self.cpu_adapter
     }
 
     /// Forces a kernel choice (for benchmarks and tests); `Auto` picks by adapter and geometry.

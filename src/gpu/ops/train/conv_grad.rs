@@ -12,8 +12,10 @@
 //!   forward kernels (the layer's own kernel choice: register-blocked, tiled or direct), so it
 //!   is as fast as a forward pass. The weight gradient, a matrix product of the output
 //!   gradient and the input's windows reduced over pixels, runs register-blocked
-//!   (`shaders/grad/conv2d_grad_weight_blocked.wgsl`) where the device has subgroups of at
-//!   least 8.
+//!   (`shaders/grad/conv2d_grad_weight_blocked.wgsl`) on adapters that run shaders on CPU
+//!   cores with subgroups of at least 8, the devices where the forward pass runs
+//!   register-blocked too (its few workgroups, each reducing over many pixels, would leave
+//!   most of a large GPU idle).
 //! - The gather kernels, one output element per invocation (`conv2d_grad_input.wgsl`,
 //!   `conv2d_grad_weight.wgsl`), for every geometry: strides, wide padding, weights above one
 //!   binding, devices without subgroups.
@@ -37,8 +39,9 @@ pub enum ConvGradAlgorithm {
     /// The fast kernels where they apply, the gather kernels elsewhere: the input gradient as
     /// the forward convolution of the flipped weights for stride 1, padding at most the
     /// kernel's extent on every side and weights of at most [`FLIP_MAX_BYTES`] that fit one
-    /// storage binding; the weight gradient register-blocked on devices with subgroups of at
-    /// least 8 and outputs of fewer than [`MAX_LOOP_STEPS`] columns.
+    /// storage binding; the weight gradient register-blocked on adapters that run shaders on
+    /// CPU cores with subgroups of at least 8, for outputs of fewer than [`MAX_LOOP_STEPS`]
+    /// columns.
     #[default]
     Auto,
     /// The gather kernels, one output element per invocation, for every layer.
@@ -375,7 +378,7 @@ impl GpuConv2d {
     /// [`ConvGradAlgorithm::Auto`]).
     fn blocked_weight_gradient(&self, output: Shape) -> bool {
         self.grad_algorithm == ConvGradAlgorithm::Auto
-            && self.blocked_supported()
+            && self.blocked_preferred()
             && self.precision() == Precision::F32
             && output.w < MAX_LOOP_STEPS
     }
