@@ -100,7 +100,7 @@ fn shapes(small: bool) -> Vec<(&'static str, Conv2d, Shape)> {
 
 /// The kernels timed on every shape (a choice the device cannot run falls back, see
 /// `GpuConv2d::with_algorithm`; the table names the kernel that ran).
-const CHOICES: [&str; 8] = [
+const CHOICES: [&str; 10] = [
     "auto",
     "direct",
     "tiled",
@@ -109,6 +109,8 @@ const CHOICES: [&str; 8] = [
     "tiled-64-4x4-k16",
     "tiled-64-8x8-k8",
     "tiled-32-4x4-k8",
+    "tiled-128x64-8x4-k8",
+    "tiled-64x128-4x8-k8",
 ];
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -1,33 +1,36 @@
 // Tiled convolution as an implicit matrix product (as conv2d_tiled.wgsl), generated for one
-// tile shape: the constants GT_TILE (output channels and pixels per workgroup tile), GT_PER
-// (channels and pixels per invocation, GT_PER x GT_PER outputs) and GT_DEPTH (reduction depth
+// tile shape: the constants GT_TILE_M x GT_TILE_N (output channels x pixels per workgroup
+// tile), GT_PER_M x GT_PER_N (channels x pixels per invocation) and GT_DEPTH (reduction depth
 // staged per step) are spliced in by src/gpu/shader.rs for each variant, and the workgroup has
-// (GT_TILE / GT_PER)^2 invocations. Per image:
+// (GT_TILE_M / GT_PER_M) x (GT_TILE_N / GT_PER_N) invocations. Per image:
 //   out[co, p] = sum_k W[co, k] * X[k, p],   k = (ky, kx, ci),  p = (oy, ox)
 // with X the im2col matrix, never materialised.
 //
-// Invocation (tx, ty) = (lid % SIDE, lid / SIDE) owns channels m0 + ty + SIDE i and pixels
-// n0 + tx + SIDE j (i, j < GT_PER), so neighbouring invocations read neighbouring words of
-// the pixel tile and write neighbouring output pixels. Each step, every invocation loads
-// LOADS weights (reduction index k0 + lid % GT_DEPTH of LOADS channels) and LOADS input
-// values (pixel n0 + lid % GT_TILE at LOADS reduction indices) into registers, the arithmetic
-// of the previous step runs from workgroup memory while they arrive, then they are stored
-// (one tile buffer, two barriers per step). The weight tile's rows are padded by one word so
-// its transposing stores spread over banks.
+// Invocation (tx, ty) = (lid % SIDE_N, lid / SIDE_N) owns channels m0 + ty + SIDE_M i
+// (i < GT_PER_M) and pixels n0 + tx + SIDE_N j (j < GT_PER_N), so neighbouring invocations
+// read neighbouring words of the pixel tile and write neighbouring output pixels. Each step,
+// every invocation loads LOADS_W weights (reduction index k0 + lid % GT_DEPTH of LOADS_W
+// channels) and LOADS_X input values (pixel n0 + lid % GT_TILE_N at LOADS_X reduction
+// indices) into registers, the arithmetic of the previous step runs from workgroup memory
+// while they arrive, then they are stored (one tile buffer, two barriers per step). The
+// weight tile's rows are padded by one word so its transposing stores spread over banks.
 //
 // Params, bindings, flags and the split reduction (`k_split` slices, partial sums to
 // out_base + (b k_split + s) out_batch_stride) as conv2d_tiled.wgsl; `total` is the number
 // of workgroups: tiles over pixels (fastest) x tiles over channels x slices x images.
 
-const SIDE: u32 = GT_TILE / GT_PER;
-const WG_GENERIC: u32 = SIDE * SIDE;
-const LOADS: u32 = GT_TILE * GT_DEPTH / WG_GENERIC;
-const W_STRIDE: u32 = GT_TILE + 1u;
-const_assert WG_GENERIC % GT_DEPTH == 0u && WG_GENERIC % GT_TILE == 0u;
-const_assert LOADS * WG_GENERIC == GT_TILE * GT_DEPTH;
+const SIDE_M: u32 = GT_TILE_M / GT_PER_M;
+const SIDE_N: u32 = GT_TILE_N / GT_PER_N;
+const WG_GENERIC: u32 = SIDE_M * SIDE_N;
+const LOADS_W: u32 = GT_TILE_M * GT_DEPTH / WG_GENERIC;
+const LOADS_X: u32 = GT_TILE_N * GT_DEPTH / WG_GENERIC;
+const W_STRIDE: u32 = GT_TILE_M + 1u;
+const_assert WG_GENERIC % GT_DEPTH == 0u && WG_GENERIC % GT_TILE_N == 0u;
+const_assert LOADS_W * WG_GENERIC == GT_TILE_M * GT_DEPTH;
+const_assert LOADS_X * WG_GENERIC == GT_TILE_N * GT_DEPTH;
 
 var<workgroup> tile_w: array<f32, GT_DEPTH * W_STRIDE>; // [k][m]
-var<workgroup> tile_x: array<f32, GT_DEPTH * GT_TILE>; // [k][n]
+var<workgroup> tile_x: array<f32, GT_DEPTH * GT_TILE_N>; // [k][n]
 
 @compute @workgroup_size(WG_GENERIC)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -39,7 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let pixels = p.out_h * p.out_w;
     let slices = max(p.k_split, 1u);
     // This workgroup's tile and share of the reduction, [k_begin, k_end), in whole steps.
-    let work = tile_work(g, GT_TILE, GT_TILE, GT_DEPTH);
+    let work = tile_work(g, GT_TILE_M, GT_TILE_N, GT_DEPTH);
     let n0 = work.n0;
     let m0 = work.m0;
     let s = work.s;
@@ -55,17 +58,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // (clamped; channels past the end load zero).
     let wk = lid % GT_DEPTH;
     let wm = lid / GT_DEPTH;
-    var w_row: array<u32, LOADS>;
-    var w_ok: array<bool, LOADS>;
-    for (var i = 0u; i < LOADS; i++) {
+    var w_row: array<u32, LOADS_W>;
+    var w_ok: array<bool, LOADS_W>;
+    for (var i = 0u; i < LOADS_W; i++) {
         let m = m0 + wm + i * (WG_GENERIC / GT_DEPTH);
         w_ok[i] = m < p.out_c;
         w_row[i] = p.w_base + min(m, p.out_c - 1u) * p.w_row;
     }
-    // Input loads: pixel n0 + xn at reduction indices k0 + xk + i WG_GENERIC / GT_TILE. A
+    // Input loads: pixel n0 + xn at reduction indices k0 + xk + i WG_GENERIC / GT_TILE_N. A
     // pixel past the end has its window corner at y0 = -2^30, which no tap brings in.
-    let xn = lid % GT_TILE;
-    let xk = lid / GT_TILE;
+    let xn = lid % GT_TILE_N;
+    let xk = lid / GT_TILE_N;
     let px = n0 + xn;
     var y0 = -1073741824;
     var x0 = 0;
@@ -74,20 +77,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         x0 = i32((px % p.out_w) * p.stride_w) - i32(p.pad_left);
     }
 
-    let tx = lid % SIDE;
-    let ty = lid / SIDE;
-    var acc: array<array<f32, GT_PER>, GT_PER>;
-    for (var i = 0u; i < GT_PER; i++) {
-        for (var j = 0u; j < GT_PER; j++) {
+    let tx = lid % SIDE_N;
+    let ty = lid / SIDE_N;
+    var acc: array<array<f32, GT_PER_N>, GT_PER_M>;
+    for (var i = 0u; i < GT_PER_M; i++) {
+        for (var j = 0u; j < GT_PER_N; j++) {
             acc[i][j] = 0.0;
         }
     }
-    var w_next: array<f32, LOADS>;
-    var x_next: array<f32, LOADS>;
+    var w_next: array<f32, LOADS_W>;
+    var x_next: array<f32, LOADS_X>;
     var k0 = k_begin;
     loop {
         // Global loads of step k0 into registers (zeros past the end of the reduction).
-        for (var i = 0u; i < LOADS; i++) {
+        for (var i = 0u; i < LOADS_W; i++) {
             let k = k0 + wk;
             var w = 0.0;
             if (k < k_end && w_ok[i]) {
@@ -100,8 +103,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             w_next[i] = w;
         }
-        for (var i = 0u; i < LOADS; i++) {
-            let k = k0 + xk + i * (WG_GENERIC / GT_TILE);
+        for (var i = 0u; i < LOADS_X; i++) {
+            let k = k0 + xk + i * (WG_GENERIC / GT_TILE_N);
             var x = 0.0;
             if (k < k_end) {
                 let tap = k / p.in_c;
@@ -119,14 +122,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // Arithmetic of step k0 - GT_DEPTH, staged in workgroup memory, while those loads fly.
         if (k0 > k_begin) {
             for (var kk = 0u; kk < GT_DEPTH; kk++) {
-                var a: array<f32, GT_PER>;
-                var c: array<f32, GT_PER>;
-                for (var i = 0u; i < GT_PER; i++) {
-                    a[i] = tile_w[kk * W_STRIDE + ty + i * SIDE];
-                    c[i] = tile_x[kk * GT_TILE + tx + i * SIDE];
+                var a: array<f32, GT_PER_M>;
+                var c: array<f32, GT_PER_N>;
+                for (var i = 0u; i < GT_PER_M; i++) {
+                    a[i] = tile_w[kk * W_STRIDE + ty + i * SIDE_M];
                 }
-                for (var i = 0u; i < GT_PER; i++) {
-                    for (var j = 0u; j < GT_PER; j++) {
+                for (var j = 0u; j < GT_PER_N; j++) {
+                    c[j] = tile_x[kk * GT_TILE_N + tx + j * SIDE_N];
+                }
+                for (var i = 0u; i < GT_PER_M; i++) {
+                    for (var j = 0u; j < GT_PER_N; j++) {
                         acc[i][j] = fma(a[i], c[j], acc[i][j]);
                     }
                 }
@@ -136,18 +141,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             break;
         }
         workgroupBarrier();
-        for (var i = 0u; i < LOADS; i++) {
+        for (var i = 0u; i < LOADS_W; i++) {
             tile_w[wk * W_STRIDE + wm + i * (WG_GENERIC / GT_DEPTH)] = w_next[i];
-            tile_x[(xk + i * (WG_GENERIC / GT_TILE)) * GT_TILE + xn] = x_next[i];
+        }
+        for (var i = 0u; i < LOADS_X; i++) {
+            tile_x[(xk + i * (WG_GENERIC / GT_TILE_N)) * GT_TILE_N + xn] = x_next[i];
         }
         workgroupBarrier();
         k0 += GT_DEPTH;
     }
 
     let out_img = p.out_base + (b * slices + s) * p.out_batch_stride;
-    for (var i = 0u; i < GT_PER; i++) {
-        for (var j = 0u; j < GT_PER; j++) {
-            store_output(m0 + ty + i * SIDE, n0 + tx + j * SIDE, pixels, out_img, acc[i][j]);
+    for (var i = 0u; i < GT_PER_M; i++) {
+        for (var j = 0u; j < GT_PER_N; j++) {
+            store_output(m0 + ty + i * SIDE_M, n0 + tx + j * SIDE_N, pixels, out_img, acc[i][j]);
         }
     }
 }

@@ -97,6 +97,10 @@ pub enum Algorithm {
     Tiled64x8,
     #[value(name = "tiled-32-4x4-k8")]
     Tiled32x4,
+    #[value(name = "tiled-128x64-8x4-k8")]
+    Tiled128x64,
+    #[value(name = "tiled-64x128-4x8-k8")]
+    Tiled64x128,
 }
 
 impl From<Algorithm> for ConvAlgorithm {
@@ -109,6 +113,8 @@ impl From<Algorithm> for ConvAlgorithm {
             Algorithm::Tiled64x4 => ConvAlgorithm::TiledVariant(TiledVariant::T64x4),
             Algorithm::Tiled64x8 => ConvAlgorithm::TiledVariant(TiledVariant::T64x8),
             Algorithm::Tiled32x4 => ConvAlgorithm::TiledVariant(TiledVariant::T32x4),
+            Algorithm::Tiled128x64 => ConvAlgorithm::TiledVariant(TiledVariant::T128x64),
+            Algorithm::Tiled64x128 => ConvAlgorithm::TiledVariant(TiledVariant::T64x128),
         }
     }
 }

@@ -34,9 +34,9 @@ pub const BLOCK_C: u32 = 32;
 /// Output pixels per invocation of the register-blocked convolution (one `vec4`).
 pub const BLOCK_P: u32 = 4;
 /// A tile shape of the generated tiled convolution (`shaders/conv2d_tiled_generic.wgsl`),
-/// each its own kernel: output channels and pixels per workgroup tile, outputs per invocation
-/// along each, and reduction depth per step. They are tuning candidates on GPUs beside the
-/// hand-unrolled 128 x 128 x 8 kernel ([`Kernel::ConvTiled`]).
+/// each its own kernel: output channels x pixels per workgroup tile, channels x pixels per
+/// invocation, and reduction depth per step (the workgroup size follows). They are tuning
+/// candidates on GPUs beside the hand-unrolled 128 x 128 x 8 kernel ([`Kernel::ConvTiled`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TiledVariant {
     /// 64 x 64 tiles, 4 x 4 outputs per invocation (256 invocations), depth 16.
@@ -45,49 +45,89 @@ pub enum TiledVariant {
     T64x8,
     /// 32 x 32 tiles, 4 x 4 outputs per invocation (64 invocations), depth 8.
     T32x4,
+    /// 128 channels x 64 pixels, 8 x 4 outputs per invocation (256 invocations), depth 8:
+    /// for layers with many channels and few pixels (fc6 on small inputs).
+    T128x64,
+    /// 64 channels x 128 pixels, 4 x 8 outputs per invocation (256 invocations), depth 8:
+    /// for layers with few channels and many pixels (the first layers, the context module).
+    T64x128,
+}
+
+/// The sizes of a [`TiledVariant`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileShape {
+    /// Output channels per workgroup tile.
+    pub tile_m: u32,
+    /// Output pixels per workgroup tile.
+    pub tile_n: u32,
+    /// Output channels per invocation.
+    pub per_m: u32,
+    /// Output pixels per invocation.
+    pub per_n: u32,
+    /// Reduction depth staged in workgroup memory per step.
+    pub depth: u32,
 }
 
 impl TiledVariant {
     /// Every variant.
-    pub const ALL: [TiledVariant; 3] = [
+    pub const ALL: [TiledVariant; 5] = [
         TiledVariant::T64x4,
         TiledVariant::T64x8,
         TiledVariant::T32x4,
+        TiledVariant::T128x64,
+        TiledVariant::T64x128,
     ];
 
-    /// `(tile, per, depth)`: channels and pixels per tile, outputs per invocation along each,
-    /// reduction depth per step.
-    pub const fn shape(self) -> (u32, u32, u32) {
-        match self {
-            TiledVariant::T64x4 => (64, 4, 16),
-            TiledVariant::T64x8 => (64, 8, 8),
-            TiledVariant::T32x4 => (32, 4, 8),
+    /// The variant's sizes.
+    pub const fn shape(self) -> TileShape {
+        let (tile_m, tile_n, per_m, per_n, depth) = match self {
+            TiledVariant::T64x4 => (64, 64, 4, 4, 16),
+            TiledVariant::T64x8 => (64, 64, 8, 8, 8),
+            TiledVariant::T32x4 => (32, 32, 4, 4, 8),
+            TiledVariant::T128x64 => (128, 64, 8, 4, 8),
+            TiledVariant::T64x128 => (64, 128, 4, 8, 8),
+        };
+        TileShape {
+            tile_m,
+            tile_n,
+            per_m,
+            per_n,
+            depth,
         }
-    }
-
-    /// Channels (and pixels) per workgroup tile.
-    pub const fn tile(self) -> u32 {
-        self.shape().0
     }
 
     /// Invocations per workgroup.
     pub const fn workgroup_size(self) -> u32 {
-        let (tile, per, _) = self.shape();
-        (tile / per) * (tile / per)
+        let s = self.shape();
+        (s.tile_m / s.per_m) * (s.tile_n / s.per_n)
     }
 
     /// Bytes of workgroup memory: the two tiles, the weight tile's rows padded by one word.
     pub const fn shared_bytes(self) -> u32 {
-        let (tile, _, depth) = self.shape();
-        4 * depth * (tile + 1) + 4 * depth * tile
+        let s = self.shape();
+        4 * s.depth * (s.tile_m + 1) + 4 * s.depth * s.tile_n
     }
 
-    /// The choice's name (`tiled-64-4x4-k16`, ...).
+    /// The choice's name (`tiled-64-4x4-k16`, ...): the tile (one side when square, else
+    /// channels x pixels), the outputs per invocation and the depth.
     pub const fn name(self) -> &'static str {
         match self {
             TiledVariant::T64x4 => "tiled-64-4x4-k16",
             TiledVariant::T64x8 => "tiled-64-8x8-k8",
             TiledVariant::T32x4 => "tiled-32-4x4-k8",
+            TiledVariant::T128x64 => "tiled-128x64-8x4-k8",
+            TiledVariant::T64x128 => "tiled-64x128-4x8-k8",
+        }
+    }
+
+    /// [`TiledVariant::name`] with `-nosplit` (the choice that may not split its reduction).
+    pub const fn name_nosplit(self) -> &'static str {
+        match self {
+            TiledVariant::T64x4 => "tiled-64-4x4-k16-nosplit",
+            TiledVariant::T64x8 => "tiled-64-8x8-k8-nosplit",
+            TiledVariant::T32x4 => "tiled-32-4x4-k8-nosplit",
+            TiledVariant::T128x64 => "tiled-128x64-8x4-k8-nosplit",
+            TiledVariant::T64x128 => "tiled-64x128-4x8-k8-nosplit",
         }
     }
 
@@ -97,6 +137,8 @@ impl TiledVariant {
             TiledVariant::T64x4 => Kernel::ConvTiled64x4,
             TiledVariant::T64x8 => Kernel::ConvTiled64x8,
             TiledVariant::T32x4 => Kernel::ConvTiled32x4,
+            TiledVariant::T128x64 => Kernel::ConvTiled128x64,
+            TiledVariant::T64x128 => Kernel::ConvTiled64x128,
         }
     }
 }
@@ -240,6 +282,10 @@ pub enum Kernel {
     ConvTiled64x8,
     /// Generated tiled convolution, [`TiledVariant::T32x4`].
     ConvTiled32x4,
+    /// Generated tiled convolution, [`TiledVariant::T128x64`].
+    ConvTiled128x64,
+    /// Generated tiled convolution, [`TiledVariant::T64x128`].
+    ConvTiled64x128,
     /// Second pass of a tiled convolution whose reduction was split: adds the partial sums,
     /// then bias and ReLU.
     ConvSplitReduce,
@@ -297,7 +343,7 @@ const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 24] = [
+    pub const ALL: [Kernel; 26] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
@@ -305,6 +351,8 @@ impl Kernel {
         Kernel::ConvTiled64x4,
         Kernel::ConvTiled64x8,
         Kernel::ConvTiled32x4,
+        Kernel::ConvTiled128x64,
+        Kernel::ConvTiled64x128,
         Kernel::ConvSplitReduce,
         Kernel::Relu,
         Kernel::MaxPool,
@@ -372,6 +420,18 @@ impl Kernel {
             ),
             Kernel::ConvTiled32x4 => def(
                 "conv2d_tiled_32_4x4_k8",
+                &[ConvParams, ConvFinish, TileWork],
+                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled128x64 => def(
+                "conv2d_tiled_128x64_8x4_k8",
+                &[ConvParams, ConvFinish, TileWork],
+                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled64x128 => def(
+                "conv2d_tiled_64x128_4x8_k8",
                 &[ConvParams, ConvFinish, TileWork],
                 include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
                 CONV_STORAGE,
@@ -559,10 +619,12 @@ impl Kernel {
              const BLOCK_P: u32 = {BLOCK_P}u;\n"
         );
         if let Some(v) = self.tiled_variant() {
-            let (tile, per, depth) = v.shape();
+            let s = v.shape();
             out += &format!(
-                "const GT_TILE: u32 = {tile}u;\nconst GT_PER: u32 = {per}u;\n\
-                 const GT_DEPTH: u32 = {depth}u;\n"
+                "const GT_TILE_M: u32 = {}u;\nconst GT_TILE_N: u32 = {}u;\n\
+                 const GT_PER_M: u32 = {}u;\nconst GT_PER_N: u32 = {}u;\n\
+                 const GT_DEPTH: u32 = {}u;\n",
+                s.tile_m, s.tile_n, s.per_m, s.per_n, s.depth
             );
         }
         out.push_str("\n@group(0) @binding(0) var<uniform> p: Params;\n");
@@ -597,6 +659,8 @@ impl Kernel {
             Kernel::ConvTiled64x4 => Some(TiledVariant::T64x4),
             Kernel::ConvTiled64x8 => Some(TiledVariant::T64x8),
             Kernel::ConvTiled32x4 => Some(TiledVariant::T32x4),
+            Kernel::ConvTiled128x64 => Some(TiledVariant::T128x64),
+            Kernel::ConvTiled64x128 => Some(TiledVariant::T64x128),
             _ => None,
         }
     }
@@ -758,6 +822,8 @@ mod tests {
             | Kernel::ConvTiled64x4
             | Kernel::ConvTiled64x8
             | Kernel::ConvTiled32x4
+            | Kernel::ConvTiled128x64
+            | Kernel::ConvTiled64x128
             | Kernel::ConvGradInput
             | Kernel::ConvGradWeight
             | Kernel::ConvGradBias
@@ -845,6 +911,8 @@ mod tests {
             Kernel::ConvTiled64x4,
             Kernel::ConvTiled64x8,
             Kernel::ConvTiled32x4,
+            Kernel::ConvTiled128x64,
+            Kernel::ConvTiled64x128,
             Kernel::ConvSplitReduce,
             Kernel::Relu,
             Kernel::MaxPool,

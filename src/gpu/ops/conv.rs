@@ -74,11 +74,7 @@ impl ConvChoice {
     pub fn name(self) -> &'static str {
         match (self.algorithm, self.split) {
             (ConvAlgorithm::TiledVariant(v), true) => v.name(),
-            (ConvAlgorithm::TiledVariant(v), false) => match v {
-                TiledVariant::T64x4 => "tiled-64-4x4-k16-nosplit",
-                TiledVariant::T64x8 => "tiled-64-8x8-k8-nosplit",
-                TiledVariant::T32x4 => "tiled-32-4x4-k8-nosplit",
-            },
+            (ConvAlgorithm::TiledVariant(v), false) => v.name_nosplit(),
             (ConvAlgorithm::Auto, true) => "auto",
             (ConvAlgorithm::Auto, false) => "auto-nosplit",
             (ConvAlgorithm::Direct, _) => "direct",
@@ -180,11 +176,13 @@ fn variant_fits(limits: &wgpu::Limits, v: TiledVariant) -> bool {
         && limits.max_compute_workgroup_storage_size >= v.shared_bytes()
 }
 
-/// Output channels (and pixels) per workgroup tile of a tiled kernel; `None` for the others.
-fn tile_of(kernel: Kernel) -> Option<usize> {
+/// Output channels x pixels per workgroup tile of a tiled kernel; `None` for the others.
+fn tile_of(kernel: Kernel) -> Option<(usize, usize)> {
     match kernel {
-        Kernel::ConvTiled | Kernel::ConvPointwise => Some(TILE_M as usize),
-        k => k.tiled_variant().map(|v| v.tile() as usize),
+        Kernel::ConvTiled | Kernel::ConvPointwise => Some((TILE_M as usize, TILE_N as usize)),
+        k => k
+            .tiled_variant()
+            .map(|v| (v.shape().tile_m as usize, v.shape().tile_n as usize)),
     }
 }
 
@@ -481,8 +479,8 @@ impl GpuConv2d {
             .map(|ch| {
                 let partial = ch.nb * ch.co_n * pixels;
                 let k = match tile_of(kernel) {
-                    Some(tile) if choice.split => {
-                        let tiles = ch.nb * ch.co_n.div_ceil(tile) * pixels.div_ceil(tile);
+                    Some((tile_m, tile_n)) if choice.split => {
+                        let tiles = ch.nb * ch.co_n.div_ceil(tile_m) * pixels.div_ceil(tile_n);
                         split_slices(tiles, ch.ci_n * taps, partial, max)
                     }
                     _ => 1,
@@ -598,8 +596,9 @@ impl GpuConv2d {
                         * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize)
                 }
                 _ => {
-                    let tile = tile_of(kernel).unwrap_or(TILE_M as usize);
-                    ch.nb * k_split * ch.co_n.div_ceil(tile) * pixels.div_ceil(tile)
+                    let (tile_m, tile_n) =
+                        tile_of(kernel).unwrap_or((TILE_M as usize, TILE_N as usize));
+                    ch.nb * k_split * ch.co_n.div_ceil(tile_m) * pixels.div_ceil(tile_n)
                 }
             };
             let workgroups = match kernel {
