@@ -99,19 +99,13 @@ fn shapes(small: bool) -> Vec<(&'static str, Conv2d, Shape)> {
 }
 
 /// The kernels timed on every shape (a choice the device cannot run falls back, see
-/// `GpuConv2d::with_algorithm`; the table names the kernel that ran).
-const CHOICES: [&str; 10] = [
-    "auto",
-    "direct",
-    "tiled",
-    "tiled-nosplit",
-    "blocked",
-    "tiled-64-4x4-k16",
-    "tiled-64-8x8-k8",
-    "tiled-32-4x4-k8",
-    "tiled-128x64-8x4-k8",
-    "tiled-64x128-4x8-k8",
-];
+/// `GpuConv2d::with_algorithm`; the table names the kernel that ran): the fixed kernels, then
+/// every generated tiled variant.
+fn choices() -> Vec<&'static str> {
+    let mut v = vec!["auto", "direct", "tiled", "tiled-nosplit", "blocked"];
+    v.extend(dilated::gpu::TiledVariant::ALL.map(|t| t.name()));
+    v
+}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -169,9 +163,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     ));
     md.push_str("GFLOP/s per kernel (median of timed runs; the kernel that ran in brackets where a choice fell back):\n\n");
     md.push_str("| shape | GFLOP | ");
-    md.push_str(&CHOICES.join(" | "));
+    md.push_str(&choices().join(" | "));
     md.push_str(" | tuned (choice) | cuDNN fp32 | cuDNN f16 |\n|---|---:|");
-    md.push_str(&"---:|".repeat(CHOICES.len() + 3));
+    md.push_str(&"---:|".repeat(choices().len() + 3));
     md.push('\n');
 
     let mut rng = StdRng::seed_from_u64(7);
@@ -188,7 +182,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let yg = gpu.empty(out)?;
         let mut kernels = serde_json::Map::new();
         let mut cells = Vec::new();
-        for choice_name in CHOICES {
+        for choice_name in choices() {
             let choice = ConvChoice::from_name(choice_name).ok_or("choice")?;
             let dispatches = conv.prepare_as(&gpu, &Io::tensors(&xg, &yg), choice)?;
             let kernel = dispatches

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::gpu::dispatch::expect_shape;
 use crate::gpu::layer::named_after;
 use crate::gpu::ops::conv_chunks::split_scratch_bytes;
-use crate::gpu::ops::train::conv_grad::{FLIP_MAX_BYTES, input_gradient_spec};
+use crate::gpu::ops::train::conv_grad::input_gradient_spec;
 use crate::gpu::ops::train::dropout::mask_bytes;
 use crate::gpu::ops::train::softmax_loss::mean_loss;
 use crate::gpu::{
@@ -411,10 +411,7 @@ impl<'g> GpuTrainer<'g> {
                 m.weight_gradients += weight + bias;
                 m.momentum += weight + bias;
                 split = split.max(split_scratch_bytes(spec, out));
-                if i > layout.first_param
-                    && weight <= FLIP_MAX_BYTES
-                    && input_gradient_spec(spec).is_some()
-                {
+                if i > layout.first_param && input_gradient_spec(spec).is_some() {
                     flipped = flipped.max(weight);
                 }
             }

@@ -53,10 +53,14 @@ pub enum ConvGradAlgorithm {
 pub const FLIP_MAX_BYTES: u64 = 128 << 20;
 
 /// The convolution computing `spec`'s input gradient from its flipped weights, when `spec` has
-/// stride 1 and no side's padding exceeds the kernel's extent there: channels swapped, the
-/// same kernel and dilation, each side padded by the kernel's extent there minus the layer's
-/// padding on that side. Checking the weights' size is the caller's.
+/// stride 1, no side's padding exceeds the kernel's extent there and its weights take at most
+/// [`FLIP_MAX_BYTES`]: channels swapped, the same kernel and dilation, each side padded by the
+/// kernel's extent there minus the layer's padding on that side. Whether the weights fit the
+/// device's bindings is the caller's to check.
 pub(crate) fn input_gradient_spec(spec: &Conv2d) -> Option<Conv2d> {
+    if spec.weight_len() as u64 * 4 > FLIP_MAX_BYTES {
+        return None;
+    }
     let ext_h = spec.dilation.0 * (spec.kernel.0 - 1);
     let ext_w = spec.dilation.1 * (spec.kernel.1 - 1);
     let p = spec.padding;
@@ -253,11 +257,9 @@ impl GpuConv2d {
     /// The spec of the convolution the fast input gradient runs on this device (`None`: the
     /// gather kernel).
     fn input_gradient_spec_on(&self, gpu: &Gpu) -> Option<Conv2d> {
-        let len = self.spec.weight_len();
         if self.grad_algorithm != ConvGradAlgorithm::Auto
             || self.precision() != Precision::F32
-            || len as u64 * 4 > FLIP_MAX_BYTES
-            || len > gpu.max_binding_elems()
+            || self.spec.weight_len() > gpu.max_binding_elems()
         {
             return None;
         }
