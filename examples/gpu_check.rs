@@ -102,7 +102,15 @@ fn shapes(small: bool) -> Vec<(&'static str, Conv2d, Shape)> {
 /// `GpuConv2d::with_algorithm`; the table names the kernel that ran): the fixed kernels, then
 /// every generated tiled variant.
 fn choices() -> Vec<&'static str> {
-    let mut v = vec!["auto", "direct", "tiled", "tiled-nosplit", "blocked"];
+    let mut v = vec![
+        "auto",
+        "direct",
+        "tiled",
+        "tiled-nosplit",
+        "blocked",
+        "blocked-64",
+        "tiled-split4",
+    ];
     v.extend(dilated::gpu::TiledVariant::ALL.map(|t| t.name()));
     v
 }

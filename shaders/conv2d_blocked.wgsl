@@ -15,7 +15,7 @@
 // `total` is the number of workgroups: channel blocks (fastest) x pixel blocks x images.
 // A workgroup covers BLOCK_C channels and BLOCK_P * WG_BLOCKED pixels; invocation `lid` takes
 // pixels lid + j * WG_BLOCKED, j < BLOCK_P. The lines marked `// BLOCK:` are generated from
-// BLOCK_C in src/gpu/shader.rs.
+// BLOCK_C in src/gpu/shader.rs (32 channels, 64 for the wide variant `conv2d_blocked_64`).
 
 // Offset in an input plane of the tap (ky, kx) of output pixel `px`, or -1 in the padding.
 fn tap_offset(px: u32, ky: u32, kx: u32) -> i32 {

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use common::{gpu, random1, random4, rel_error, rng};
-use dilated::gpu::{GpuLayer, Io};
+use dilated::gpu::{ConvChoice, GpuLayer, Io};
 use dilated::gpu::{Kernel, TiledVariant};
 use dilated::{Conv2d, ConvAlgorithm, GpuConv2d, Padding, Shape, cpu};
 use ndarray::{Array1, Array4};
@@ -163,6 +163,11 @@ fn cases() -> &'static [Case] {
 
 /// Runs every configuration with `algorithm`; returns the kernels that ran.
 fn check_all(algorithm: ConvAlgorithm) -> BTreeSet<String> {
+    check_choice(ConvChoice::new(algorithm, true))
+}
+
+/// [`check_all`] for a whole kernel choice (split-K factor included).
+fn check_choice(choice: ConvChoice) -> BTreeSet<String> {
     let gpu = gpu();
     let mut kernels = BTreeSet::new();
     let mut failures = Vec::new();
@@ -174,7 +179,7 @@ fn check_all(algorithm: ConvAlgorithm) -> BTreeSet<String> {
             case.bias.as_ref().map(|b| b.view()),
         )
         .expect("upload")
-        .with_algorithm(algorithm);
+        .with_choice(choice);
         let input = gpu.upload(case.input.view()).expect("upload input");
         let out_shape = conv.output_shape(input.shape()).expect("output shape");
         let kernel = conv.kernel_for(out_shape);
@@ -236,6 +241,86 @@ fn generated_tiled_variants_match_reference() {
         assert!(
             kernels.iter().all(|k| *k == own || k == "ConvSplitReduce"),
             "{v:?}: {kernels:?}"
+        );
+    }
+}
+
+/// Split-K factors asked for, on the tiled kernel and a generated variant: every configuration
+/// whose reduction is deep enough is cut into that many slices (the second pass runs), and the
+/// sums stay right, odd factors and factors beyond the depth included.
+#[test]
+fn forced_split_factors_match_reference() {
+    for (algorithm, own) in [
+        (ConvAlgorithm::Tiled, None),
+        (
+            ConvAlgorithm::TiledVariant(TiledVariant::T32x4),
+            Some(TiledVariant::T32x4.kernel()),
+        ),
+    ] {
+        for slices in [2, 3, 16, 200] {
+            let choice = ConvChoice {
+                slices,
+                ..ConvChoice::new(algorithm, true)
+            };
+            let kernels = check_choice(choice);
+            assert!(kernels.contains("ConvSplitReduce"), "{choice}: {kernels:?}");
+            if let Some(own) = own {
+                assert!(
+                    kernels.contains(&format!("{own:?}")),
+                    "{choice}: {kernels:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The wide register-blocked kernel (64 output channels per invocation) on the same cases;
+/// their 65 and 136 output channels give one full block and a partial one, and two full blocks
+/// and a partial one.
+#[test]
+fn wide_blocked_kernel_matches_reference() {
+    let kernels = check_all(ConvAlgorithm::BlockedWide);
+    assert_eq!(
+        kernels,
+        BTreeSet::from([format!("{:?}", Kernel::ConvBlocked64)]),
+        "subgroups: {}",
+        gpu().adapter().subgroups
+    );
+}
+
+/// `Auto` on an adapter that runs shaders on CPU cores takes the wide block on pointwise layers
+/// where it computes no more padding channels than the 32-channel one, and the narrow block
+/// elsewhere.
+#[test]
+fn auto_picks_the_blocked_width_by_output_channels() {
+    let gpu = gpu();
+    let info = &gpu.adapter().info;
+    if info.device_type != wgpu::DeviceType::Cpu
+        || !gpu.device().features().contains(wgpu::Features::SUBGROUP)
+        || info.subgroup_min_size < 8
+    {
+        eprintln!("skipped: {} does not run shaders on CPU cores", gpu.name());
+        return;
+    }
+    for (k, out_c, want) in [
+        (1, 64, Kernel::ConvBlocked64),
+        (1, 1024, Kernel::ConvBlocked64),
+        (1, 40, Kernel::ConvBlocked64),
+        (1, 168, Kernel::ConvBlocked64),
+        (1, 21, Kernel::ConvBlocked),
+        (1, 96, Kernel::ConvBlocked),
+        (1, 84, Kernel::ConvBlocked),
+        (3, 1024, Kernel::ConvBlocked),
+        (3, 64, Kernel::ConvBlocked),
+    ] {
+        let spec = Conv2d::new(8, out_c, k).pad(k / 2).with_bias(false);
+        let w = ndarray::Array4::<f32>::zeros(spec.weight_shape());
+        let conv = GpuConv2d::new(gpu, spec, w.view(), None).expect("upload");
+        let out = Shape::new(1, out_c, 9, 9);
+        assert_eq!(
+            conv.kernel_for(out),
+            want,
+            "{k}x{k}, {out_c} output channels"
         );
     }
 }

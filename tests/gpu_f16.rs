@@ -162,6 +162,15 @@ fn f16_blocked_convolution_matches_the_reference() {
     }
 }
 
+#[test]
+fn f16_wide_blocked_convolution_matches_the_reference() {
+    let gpu = gpu();
+    let kernels = check_conv(gpu, ConvAlgorithm::BlockedWide);
+    if gpu.device().features().contains(wgpu::Features::SUBGROUP) {
+        assert!(kernels.contains(&dilated::gpu::Kernel::ConvBlocked64));
+    }
+}
+
 /// A convolution cut into chunks of images, output channels and input channels (the last
 /// accumulating into f16 outputs), on windows at odd f16 offsets, under a 64 KiB binding cap.
 #[test]

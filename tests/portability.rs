@@ -9,7 +9,10 @@ fn module(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
     // Only the register-blocked kernels use subgroup operations.
-    let capabilities = if matches!(kernel, Kernel::ConvBlocked | Kernel::ConvGradWeightBlocked) {
+    let capabilities = if matches!(
+        kernel,
+        Kernel::ConvBlocked | Kernel::ConvBlocked64 | Kernel::ConvGradWeightBlocked
+    ) {
         naga::valid::Capabilities::SUBGROUP
     } else {
         naga::valid::Capabilities::empty()

@@ -91,6 +91,8 @@ pub enum Algorithm {
     Direct,
     Tiled,
     Blocked,
+    #[value(name = "blocked-64")]
+    BlockedWide,
     #[value(name = "tiled-64-4x4-k16")]
     Tiled64x4,
     #[value(name = "tiled-64-8x8-k8")]
@@ -110,6 +112,7 @@ impl From<Algorithm> for ConvAlgorithm {
             Algorithm::Direct => ConvAlgorithm::Direct,
             Algorithm::Tiled => ConvAlgorithm::Tiled,
             Algorithm::Blocked => ConvAlgorithm::Blocked,
+            Algorithm::BlockedWide => ConvAlgorithm::BlockedWide,
             Algorithm::Tiled64x4 => ConvAlgorithm::TiledVariant(TiledVariant::T64x4),
             Algorithm::Tiled64x8 => ConvAlgorithm::TiledVariant(TiledVariant::T64x8),
             Algorithm::Tiled32x4 => ConvAlgorithm::TiledVariant(TiledVariant::T32x4),
@@ -520,6 +523,7 @@ fn kernel_label(kernels: &[Kernel]) -> String {
             Kernel::ConvTiled => "tiled",
             Kernel::ConvPointwise => "tiled-1x1",
             Kernel::ConvBlocked => "blocked",
+            Kernel::ConvBlocked64 => "blocked-64",
             Kernel::ConvSplitReduce => "+split",
             other => other.tiled_variant().map_or(other.name(), |v| v.name()),
         };

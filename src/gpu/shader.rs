@@ -31,6 +31,9 @@ pub const WG_BLOCKED: u32 = 64;
 /// Output channels per invocation (and per workgroup) of the register-blocked convolution; a
 /// multiple of 8, the subgroup lanes its weights are broadcast from.
 pub const BLOCK_C: u32 = 32;
+/// Output channels per invocation of the wide register-blocked convolution
+/// ([`Kernel::ConvBlocked64`]): twice the registers, half the input loads per multiply-add.
+pub const BLOCK_C_WIDE: u32 = 64;
 /// Output pixels per invocation of the register-blocked convolution (one `vec4`).
 pub const BLOCK_P: u32 = 4;
 /// A tile shape of the generated tiled convolution (`shaders/conv2d_tiled_generic.wgsl`),
@@ -276,6 +279,8 @@ pub enum Kernel {
     ConvPointwise,
     /// Register-blocked convolution without workgroup memory.
     ConvBlocked,
+    /// Register-blocked convolution over [`BLOCK_C_WIDE`] output channels per invocation.
+    ConvBlocked64,
     /// Generated tiled convolution, [`TiledVariant::T64x4`].
     ConvTiled64x4,
     /// Generated tiled convolution, [`TiledVariant::T64x8`].
@@ -343,11 +348,12 @@ const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 26] = [
+    pub const ALL: [Kernel; 27] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
         Kernel::ConvBlocked,
+        Kernel::ConvBlocked64,
         Kernel::ConvTiled64x4,
         Kernel::ConvTiled64x8,
         Kernel::ConvTiled32x4,
@@ -402,6 +408,12 @@ impl Kernel {
             ),
             Kernel::ConvBlocked => def(
                 "conv2d_blocked",
+                &[ConvParams, ConvFinish],
+                include_str!("../../shaders/conv2d_blocked.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvBlocked64 => def(
+                "conv2d_blocked_64",
                 &[ConvParams, ConvFinish],
                 include_str!("../../shaders/conv2d_blocked.wgsl"),
                 CONV_STORAGE,
@@ -606,6 +618,7 @@ impl Kernel {
     pub fn source_as(self, precision: Precision) -> String {
         let def = self.definition();
         let pointwise = self == Kernel::ConvPointwise;
+        let block_c = self.block_channels();
         let mut out = String::new();
         if precision == Precision::F16 {
             out.push_str("enable f16;\n\n");
@@ -615,7 +628,7 @@ impl Kernel {
             "const WG_LINEAR: u32 = {WG_LINEAR}u;\nconst WG_TILED: u32 = {WG_TILED}u;\n\
              const TILE_M: u32 = {TILE_M}u;\nconst TILE_N: u32 = {TILE_N}u;\n\
              const TILE_K: u32 = {TILE_K}u;\nconst POINTWISE: bool = {pointwise};\n\
-             const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {BLOCK_C}u;\n\
+             const WG_BLOCKED: u32 = {WG_BLOCKED}u;\nconst BLOCK_C: u32 = {block_c}u;\n\
              const BLOCK_P: u32 = {BLOCK_P}u;\n"
         );
         if let Some(v) = self.tiled_variant() {
@@ -645,12 +658,24 @@ impl Kernel {
             out.push_str(part.source());
         }
         out.push('\n');
-        if matches!(self, Kernel::ConvBlocked | Kernel::ConvGradWeightBlocked) {
-            out.push_str(&expand_blocks(def.file));
+        if matches!(
+            self,
+            Kernel::ConvBlocked | Kernel::ConvBlocked64 | Kernel::ConvGradWeightBlocked
+        ) {
+            out.push_str(&expand_blocks(def.file, block_c));
         } else {
             out.push_str(def.file);
         }
         out
+    }
+
+    /// Output channels per invocation of a register-blocked kernel (the `BLOCK_C` of its
+    /// source): [`BLOCK_C_WIDE`] for [`Kernel::ConvBlocked64`], [`BLOCK_C`] for the others.
+    pub const fn block_channels(self) -> u32 {
+        match self {
+            Kernel::ConvBlocked64 => BLOCK_C_WIDE,
+            _ => BLOCK_C,
+        }
     }
 
     /// The tile shape of a generated tiled convolution kernel.
@@ -678,9 +703,9 @@ impl Kernel {
 }
 
 /// Expands each line `// BLOCK: template` into one line per weight row `r` (`{r}`, `{8r}`) or
-/// per output channel `i` (`{i}`, `{i/8}`, `{i%8}`) of a BLOCK_C-channel block, after the
+/// per output channel `i` (`{i}`, `{i/8}`, `{i%8}`) of a `block_c`-channel block, after the
 /// comment.
-fn expand_blocks(file: &str) -> String {
+fn expand_blocks(file: &str, block_c: u32) -> String {
     let mut out = String::with_capacity(file.len() * 4);
     for line in file.lines() {
         out.push_str(line);
@@ -689,7 +714,7 @@ fn expand_blocks(file: &str) -> String {
             continue;
         };
         if template.contains("{i") {
-            for i in 0..BLOCK_C {
+            for i in 0..block_c {
                 let l = template
                     .replace("{i}", &i.to_string())
                     .replace("{i/8}", &(i / 8).to_string())
@@ -697,7 +722,7 @@ fn expand_blocks(file: &str) -> String {
                 out.push_str(&format!("{indent}{l}\n"));
             }
         } else {
-            for r in 0..BLOCK_C / 8 {
+            for r in 0..block_c / 8 {
                 let l = template
                     .replace("{r}", &r.to_string())
                     .replace("{8r}", &(8 * r).to_string());
@@ -819,6 +844,7 @@ mod tests {
             | Kernel::ConvTiled
             | Kernel::ConvPointwise
             | Kernel::ConvBlocked
+            | Kernel::ConvBlocked64
             | Kernel::ConvTiled64x4
             | Kernel::ConvTiled64x8
             | Kernel::ConvTiled32x4
@@ -908,6 +934,7 @@ mod tests {
             Kernel::ConvTiled,
             Kernel::ConvPointwise,
             Kernel::ConvBlocked,
+            Kernel::ConvBlocked64,
             Kernel::ConvTiled64x4,
             Kernel::ConvTiled64x8,
             Kernel::ConvTiled32x4,

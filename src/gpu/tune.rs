@@ -444,6 +444,9 @@ mod tests {
             "tiled",
             "tiled-nosplit",
             "blocked",
+            "blocked-64",
+            "tiled-split4",
+            "tiled-64-4x4-k16-split2",
             "tiled-64-4x4-k16",
             "tiled-64-8x8-k8-nosplit",
             "tiled-32-4x4-k8",
@@ -466,18 +469,30 @@ mod tests {
         assert!(TuneTable::parse("{not json", "adapter A").is_err());
         assert!(TuneTable::parse(&text.replace("tiled", "fast"), "adapter A").is_err());
         assert_eq!(
-            ConvChoice::from_name("tiled-nosplit"),
+            ConvChoice::from_name("tiled-split4"),
             Some(ConvChoice {
-                algorithm: ConvAlgorithm::Tiled,
-                split: false
+                slices: 4,
+                ..ConvChoice::new(ConvAlgorithm::Tiled, true)
             })
+        );
+        for bad in [
+            "tiled-nosplit-split4",
+            "tiled-split0",
+            "tiled-split",
+            "direct-split2",
+        ] {
+            assert_eq!(ConvChoice::from_name(bad), None, "{bad}");
+        }
+        assert_eq!(
+            ConvChoice::from_name("tiled-nosplit"),
+            Some(ConvChoice::new(ConvAlgorithm::Tiled, false))
         );
         assert_eq!(
             ConvChoice::from_name("tiled-64-8x8-k8-nosplit"),
-            Some(ConvChoice {
-                algorithm: ConvAlgorithm::TiledVariant(crate::gpu::TiledVariant::T64x8),
-                split: false
-            })
+            Some(ConvChoice::new(
+                ConvAlgorithm::TiledVariant(crate::gpu::TiledVariant::T64x8),
+                false
+            ))
         );
         assert_eq!(ConvChoice::from_name("tiled-64-8x8-k9"), None);
     }

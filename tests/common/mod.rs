@@ -146,6 +146,7 @@ pub fn assert_forced_kernels(algorithm: ConvAlgorithm, kernels: &[Kernel], what:
         ConvAlgorithm::Auto => return,
         ConvAlgorithm::Direct => &[Kernel::ConvDirect],
         ConvAlgorithm::Blocked => &[Kernel::ConvBlocked],
+        ConvAlgorithm::BlockedWide => &[Kernel::ConvBlocked64],
         ConvAlgorithm::Tiled => &[
             Kernel::ConvTiled,
             Kernel::ConvPointwise,

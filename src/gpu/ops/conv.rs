@@ -8,12 +8,14 @@ use crate::error::Result;
 use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::{GpuLayer, Io, expect_precision};
-use crate::gpu::ops::conv_chunks::{ConvChunk, conv_chunks, split_slices};
+use crate::gpu::ops::conv_chunks::{
+    ConvChunk, SPLIT_TARGET_WORKGROUPS, conv_chunks, forced_slices, split_slices,
+};
 use crate::gpu::ops::train::conv_grad::ConvGradAlgorithm;
 use crate::gpu::precision::Precision;
 use crate::gpu::shader::{
-    BLOCK_C, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N, TiledVariant,
-    WG_BLOCKED, WG_LINEAR, WG_TILED, uniform,
+    BLOCK_C, BLOCK_C_WIDE, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N,
+    TiledVariant, WG_BLOCKED, WG_LINEAR, WG_TILED, uniform,
 };
 use crate::spec::{Conv2d, Shape, check_conv_params};
 
@@ -28,8 +30,13 @@ pub enum ConvAlgorithm {
     /// Workgroup-tiled implicit matrix product (the pointwise variant for 1x1 layers).
     Tiled,
     /// Register-blocked without workgroup memory, weights shared through subgroup broadcasts
-    /// (for adapters that run shaders on CPU cores; needs subgroups of at least 8).
+    /// (for adapters that run shaders on CPU cores; needs subgroups of at least 8), 32 output
+    /// channels per invocation.
     Blocked,
+    /// The register-blocked kernel with 64 output channels per invocation
+    /// ([`Kernel::ConvBlocked64`]): half the input loads per multiply-add, for layers whose
+    /// channels fill 64-channel blocks. Falls back as `Blocked` does.
+    BlockedWide,
     /// The workgroup-tiled implicit matrix product generated for another tile shape (every
     /// layer, 1x1 included); falls back as `Tiled` does where the device's limits are below
     /// the variant's workgroup size or workgroup memory.
@@ -57,40 +64,67 @@ uniform! {
     }
 }
 
-/// A convolution's kernel choice: the algorithm, and whether the tiled kernel may split a deep
-/// reduction over several workgroups (split-K; see [`GpuConv2d::with_split`]).
+/// A convolution's kernel choice: the algorithm, whether the tiled kernels may split a deep
+/// reduction over several workgroups (split-K; see [`GpuConv2d::with_split`]), and into how
+/// many slices (see [`GpuConv2d::with_split_slices`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvChoice {
     /// The kernel.
     pub algorithm: ConvAlgorithm,
-    /// Whether the tiled kernel may split its reduction.
+    /// Whether the tiled kernels may split their reduction.
     pub split: bool,
+    /// The split-K factor when `split`: 0 lets the heuristic decide (split only when the layer
+    /// has too few tiles to fill a GPU), 1 or more asks for that many slices (see
+    /// [`GpuConv2d::with_split_slices`]).
+    pub slices: u8,
 }
 
 impl ConvChoice {
-    /// A short name: `auto`, `direct`, `blocked`, `tiled` (may split) or `tiled-nosplit`
-    /// (`auto-nosplit` likewise), or a tiled variant's ([`TiledVariant::name`], `-nosplit`
-    /// appended when it may not split).
-    pub fn name(self) -> &'static str {
-        match (self.algorithm, self.split) {
+    /// A choice whose split, if any, the heuristic sizes.
+    pub const fn new(algorithm: ConvAlgorithm, split: bool) -> Self {
+        Self {
+            algorithm,
+            split,
+            slices: 0,
+        }
+    }
+
+    /// A short name: `auto`, `direct`, `blocked`, `blocked-64`, `tiled` (may split) or
+    /// `tiled-nosplit` (`auto-nosplit` likewise), or a tiled variant's ([`TiledVariant::name`],
+    /// `-nosplit` appended when it may not split); a split-K factor of `n` appends `-split{n}`
+    /// (`tiled-split4`).
+    pub fn name(self) -> String {
+        let base = match (self.algorithm, self.split) {
             (ConvAlgorithm::TiledVariant(v), true) => v.name(),
             (ConvAlgorithm::TiledVariant(v), false) => v.name_nosplit(),
             (ConvAlgorithm::Auto, true) => "auto",
             (ConvAlgorithm::Auto, false) => "auto-nosplit",
             (ConvAlgorithm::Direct, _) => "direct",
             (ConvAlgorithm::Blocked, _) => "blocked",
+            (ConvAlgorithm::BlockedWide, _) => "blocked-64",
             (ConvAlgorithm::Tiled, true) => "tiled",
             (ConvAlgorithm::Tiled, false) => "tiled-nosplit",
+        };
+        if self.split && self.slices > 0 {
+            format!("{base}-split{}", self.slices)
+        } else {
+            base.to_string()
         }
     }
 
     /// The choice [`ConvChoice::name`] names, if any.
     pub fn from_name(name: &str) -> Option<Self> {
+        if let Some((base, n)) = name.rsplit_once("-split") {
+            let slices: u8 = n.parse().ok().filter(|&n| n > 0)?;
+            let choice = Self::from_name(base).filter(|c| c.split && c.slices == 0)?;
+            return Some(Self { slices, ..choice });
+        }
         let (algorithm, split) = match name {
             "auto" => (ConvAlgorithm::Auto, true),
             "auto-nosplit" => (ConvAlgorithm::Auto, false),
             "direct" => (ConvAlgorithm::Direct, false),
             "blocked" => (ConvAlgorithm::Blocked, false),
+            "blocked-64" => (ConvAlgorithm::BlockedWide, false),
             "tiled" => (ConvAlgorithm::Tiled, true),
             "tiled-nosplit" => (ConvAlgorithm::Tiled, false),
             _ => {
@@ -102,9 +136,19 @@ impl ConvChoice {
                 (ConvAlgorithm::TiledVariant(v), split)
             }
         };
-        Some(Self { algorithm, split })
+        Some(Self::new(algorithm, split))
     }
 }
+
+impl std::fmt::Display for ConvChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Split-K factors the tuner times for the tiled kernel on layers with fewer than
+/// [`SPLIT_TARGET_WORKGROUPS`] tiles (on GPUs; see [`GpuConv2d::candidates`]).
+pub const TUNE_SPLIT_SLICES: [u8; 4] = [2, 4, 8, 16];
 
 /// Most multiply-adds of a layer with many output channels and pixels on which the direct
 /// kernel is still timed when tuning (on larger ones it cannot win and is slow to time).
@@ -134,6 +178,8 @@ pub struct GpuConv2d {
     blocked_supported: bool,
     /// Whether the tiled kernel may split its reduction.
     split: bool,
+    /// Split-K factor when `split`; 0 for the heuristic's.
+    split_slices: u8,
     /// The device allows the tiled kernel's workgroup size and workgroup memory.
     tiled_supported: bool,
     /// The device's limits, for the generated tiled variants' sizes.
@@ -253,6 +299,7 @@ impl GpuConv2d {
             blocked_supported: gpu.device.features().contains(wgpu::Features::SUBGROUP)
                 && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
             split: true,
+            split_slices: 0,
             tiled_supported: tiled_fits(gpu.limits()),
             variants_supported: TiledVariant::ALL.map(|v| variant_fits(gpu.limits(), v)),
             precision,
@@ -304,6 +351,17 @@ impl GpuConv2d {
         self
     }
 
+    /// The split-K factor of the tiled kernels when they may split (see
+    /// [`GpuConv2d::with_split`]): 0 (the default) lets the heuristic decide, which splits only
+    /// layers with too few tiles to fill a GPU; `n` cuts every reduction into `n` slices, fewer
+    /// where each slice would get under
+    /// [`SPLIT_FORCED_MIN_DEPTH`](crate::gpu::ops::conv_chunks::SPLIT_FORCED_MIN_DEPTH) of it or the partial sums would
+    /// not fit one binding. The tuner times a few factors on GPUs.
+    pub fn with_split_slices(mut self, slices: u8) -> Self {
+        self.split_slices = slices;
+        self
+    }
+
     /// The layer's spec.
     pub fn spec(&self) -> &Conv2d {
         &self.spec
@@ -314,7 +372,9 @@ impl GpuConv2d {
     /// `Auto` picks, on an adapter that runs shaders on CPU cores (device type `Cpu`, such as
     /// lavapipe) with subgroups of at least 8, the register-blocked kernel for every shape: there
     /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
-    /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`). On other
+    /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`); its
+    /// 64-channel form ([`ConvAlgorithm::BlockedWide`]) on pointwise layers whose output
+    /// channels fill 64-channel blocks as well as 32-channel ones, the 32-channel one elsewhere. On other
     /// adapters it picks the workgroup-tiled kernel (its pointwise variant for 1x1 layers), or the
     /// direct kernel when the layer has fewer than `TILE_M / 4` (32) output channels or
     /// `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be mostly idle. The tiled
@@ -345,9 +405,20 @@ impl GpuConv2d {
                 }
             }
             ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
-            ConvAlgorithm::Blocked => tiled,
+            ConvAlgorithm::BlockedWide if self.blocked_supported => Kernel::ConvBlocked64,
+            ConvAlgorithm::Blocked | ConvAlgorithm::BlockedWide => tiled,
+            // The wide block on pointwise layers (where it was faster in every paired run, see
+            // `benches/RESULTS.md`) when it computes no more padding channels than the narrow one.
             ConvAlgorithm::Auto if self.cpu_adapter && self.blocked_supported => {
-                Kernel::ConvBlocked
+                let c = output.c;
+                if self.spec.is_pointwise()
+                    && c.next_multiple_of(BLOCK_C_WIDE as usize)
+                        == c.next_multiple_of(BLOCK_C as usize)
+                {
+                    Kernel::ConvBlocked64
+                } else {
+                    Kernel::ConvBlocked
+                }
             }
             // A tile of TILE_M channels x TILE_N pixels is mostly idle when the layer has few of
             // either; the direct kernel wastes nothing there.
@@ -366,6 +437,7 @@ impl GpuConv2d {
         ConvChoice {
             algorithm: self.algorithm,
             split: self.split,
+            slices: self.split_slices,
         }
     }
 
@@ -373,6 +445,7 @@ impl GpuConv2d {
     pub fn with_choice(self, choice: ConvChoice) -> Self {
         self.with_algorithm(choice.algorithm)
             .with_split(choice.split)
+            .with_split_slices(choice.slices)
     }
 
     /// The kernel choices worth timing for a run from `input` on this device (see
@@ -388,10 +461,7 @@ impl GpuConv2d {
     /// slow to time), when their limits allow them.
     pub fn candidates(&self, gpu: &Gpu, input: Shape, split: bool) -> Result<Vec<ConvChoice>> {
         let output = self.output_shape(input)?;
-        let auto = ConvChoice {
-            algorithm: ConvAlgorithm::Auto,
-            split,
-        };
+        let auto = ConvChoice::new(ConvAlgorithm::Auto, split);
         let mut out = vec![auto];
         let mut seen = vec![self.signature(gpu, input, output, auto)?];
         let macs = output.len() as u64
@@ -401,26 +471,29 @@ impl GpuConv2d {
             || macs <= DIRECT_TUNE_MAX_MACS
             || !self.tiled_supported;
         let mut options = vec![
-            ConvChoice {
-                algorithm: ConvAlgorithm::Tiled,
-                split,
-            },
-            ConvChoice {
-                algorithm: ConvAlgorithm::Tiled,
-                split: false,
-            },
+            ConvChoice::new(ConvAlgorithm::Tiled, split),
+            ConvChoice::new(ConvAlgorithm::Tiled, false),
         ];
         if self.blocked_supported {
-            options.push(ConvChoice {
-                algorithm: ConvAlgorithm::Blocked,
-                split: false,
-            });
+            for algorithm in [ConvAlgorithm::Blocked, ConvAlgorithm::BlockedWide] {
+                options.push(ConvChoice::new(algorithm, false));
+            }
         }
         if direct_may_win {
-            options.push(ConvChoice {
-                algorithm: ConvAlgorithm::Direct,
-                split: false,
-            });
+            options.push(ConvChoice::new(ConvAlgorithm::Direct, false));
+        }
+        // Split-K factors for the tiled kernel on layers with too few tiles to fill a GPU,
+        // where the heuristic's factor is a guess.
+        let tiles = output.n
+            * output.c.div_ceil(TILE_M as usize)
+            * output.plane().div_ceil(TILE_N as usize);
+        if !self.cpu_adapter && split && tiles < SPLIT_TARGET_WORKGROUPS {
+            for slices in TUNE_SPLIT_SLICES {
+                options.push(ConvChoice {
+                    slices,
+                    ..ConvChoice::new(ConvAlgorithm::Tiled, true)
+                });
+            }
         }
         if !self.cpu_adapter {
             for (v, _) in TiledVariant::ALL
@@ -428,10 +501,7 @@ impl GpuConv2d {
                 .zip(self.variants_supported)
                 .filter(|(_, ok)| *ok)
             {
-                options.push(ConvChoice {
-                    algorithm: ConvAlgorithm::TiledVariant(v),
-                    split,
-                });
+                options.push(ConvChoice::new(ConvAlgorithm::TiledVariant(v), split));
             }
         }
         for c in options {
@@ -479,6 +549,9 @@ impl GpuConv2d {
             .map(|ch| {
                 let partial = ch.nb * ch.co_n * pixels;
                 let k = match tile_of(kernel) {
+                    Some(_) if choice.split && choice.slices > 0 => {
+                        forced_slices(choice.slices.into(), ch.ci_n * taps, partial, max)
+                    }
                     Some((tile_m, tile_n)) if choice.split => {
                         let tiles = ch.nb * ch.co_n.div_ceil(tile_m) * pixels.div_ceil(tile_n);
                         split_slices(tiles, ch.ci_n * taps, partial, max)
@@ -590,9 +663,9 @@ impl GpuConv2d {
             }
             let total = match kernel {
                 Kernel::ConvDirect => ch.nb * ch.co_n * pixels,
-                Kernel::ConvBlocked => {
+                Kernel::ConvBlocked | Kernel::ConvBlocked64 => {
                     ch.nb
-                        * ch.co_n.div_ceil(BLOCK_C as usize)
+                        * ch.co_n.div_ceil(kernel.block_channels() as usize)
                         * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize)
                 }
                 _ => {

@@ -35,6 +35,22 @@ pub(crate) fn split_slices(tiles: usize, depth: usize, partial: usize, max_elems
         .max(1)
 }
 
+/// Least reduction depth per slice when a split-K factor is asked for
+/// ([`crate::GpuConv2d::with_split_slices`]): one step of the deepest tile shape.
+pub const SPLIT_FORCED_MIN_DEPTH: usize = 16;
+
+/// Slices a reduction of depth `depth` is cut into when `asked` are asked for: fewer where a
+/// slice would get under [`SPLIT_FORCED_MIN_DEPTH`] of the reduction or the partial sums
+/// (`partial` floats per slice) would exceed [`SPLIT_SCRATCH_BYTES`] or `max_elems`; 1 for no
+/// split.
+pub(crate) fn forced_slices(asked: usize, depth: usize, partial: usize, max_elems: usize) -> usize {
+    let room = ((SPLIT_SCRATCH_BYTES / 4) as usize).min(max_elems);
+    asked
+        .min(depth / SPLIT_FORCED_MIN_DEPTH)
+        .min(room / partial.max(1))
+        .max(1)
+}
+
 /// Most bytes of partial sums the tiled convolution of `spec` producing `output` holds when its
 /// reduction is split, computed without a device: the largest over windows of any number of
 /// whole images (a window of fewer channels only arises, with storage bindings of 128 MiB or
@@ -191,5 +207,26 @@ mod tests {
         let cap = (SPLIT_SCRATCH_BYTES / 4) as usize;
         assert_eq!(split_slices(1, 1 << 20, cap / 3, usize::MAX), 3);
         assert_eq!(split_slices(1, 1 << 20, 1000, 2500), 2);
+    }
+
+    #[test]
+    fn forced_slices_are_granted_within_depth_and_memory() {
+        // Granted as asked whatever the number of tiles, beyond SPLIT_MAX_SLICES too.
+        assert_eq!(forced_slices(4, 25088, 1 << 10, usize::MAX), 4);
+        assert_eq!(forced_slices(40, 25088, 1 << 10, usize::MAX), 40);
+        // At least SPLIT_FORCED_MIN_DEPTH per slice; 1 means no split.
+        assert_eq!(
+            forced_slices(16, 3 * SPLIT_FORCED_MIN_DEPTH + 1, 10, usize::MAX),
+            3
+        );
+        assert_eq!(
+            forced_slices(16, SPLIT_FORCED_MIN_DEPTH - 1, 10, usize::MAX),
+            1
+        );
+        assert_eq!(forced_slices(1, 1 << 20, 10, usize::MAX), 1);
+        // The partial sums fit the scratch cap and one binding.
+        let cap = (SPLIT_SCRATCH_BYTES / 4) as usize;
+        assert_eq!(forced_slices(16, 1 << 20, cap / 5, usize::MAX), 5);
+        assert_eq!(forced_slices(16, 1 << 20, 1000, 2500), 2);
     }
 }
