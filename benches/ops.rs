@@ -214,6 +214,7 @@ fn convolutions(c: &mut Criterion) {
             );
             for (label, algorithm) in [
                 ("gpu_blocked", ConvAlgorithm::Blocked),
+                ("gpu_blocked64", ConvAlgorithm::BlockedWide),
                 ("gpu_tiled", ConvAlgorithm::Tiled),
                 ("gpu_direct", ConvAlgorithm::Direct),
             ] {
