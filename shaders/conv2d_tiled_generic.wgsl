@@ -1,19 +1,22 @@
 // Tiled convolution as an implicit matrix product (as conv2d_tiled.wgsl), generated for one
 // tile shape: the constants GT_TILE_M x GT_TILE_N (output channels x pixels per workgroup
-// tile), GT_PER_M x GT_PER_N (channels x pixels per invocation) and GT_DEPTH (reduction depth
-// staged per step) are spliced in by src/gpu/shader.rs for each variant, and the workgroup has
+// tile), GT_PER_M x GT_PER_N (channels x pixels per invocation), GT_DEPTH (reduction depth
+// staged per step) and GT_VEC (vector width, 1 or 4) are spliced in by src/gpu/shader.rs for
+// each variant, with the two tiles in workgroup memory and their accessors (`tile_v` is f32 or
+// vec4<f32>; `tile_w_get` reads GT_VEC words, `lane` picks one), and the workgroup has
 // (GT_TILE_M / GT_PER_M) x (GT_TILE_N / GT_PER_N) invocations. Per image:
 //   out[co, p] = sum_k W[co, k] * X[k, p],   k = (ky, kx, ci),  p = (oy, ox)
 // with X the im2col matrix, never materialised.
 //
-// Invocation (tx, ty) = (lid % SIDE_N, lid / SIDE_N) owns channels m0 + ty + SIDE_M i
-// (i < GT_PER_M) and pixels n0 + tx + SIDE_N j (j < GT_PER_N), so neighbouring invocations
-// read neighbouring words of the pixel tile and write neighbouring output pixels. Each step,
+// Invocation (tx, ty) = (lid % SIDE_N, lid / SIDE_N) owns the runs of GT_VEC channels starting
+// at m0 + GT_VEC (ty + SIDE_M i) (i < GT_PER_M / GT_VEC) and of GT_VEC pixels starting at
+// n0 + GT_VEC (tx + SIDE_N j) (j < GT_PER_N / GT_VEC), so neighbouring invocations read
+// neighbouring vectors of the pixel tile and write neighbouring output pixels. Each step,
 // every invocation loads LOADS_W weights (reduction index k0 + lid % GT_DEPTH of LOADS_W
 // channels) and LOADS_X input values (pixel n0 + lid % GT_TILE_N at LOADS_X reduction
 // indices) into registers, the arithmetic of the previous step runs from workgroup memory
 // while they arrive, then they are stored (one tile buffer, two barriers per step). The
-// weight tile's rows are padded by one word so its transposing stores spread over banks.
+// weight tile's rows are padded by one vector so its transposing stores spread over banks.
 //
 // Params, bindings, flags and the split reduction (`k_split` slices, partial sums to
 // out_base + (b k_split + s) out_batch_stride) as conv2d_tiled.wgsl; `total` is the number
@@ -24,13 +27,13 @@ const SIDE_N: u32 = GT_TILE_N / GT_PER_N;
 const WG_GENERIC: u32 = SIDE_M * SIDE_N;
 const LOADS_W: u32 = GT_TILE_M * GT_DEPTH / WG_GENERIC;
 const LOADS_X: u32 = GT_TILE_N * GT_DEPTH / WG_GENERIC;
-const W_STRIDE: u32 = GT_TILE_M + 1u;
+const W_STRIDE: u32 = GT_TILE_M + GT_VEC;
+const RUNS_M: u32 = GT_PER_M / GT_VEC;
+const RUNS_N: u32 = GT_PER_N / GT_VEC;
 const_assert WG_GENERIC % GT_DEPTH == 0u && WG_GENERIC % GT_TILE_N == 0u;
+const_assert RUNS_M * GT_VEC == GT_PER_M && RUNS_N * GT_VEC == GT_PER_N;
 const_assert LOADS_W * WG_GENERIC == GT_TILE_M * GT_DEPTH;
 const_assert LOADS_X * WG_GENERIC == GT_TILE_N * GT_DEPTH;
-
-var<workgroup> tile_w: array<f32, GT_DEPTH * W_STRIDE>; // [k][m]
-var<workgroup> tile_x: array<f32, GT_DEPTH * GT_TILE_N>; // [k][n]
 
 @compute @workgroup_size(WG_GENERIC)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -122,17 +125,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         // Arithmetic of step k0 - GT_DEPTH, staged in workgroup memory, while those loads fly.
         if (k0 > k_begin) {
             for (var kk = 0u; kk < GT_DEPTH; kk++) {
-                var a: array<f32, GT_PER_M>;
-                var c: array<f32, GT_PER_N>;
-                for (var i = 0u; i < GT_PER_M; i++) {
-                    a[i] = tile_w[kk * W_STRIDE + ty + i * SIDE_M];
+                var a: array<tile_v, RUNS_M>;
+                var c: array<tile_v, RUNS_N>;
+                for (var i = 0u; i < RUNS_M; i++) {
+                    a[i] = tile_w_get(kk * W_STRIDE + (ty + i * SIDE_M) * GT_VEC);
                 }
-                for (var j = 0u; j < GT_PER_N; j++) {
-                    c[j] = tile_x[kk * GT_TILE_N + tx + j * SIDE_N];
+                for (var j = 0u; j < RUNS_N; j++) {
+                    c[j] = tile_x_get(kk * GT_TILE_N + (tx + j * SIDE_N) * GT_VEC);
                 }
                 for (var i = 0u; i < GT_PER_M; i++) {
+                    let ai = lane(a[i / GT_VEC], i % GT_VEC);
                     for (var j = 0u; j < GT_PER_N; j++) {
-                        acc[i][j] = fma(a[i], c[j], acc[i][j]);
+                        acc[i][j] = fma(ai, lane(c[j / GT_VEC], j % GT_VEC), acc[i][j]);
                     }
                 }
             }
@@ -142,19 +146,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
         for (var i = 0u; i < LOADS_W; i++) {
-            tile_w[wk * W_STRIDE + wm + i * (WG_GENERIC / GT_DEPTH)] = w_next[i];
+            tile_w_set(wk * W_STRIDE + wm + i * (WG_GENERIC / GT_DEPTH), w_next[i]);
         }
         for (var i = 0u; i < LOADS_X; i++) {
-            tile_x[(xk + i * (WG_GENERIC / GT_TILE_N)) * GT_TILE_N + xn] = x_next[i];
+            tile_x_set((xk + i * (WG_GENERIC / GT_TILE_N)) * GT_TILE_N + xn, x_next[i]);
         }
         workgroupBarrier();
         k0 += GT_DEPTH;
     }
 
     let out_img = p.out_base + (b * slices + s) * p.out_batch_stride;
+    // Output (i, j) is channel i % GT_VEC of run i / GT_VEC, pixel j % GT_VEC of run j / GT_VEC.
     for (var i = 0u; i < GT_PER_M; i++) {
+        let m = m0 + (ty + (i / GT_VEC) * SIDE_M) * GT_VEC + i % GT_VEC;
         for (var j = 0u; j < GT_PER_N; j++) {
-            store_output(m0 + ty + i * SIDE_M, n0 + tx + j * SIDE_N, pixels, out_img, acc[i][j]);
+            let n = n0 + (tx + (j / GT_VEC) * SIDE_N) * GT_VEC + j % GT_VEC;
+            store_output(m, n, pixels, out_img, acc[i][j]);
         }
     }
 }

@@ -103,6 +103,10 @@ pub enum Algorithm {
     Tiled128x64,
     #[value(name = "tiled-64x128-4x8-k8")]
     Tiled64x128,
+    #[value(name = "tiled-64-8x8-k8-v4")]
+    Tiled64x8V4,
+    #[value(name = "tiled-128x64-8x4-k8-v4")]
+    Tiled128x64V4,
 }
 
 impl From<Algorithm> for ConvAlgorithm {
@@ -118,6 +122,8 @@ impl From<Algorithm> for ConvAlgorithm {
             Algorithm::Tiled32x4 => ConvAlgorithm::TiledVariant(TiledVariant::T32x4),
             Algorithm::Tiled128x64 => ConvAlgorithm::TiledVariant(TiledVariant::T128x64),
             Algorithm::Tiled64x128 => ConvAlgorithm::TiledVariant(TiledVariant::T64x128),
+            Algorithm::Tiled64x8V4 => ConvAlgorithm::TiledVariant(TiledVariant::T64x8V4),
+            Algorithm::Tiled128x64V4 => ConvAlgorithm::TiledVariant(TiledVariant::T128x64V4),
         }
     }
 }

@@ -38,7 +38,9 @@ pub const BLOCK_C_WIDE: u32 = 64;
 pub const BLOCK_P: u32 = 4;
 /// A tile shape of the generated tiled convolution (`shaders/conv2d_tiled_generic.wgsl`),
 /// each its own kernel: output channels x pixels per workgroup tile, channels x pixels per
-/// invocation, and reduction depth per step (the workgroup size follows). They are tuning
+/// invocation, reduction depth per step (the workgroup size follows) and vector width (the
+/// `-v4` variants keep their tiles in workgroup memory as `vec4`s, and each invocation owns
+/// runs of 4 adjacent channels and pixels, read one `vec4` at a time). They are tuning
 /// candidates on GPUs beside the hand-unrolled 128 x 128 x 8 kernel ([`Kernel::ConvTiled`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TiledVariant {
@@ -54,6 +56,10 @@ pub enum TiledVariant {
     /// 64 channels x 128 pixels, 4 x 8 outputs per invocation (256 invocations), depth 8:
     /// for layers with few channels and many pixels (the first layers, the context module).
     T64x128,
+    /// [`TiledVariant::T64x8`] with vector width 4.
+    T64x8V4,
+    /// [`TiledVariant::T128x64`] with vector width 4.
+    T128x64V4,
 }
 
 /// The sizes of a [`TiledVariant`].
@@ -69,26 +75,32 @@ pub struct TileShape {
     pub per_n: u32,
     /// Reduction depth staged in workgroup memory per step.
     pub depth: u32,
+    /// Vector width of the workgroup-memory reads, 1 or 4 (dividing `per_m` and `per_n`).
+    pub vec: u32,
 }
 
 impl TiledVariant {
     /// Every variant.
-    pub const ALL: [TiledVariant; 5] = [
+    pub const ALL: [TiledVariant; 7] = [
         TiledVariant::T64x4,
         TiledVariant::T64x8,
         TiledVariant::T32x4,
         TiledVariant::T128x64,
         TiledVariant::T64x128,
+        TiledVariant::T64x8V4,
+        TiledVariant::T128x64V4,
     ];
 
     /// The variant's sizes.
     pub const fn shape(self) -> TileShape {
-        let (tile_m, tile_n, per_m, per_n, depth) = match self {
-            TiledVariant::T64x4 => (64, 64, 4, 4, 16),
-            TiledVariant::T64x8 => (64, 64, 8, 8, 8),
-            TiledVariant::T32x4 => (32, 32, 4, 4, 8),
-            TiledVariant::T128x64 => (128, 64, 8, 4, 8),
-            TiledVariant::T64x128 => (64, 128, 4, 8, 8),
+        let (tile_m, tile_n, per_m, per_n, depth, vec) = match self {
+            TiledVariant::T64x4 => (64, 64, 4, 4, 16, 1),
+            TiledVariant::T64x8 => (64, 64, 8, 8, 8, 1),
+            TiledVariant::T32x4 => (32, 32, 4, 4, 8, 1),
+            TiledVariant::T128x64 => (128, 64, 8, 4, 8, 1),
+            TiledVariant::T64x128 => (64, 128, 4, 8, 8, 1),
+            TiledVariant::T64x8V4 => (64, 64, 8, 8, 8, 4),
+            TiledVariant::T128x64V4 => (128, 64, 8, 4, 8, 4),
         };
         TileShape {
             tile_m,
@@ -96,6 +108,7 @@ impl TiledVariant {
             per_m,
             per_n,
             depth,
+            vec,
         }
     }
 
@@ -105,14 +118,15 @@ impl TiledVariant {
         (s.tile_m / s.per_m) * (s.tile_n / s.per_n)
     }
 
-    /// Bytes of workgroup memory: the two tiles, the weight tile's rows padded by one word.
+    /// Bytes of workgroup memory: the two tiles, the weight tile's rows padded by one vector.
     pub const fn shared_bytes(self) -> u32 {
         let s = self.shape();
-        4 * s.depth * (s.tile_m + 1) + 4 * s.depth * s.tile_n
+        4 * s.depth * (s.tile_m + s.vec) + 4 * s.depth * s.tile_n
     }
 
     /// The choice's name (`tiled-64-4x4-k16`, ...): the tile (one side when square, else
-    /// channels x pixels), the outputs per invocation and the depth.
+    /// channels x pixels), the outputs per invocation, the depth and, past 1, the vector width
+    /// (`-v4`).
     pub const fn name(self) -> &'static str {
         match self {
             TiledVariant::T64x4 => "tiled-64-4x4-k16",
@@ -120,6 +134,8 @@ impl TiledVariant {
             TiledVariant::T32x4 => "tiled-32-4x4-k8",
             TiledVariant::T128x64 => "tiled-128x64-8x4-k8",
             TiledVariant::T64x128 => "tiled-64x128-4x8-k8",
+            TiledVariant::T64x8V4 => "tiled-64-8x8-k8-v4",
+            TiledVariant::T128x64V4 => "tiled-128x64-8x4-k8-v4",
         }
     }
 
@@ -131,6 +147,8 @@ impl TiledVariant {
             TiledVariant::T32x4 => "tiled-32-4x4-k8-nosplit",
             TiledVariant::T128x64 => "tiled-128x64-8x4-k8-nosplit",
             TiledVariant::T64x128 => "tiled-64x128-4x8-k8-nosplit",
+            TiledVariant::T64x8V4 => "tiled-64-8x8-k8-v4-nosplit",
+            TiledVariant::T128x64V4 => "tiled-128x64-8x4-k8-v4-nosplit",
         }
     }
 
@@ -141,6 +159,8 @@ impl TiledVariant {
             TiledVariant::T64x8 => Kernel::ConvTiled64x8,
             TiledVariant::T32x4 => Kernel::ConvTiled32x4,
             TiledVariant::T128x64 => Kernel::ConvTiled128x64,
+            TiledVariant::T64x8V4 => Kernel::ConvTiled64x8V4,
+            TiledVariant::T128x64V4 => Kernel::ConvTiled128x64V4,
             TiledVariant::T64x128 => Kernel::ConvTiled64x128,
         }
     }
@@ -291,6 +311,10 @@ pub enum Kernel {
     ConvTiled128x64,
     /// Generated tiled convolution, [`TiledVariant::T64x128`].
     ConvTiled64x128,
+    /// Generated tiled convolution, [`TiledVariant::T64x8V4`].
+    ConvTiled64x8V4,
+    /// Generated tiled convolution, [`TiledVariant::T128x64V4`].
+    ConvTiled128x64V4,
     /// Second pass of a tiled convolution whose reduction was split: adds the partial sums,
     /// then bias and ReLU.
     ConvSplitReduce,
@@ -348,7 +372,7 @@ const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
@@ -359,6 +383,8 @@ impl Kernel {
         Kernel::ConvTiled32x4,
         Kernel::ConvTiled128x64,
         Kernel::ConvTiled64x128,
+        Kernel::ConvTiled64x8V4,
+        Kernel::ConvTiled128x64V4,
         Kernel::ConvSplitReduce,
         Kernel::Relu,
         Kernel::MaxPool,
@@ -444,6 +470,18 @@ impl Kernel {
             ),
             Kernel::ConvTiled64x128 => def(
                 "conv2d_tiled_64x128_4x8_k8",
+                &[ConvParams, ConvFinish, TileWork],
+                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled64x8V4 => def(
+                "conv2d_tiled_64_8x8_k8_v4",
+                &[ConvParams, ConvFinish, TileWork],
+                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvTiled128x64V4 => def(
+                "conv2d_tiled_128x64_8x4_k8_v4",
                 &[ConvParams, ConvFinish, TileWork],
                 include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
                 CONV_STORAGE,
@@ -636,9 +674,10 @@ impl Kernel {
             out += &format!(
                 "const GT_TILE_M: u32 = {}u;\nconst GT_TILE_N: u32 = {}u;\n\
                  const GT_PER_M: u32 = {}u;\nconst GT_PER_N: u32 = {}u;\n\
-                 const GT_DEPTH: u32 = {}u;\n",
-                s.tile_m, s.tile_n, s.per_m, s.per_n, s.depth
+                 const GT_DEPTH: u32 = {}u;\nconst GT_VEC: u32 = {}u;\n",
+                s.tile_m, s.tile_n, s.per_m, s.per_n, s.depth, s.vec
             );
+            out += if s.vec == 4 { TILE_VEC4 } else { TILE_VEC1 };
         }
         out.push_str("\n@group(0) @binding(0) var<uniform> p: Params;\n");
         for (i, (name, elem, write)) in def.storage.iter().enumerate() {
@@ -685,6 +724,8 @@ impl Kernel {
             Kernel::ConvTiled64x8 => Some(TiledVariant::T64x8),
             Kernel::ConvTiled32x4 => Some(TiledVariant::T32x4),
             Kernel::ConvTiled128x64 => Some(TiledVariant::T128x64),
+            Kernel::ConvTiled64x8V4 => Some(TiledVariant::T64x8V4),
+            Kernel::ConvTiled128x64V4 => Some(TiledVariant::T128x64V4),
             Kernel::ConvTiled64x128 => Some(TiledVariant::T64x128),
             _ => None,
         }
@@ -701,6 +742,30 @@ impl Kernel {
         self as usize
     }
 }
+
+/// The workgroup-memory tiles of a generated tiled variant of vector width 1: scalars, `lane`
+/// the identity. Sizes and the stores' and reads' indices are in words (`tile_get` reads one
+/// vector, `GT_VEC` words, at a multiple of `GT_VEC`).
+const TILE_VEC1: &str = "alias tile_v = f32;
+var<workgroup> tile_w: array<f32, GT_DEPTH * W_STRIDE>; // [k][m]
+var<workgroup> tile_x: array<f32, GT_DEPTH * GT_TILE_N>; // [k][n]
+fn tile_w_set(i: u32, v: f32) { tile_w[i] = v; }
+fn tile_x_set(i: u32, v: f32) { tile_x[i] = v; }
+fn tile_w_get(i: u32) -> tile_v { return tile_w[i]; }
+fn tile_x_get(i: u32) -> tile_v { return tile_x[i]; }
+fn lane(v: tile_v, e: u32) -> f32 { return v; }
+";
+
+/// [`TILE_VEC1`] for vector width 4: the tiles are arrays of `vec4<f32>`.
+const TILE_VEC4: &str = "alias tile_v = vec4<f32>;
+var<workgroup> tile_w: array<vec4<f32>, GT_DEPTH * W_STRIDE / 4u>; // [k][m]
+var<workgroup> tile_x: array<vec4<f32>, GT_DEPTH * GT_TILE_N / 4u>; // [k][n]
+fn tile_w_set(i: u32, v: f32) { tile_w[i / 4u][i % 4u] = v; }
+fn tile_x_set(i: u32, v: f32) { tile_x[i / 4u][i % 4u] = v; }
+fn tile_w_get(i: u32) -> tile_v { return tile_w[i / 4u]; }
+fn tile_x_get(i: u32) -> tile_v { return tile_x[i / 4u]; }
+fn lane(v: tile_v, e: u32) -> f32 { return v[e]; }
+";
 
 /// Expands each line `// BLOCK: template` into one line per weight row `r` (`{r}`, `{8r}`) or
 /// per output channel `i` (`{i}`, `{i/8}`, `{i%8}`) of a `block_c`-channel block, after the
@@ -849,6 +914,8 @@ mod tests {
             | Kernel::ConvTiled64x8
             | Kernel::ConvTiled32x4
             | Kernel::ConvTiled128x64
+            | Kernel::ConvTiled64x8V4
+            | Kernel::ConvTiled128x64V4
             | Kernel::ConvTiled64x128
             | Kernel::ConvGradInput
             | Kernel::ConvGradWeight
@@ -940,6 +1007,8 @@ mod tests {
             Kernel::ConvTiled32x4,
             Kernel::ConvTiled128x64,
             Kernel::ConvTiled64x128,
+            Kernel::ConvTiled64x8V4,
+            Kernel::ConvTiled128x64V4,
             Kernel::ConvSplitReduce,
             Kernel::Relu,
             Kernel::MaxPool,

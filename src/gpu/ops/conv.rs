@@ -355,8 +355,9 @@ impl GpuConv2d {
     /// [`GpuConv2d::with_split`]): 0 (the default) lets the heuristic decide, which splits only
     /// layers with too few tiles to fill a GPU; `n` cuts every reduction into `n` slices, fewer
     /// where each slice would get under
-    /// [`SPLIT_FORCED_MIN_DEPTH`](crate::gpu::ops::conv_chunks::SPLIT_FORCED_MIN_DEPTH) of it or the partial sums would
-    /// not fit one binding. The tuner times a few factors on GPUs.
+    /// [`SPLIT_FORCED_MIN_DEPTH`](crate::gpu::ops::conv_chunks::SPLIT_FORCED_MIN_DEPTH) of it
+    /// or the partial sums would not fit one binding. The tuner times a few factors on GPUs
+    /// ([`TUNE_SPLIT_SLICES`]). Plans built under a memory budget do not split at all.
     pub fn with_split_slices(mut self, slices: u8) -> Self {
         self.split_slices = slices;
         self
@@ -374,10 +375,11 @@ impl GpuConv2d {
     /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
     /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`); its
     /// 64-channel form ([`ConvAlgorithm::BlockedWide`]) on pointwise layers whose output
-    /// channels fill 64-channel blocks as well as 32-channel ones, the 32-channel one elsewhere. On other
-    /// adapters it picks the workgroup-tiled kernel (its pointwise variant for 1x1 layers), or the
-    /// direct kernel when the layer has fewer than `TILE_M / 4` (32) output channels or
-    /// `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be mostly idle. The tiled
+    /// channels fill 64-channel blocks as well as 32-channel ones, the 32-channel one
+    /// elsewhere. On other adapters it picks the workgroup-tiled kernel (its pointwise variant
+    /// for 1x1 layers), or the direct kernel when the layer has fewer than `TILE_M / 4` (32)
+    /// output channels or `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be
+    /// mostly idle. The tiled
     /// kernel may further split its reduction (see [`GpuConv2d::with_split`]); the dispatches
     /// [`GpuLayer::prepare`] returns name every kernel that runs.
     pub fn kernel_for(&self, output: Shape) -> Kernel {
