@@ -288,9 +288,8 @@ fn wide_blocked_kernel_matches_reference() {
     );
 }
 
-/// `Auto` on an adapter that runs shaders on CPU cores takes the wide block on pointwise layers
-/// where it computes no more padding channels than the 32-channel one, and the narrow block
-/// elsewhere.
+/// `Auto` on an adapter that runs shaders on CPU cores takes the wide block where it computes no
+/// more padding channels than the 32-channel one, and the narrow block elsewhere.
 #[test]
 fn auto_picks_the_blocked_width_by_output_channels() {
     let gpu = gpu();
@@ -310,8 +309,12 @@ fn auto_picks_the_blocked_width_by_output_channels() {
         (1, 21, Kernel::ConvBlocked),
         (1, 96, Kernel::ConvBlocked),
         (1, 84, Kernel::ConvBlocked),
-        (3, 1024, Kernel::ConvBlocked),
-        (3, 64, Kernel::ConvBlocked),
+        (3, 1024, Kernel::ConvBlocked64),
+        (3, 64, Kernel::ConvBlocked64),
+        (3, 21, Kernel::ConvBlocked),
+        (3, 336, Kernel::ConvBlocked),
+        (7, 672, Kernel::ConvBlocked),
+        (7, 1024, Kernel::ConvBlocked64),
     ] {
         let spec = Conv2d::new(8, out_c, k).pad(k / 2).with_bias(false);
         let w = ndarray::Array4::<f32>::zeros(spec.weight_shape());

@@ -374,9 +374,8 @@ impl GpuConv2d {
     /// lavapipe) with subgroups of at least 8, the register-blocked kernel for every shape: there
     /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
     /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`); its
-    /// 64-channel form ([`ConvAlgorithm::BlockedWide`]) on pointwise layers whose output
-    /// channels fill 64-channel blocks as well as 32-channel ones, the 32-channel one
-    /// elsewhere. On other adapters it picks the workgroup-tiled kernel (its pointwise variant
+    /// 64-channel form ([`ConvAlgorithm::BlockedWide`]) on layers whose output channels fill
+    /// 64-channel blocks as well as 32-channel ones, the 32-channel one elsewhere. On other adapters it picks the workgroup-tiled kernel (its pointwise variant
     /// for 1x1 layers), or the direct kernel when the layer has fewer than `TILE_M / 4` (32)
     /// output channels or `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be
     /// mostly idle. The tiled
@@ -409,13 +408,11 @@ impl GpuConv2d {
             ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
             ConvAlgorithm::BlockedWide if self.blocked_supported => Kernel::ConvBlocked64,
             ConvAlgorithm::Blocked | ConvAlgorithm::BlockedWide => tiled,
-            // The wide block on pointwise layers (where it was faster in every paired run, see
-            // `benches/RESULTS.md`) when it computes no more padding channels than the narrow one.
+            // The wide block (faster in every paired run, see `benches/RESULTS.md`) where it
+            // computes no more padding channels than the narrow one.
             ConvAlgorithm::Auto if self.cpu_adapter && self.blocked_supported => {
                 let c = output.c;
-                if self.spec.is_pointwise()
-                    && c.next_multiple_of(BLOCK_C_WIDE as usize)
-                        == c.next_multiple_of(BLOCK_C as usize)
+                if c.next_multiple_of(BLOCK_C_WIDE as usize) == c.next_multiple_of(BLOCK_C as usize)
                 {
                     Kernel::ConvBlocked64
                 } else {
