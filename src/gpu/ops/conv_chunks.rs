@@ -54,7 +54,9 @@ pub(crate) fn forced_slices(asked: usize, depth: usize, partial: usize, max_elem
 /// Most bytes of partial sums the tiled convolution of `spec` producing `output` holds when its
 /// reduction is split, computed without a device: the largest over windows of any number of
 /// whole images (a window of fewer channels only arises, with storage bindings of 128 MiB or
-/// more, for outputs of over 1,024 tiles per image, which are never split).
+/// more, for outputs of over 1,024 tiles per image, which are never split). This is the
+/// heuristic's split; a split-K factor asked for ([`forced_slices`], a tuner's choice on a GPU)
+/// may hold more, up to [`SPLIT_SCRATCH_BYTES`], which the built plan then reports.
 pub(crate) fn split_scratch_bytes(spec: &Conv2d, output: Shape) -> u64 {
     let image_tiles =
         spec.out_channels.div_ceil(TILE_M as usize) * output.plane().div_ceil(TILE_N as usize);
