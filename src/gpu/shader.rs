@@ -152,6 +152,19 @@ impl TiledVariant {
         }
     }
 
+    /// The name of the variant's kernel ([`Kernel::name`]).
+    pub const fn kernel_name(self) -> &'static str {
+        match self {
+            TiledVariant::T64x4 => "conv2d_tiled_64_4x4_k16",
+            TiledVariant::T64x8 => "conv2d_tiled_64_8x8_k8",
+            TiledVariant::T32x4 => "conv2d_tiled_32_4x4_k8",
+            TiledVariant::T128x64 => "conv2d_tiled_128x64_8x4_k8",
+            TiledVariant::T64x128 => "conv2d_tiled_64x128_4x8_k8",
+            TiledVariant::T64x8V4 => "conv2d_tiled_64_8x8_k8_v4",
+            TiledVariant::T128x64V4 => "conv2d_tiled_128x64_8x4_k8_v4",
+        }
+    }
+
     /// The variant's kernel.
     pub const fn kernel(self) -> Kernel {
         match self {
@@ -444,44 +457,15 @@ impl Kernel {
                 include_str!("../../shaders/conv2d_blocked.wgsl"),
                 CONV_STORAGE,
             ),
-            Kernel::ConvTiled64x4 => def(
-                "conv2d_tiled_64_4x4_k16",
-                &[ConvParams, ConvFinish, TileWork],
-                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
-                CONV_STORAGE,
-            ),
-            Kernel::ConvTiled64x8 => def(
-                "conv2d_tiled_64_8x8_k8",
-                &[ConvParams, ConvFinish, TileWork],
-                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
-                CONV_STORAGE,
-            ),
-            Kernel::ConvTiled32x4 => def(
-                "conv2d_tiled_32_4x4_k8",
-                &[ConvParams, ConvFinish, TileWork],
-                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
-                CONV_STORAGE,
-            ),
-            Kernel::ConvTiled128x64 => def(
-                "conv2d_tiled_128x64_8x4_k8",
-                &[ConvParams, ConvFinish, TileWork],
-                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
-                CONV_STORAGE,
-            ),
-            Kernel::ConvTiled64x128 => def(
-                "conv2d_tiled_64x128_4x8_k8",
-                &[ConvParams, ConvFinish, TileWork],
-                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
-                CONV_STORAGE,
-            ),
-            Kernel::ConvTiled64x8V4 => def(
-                "conv2d_tiled_64_8x8_k8_v4",
-                &[ConvParams, ConvFinish, TileWork],
-                include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
-                CONV_STORAGE,
-            ),
-            Kernel::ConvTiled128x64V4 => def(
-                "conv2d_tiled_128x64_8x4_k8_v4",
+            Kernel::ConvTiled64x4
+            | Kernel::ConvTiled64x8
+            | Kernel::ConvTiled32x4
+            | Kernel::ConvTiled128x64
+            | Kernel::ConvTiled64x128
+            | Kernel::ConvTiled64x8V4
+            | Kernel::ConvTiled128x64V4 => def(
+                self.tiled_variant()
+                    .map_or("conv2d_tiled_generic", TiledVariant::kernel_name),
                 &[ConvParams, ConvFinish, TileWork],
                 include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
                 CONV_STORAGE,
