@@ -11,8 +11,8 @@
 //! submission per pass on the GPU, `CpuPlan` on the CPU): basic and large for 21 classes at
 //! 66x66 and Cityscapes' basic module (19 classes, dilations to 64) at 128x128. Set
 //! `DILATED_BENCH_ALL_KERNELS=1` to time every GPU kernel on every shape (slow on software
-//! adapters), or `DILATED_BENCH_KERNELS=tiled` (a comma-separated list of `blocked`, `tiled`,
-//! `direct`) for those kernels on every shape. A GFLOP/s summary is printed at the end.
+//! adapters), or `DILATED_BENCH_KERNELS=tiled` (a comma-separated list of `blocked`,
+//! `blocked64`, `packed`, `tiled`, `direct`) for those kernels on every shape. A GFLOP/s summary is printed at the end.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -215,6 +215,7 @@ fn convolutions(c: &mut Criterion) {
             for (label, algorithm) in [
                 ("gpu_blocked", ConvAlgorithm::Blocked),
                 ("gpu_blocked64", ConvAlgorithm::BlockedWide),
+                ("gpu_packed", ConvAlgorithm::BlockedPacked),
                 ("gpu_tiled", ConvAlgorithm::Tiled),
                 ("gpu_direct", ConvAlgorithm::Direct),
             ] {

@@ -109,6 +109,7 @@ fn choices() -> Vec<&'static str> {
         "tiled-nosplit",
         "blocked",
         "blocked-64",
+        "blocked-packed",
         "tiled-split4",
     ];
     v.extend(dilated::gpu::TiledVariant::ALL.map(|t| t.name()));

@@ -16,6 +16,14 @@
 // A workgroup covers BLOCK_C channels and BLOCK_P * WG_BLOCKED pixels; invocation `lid` takes
 // pixels lid + j * WG_BLOCKED, j < BLOCK_P. The lines marked `// BLOCK:` are generated from
 // BLOCK_C in src/gpu/shader.rs (32 channels, 64 for the wide variant `conv2d_blocked_64`).
+//
+// The packed variant `conv2d_blocked_packed` (64 channels) keeps only the lines marked
+// `// P:` / `// BLOCK-P:` where the others keep `// S:` / `// BLOCK-S:`. It reads its weights
+// from a copy conv2d_pack_blocked.wgsl makes before it runs: per block of BLOCK_C output
+// channels, one row of BLOCK_C weights per reduction step (taps x input channels, in the order
+// of the loops below), bound as `vec4`s from `w_base` (a multiple of 4). Lane l of a subgroup
+// loads `vec4`s l and 8 + l of the step's row, channels 4l..4l+3 and 32+4l..32+4l+3: two
+// contiguous `vec4` loads per step where the unpacked kernels make BLOCK_C / 8 scalar ones.
 
 // Offset in an input plane of the tap (ky, kx) of output pixel `px`, or -1 in the padding.
 fn tap_offset(px: u32, ky: u32, kx: u32) -> i32 {
@@ -61,7 +69,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // Weight row r of this lane: output channel c0 + 8 r + lane % 8 (clamped; channels past
     // the end are never written).
     let lane8 = lane & 7u;
-    // BLOCK: let row{r} = p.w_base + min(c0 + {8r}u + lane8, p.out_c - 1u) * p.w_row;
+    // BLOCK-S: let row{r} = p.w_base + min(c0 + {8r}u + lane8, p.out_c - 1u) * p.w_row;
+    // P: var wv = p.w_base / 4u + (c0 / BLOCK_C) * p.k_h * p.k_w * p.in_c * (BLOCK_C / 4u) + lane8;
     // acc{i} holds output channel c0 + i at the invocation's 4 pixels.
     // BLOCK: var acc{i} = vec4<f32>(0.0);
 
@@ -74,8 +83,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var ci = 0u; ci < p.in_c; ci++) {
                 let x = vec4<f32>(fetch(off.x, plane), fetch(off.y, plane),
                                   fetch(off.z, plane), fetch(off.w, plane));
-                // BLOCK: let w{r} = f32(weight[row{r} + wk]);
-                // BLOCK: acc{i} = fma(vec4(subgroupBroadcast(w{i/8}, {i%8}u)), x, acc{i});
+                // BLOCK-S: let w{r} = f32(weight[row{r} + wk]);
+                // BLOCK-S: acc{i} = fma(vec4(subgroupBroadcast(w{i/8}, {i%8}u)), x, acc{i});
+                // BLOCK-P: let w{q} = vec4<f32>(weight[wv + {8q}u]);
+                // BLOCK-P: acc{i} = fma(vec4(subgroupBroadcast(w{i/32}[{i%4}], {i%32/4}u)), x, acc{i});
+                // P: wv += BLOCK_C / 4u;
                 wk += 1u;
                 plane += in_plane;
             }

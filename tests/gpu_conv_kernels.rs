@@ -288,8 +288,25 @@ fn wide_blocked_kernel_matches_reference() {
     );
 }
 
-/// `Auto` on an adapter that runs shaders on CPU cores takes the wide block where it computes no
-/// more padding channels than the 32-channel one, and the narrow block elsewhere.
+/// The wide register-blocked kernel reading packed weights, on the same cases: each run packs
+/// the weights of its 64-channel blocks before convolving them.
+#[test]
+fn packed_blocked_kernel_matches_reference() {
+    let kernels = check_all(ConvAlgorithm::BlockedPacked);
+    assert_eq!(
+        kernels,
+        BTreeSet::from([
+            format!("{:?}", Kernel::ConvBlockedPacked),
+            format!("{:?}", Kernel::ConvPackBlocked)
+        ]),
+        "subgroups: {}",
+        gpu().adapter().subgroups
+    );
+}
+
+/// `Auto` on an adapter that runs shaders on CPU cores takes the wide block (reading packed
+/// weights) where it computes no more padding channels than the 32-channel one, and the narrow
+/// block elsewhere.
 #[test]
 fn auto_picks_the_blocked_width_by_output_channels() {
     let gpu = gpu();
@@ -302,19 +319,19 @@ fn auto_picks_the_blocked_width_by_output_channels() {
         return;
     }
     for (k, out_c, want) in [
-        (1, 64, Kernel::ConvBlocked64),
-        (1, 1024, Kernel::ConvBlocked64),
-        (1, 40, Kernel::ConvBlocked64),
-        (1, 168, Kernel::ConvBlocked64),
+        (1, 64, Kernel::ConvBlockedPacked),
+        (1, 1024, Kernel::ConvBlockedPacked),
+        (1, 40, Kernel::ConvBlockedPacked),
+        (1, 168, Kernel::ConvBlockedPacked),
         (1, 21, Kernel::ConvBlocked),
         (1, 96, Kernel::ConvBlocked),
         (1, 84, Kernel::ConvBlocked),
-        (3, 1024, Kernel::ConvBlocked64),
-        (3, 64, Kernel::ConvBlocked64),
+        (3, 1024, Kernel::ConvBlockedPacked),
+        (3, 64, Kernel::ConvBlockedPacked),
         (3, 21, Kernel::ConvBlocked),
         (3, 336, Kernel::ConvBlocked),
         (7, 672, Kernel::ConvBlocked),
-        (7, 1024, Kernel::ConvBlocked64),
+        (7, 1024, Kernel::ConvBlockedPacked),
     ] {
         let spec = Conv2d::new(8, out_c, k).pad(k / 2).with_bias(false);
         let w = ndarray::Array4::<f32>::zeros(spec.weight_shape());

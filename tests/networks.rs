@@ -299,9 +299,10 @@ fn plan_reuse_equals_fresh_plans_and_peak_memory_is_below_the_sum_of_activations
         plan.peak_memory(),
         plan.weight_bytes()
     );
-    // The device-free estimate (`dilated bench --plan-only`) counts the partial sums of the
-    // reductions the tiled kernel splits: it is exact, timestamp buffers aside, for a plan of
-    // tiled kernels, and an upper bound for any plan.
+    // The device-free estimate (`dilated bench --plan-only`) counts per layer the larger of
+    // the partial sums of the reductions the tiled kernel splits and the packed weights of the
+    // packed register-blocked kernel (`Auto`'s on lavapipe): an upper bound for any plan, and
+    // exact, timestamp buffers aside, for whichever of the tiled plan and `Auto`'s holds more.
     let estimate = GpuPlan::estimate_memory(&net, shape).unwrap();
     let timestamps = 32 * net.layers().len() as u64;
     assert!(
@@ -310,10 +311,14 @@ fn plan_reuse_equals_fresh_plans_and_peak_memory_is_below_the_sum_of_activations
         plan.peak_memory()
     );
     let tiled = GpuPlan::with_algorithm(gpu, &net, shape, ConvAlgorithm::Tiled).unwrap();
+    let larger = tiled.peak_memory().max(plan.peak_memory());
     assert!(
-        tiled.peak_memory() >= estimate && tiled.peak_memory() - estimate <= timestamps,
-        "tiled plan {} vs estimate {estimate}",
-        tiled.peak_memory()
+        tiled.peak_memory() <= estimate + timestamps
+            && larger >= estimate
+            && larger - estimate <= timestamps,
+        "tiled plan {}, plan {} vs estimate {estimate}",
+        tiled.peak_memory(),
+        plan.peak_memory()
     );
 }
 

@@ -11,7 +11,10 @@ fn module(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     // Only the register-blocked kernels use subgroup operations.
     let capabilities = if matches!(
         kernel,
-        Kernel::ConvBlocked | Kernel::ConvBlocked64 | Kernel::ConvGradWeightBlocked
+        Kernel::ConvBlocked
+            | Kernel::ConvBlocked64
+            | Kernel::ConvBlockedPacked
+            | Kernel::ConvGradWeightBlocked
     ) {
         naga::valid::Capabilities::SUBGROUP
     } else {

@@ -93,6 +93,8 @@ pub enum Algorithm {
     Blocked,
     #[value(name = "blocked-64")]
     BlockedWide,
+    #[value(name = "blocked-packed")]
+    BlockedPacked,
     #[value(name = "tiled-64-4x4-k16")]
     Tiled64x4,
     #[value(name = "tiled-64-8x8-k8")]
@@ -117,6 +119,7 @@ impl From<Algorithm> for ConvAlgorithm {
             Algorithm::Tiled => ConvAlgorithm::Tiled,
             Algorithm::Blocked => ConvAlgorithm::Blocked,
             Algorithm::BlockedWide => ConvAlgorithm::BlockedWide,
+            Algorithm::BlockedPacked => ConvAlgorithm::BlockedPacked,
             Algorithm::Tiled64x4 => ConvAlgorithm::TiledVariant(TiledVariant::T64x4),
             Algorithm::Tiled64x8 => ConvAlgorithm::TiledVariant(TiledVariant::T64x8),
             Algorithm::Tiled32x4 => ConvAlgorithm::TiledVariant(TiledVariant::T32x4),
@@ -530,6 +533,8 @@ fn kernel_label(kernels: &[Kernel]) -> String {
             Kernel::ConvPointwise => "tiled-1x1",
             Kernel::ConvBlocked => "blocked",
             Kernel::ConvBlocked64 => "blocked-64",
+            Kernel::ConvBlockedPacked => "blocked-packed",
+            Kernel::ConvPackBlocked => "+pack",
             Kernel::ConvSplitReduce => "+split",
             other => other.tiled_variant().map_or(other.name(), |v| v.name()),
         };

@@ -292,6 +292,8 @@ enum Elem {
     U32,
     /// The precision's storage type `store_t` (the forward kernels' tensors and weights).
     Store,
+    /// Vectors of 4 `store_t` (weights read 4 at a time).
+    StoreVec4,
 }
 
 /// A storage binding after the uniform (binding 0): name in the WGSL, element type, and
@@ -314,6 +316,11 @@ pub enum Kernel {
     ConvBlocked,
     /// Register-blocked convolution over [`BLOCK_C_WIDE`] output channels per invocation.
     ConvBlocked64,
+    /// [`Kernel::ConvBlocked64`] reading weights packed by [`Kernel::ConvPackBlocked`]: two
+    /// contiguous `vec4` loads per lane and reduction step.
+    ConvBlockedPacked,
+    /// Copies a convolution's weights into the layout of [`Kernel::ConvBlockedPacked`].
+    ConvPackBlocked,
     /// Generated tiled convolution, [`TiledVariant::T64x4`].
     ConvTiled64x4,
     /// Generated tiled convolution, [`TiledVariant::T64x8`].
@@ -385,12 +392,14 @@ const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 29] = [
+    pub const ALL: [Kernel; 31] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
         Kernel::ConvBlocked,
         Kernel::ConvBlocked64,
+        Kernel::ConvBlockedPacked,
+        Kernel::ConvPackBlocked,
         Kernel::ConvTiled64x4,
         Kernel::ConvTiled64x8,
         Kernel::ConvTiled32x4,
@@ -456,6 +465,26 @@ impl Kernel {
                 &[ConvParams, ConvFinish],
                 include_str!("../../shaders/conv2d_blocked.wgsl"),
                 CONV_STORAGE,
+            ),
+            Kernel::ConvBlockedPacked => def(
+                "conv2d_blocked_packed",
+                &[ConvParams, ConvFinish],
+                include_str!("../../shaders/conv2d_blocked.wgsl"),
+                &[
+                    ("input", Elem::Store, READ),
+                    ("weight", Elem::StoreVec4, READ),
+                    ("bias", Elem::Store, READ),
+                    ("output", Elem::Store, WRITE),
+                ],
+            ),
+            Kernel::ConvPackBlocked => def(
+                "conv2d_pack_blocked",
+                &[ConvParams, Linear],
+                include_str!("../../shaders/conv2d_pack_blocked.wgsl"),
+                &[
+                    ("weight", Elem::Store, READ),
+                    ("output", Elem::Store, WRITE),
+                ],
             ),
             Kernel::ConvTiled64x4
             | Kernel::ConvTiled64x8
@@ -629,7 +658,7 @@ impl Kernel {
         self.definition()
             .storage
             .iter()
-            .any(|(_, elem, _)| *elem == Elem::Store)
+            .any(|(_, elem, _)| matches!(elem, Elem::Store | Elem::StoreVec4))
     }
 
     /// The complete WGSL source for a storage precision: `enable f16;` for f16, the shared
@@ -670,6 +699,7 @@ impl Kernel {
                 Elem::F32 => "f32",
                 Elem::U32 => "u32",
                 Elem::Store => "store_t",
+                Elem::StoreVec4 => "vec4<store_t>",
             };
             out.push_str(&format!(
                 "@group(0) @binding({}) var<storage, {access}> {name}: array<{ty}>;\n",
@@ -683,9 +713,13 @@ impl Kernel {
         out.push('\n');
         if matches!(
             self,
-            Kernel::ConvBlocked | Kernel::ConvBlocked64 | Kernel::ConvGradWeightBlocked
+            Kernel::ConvBlocked
+                | Kernel::ConvBlocked64
+                | Kernel::ConvBlockedPacked
+                | Kernel::ConvGradWeightBlocked
         ) {
-            out.push_str(&expand_blocks(def.file, block_c));
+            let packed = self == Kernel::ConvBlockedPacked;
+            out.push_str(&expand_blocks(&select_lines(def.file, packed), block_c));
         } else {
             out.push_str(def.file);
         }
@@ -696,7 +730,9 @@ impl Kernel {
     /// source): [`BLOCK_C_WIDE`] for [`Kernel::ConvBlocked64`], [`BLOCK_C`] for the others.
     pub const fn block_channels(self) -> u32 {
         match self {
-            Kernel::ConvBlocked64 => BLOCK_C_WIDE,
+            Kernel::ConvBlocked64 | Kernel::ConvBlockedPacked | Kernel::ConvPackBlocked => {
+                BLOCK_C_WIDE
+            }
             _ => BLOCK_C,
         }
     }
@@ -751,9 +787,36 @@ fn tile_x_get(i: u32) -> tile_v { return tile_x[i / 4u]; }
 fn lane(v: tile_v, e: u32) -> f32 { return v[e]; }
 ";
 
-/// Expands each line `// BLOCK: template` into one line per weight row `r` (`{r}`, `{8r}`) or
-/// per output channel `i` (`{i}`, `{i/8}`, `{i%8}`) of a `block_c`-channel block, after the
-/// comment.
+/// The lines of the register-blocked source for the packed variant (`packed`) or the others:
+/// `// P: line` and `// BLOCK-P: template` become `line` and `// BLOCK: template` for the packed
+/// one and are dropped for the others, `// S:` and `// BLOCK-S:` the other way round.
+fn select_lines(file: &str, packed: bool) -> String {
+    let (keep, drop) = if packed { ("P", "S") } else { ("S", "P") };
+    let mut out = String::with_capacity(file.len());
+    for line in file.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if trimmed.starts_with(&format!("// {drop}: "))
+            || trimmed.starts_with(&format!("// BLOCK-{drop}: "))
+        {
+            continue;
+        }
+        if let Some(code) = trimmed.strip_prefix(&format!("// {keep}: ")) {
+            out.push_str(&format!("{indent}{code}\n"));
+        } else if let Some(template) = trimmed.strip_prefix(&format!("// BLOCK-{keep}: ")) {
+            out.push_str(&format!("{indent}// BLOCK: {template}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Expands each line `// BLOCK: template` into one line per weight row `r` (`{r}`, `{8r}`), per
+/// packed weight `vec4` `q` (`{q}`, `{8q}`; one per 32 channels) or per output channel `i`
+/// (`{i}`, `{i/8}`, `{i%8}`, `{i/32}`, `{i%4}`, `{i%32/4}`) of a `block_c`-channel block, after
+/// the comment.
 fn expand_blocks(file: &str, block_c: u32) -> String {
     let mut out = String::with_capacity(file.len() * 4);
     for line in file.lines() {
@@ -767,7 +830,17 @@ fn expand_blocks(file: &str, block_c: u32) -> String {
                 let l = template
                     .replace("{i}", &i.to_string())
                     .replace("{i/8}", &(i / 8).to_string())
-                    .replace("{i%8}", &(i % 8).to_string());
+                    .replace("{i%8}", &(i % 8).to_string())
+                    .replace("{i/32}", &(i / 32).to_string())
+                    .replace("{i%4}", &(i % 4).to_string())
+                    .replace("{i%32/4}", &(i % 32 / 4).to_string());
+                out.push_str(&format!("{indent}{l}\n"));
+            }
+        } else if template.contains("{q}") || template.contains("{8q}") {
+            for q in 0..block_c / 32 {
+                let l = template
+                    .replace("{q}", &q.to_string())
+                    .replace("{8q}", &(8 * q).to_string());
                 out.push_str(&format!("{indent}{l}\n"));
             }
         } else {
@@ -894,6 +967,8 @@ mod tests {
             | Kernel::ConvPointwise
             | Kernel::ConvBlocked
             | Kernel::ConvBlocked64
+            | Kernel::ConvBlockedPacked
+            | Kernel::ConvPackBlocked
             | Kernel::ConvTiled64x4
             | Kernel::ConvTiled64x8
             | Kernel::ConvTiled32x4
@@ -986,6 +1061,8 @@ mod tests {
             Kernel::ConvPointwise,
             Kernel::ConvBlocked,
             Kernel::ConvBlocked64,
+            Kernel::ConvBlockedPacked,
+            Kernel::ConvPackBlocked,
             Kernel::ConvTiled64x4,
             Kernel::ConvTiled64x8,
             Kernel::ConvTiled32x4,

@@ -445,6 +445,7 @@ mod tests {
             "tiled-nosplit",
             "blocked",
             "blocked-64",
+            "blocked-packed",
             "tiled-split4",
             "tiled-64-4x4-k16-split2",
             "tiled-64-4x4-k16",

@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::gpu::Precision;
-use crate::gpu::ops::conv_chunks::split_scratch_bytes;
+use crate::gpu::ops::conv_chunks::{pack_scratch_bytes, split_scratch_bytes};
 use crate::net::{Layer, Op};
 use crate::spec::Shape;
 
@@ -38,13 +38,19 @@ pub(crate) fn estimate_layers(
             _ => 0,
         })
         .sum();
-    // Partial sums of the layers whose reduction the tiled kernel splits (one buffer, shared).
+    // Partial sums of the layers whose reduction the tiled kernel splits, or the packed
+    // weights of the packed register-blocked kernel (`Auto`'s choice on adapters that run
+    // shaders on CPU cores): one buffer, shared.
     let scratch: u64 = layers
         .iter()
         .zip(shapes)
         .map(|(l, &out)| match &l.op {
-            Op::Conv { spec, .. } if split => {
-                buffer_bytes((split_scratch_bytes(spec, out) / 4) as usize, precision)
+            Op::Conv { spec, .. } => {
+                let split = match split {
+                    true => buffer_bytes((split_scratch_bytes(spec, out) / 4) as usize, precision),
+                    false => 0,
+                };
+                split.max(pack_scratch_bytes(spec, precision.bytes()))
             }
             _ => 0,
         })

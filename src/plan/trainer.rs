@@ -291,7 +291,8 @@ impl<'g> GpuTrainer<'g> {
                     let conv =
                         GpuConv2d::new(gpu, *spec, weight.view(), bias.as_ref().map(|b| b.view()))
                             .map_err(named)?
-                            .with_algorithm(options.algorithm);
+                            .with_algorithm(options.algorithm)
+                            .without_packed();
                     scratch_bytes =
                         scratch_bytes.max(conv.scratch_bytes(gpu, in_shape).map_err(named)?);
                     if i > layout.first_param {

@@ -147,6 +147,7 @@ pub fn assert_forced_kernels(algorithm: ConvAlgorithm, kernels: &[Kernel], what:
         ConvAlgorithm::Direct => &[Kernel::ConvDirect],
         ConvAlgorithm::Blocked => &[Kernel::ConvBlocked],
         ConvAlgorithm::BlockedWide => &[Kernel::ConvBlocked64],
+        ConvAlgorithm::BlockedPacked => &[Kernel::ConvBlockedPacked, Kernel::ConvPackBlocked],
         ConvAlgorithm::Tiled => &[
             Kernel::ConvTiled,
             Kernel::ConvPointwise,

@@ -9,7 +9,7 @@ use crate::gpu::context::Gpu;
 use crate::gpu::dispatch::{Dispatch, expect_shape};
 use crate::gpu::layer::{GpuLayer, Io, expect_precision};
 use crate::gpu::ops::conv_chunks::{
-    ConvChunk, SPLIT_TARGET_WORKGROUPS, conv_chunks, forced_slices, split_slices,
+    ConvChunk, SPLIT_TARGET_WORKGROUPS, conv_chunks, forced_slices, pack_round_blocks, split_slices,
 };
 use crate::gpu::ops::train::conv_grad::ConvGradAlgorithm;
 use crate::gpu::precision::Precision;
@@ -37,6 +37,12 @@ pub enum ConvAlgorithm {
     /// ([`Kernel::ConvBlocked64`]): half the input loads per multiply-add, for layers whose
     /// channels fill 64-channel blocks. Falls back as `Blocked` does.
     BlockedWide,
+    /// The 64-channel register-blocked kernel reading its weights from a packed copy
+    /// ([`Kernel::ConvBlockedPacked`]): before each run, [`Kernel::ConvPackBlocked`] copies the
+    /// weights of up to [`PACK_SCRATCH_BYTES`] of 64-channel blocks at a time into scratch, one
+    /// row of 64 per reduction step, which the kernel reads as two contiguous `vec4`s per lane
+    /// instead of eight scalars. Falls back as `Blocked` does.
+    BlockedPacked,
     /// The workgroup-tiled implicit matrix product generated for another tile shape (every
     /// layer, 1x1 included); falls back as `Tiled` does where the device's limits are below
     /// the variant's workgroup size or workgroup memory.
@@ -102,6 +108,7 @@ impl ConvChoice {
             (ConvAlgorithm::Direct, _) => "direct",
             (ConvAlgorithm::Blocked, _) => "blocked",
             (ConvAlgorithm::BlockedWide, _) => "blocked-64",
+            (ConvAlgorithm::BlockedPacked, _) => "blocked-packed",
             (ConvAlgorithm::Tiled, true) => "tiled",
             (ConvAlgorithm::Tiled, false) => "tiled-nosplit",
         };
@@ -125,6 +132,7 @@ impl ConvChoice {
             "direct" => (ConvAlgorithm::Direct, false),
             "blocked" => (ConvAlgorithm::Blocked, false),
             "blocked-64" => (ConvAlgorithm::BlockedWide, false),
+            "blocked-packed" => (ConvAlgorithm::BlockedPacked, false),
             "tiled" => (ConvAlgorithm::Tiled, true),
             "tiled-nosplit" => (ConvAlgorithm::Tiled, false),
             _ => {
@@ -180,6 +188,9 @@ pub struct GpuConv2d {
     split: bool,
     /// Split-K factor when `split`; 0 for the heuristic's.
     split_slices: u8,
+    /// Whether the packed register-blocked kernel may run (not where no scratch is accounted
+    /// for it: training, input gradients); the unpacked 64-channel one runs in its place.
+    packed_allowed: bool,
     /// The device allows the tiled kernel's workgroup size and workgroup memory.
     tiled_supported: bool,
     /// The device's limits, for the generated tiled variants' sizes.
@@ -300,6 +311,7 @@ impl GpuConv2d {
                 && info.subgroup_min_size >= BLOCKED_MIN_SUBGROUP,
             split: true,
             split_slices: 0,
+            packed_allowed: true,
             tiled_supported: tiled_fits(gpu.limits()),
             variants_supported: TiledVariant::ALL.map(|v| variant_fits(gpu.limits(), v)),
             precision,
@@ -323,6 +335,15 @@ impl GpuConv2d {
             template: template_of(&spec),
             ..*self
         }
+        .without_packed()
+    }
+
+    /// The layer with the unpacked 64-channel register-blocked kernel in place of the packed
+    /// one, forced or `Auto`'s: for runs that keep no scratch for packed weights (training,
+    /// whose memory estimate counts none).
+    pub(crate) fn without_packed(mut self) -> Self {
+        self.packed_allowed = false;
+        self
     }
 
     /// Whether the device runs the register-blocked kernels (subgroups of at least
@@ -374,8 +395,10 @@ impl GpuConv2d {
     /// lavapipe) with subgroups of at least 8, the register-blocked kernel for every shape: there
     /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
     /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`); its
-    /// 64-channel form ([`ConvAlgorithm::BlockedWide`]) on layers whose output channels fill
-    /// 64-channel blocks as well as 32-channel ones, the 32-channel one elsewhere. On other adapters it picks the workgroup-tiled kernel (its pointwise variant
+    /// 64-channel form reading packed weights ([`ConvAlgorithm::BlockedPacked`]) on layers whose
+    /// output channels fill 64-channel blocks as well as 32-channel ones, the 32-channel one
+    /// elsewhere (training keeps the unpacked [`ConvAlgorithm::BlockedWide`] in place of the
+    /// packed form: it holds no scratch for the packed weights). On other adapters it picks the workgroup-tiled kernel (its pointwise variant
     /// for 1x1 layers), or the direct kernel when the layer has fewer than `TILE_M / 4` (32)
     /// output channels or `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be
     /// mostly idle. The tiled
@@ -407,14 +430,27 @@ impl GpuConv2d {
             }
             ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
             ConvAlgorithm::BlockedWide if self.blocked_supported => Kernel::ConvBlocked64,
-            ConvAlgorithm::Blocked | ConvAlgorithm::BlockedWide => tiled,
-            // The wide block (faster in every paired run, see `benches/RESULTS.md`) where it
-            // computes no more padding channels than the narrow one.
+            ConvAlgorithm::BlockedPacked if self.blocked_supported => {
+                if self.packed_allowed {
+                    Kernel::ConvBlockedPacked
+                } else {
+                    Kernel::ConvBlocked64
+                }
+            }
+            ConvAlgorithm::Blocked | ConvAlgorithm::BlockedWide | ConvAlgorithm::BlockedPacked => {
+                tiled
+            }
+            // The wide block (faster in every paired run, see `benches/RESULTS.md`), reading
+            // packed weights, where it computes no more padding channels than the narrow one.
             ConvAlgorithm::Auto if self.cpu_adapter && self.blocked_supported => {
                 let c = output.c;
                 if c.next_multiple_of(BLOCK_C_WIDE as usize) == c.next_multiple_of(BLOCK_C as usize)
                 {
-                    Kernel::ConvBlocked64
+                    if self.packed_allowed {
+                        Kernel::ConvBlockedPacked
+                    } else {
+                        Kernel::ConvBlocked64
+                    }
                 } else {
                     Kernel::ConvBlocked
                 }
@@ -474,7 +510,14 @@ impl GpuConv2d {
             ConvChoice::new(ConvAlgorithm::Tiled, false),
         ];
         if self.blocked_supported {
-            for algorithm in [ConvAlgorithm::Blocked, ConvAlgorithm::BlockedWide] {
+            for algorithm in [
+                ConvAlgorithm::Blocked,
+                ConvAlgorithm::BlockedWide,
+                ConvAlgorithm::BlockedPacked,
+            ]
+            .into_iter()
+            .filter(|&a| a != ConvAlgorithm::BlockedPacked || self.packed_allowed)
+            {
                 options.push(ConvChoice::new(algorithm, false));
             }
         }
@@ -529,8 +572,9 @@ impl GpuConv2d {
     }
 
     /// The chunks of a run at `out_shape`, each with the number of slices its reduction is
-    /// split into (tiled kernels on few tiles), and the floats of partial sums the largest
-    /// split chunk needs (0 without a split), in elements of the layer's precision.
+    /// split into (tiled kernels on few tiles), and the scratch elements (of the layer's
+    /// precision) the run needs: the partial sums of the largest split chunk, or the largest
+    /// round of packed weights of the packed register-blocked kernel (0 for neither).
     fn chunks_and_splits(
         &self,
         gpu: &Gpu,
@@ -559,6 +603,12 @@ impl GpuConv2d {
                 };
                 if k > 1 {
                     scratch = scratch.max(k * partial);
+                }
+                if kernel == Kernel::ConvBlockedPacked {
+                    let block = BLOCK_C_WIDE as usize * taps * ch.ci_n;
+                    let blocks = ch.co_n.div_ceil(BLOCK_C_WIDE as usize);
+                    let round = pack_round_blocks(block, self.precision.bytes(), blocks);
+                    scratch = scratch.max(round * block);
                 }
                 (ch, k)
             })
@@ -659,6 +709,73 @@ impl GpuConv2d {
             }
             if s.relu && ch.ci0 + ch.ci_n == s.in_channels {
                 flags |= FLAG_RELU;
+            }
+            if kernel == Kernel::ConvBlockedPacked {
+                // Rounds of 64-channel blocks: pack their weights into scratch, then convolve.
+                let Some(packed) = scratch else {
+                    return Err(crate::Error::Device(
+                        "the packed convolution has no scratch buffer".into(),
+                    ));
+                };
+                let wide = BLOCK_C_WIDE as usize;
+                let block = wide * taps * ch.ci_n;
+                let blocks = ch.co_n.div_ceil(wide);
+                let per_round = pack_round_blocks(block, precision.bytes(), blocks);
+                for b0 in (0..blocks).step_by(per_round) {
+                    let c_first = b0 * wide;
+                    let c_n = (per_round * wide).min(ch.co_n - c_first);
+                    let elems = c_n.div_ceil(wide) * block;
+                    let packed_win = window(packed, 0, elems);
+                    let w_win = window(&self.weight, (ch.co0 + c_first) * w_row, c_n * w_row);
+                    let params = ConvParams {
+                        in_c: ch.ci_n as u32,
+                        in_h: in_shape.h as u32,
+                        in_w: in_shape.w as u32,
+                        in_base: in_win.base,
+                        out_c: c_n as u32,
+                        out_h: out_shape.h as u32,
+                        out_w: out_shape.w as u32,
+                        out_base: packed_win.base,
+                        w_base: w_win.base + ch.ci0 as u32,
+                        bias_base: b_win.base + if s.bias { c_first as u32 } else { 0 },
+                        flags,
+                        batch: ch.nb as u32,
+                        in_batch_stride: (in_shape.c * in_shape.plane()) as u32,
+                        out_batch_stride: (out_shape.c * pixels) as u32,
+                        total: elems as u32,
+                        k_split: 1,
+                        ..self.template
+                    };
+                    dispatches.push(gpu.linear_dispatch_as(
+                        Kernel::ConvPackBlocked,
+                        precision,
+                        &params,
+                        &[(&self.weight, w_win), (packed, packed_win)],
+                        elems,
+                    )?);
+                    let total = ch.nb
+                        * c_n.div_ceil(wide)
+                        * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize);
+                    let conv = ConvParams {
+                        out_base: out_win.base + (c_first * pixels) as u32,
+                        w_base: packed_win.base,
+                        total: total as u32,
+                        ..params
+                    };
+                    dispatches.push(gpu.dispatch_as(
+                        kernel,
+                        precision,
+                        &conv,
+                        &[
+                            (input, in_win),
+                            (packed, packed_win),
+                            (&self.bias, b_win),
+                            (output, out_win),
+                        ],
+                        total,
+                    )?);
+                }
+                continue;
             }
             let total = match kernel {
                 Kernel::ConvDirect => ch.nb * ch.co_n * pixels,

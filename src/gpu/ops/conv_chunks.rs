@@ -73,6 +73,27 @@ pub(crate) fn split_scratch_bytes(spec: &Conv2d, output: Shape) -> u64 {
         .unwrap_or(0)
 }
 
+/// Most bytes of weights the packed register-blocked convolution
+/// ([`crate::ConvAlgorithm::BlockedPacked`]) copies into scratch at a time: blocks of 64 output
+/// channels are packed and convolved in rounds of at most this many bytes (at least one block).
+pub const PACK_SCRATCH_BYTES: u64 = 16 << 20;
+
+/// Blocks of 64 output channels the packed register-blocked convolution packs per round when
+/// one block holds `block_elems` elements of `elem_bytes` bytes and there are `blocks`.
+pub(crate) fn pack_round_blocks(block_elems: usize, elem_bytes: u64, blocks: usize) -> usize {
+    let per_round = (PACK_SCRATCH_BYTES / (block_elems as u64 * elem_bytes).max(1)) as usize;
+    per_round.clamp(1, blocks.max(1))
+}
+
+/// Most bytes of packed weights the packed register-blocked convolution of `spec` holds in
+/// scratch, with `elem_bytes`-byte elements, computed without a device: one round of blocks
+/// over the whole reduction (chunks over input channels only make rounds smaller).
+pub(crate) fn pack_scratch_bytes(spec: &Conv2d, elem_bytes: u64) -> u64 {
+    let block = 64 * spec.in_channels * spec.kernel.0 * spec.kernel.1;
+    let blocks = spec.out_channels.div_ceil(64);
+    (pack_round_blocks(block, elem_bytes, blocks) * block) as u64 * elem_bytes
+}
+
 /// A piece of a convolution whose input, weight and output windows each fit one binding:
 /// images `n0..n0+nb`, output channels `co0..co0+co_n`, input channels `ci0..ci0+ci_n`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
