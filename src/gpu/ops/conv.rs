@@ -39,9 +39,10 @@ pub enum ConvAlgorithm {
     BlockedWide,
     /// The 64-channel register-blocked kernel reading its weights from a packed copy
     /// ([`Kernel::ConvBlockedPacked`]): before each run, [`Kernel::ConvPackBlocked`] copies the
-    /// weights of up to [`PACK_SCRATCH_BYTES`] of 64-channel blocks at a time into scratch, one
-    /// row of 64 per reduction step, which the kernel reads as two contiguous `vec4`s per lane
-    /// instead of eight scalars. Falls back as `Blocked` does.
+    /// weights of up to [`PACK_SCRATCH_BYTES`](crate::gpu::ops::conv_chunks::PACK_SCRATCH_BYTES)
+    /// of 64-channel blocks at a time into scratch, one row of 64 per reduction step, which the
+    /// kernel reads as two contiguous `vec4`s per lane instead of eight scalars. Falls back as
+    /// `Blocked` does; training runs [`ConvAlgorithm::BlockedWide`] in its place.
     BlockedPacked,
     /// The workgroup-tiled implicit matrix product generated for another tile shape (every
     /// layer, 1x1 included); falls back as `Tiled` does where the device's limits are below
