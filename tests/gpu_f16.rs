@@ -171,6 +171,16 @@ fn f16_wide_blocked_convolution_matches_the_reference() {
     }
 }
 
+#[test]
+fn f16_packed_blocked_convolution_matches_the_reference() {
+    let gpu = gpu();
+    let kernels = check_conv(gpu, ConvAlgorithm::BlockedPacked);
+    if gpu.device().features().contains(wgpu::Features::SUBGROUP) {
+        assert!(kernels.contains(&dilated::gpu::Kernel::ConvBlockedPacked));
+        assert!(kernels.contains(&dilated::gpu::Kernel::ConvPackBlocked));
+    }
+}
+
 /// A convolution cut into chunks of images, output channels and input channels (the last
 /// accumulating into f16 outputs), on windows at odd f16 offsets, under a 64 KiB binding cap.
 #[test]

@@ -211,6 +211,9 @@ fn tiled_fits(limits: &wgpu::Limits) -> bool {
         && limits.max_compute_workgroup_storage_size >= shared
 }
 
+/// A chunk of a convolution and the number of slices its reduction is split into.
+type ChunkSplit = (ConvChunk, usize);
+
 /// The uniform's fields a convolution's spec fixes.
 fn template_of(spec: &Conv2d) -> ConvParams {
     ConvParams {
@@ -565,30 +568,36 @@ impl GpuConv2d {
         output: Shape,
         choice: ConvChoice,
     ) -> Result<(Kernel, Vec<usize>)> {
-        let (chunks, _) = self.chunks_and_splits(gpu, input, output, choice)?;
-        Ok((
-            self.kernel_as(choice.algorithm, output),
-            chunks.iter().map(|c| c.1).collect(),
-        ))
+        let (chunks, _, kernel) = self.chunks_and_splits(gpu, input, output, choice)?;
+        Ok((kernel, chunks.iter().map(|c| c.1).collect()))
     }
 
     /// The chunks of a run at `out_shape`, each with the number of slices its reduction is
     /// split into (tiled kernels on few tiles), and the scratch elements (of the layer's
     /// precision) the run needs: the partial sums of the largest split chunk, or the largest
-    /// round of packed weights of the packed register-blocked kernel (0 for neither).
+    /// round of packed weights of the packed register-blocked kernel (0 for neither); and the
+    /// kernel that runs: the unpacked 64-channel one in place of the packed one where a
+    /// 64-channel block of packed weights would not fit one binding.
     fn chunks_and_splits(
         &self,
         gpu: &Gpu,
         in_shape: Shape,
         out_shape: Shape,
         choice: ConvChoice,
-    ) -> Result<(Vec<(ConvChunk, usize)>, usize)> {
-        let kernel = self.kernel_as(choice.algorithm, out_shape);
+    ) -> Result<(Vec<ChunkSplit>, usize, Kernel)> {
         let taps = self.spec.kernel.0 * self.spec.kernel.1;
         let pixels = out_shape.plane();
         let max = gpu.max_binding_elems_of(self.precision);
+        let chunks = conv_chunks(&self.spec, in_shape, out_shape, max)?;
+        let wide = BLOCK_C_WIDE as usize;
+        let kernel = match self.kernel_as(choice.algorithm, out_shape) {
+            Kernel::ConvBlockedPacked if chunks.iter().any(|ch| wide * taps * ch.ci_n > max) => {
+                Kernel::ConvBlocked64
+            }
+            k => k,
+        };
         let mut scratch = 0;
-        let chunks = conv_chunks(&self.spec, in_shape, out_shape, max)?
+        let chunks = chunks
             .into_iter()
             .map(|ch| {
                 let partial = ch.nb * ch.co_n * pixels;
@@ -606,15 +615,15 @@ impl GpuConv2d {
                     scratch = scratch.max(k * partial);
                 }
                 if kernel == Kernel::ConvBlockedPacked {
-                    let block = BLOCK_C_WIDE as usize * taps * ch.ci_n;
-                    let blocks = ch.co_n.div_ceil(BLOCK_C_WIDE as usize);
-                    let round = pack_round_blocks(block, self.precision.bytes(), blocks);
+                    let block = wide * taps * ch.ci_n;
+                    let blocks = ch.co_n.div_ceil(wide);
+                    let round = pack_round_blocks(block, self.precision.bytes(), blocks, max);
                     scratch = scratch.max(round * block);
                 }
                 (ch, k)
             })
             .collect();
-        Ok((chunks, scratch))
+        Ok((chunks, scratch, kernel))
     }
 }
 
@@ -632,7 +641,8 @@ impl GpuLayer for GpuConv2d {
         self.weight.size() + self.bias.size()
     }
 
-    /// Bytes of partial sums a run at `input` keeps in scratch (0 when no reduction is split).
+    /// Bytes a run at `input` keeps in scratch: the partial sums of a split reduction, or a
+    /// round of packed weights of the packed register-blocked kernel (0 for neither).
     fn scratch_bytes(&self, gpu: &Gpu, input: Shape) -> Result<u64> {
         let out_shape = self.output_shape(input)?;
         Ok(self
@@ -660,11 +670,11 @@ impl GpuConv2d {
         expect_precision("conv2d", precision, io.precision)?;
         expect_shape("conv2d", out_shape, self.output_shape(in_shape)?)?;
         let window = |buffer, start, len| gpu.window_of(buffer, start, len, precision);
-        let kernel = self.kernel_as(choice.algorithm, out_shape);
         let taps = s.kernel.0 * s.kernel.1;
         let w_row = s.in_channels * taps;
         let pixels = out_shape.plane();
-        let (chunks, scratch_len) = self.chunks_and_splits(gpu, in_shape, out_shape, choice)?;
+        let (chunks, scratch_len, kernel) =
+            self.chunks_and_splits(gpu, in_shape, out_shape, choice)?;
         let own;
         let scratch = match io.scratch {
             _ if scratch_len == 0 => None,
@@ -721,7 +731,13 @@ impl GpuConv2d {
                 let wide = BLOCK_C_WIDE as usize;
                 let block = wide * taps * ch.ci_n;
                 let blocks = ch.co_n.div_ceil(wide);
-                let per_round = pack_round_blocks(block, precision.bytes(), blocks);
+                let max = gpu.max_binding_elems_of(precision);
+                let per_round = pack_round_blocks(block, precision.bytes(), blocks, max);
+                if per_round == 0 {
+                    return Err(crate::Error::Internal(
+                        "a block of packed weights exceeds one binding".into(),
+                    ));
+                }
                 for b0 in (0..blocks).step_by(per_round) {
                     let c_first = b0 * wide;
                     let c_n = (per_round * wide).min(ch.co_n - c_first);

@@ -79,10 +79,18 @@ pub(crate) fn split_scratch_bytes(spec: &Conv2d, output: Shape) -> u64 {
 pub const PACK_SCRATCH_BYTES: u64 = 16 << 20;
 
 /// Blocks of 64 output channels the packed register-blocked convolution packs per round when
-/// one block holds `block_elems` elements of `elem_bytes` bytes and there are `blocks`.
-pub(crate) fn pack_round_blocks(block_elems: usize, elem_bytes: u64, blocks: usize) -> usize {
+/// one block holds `block_elems` elements of `elem_bytes` bytes and there are `blocks`, the
+/// round within `max_elems` elements (one binding); 0 where one block exceeds that.
+pub(crate) fn pack_round_blocks(
+    block_elems: usize,
+    elem_bytes: u64,
+    blocks: usize,
+    max_elems: usize,
+) -> usize {
     let per_round = (PACK_SCRATCH_BYTES / (block_elems as u64 * elem_bytes).max(1)) as usize;
-    per_round.clamp(1, blocks.max(1))
+    per_round
+        .clamp(1, blocks.max(1))
+        .min(max_elems / block_elems.max(1))
 }
 
 /// Most bytes of packed weights the packed register-blocked convolution of `spec` holds in
@@ -91,7 +99,7 @@ pub(crate) fn pack_round_blocks(block_elems: usize, elem_bytes: u64, blocks: usi
 pub(crate) fn pack_scratch_bytes(spec: &Conv2d, elem_bytes: u64) -> u64 {
     let block = 64 * spec.in_channels * spec.kernel.0 * spec.kernel.1;
     let blocks = spec.out_channels.div_ceil(64);
-    (pack_round_blocks(block, elem_bytes, blocks) * block) as u64 * elem_bytes
+    (pack_round_blocks(block, elem_bytes, blocks, usize::MAX) * block) as u64 * elem_bytes
 }
 
 /// A piece of a convolution whose input, weight and output windows each fit one binding:
@@ -230,6 +238,24 @@ mod tests {
         let cap = (SPLIT_SCRATCH_BYTES / 4) as usize;
         assert_eq!(split_slices(1, 1 << 20, cap / 3, usize::MAX), 3);
         assert_eq!(split_slices(1, 1 << 20, 1000, 2500), 2);
+    }
+
+    #[test]
+    fn pack_rounds_hold_whole_blocks_within_the_cap_and_one_binding() {
+        // 1x1, 1024 input channels: 256 KiB a block, 16 MiB a round, 16 blocks in all.
+        let block = 64 * 1024;
+        assert_eq!(pack_round_blocks(block, 4, 16, usize::MAX), 16);
+        assert_eq!(pack_round_blocks(block, 4, 100, usize::MAX), 64);
+        // A block over the cap still packs alone.
+        assert_eq!(pack_round_blocks(64 * 49 * 2048, 4, 16, usize::MAX), 1);
+        // One binding bounds a round; a block over it cannot be packed.
+        assert_eq!(pack_round_blocks(block, 4, 16, 3 * block + 1), 3);
+        assert_eq!(pack_round_blocks(block, 4, 16, block - 1), 0);
+        // The device-free bound: fc6 7x7 512 -> 4096, f32: two blocks of 6.4 MB per round.
+        let fc6 = Conv2d::new(512, 4096, 7).dilation(4);
+        assert_eq!(pack_scratch_bytes(&fc6, 4), 2 * 64 * 49 * 512 * 4);
+        let small = Conv2d::new(64, 21, 1);
+        assert_eq!(pack_scratch_bytes(&small, 2), 64 * 64 * 2);
     }
 
     #[test]
