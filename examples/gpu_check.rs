@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dilated::gpu::tune::{Tuning, measure_conv_alone, time_dispatches};
-use dilated::gpu::{ConvChoice, Io};
+use dilated::gpu::{ConvChoice, Io, Kernel};
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::GpuPlan;
 use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, Shape};
@@ -194,9 +194,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for choice_name in choices() {
             let choice = ConvChoice::from_name(choice_name).ok_or("choice")?;
             let dispatches = conv.prepare_as(&gpu, &Io::tensors(&xg, &yg), choice)?;
+            // The convolution, not the weight packing that may run before it.
             let kernel = dispatches
-                .first()
+                .iter()
                 .map(|d| d.kernel())
+                .find(|&k| k != Kernel::ConvPackBlocked)
                 .ok_or("no dispatch")?;
             gpu.run(&dispatches)?;
             let (times, from_timestamps) = time_dispatches(&gpu, &dispatches, RUNS)?;

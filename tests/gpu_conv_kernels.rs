@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use common::{gpu, random1, random4, rel_error, rng};
-use dilated::gpu::{ConvChoice, GpuLayer, Io};
+use dilated::gpu::{ConvChoice, GpuLayer, Io, PACKED_MIN_PIXELS};
 use dilated::gpu::{Kernel, TiledVariant};
 use dilated::{Conv2d, ConvAlgorithm, GpuConv2d, Padding, Shape, cpu};
 use ndarray::{Array1, Array4};
@@ -304,9 +304,9 @@ fn packed_blocked_kernel_matches_reference() {
     );
 }
 
-/// `Auto` on an adapter that runs shaders on CPU cores takes the wide block (reading packed
-/// weights) where it computes no more padding channels than the 32-channel one, and the narrow
-/// block elsewhere.
+/// `Auto` on an adapter that runs shaders on CPU cores takes the wide block where it computes no
+/// more padding channels than the 32-channel one, and the narrow block elsewhere; the wide block
+/// reads packed weights where the output has at least `PACKED_MIN_PIXELS` pixels.
 #[test]
 fn auto_picks_the_blocked_width_by_output_channels() {
     let gpu = gpu();
@@ -319,19 +319,19 @@ fn auto_picks_the_blocked_width_by_output_channels() {
         return;
     }
     for (k, out_c, want) in [
-        (1, 64, Kernel::ConvBlockedPacked),
-        (1, 1024, Kernel::ConvBlockedPacked),
-        (1, 40, Kernel::ConvBlockedPacked),
-        (1, 168, Kernel::ConvBlockedPacked),
+        (1, 64, Kernel::ConvBlocked64),
+        (1, 1024, Kernel::ConvBlocked64),
+        (1, 40, Kernel::ConvBlocked64),
+        (1, 168, Kernel::ConvBlocked64),
         (1, 21, Kernel::ConvBlocked),
         (1, 96, Kernel::ConvBlocked),
         (1, 84, Kernel::ConvBlocked),
-        (3, 1024, Kernel::ConvBlockedPacked),
-        (3, 64, Kernel::ConvBlockedPacked),
+        (3, 1024, Kernel::ConvBlocked64),
+        (3, 64, Kernel::ConvBlocked64),
         (3, 21, Kernel::ConvBlocked),
         (3, 336, Kernel::ConvBlocked),
         (7, 672, Kernel::ConvBlocked),
-        (7, 1024, Kernel::ConvBlockedPacked),
+        (7, 1024, Kernel::ConvBlocked64),
     ] {
         let spec = Conv2d::new(8, out_c, k).pad(k / 2).with_bias(false);
         let w = ndarray::Array4::<f32>::zeros(spec.weight_shape());
@@ -341,6 +341,24 @@ fn auto_picks_the_blocked_width_by_output_channels() {
             conv.kernel_for(out),
             want,
             "{k}x{k}, {out_c} output channels"
+        );
+        // PACKED_MIN_PIXELS output pixels, in one image or two, are enough to pack.
+        let packed = match want {
+            Kernel::ConvBlocked64 => Kernel::ConvBlockedPacked,
+            other => other,
+        };
+        let rows = PACKED_MIN_PIXELS / 32;
+        for (n, h) in [(1, rows), (2, rows / 2)] {
+            assert_eq!(
+                conv.kernel_for(Shape::new(n, out_c, h, 32)),
+                packed,
+                "{k}x{k}, {out_c} output channels, {n} x {h}x32"
+            );
+        }
+        assert_eq!(
+            conv.kernel_for(Shape::new(1, out_c, rows - 1, 32)),
+            want,
+            "{k}x{k}, {out_c} output channels, one row short"
         );
     }
 }

@@ -26,7 +26,7 @@ pub use layer::{GpuLayer, Io, LayerOptions, layer_for};
 pub use ops::{
     ConvAlgorithm, ConvChoice, ConvGradAlgorithm, ConvGrads, GpuArgmax, GpuConv2d, GpuDeconv2d,
     GpuDropout, GpuMask, GpuMaxPool2d, GpuRelu, GpuReluGrad, GpuSoftmax, GpuSoftmaxLoss, GpuZoom,
-    LossAndGrad, SgdHyper,
+    LossAndGrad, PACKED_MIN_PIXELS, SgdHyper,
 };
 pub use precision::Precision;
 pub use shader::{Kernel, TiledVariant};

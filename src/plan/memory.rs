@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::gpu::Precision;
+use crate::gpu::ops::conv::auto_blocked_wide;
 use crate::gpu::ops::conv_chunks::{pack_scratch_bytes, split_scratch_bytes};
 use crate::net::{Layer, Op};
 use crate::spec::Shape;
@@ -39,8 +40,8 @@ pub(crate) fn estimate_layers(
         })
         .sum();
     // Partial sums of the layers whose reduction the tiled kernel splits, or the packed
-    // weights of the packed register-blocked kernel (`Auto`'s choice on adapters that run
-    // shaders on CPU cores): one buffer, shared.
+    // weights of the layers where `Auto` takes the packed register-blocked kernel on adapters
+    // that run shaders on CPU cores: one buffer, shared.
     let scratch: u64 = layers
         .iter()
         .zip(shapes)
@@ -50,7 +51,11 @@ pub(crate) fn estimate_layers(
                     true => buffer_bytes((split_scratch_bytes(spec, out) / 4) as usize, precision),
                     false => 0,
                 };
-                split.max(pack_scratch_bytes(spec, precision.bytes()))
+                let packed = match auto_blocked_wide(out) {
+                    (_, true) => pack_scratch_bytes(spec, precision.bytes()),
+                    _ => 0,
+                };
+                split.max(packed)
             }
             _ => 0,
         })

@@ -211,6 +211,22 @@ fn tiled_fits(limits: &wgpu::Limits) -> bool {
         && limits.max_compute_workgroup_storage_size >= shared
 }
 
+/// Least output pixels (all images) for which `Auto` packs weights for the register-blocked
+/// kernel: packing costs about as much per weight as 150 multiply-adds on lavapipe (12 ms for
+/// the 1M weights of a 1x1 1024-channel layer whose 64x64 output takes 350 ms), so below this
+/// the copy outweighs the faster reads (`benches/RESULTS.md`).
+pub const PACKED_MIN_PIXELS: usize = 2048;
+
+/// Whether `Auto`, on an adapter that runs shaders on CPU cores with subgroups of at least 8,
+/// takes the 64-channel register-blocked kernel for an output (its channels fill 64-channel
+/// blocks as well as 32-channel ones), and whether it reads packed weights there (the output
+/// also has at least [`PACKED_MIN_PIXELS`] pixels).
+pub(crate) fn auto_blocked_wide(output: Shape) -> (bool, bool) {
+    let c = output.c;
+    let wide = c.next_multiple_of(BLOCK_C_WIDE as usize) == c.next_multiple_of(BLOCK_C as usize);
+    (wide, wide && output.n * output.plane() >= PACKED_MIN_PIXELS)
+}
+
 /// A chunk of a convolution and the number of slices its reduction is split into.
 type ChunkSplit = (ConvChunk, usize);
 
@@ -399,10 +415,11 @@ impl GpuConv2d {
     /// lavapipe) with subgroups of at least 8, the register-blocked kernel for every shape: there
     /// each load costs a loop over the SIMD lanes, and it makes the fewest loads per
     /// multiply-add (measured 10x to 40x the direct kernel, see `benches/RESULTS.md`); its
-    /// 64-channel form reading packed weights ([`ConvAlgorithm::BlockedPacked`]) on layers whose
-    /// output channels fill 64-channel blocks as well as 32-channel ones, the 32-channel one
-    /// elsewhere (training keeps the unpacked [`ConvAlgorithm::BlockedWide`] in place of the
-    /// packed form: it holds no scratch for the packed weights). On other adapters it picks the workgroup-tiled kernel (its pointwise variant
+    /// 64-channel form ([`ConvAlgorithm::BlockedWide`]) on layers whose output channels fill
+    /// 64-channel blocks as well as 32-channel ones, the 32-channel one elsewhere; the
+    /// 64-channel form reads packed weights ([`ConvAlgorithm::BlockedPacked`]) where the
+    /// output has at least [`PACKED_MIN_PIXELS`] pixels, except in training, which holds no
+    /// scratch for them. On other adapters it picks the workgroup-tiled kernel (its pointwise variant
     /// for 1x1 layers), or the direct kernel when the layer has fewer than `TILE_M / 4` (32)
     /// output channels or `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be
     /// mostly idle. The tiled
@@ -447,16 +464,10 @@ impl GpuConv2d {
             // The wide block (faster in every paired run, see `benches/RESULTS.md`), reading
             // packed weights, where it computes no more padding channels than the narrow one.
             ConvAlgorithm::Auto if self.cpu_adapter && self.blocked_supported => {
-                let c = output.c;
-                if c.next_multiple_of(BLOCK_C_WIDE as usize) == c.next_multiple_of(BLOCK_C as usize)
-                {
-                    if self.packed_allowed {
-                        Kernel::ConvBlockedPacked
-                    } else {
-                        Kernel::ConvBlocked64
-                    }
-                } else {
-                    Kernel::ConvBlocked
+                match auto_blocked_wide(output) {
+                    (true, true) if self.packed_allowed => Kernel::ConvBlockedPacked,
+                    (true, _) => Kernel::ConvBlocked64,
+                    (false, _) => Kernel::ConvBlocked,
                 }
             }
             // A tile of TILE_M channels x TILE_N pixels is mostly idle when the layer has few of

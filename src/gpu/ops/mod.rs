@@ -14,7 +14,7 @@ pub mod train;
 pub mod zoom;
 
 pub use argmax::GpuArgmax;
-pub use conv::{ConvAlgorithm, ConvChoice, DIRECT_TUNE_MAX_MACS, GpuConv2d};
+pub use conv::{ConvAlgorithm, ConvChoice, DIRECT_TUNE_MAX_MACS, GpuConv2d, PACKED_MIN_PIXELS};
 pub use deconv::GpuDeconv2d;
 pub use max_pool::GpuMaxPool2d;
 pub use relu::GpuRelu;
