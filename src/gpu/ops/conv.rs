@@ -732,6 +732,25 @@ impl GpuConv2d {
             if s.relu && ch.ci0 + ch.ci_n == s.in_channels {
                 flags |= FLAG_RELU;
             }
+            // The chunk's uniform; `total` (and, per round, more) set per kernel below.
+            let base = ConvParams {
+                in_c: ch.ci_n as u32,
+                in_h: in_shape.h as u32,
+                in_w: in_shape.w as u32,
+                in_base: in_win.base,
+                out_c: ch.co_n as u32,
+                out_h: out_shape.h as u32,
+                out_w: out_shape.w as u32,
+                out_base: out_win.base,
+                w_base: w_win.base + ch.ci0 as u32,
+                bias_base: b_win.base,
+                flags,
+                batch: ch.nb as u32,
+                in_batch_stride: (in_shape.c * in_shape.plane()) as u32,
+                out_batch_stride: (out_shape.c * pixels) as u32,
+                k_split: 1,
+                ..self.template
+            };
             if kernel == Kernel::ConvBlockedPacked {
                 // Rounds of 64-channel blocks: pack their weights into scratch, then convolve.
                 let Some(packed) = scratch else {
@@ -755,29 +774,17 @@ impl GpuConv2d {
                     let elems = c_n.div_ceil(wide) * block;
                     let packed_win = window(packed, 0, elems);
                     let w_win = window(&self.weight, (ch.co0 + c_first) * w_row, c_n * w_row);
-                    let params = ConvParams {
-                        in_c: ch.ci_n as u32,
-                        in_h: in_shape.h as u32,
-                        in_w: in_shape.w as u32,
-                        in_base: in_win.base,
+                    let pack = ConvParams {
                         out_c: c_n as u32,
-                        out_h: out_shape.h as u32,
-                        out_w: out_shape.w as u32,
                         out_base: packed_win.base,
                         w_base: w_win.base + ch.ci0 as u32,
-                        bias_base: b_win.base + if s.bias { c_first as u32 } else { 0 },
-                        flags,
-                        batch: ch.nb as u32,
-                        in_batch_stride: (in_shape.c * in_shape.plane()) as u32,
-                        out_batch_stride: (out_shape.c * pixels) as u32,
                         total: elems as u32,
-                        k_split: 1,
-                        ..self.template
+                        ..base
                     };
                     dispatches.push(gpu.linear_dispatch_as(
                         Kernel::ConvPackBlocked,
                         precision,
-                        &params,
+                        &pack,
                         &[(&self.weight, w_win), (packed, packed_win)],
                         elems,
                     )?);
@@ -785,10 +792,12 @@ impl GpuConv2d {
                         * c_n.div_ceil(wide)
                         * pixels.div_ceil((WG_BLOCKED * BLOCK_P) as usize);
                     let conv = ConvParams {
-                        out_base: out_win.base + (c_first * pixels) as u32,
+                        out_c: c_n as u32,
+                        out_base: base.out_base + (c_first * pixels) as u32,
                         w_base: packed_win.base,
+                        bias_base: base.bias_base + if s.bias { c_first as u32 } else { 0 },
                         total: total as u32,
-                        ..params
+                        ..base
                     };
                     dispatches.push(gpu.dispatch_as(
                         kernel,
@@ -822,25 +831,9 @@ impl GpuConv2d {
                 Kernel::ConvDirect => total.div_ceil(WG_LINEAR as usize),
                 _ => total,
             };
-            let out_batch_stride = (out_shape.c * pixels) as u32;
             let mut params = ConvParams {
-                in_c: ch.ci_n as u32,
-                in_h: in_shape.h as u32,
-                in_w: in_shape.w as u32,
-                in_base: in_win.base,
-                out_c: ch.co_n as u32,
-                out_h: out_shape.h as u32,
-                out_w: out_shape.w as u32,
-                out_base: out_win.base,
-                w_base: w_win.base + ch.ci0 as u32,
-                bias_base: b_win.base,
-                flags,
-                batch: ch.nb as u32,
-                in_batch_stride: (in_shape.c * in_shape.plane()) as u32,
-                out_batch_stride,
                 total: total as u32,
-                k_split: 1,
-                ..self.template
+                ..base
             };
             // A split reduction writes every slice's raw partial sums to the scratch buffer;
             // a second pass adds them up with the flags.
@@ -879,7 +872,7 @@ impl GpuConv2d {
                 slices: k_split as u32,
                 total: partial as u32,
                 out_base: out_win.base,
-                out_batch_stride,
+                out_batch_stride: base.out_batch_stride,
                 bias_base: b_win.base,
                 flags,
             };
