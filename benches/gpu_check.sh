@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One-command GPU check: adapter information, GFLOP/s of every convolution kernel and of the
-# kernel chosen by measurement on the shapes of benches/ops.rs, the whole dilation10_cityscapes
-# network at 1396x1396 with and without tuning and, where PyTorch with CUDA is importable,
-# cuDNN on the same shapes (fp32 with TF32 off, and f16). Writes benches/gpu_check.json and
-# benches/gpu_check.md (and copies them, with the log, into $OUT when it is set).
+# kernels chosen by measurement (f32 and f16) on the shapes of benches/ops.rs, the whole
+# dilation10_cityscapes network at 1396x1396 in f32 and f16 with and without tuning, every
+# output checked against the CPU and, where PyTorch with CUDA is importable, cuDNN on the same
+# shapes (fp32 with TF32 off, and f16). Writes benches/gpu_check.json and benches/gpu_check.md
+# (and copies them, with the log, into $OUT when it is set). A run that stops early still
+# leaves what it measured; the exit status is 3 when an output disagrees with the CPU.
 #
 #   benches/gpu_check.sh            # full sizes (a real GPU; about 2-4 minutes on an H100)
 #   benches/gpu_check.sh --small    # or DILATED_CHECK_SMALL=1: small sizes, no cuDNN
@@ -28,12 +30,25 @@ json=benches/gpu_check.json
 md=benches/gpu_check.md
 log=benches/gpu_check.log
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
+
+# Whatever was written, even by a run cut short, goes to benches/ (and $OUT).
+finish() {
+    status=$?
+    for f in "$tmp"/gpu_check.json "$tmp"/gpu_check.md "$tmp"/gpu_check.log; do
+        [ -f "$f" ] || continue
+        cp "$f" benches/
+        if [ -n "${OUT:-}" ]; then cp "$f" "$OUT"/; fi
+    done
+    rm -rf "$tmp"
+    echo "gpu_check.sh: exit status $status; wrote what exists of $json, $md, $log"
+    exit "$status"
+}
+trap finish EXIT
 
 {
     echo "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
-    echo "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
+    echo "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
     "$bin/dilated" info
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv || true
 
@@ -42,17 +57,14 @@ start=$(date +%s)
         args+=(--small)
         echo "small sizes: cuDNN skipped"
     elif python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-        python3 benches/cudnn_reference.py --f16 --reps 20 --warmup 5 --json "$tmp/cudnn.json"
-        args+=(--cudnn "$tmp/cudnn.json")
+        # cuDNN first: its figures are kept even if our check stops early.
+        python3 benches/cudnn_reference.py --f16 --reps 20 --warmup 5 --json "$tmp/cudnn.json" \
+            && args+=(--cudnn "$tmp/cudnn.json") || echo "cudnn_reference.py failed: cuDNN skipped"
     else
         echo "PyTorch with CUDA is not importable: cuDNN skipped"
     fi
-    "$check" "${args[@]}"
-    echo "gpu_check took $(( $(date +%s) - start )) s"
+    status=0
+    "$check" "${args[@]}" || status=$?
+    echo "gpu_check took $(( $(date +%s) - start )) s (exit status $status)"
+    exit "$status"
 } 2>&1 | tee "$tmp/gpu_check.log"
-
-cp "$tmp/gpu_check.json" "$json"
-cp "$tmp/gpu_check.md" "$md"
-cp "$tmp/gpu_check.log" "$log"
-if [ -n "${OUT:-}" ]; then cp "$json" "$md" "$log" "$OUT"/; fi
-echo "wrote $json, $md, $log"

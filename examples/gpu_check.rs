@@ -1,9 +1,16 @@
 //! The real-GPU check `benches/gpu_check.sh` runs: adapter information; the GFLOP/s of every
-//! convolution kernel and of the kernel chosen by measurement on the shapes of
-//! `benches/ops.rs`; the whole `dilation10_cityscapes` network at 1396x1396 with the
-//! heuristic's kernels and with kernels chosen by measurement; beside them, when given, the
-//! cuDNN figures of `benches/cudnn_reference.py --json` from the same machine. Prints a table
-//! and writes JSON and Markdown.
+//! convolution kernel, and of the kernels chosen by measurement in f32 and f16, on the shapes
+//! of `benches/ops.rs`, each output checked against the CPU; the whole `dilation10_cityscapes`
+//! network at 1396x1396 in f32 and f16, with the heuristic's kernels and with kernels chosen
+//! by measurement, each output compared with the CPU plan's (relative error, label agreement);
+//! beside them, when given, the cuDNN figures of `benches/cudnn_reference.py --json` from the
+//! same machine. Prints a table and writes JSON and Markdown, rewritten after every shape and
+//! network run so that a run cut short still leaves what it measured.
+//!
+//! The CPU side of each check is the crate's fast CPU path (which the test suite checks
+//! against the f64 reference): a wrong kernel on a real driver shows as a relative error far
+//! above [`F32_TOLERANCE`] / [`F16_TOLERANCE`], a cell marked `WRONG`, and exit status 3
+//! once everything has been measured and written.
 //!
 //!     cargo run --release --example gpu_check -- [--small] [--cudnn cudnn.json]
 //!         [--json benches/gpu_check.json] [--md benches/gpu_check.md]
@@ -15,11 +22,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dilated::gpu::tune::{Tuning, measure_conv_alone, time_dispatches};
-use dilated::gpu::{ConvChoice, Io, Kernel};
+use dilated::gpu::tune::{CandidateTime, Tuning, measure_conv_alone, time_dispatches};
+use dilated::gpu::{ConvChoice, GpuTensor, Io, Kernel};
 use dilated::net::{Model, PresetOptions};
-use dilated::plan::GpuPlan;
-use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, Shape};
+use dilated::plan::{CpuPlan, GpuPlan};
+use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, GpuOptions, Precision, Shape};
 use ndarray::{Array1, Array4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,6 +34,18 @@ use serde_json::{Value, json};
 
 /// Timed runs per kernel and shape (after a warm-up).
 const RUNS: usize = 5;
+
+/// Largest relative error (`max |gpu - cpu| / max |cpu|`) an f32 kernel may show against the
+/// CPU before it is marked wrong: f32 sums in another order differ by far less, a kernel
+/// that computes the wrong thing by far more.
+const F32_TOLERANCE: f64 = 1e-4;
+
+/// The same for f16 storage (inputs, weights and outputs each rounded to 11 significant bits).
+const F16_TOLERANCE: f64 = 1e-2;
+
+/// The same for whole networks' outputs (class probabilities after 20+ layers).
+const NETWORK_F32_TOLERANCE: f64 = 1e-3;
+const NETWORK_F16_TOLERANCE: f64 = 5e-2;
 
 struct Args {
     small: bool,
@@ -126,13 +145,116 @@ fn gflops(flops: u64, t: Duration) -> f64 {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("gpu_check: {e}");
-        std::process::exit(1);
+    match run() {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("gpu_check: some outputs disagree with the CPU (cells marked WRONG)");
+            std::process::exit(3);
+        }
+        Err(e) => {
+            eprintln!("gpu_check: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// `max |a - b| / max |b|`, NaN in either (an unwritten, poisoned element) counting as
+/// infinite.
+fn rel_error(a: &Array4<f32>, reference: &Array4<f32>) -> f64 {
+    if a.dim() != reference.dim() {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut max_ref) = (0f64, 0f64);
+    for (&x, &r) in a.iter().zip(reference) {
+        if x.is_nan() || r.is_nan() {
+            return f64::INFINITY;
+        }
+        diff = diff.max((x as f64 - r as f64).abs());
+        max_ref = max_ref.max((r as f64).abs());
+    }
+    if max_ref == 0.0 {
+        if diff == 0.0 { 0.0 } else { f64::INFINITY }
+    } else {
+        diff / max_ref
+    }
+}
+
+/// The share of pixels whose highest-scoring class (first on ties) is the same in both.
+fn label_agreement(a: &Array4<f32>, reference: &Array4<f32>) -> f64 {
+    let labels = dilated::cpu::reference::argmax(a.view());
+    let labels_ref = dilated::cpu::reference::argmax(reference.view());
+    let same = labels
+        .iter()
+        .zip(&labels_ref)
+        .filter(|(a, b)| a == b)
+        .count();
+    same as f64 / labels_ref.len().max(1) as f64
+}
+
+/// `" WRONG"` when `err` is above `tolerance` (or not a number).
+fn mark(err: f64, tolerance: f64) -> &'static str {
+    if err <= tolerance { "" } else { " WRONG" }
+}
+
+/// Runs `dispatches` once into `output`, poisoned with NaN first, and returns what they wrote.
+fn run_poisoned(
+    gpu: &Gpu,
+    dispatches: &[dilated::gpu::Dispatch],
+    output: &GpuTensor,
+) -> Result<Array4<f32>, Box<dyn std::error::Error>> {
+    let shape = output.shape();
+    gpu.write_tensor(output, Array4::from_elem(shape.dims(), f32::NAN).view())?;
+    gpu.run(dispatches)?;
+    Ok(gpu.download(output)?)
+}
+
+/// What the check has found so far, written out after every shape and network run.
+struct Report {
+    json: Option<PathBuf>,
+    md_path: Option<PathBuf>,
+    adapter: Value,
+    small: bool,
+    header: String,
+    shape_rows: Vec<Value>,
+    shape_md: String,
+    network: Value,
+    network_rows: Vec<Value>,
+    network_md: String,
+    cudnn: Option<Value>,
+    all_correct: bool,
+}
+
+impl Report {
+    /// Writes the JSON and Markdown files (`complete`: whether every section has run).
+    fn save(&self, complete: bool) -> Result<(), Box<dyn std::error::Error>> {
+        let report = json!({
+            "adapter": self.adapter, "small": self.small, "runs": RUNS, "complete": complete,
+            "all_outputs_match_cpu": self.all_correct,
+            "tolerances": {"f32": F32_TOLERANCE, "f16": F16_TOLERANCE,
+                           "network_f32": NETWORK_F32_TOLERANCE,
+                           "network_f16": NETWORK_F16_TOLERANCE},
+            "shapes": self.shape_rows,
+            "network": {"runs": self.network_rows, "about": self.network},
+            "cudnn": self.cudnn,
+        });
+        if let Some(p) = &self.json {
+            dilated::io::write_file(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        }
+        if let Some(p) = &self.md_path {
+            let mut md = self.header.clone();
+            md.push_str(&self.shape_md);
+            md.push_str(&self.network_md);
+            if !complete {
+                md.push_str("\n**Incomplete: the check stopped before the sections above were all written.**\n");
+            }
+            dilated::io::write_file(p, md.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Returns whether every output matched the CPU.
+fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let cache = tempfile::tempdir()?;
     let gpu = Gpu::with_options(&GpuOptions {
@@ -142,26 +264,41 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let a = gpu.adapter();
     let info = &a.info;
     println!("{a}");
-    let adapter = json!({
-        "name": info.name, "backend": format!("{:?}", info.backend),
-        "device_type": format!("{:?}", info.device_type), "vendor": info.vendor,
-        "device": info.device, "driver": info.driver, "driver_info": info.driver_info,
-        "timestamps": a.timestamps, "subgroups": a.subgroups,
-        "pipeline_cache": a.pipeline_cache,
-    });
+    let f16 = gpu.supports(Precision::F16);
     let cudnn: Option<Value> = match &args.cudnn {
         Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
         None => None,
     };
-    let cudnn_row = |case: &str| -> Option<&Value> {
+    let mut report = Report {
+        json: args.json.clone(),
+        md_path: args.md.clone(),
+        adapter: json!({
+            "name": info.name, "backend": format!("{:?}", info.backend),
+            "device_type": format!("{:?}", info.device_type), "vendor": info.vendor,
+            "device": info.device, "driver": info.driver, "driver_info": info.driver_info,
+            "timestamps": a.timestamps, "subgroups": a.subgroups,
+            "subgroup_sizes": [info.subgroup_min_size, info.subgroup_max_size],
+            "pipeline_cache": a.pipeline_cache, "shader_f16": f16,
+        }),
+        small: args.small,
+        header: String::new(),
+        shape_rows: Vec::new(),
+        shape_md: String::new(),
+        network: Value::Null,
+        network_rows: Vec::new(),
+        network_md: String::new(),
+        cudnn: cudnn.clone(),
+        all_correct: true,
+    };
+    let cudnn_row = |case: &str| -> Option<Value> {
         cudnn.as_ref()?["results"]
             .as_array()?
             .iter()
             .find(|r| r["case"] == case)
+            .cloned()
     };
 
-    let mut md = String::new();
-    md.push_str(&format!(
+    report.header = format!(
         "Adapter: {} ({:?}, {:?}), driver {} {}{}\n\n",
         info.name,
         info.backend,
@@ -169,16 +306,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         info.driver,
         info.driver_info,
         if args.small { "; `--small` sizes" } else { "" }
+    );
+    report.header.push_str(&format!(
+        "GFLOP/s per kernel (median of timed runs; the kernel that ran in brackets where a choice fell back). \
+         Every output was poisoned with NaN, then compared with the CPU's: `WRONG` marks a relative error above \
+         {F32_TOLERANCE:e} (f32) or {F16_TOLERANCE:e} (f16); \"max err\" is the largest over the row's f32 kernels, then the f16 choice's.\n\n"
     ));
-    md.push_str("GFLOP/s per kernel (median of timed runs; the kernel that ran in brackets where a choice fell back):\n\n");
-    md.push_str("| shape | GFLOP | ");
-    md.push_str(&choices().join(" | "));
-    md.push_str(" | tuned (choice) | cuDNN fp32 | cuDNN f16 |\n|---|---:|");
-    md.push_str(&"---:|".repeat(choices().len() + 3));
-    md.push('\n');
+    let mut table = String::from("| shape | GFLOP | ");
+    table.push_str(&choices().join(" | "));
+    table.push_str(" | tuned (choice) | tuned f16 (choice) | max err f32 / f16 | cuDNN fp32 | cuDNN f16 |\n|---|---:|");
+    table.push_str(&"---:|".repeat(choices().len() + 5));
+    table.push('\n');
+    report.shape_md = table;
+    report.save(false)?;
 
     let mut rng = StdRng::seed_from_u64(7);
-    let mut shape_rows = Vec::new();
     for (name, spec, input) in shapes(args.small) {
         let out = spec.output_shape(input, name)?;
         let flops = spec.flops(out);
@@ -186,116 +328,282 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             Array4::from_shape_simple_fn(spec.weight_shape(), || rng.random_range(-0.05f32..0.05));
         let b = Array1::from_shape_simple_fn(spec.out_channels, || rng.random_range(-1f32..1.0));
         let x = Array4::from_shape_simple_fn(input.dims(), || rng.random_range(-1f32..1.0));
+        let reference = dilated::cpu::fast::conv2d(x.view(), &spec, w.view(), Some(b.view()))?;
         let conv = GpuConv2d::new(&gpu, spec, w.view(), Some(b.view()))?;
         let xg = gpu.upload(x.view())?;
         let yg = gpu.empty(out)?;
+        let io = Io::tensors(&xg, &yg);
         let mut kernels = serde_json::Map::new();
         let mut cells = Vec::new();
+        let mut worst = 0f64;
         for choice_name in choices() {
             let choice = ConvChoice::from_name(choice_name).ok_or("choice")?;
-            let dispatches = conv.prepare_as(&gpu, &Io::tensors(&xg, &yg), choice)?;
+            let dispatches = conv.prepare_as(&gpu, &io, choice)?;
             // The convolution, not the weight packing that may run before it.
             let kernel = dispatches
                 .iter()
                 .map(|d| d.kernel())
                 .find(|&k| k != Kernel::ConvPackBlocked)
                 .ok_or("no dispatch")?;
-            gpu.run(&dispatches)?;
+            let err = rel_error(&run_poisoned(&gpu, &dispatches, &yg)?, &reference);
+            worst = worst.max(err);
             let (times, from_timestamps) = time_dispatches(&gpu, &dispatches, RUNS)?;
             let t = median(times);
             kernels.insert(
                 choice_name.into(),
                 json!({"kernel": format!("{kernel:?}"), "ms": t.as_secs_f64() * 1e3,
-                       "gflops": gflops(flops, t), "timestamps": from_timestamps}),
+                       "gflops": gflops(flops, t), "timestamps": from_timestamps,
+                       "rel_error": err, "correct": err <= F32_TOLERANCE}),
             );
-            cells.push(format!("{:.1} ({kernel:?})", gflops(flops, t)));
+            cells.push(format!(
+                "{:.1} ({kernel:?}){}",
+                gflops(flops, t),
+                mark(err, F32_TOLERANCE)
+            ));
         }
-        let start = Instant::now();
-        let candidates = measure_conv_alone(&gpu, &conv, input, true)?;
-        let tuning_ms = start.elapsed().as_secs_f64() * 1e3;
-        let best = candidates.first().ok_or("no candidate")?;
-        let tuned_gflops = gflops(flops, best.time);
+        let tuned = tune_and_check(&gpu, &conv, &xg, &yg, &reference)?;
+        worst = worst.max(tuned.error);
+        let tuned16 = if f16 {
+            let conv16 = GpuConv2d::new_as(&gpu, spec, w.view(), Some(b.view()), Precision::F16)?;
+            let x16 = gpu.upload_as(x.view(), Precision::F16)?;
+            let y16 = gpu.empty_as(out, Precision::F16)?;
+            Some(tune_and_check(&gpu, &conv16, &x16, &y16, &reference)?)
+        } else {
+            None
+        };
+        let correct =
+            worst <= F32_TOLERANCE && tuned16.as_ref().is_none_or(|t| t.error <= F16_TOLERANCE);
+        report.all_correct &= correct;
         let cd = cudnn_row(name);
         let cd_cell = |key: &str| {
-            cd.and_then(|r| r[key].as_f64())
+            cd.as_ref()
+                .and_then(|r| r[key].as_f64())
                 .map_or("-".to_string(), |g| format!("{g:.0}"))
         };
+        let tuned_cell = |t: &Tuned, tolerance| {
+            format!(
+                "{:.1} ({}){}",
+                gflops(flops, t.best.time),
+                t.best.choice.name(),
+                mark(t.error, tolerance)
+            )
+        };
         println!(
-            "{name:<22} {:>7.2} GFLOP  {}  tuned {} {:.0} GFLOP/s (tuning {tuning_ms:.0} ms)",
+            "{name:<22} {:>7.2} GFLOP  {}  tuned {}{}  max err {worst:.1e}{}",
             flops as f64 / 1e9,
             cells.join("  "),
-            best.choice.name(),
-            tuned_gflops
+            tuned_cell(&tuned, F32_TOLERANCE),
+            tuned16.as_ref().map_or(String::new(), |t| format!(
+                "  tuned f16 {} err {:.1e}",
+                tuned_cell(t, F16_TOLERANCE),
+                t.error
+            )),
+            if correct { "" } else { "  WRONG" }
         );
-        md.push_str(&format!(
-            "| {name} | {:.2} | {} | {:.1} ({}) | {} | {} |\n",
+        report.shape_md.push_str(&format!(
+            "| {name} | {:.2} | {} | {} | {} | {worst:.1e} / {} | {} | {} |\n",
             flops as f64 / 1e9,
             cells.join(" | "),
-            tuned_gflops,
-            best.choice.name(),
+            tuned_cell(&tuned, F32_TOLERANCE),
+            tuned16
+                .as_ref()
+                .map_or("-".into(), |t| tuned_cell(t, F16_TOLERANCE)),
+            tuned16
+                .as_ref()
+                .map_or("-".into(), |t| format!("{:.1e}", t.error)),
             cd_cell("fp32_gflops"),
             cd_cell("f16_gflops"),
         ));
-        shape_rows.push(json!({
+        report.shape_rows.push(json!({
             "shape": name, "input": input.dims(), "output": out.dims(), "gflop": flops as f64 / 1e9,
-            "kernels": kernels,
-            "tuned": {"choice": best.choice.name(), "kernel": format!("{:?}", best.kernel),
-                      "ms": best.time.as_secs_f64() * 1e3, "gflops": tuned_gflops,
-                      "tuning_ms": tuning_ms},
-            "candidates": candidates.iter().map(|c| json!({
-                "choice": c.choice.name(), "ms": c.time.as_secs_f64() * 1e3, "runs": c.runs})).collect::<Vec<_>>(),
-            "cudnn": cd.cloned(),
+            "kernels": kernels, "max_rel_error_f32": worst,
+            "tuned": tuned.json(flops),
+            "tuned_f16": tuned16.as_ref().map(|t| t.json(flops)),
+            "cudnn": cd,
         }));
+        report.save(false)?;
     }
 
-    // The whole network: heuristic kernels, then kernels measured as the plan is built.
+    network_section(&gpu, &args, &mut report, &cudnn_row, f16, &mut rng)?;
+    report.save(true)?;
+    for p in [&args.json, &args.md].into_iter().flatten() {
+        println!("wrote {}", p.display());
+    }
+    Ok(report.all_correct)
+}
+
+/// A convolution's kernels measured on the device, and the winner's output checked.
+struct Tuned {
+    best: CandidateTime,
+    candidates: Vec<CandidateTime>,
+    tuning_ms: f64,
+    error: f64,
+}
+
+impl Tuned {
+    fn json(&self, flops: u64) -> Value {
+        json!({"choice": self.best.choice.name(), "kernel": format!("{:?}", self.best.kernel),
+               "ms": self.best.time.as_secs_f64() * 1e3, "gflops": gflops(flops, self.best.time),
+               "tuning_ms": self.tuning_ms, "rel_error": self.error,
+               "candidates": self.candidates.iter().map(|c| json!({
+                   "choice": c.choice.name(), "ms": c.time.as_secs_f64() * 1e3, "runs": c.runs}))
+                   .collect::<Vec<_>>()})
+    }
+}
+
+/// Measures `conv`'s candidates as a plan would, then runs the fastest from `x` into `output`
+/// (poisoned first) and compares what it wrote with `reference`.
+fn tune_and_check(
+    gpu: &Gpu,
+    conv: &GpuConv2d,
+    x: &GpuTensor,
+    output: &GpuTensor,
+    reference: &Array4<f32>,
+) -> Result<Tuned, Box<dyn std::error::Error>> {
+    let input = x.shape();
+    let start = Instant::now();
+    let candidates = measure_conv_alone(gpu, conv, input, true)?;
+    let tuning_ms = start.elapsed().as_secs_f64() * 1e3;
+    let best = candidates.first().ok_or("no candidate")?.clone();
+    let dispatches = conv.prepare_as(gpu, &Io::tensors(x, output), best.choice)?;
+    let error = rel_error(&run_poisoned(gpu, &dispatches, output)?, reference);
+    Ok(Tuned {
+        best,
+        candidates,
+        tuning_ms,
+        error,
+    })
+}
+
+/// The whole network, f32 then f16, with the heuristic's kernels and with kernels measured as
+/// the plan is built: build time, forward time, memory, and the class scores against the CPU.
+fn network_section(
+    gpu: &Gpu,
+    args: &Args,
+    report: &mut Report,
+    cudnn_row: &dyn Fn(&str) -> Option<Value>,
+    f16: bool,
+    rng: &mut StdRng,
+) -> Result<(), Box<dyn std::error::Error>> {
     let (divisor, size) = if args.small { (8, 420) } else { (1, 1396) };
     let net = Model::Cityscapes.build(&PresetOptions {
         width_divisor: divisor,
         ..Default::default()
     })?;
+    // The class scores: the network without its final softmax, which saturates to 0 and 1
+    // on scores from random weights and would hide differences.
+    let layers = net.layers().len();
+    let scores_net = match net.layers().last().map(|l| &l.op) {
+        Some(dilated::net::Op::Softmax) => net.sub_network(0..layers - 1)?,
+        _ => net.clone(),
+    };
     let shape = Shape::new(1, 3, size, size);
     let flops: u64 = net.report(shape)?.iter().map(|r| r.flops).sum();
     let x = Array4::from_shape_simple_fn(shape.dims(), || rng.random_range(-100f32..100.0));
-    let mut network_rows = Vec::new();
-    md.push_str(&format!(
-        "\n`dilation10_cityscapes` (widths / {divisor}) at {size}x{size}, {:.1} GFLOP, one forward pass including upload and read-back (median of {RUNS}):\n\n| kernels | plan built in ms | forward ms | GFLOP/s |\n|---|---:|---:|---:|\n",
+    let start = Instant::now();
+    let reference = CpuPlan::new(&scores_net)?.forward(x.view())?;
+    let cpu_ms = start.elapsed().as_secs_f64() * 1e3;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "dilation10_cityscapes /{divisor} {size}x{size}: CPU scores in {cpu_ms:.0} ms ({cores} cores)"
+    );
+    report.network = json!({"model": "dilation10_cityscapes", "width_divisor": divisor,
+        "size": size, "gflop": flops as f64 / 1e9, "cpu_reference_ms": cpu_ms,
+        "cpu_cores": cores});
+    report.network_md = format!(
+        "\n`dilation10_cityscapes` (widths / {divisor}) at {size}x{size}, {:.1} GFLOP, one forward pass \
+         of the whole network including upload and read-back (median of {RUNS}). The class scores \
+         (the same plan without the final softmax, kernels chosen the same way) are compared \
+         with the CPU plan's: `max |gpu - cpu| / max |cpu|` and the share of pixels with the \
+         same best class; `WRONG` marks an error above {NETWORK_F32_TOLERANCE:e} (f32) or \
+         {NETWORK_F16_TOLERANCE:e} (f16).\n\n\
+         | precision | kernels | plan built in ms | forward ms | GFLOP/s | peak MiB | max rel err | labels agree |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
         flops as f64 / 1e9
-    ));
-    for (label, tuning) in [("heuristic", Tuning::Off), ("tuned", Tuning::Retune)] {
-        let start = Instant::now();
-        let plan = GpuPlan::with_tuning(&gpu, &net, shape, ConvAlgorithm::Auto, tuning)?;
-        let build = start.elapsed();
-        plan.forward(x.view())?;
-        let mut times = Vec::new();
-        for _ in 0..RUNS {
+    );
+    report.save(false)?;
+    let precisions: &[Precision] = if f16 {
+        &[Precision::F32, Precision::F16]
+    } else {
+        &[Precision::F32]
+    };
+    for &precision in precisions {
+        let tolerance = match precision {
+            Precision::F32 => NETWORK_F32_TOLERANCE,
+            Precision::F16 => NETWORK_F16_TOLERANCE,
+        };
+        for (label, tuning) in [("heuristic", Tuning::Off), ("tuned", Tuning::Retune)] {
             let start = Instant::now();
+            let plan =
+                GpuPlan::with_precision(gpu, &net, shape, ConvAlgorithm::Auto, tuning, precision)?;
+            let build = start.elapsed();
             plan.forward(x.view())?;
-            times.push(start.elapsed());
+            let mut times = Vec::new();
+            for _ in 0..RUNS {
+                let start = Instant::now();
+                plan.forward(x.view())?;
+                times.push(start.elapsed());
+            }
+            let t = median(times);
+            let peak = plan.peak_memory();
+            let choices = plan
+                .conv_choices()
+                .iter()
+                .map(|c| {
+                    json!({"layer": c.layer, "choice": c.choice.name(),
+                           "kernel": format!("{:?}", c.kernel)})
+                })
+                .collect::<Vec<_>>();
+            drop(plan);
+            // The tuned plan recorded its choices: `Cached` builds the scores plan with them.
+            let scores_tuning = match tuning {
+                Tuning::Off => Tuning::Off,
+                _ => Tuning::Cached,
+            };
+            let scores_plan = GpuPlan::with_precision(
+                gpu,
+                &scores_net,
+                shape,
+                ConvAlgorithm::Auto,
+                scores_tuning,
+                precision,
+            )?;
+            let scores = scores_plan.forward(x.view())?;
+            drop(scores_plan);
+            let err = rel_error(&scores, &reference);
+            let agree = label_agreement(&scores, &reference);
+            report.all_correct &= err <= tolerance;
+            println!(
+                "dilation10_cityscapes /{divisor} {size}x{size} {precision} {label}: plan built in {:.0} ms, forward {:.1} ms ({:.0} GFLOP/s), {:.1} MiB, scores vs CPU {err:.2e}, labels agree {:.3}%{}",
+                build.as_secs_f64() * 1e3,
+                t.as_secs_f64() * 1e3,
+                gflops(flops, t),
+                peak as f64 / (1 << 20) as f64,
+                100.0 * agree,
+                mark(err, tolerance)
+            );
+            report.network_md.push_str(&format!(
+                "| {precision} | {label} | {:.0} | {:.1} | {:.1} | {:.1} | {err:.2e}{} | {:.3}% |\n",
+                build.as_secs_f64() * 1e3,
+                t.as_secs_f64() * 1e3,
+                gflops(flops, t),
+                peak as f64 / (1 << 20) as f64,
+                mark(err, tolerance),
+                100.0 * agree,
+            ));
+            report.network_rows.push(json!({
+                "precision": precision.to_string(), "kernels": label,
+                "plan_build_ms": build.as_secs_f64() * 1e3,
+                "forward_ms": t.as_secs_f64() * 1e3, "gflops": gflops(flops, t),
+                "peak_memory_bytes": peak, "scores_rel_error": err, "labels_agree": agree,
+                "correct": err <= tolerance, "choices": choices,
+            }));
+            report.save(false)?;
         }
-        let t = median(times);
-        println!(
-            "dilation10_cityscapes /{divisor} {size}x{size} {label}: plan built in {:.0} ms, forward {:.1} ms ({:.0} GFLOP/s)",
-            build.as_secs_f64() * 1e3,
-            t.as_secs_f64() * 1e3,
-            gflops(flops, t)
-        );
-        md.push_str(&format!(
-            "| {label} | {:.0} | {:.1} | {:.1} |\n",
-            build.as_secs_f64() * 1e3,
-            t.as_secs_f64() * 1e3,
-            gflops(flops, t)
-        ));
-        network_rows.push(json!({
-            "kernels": label, "plan_build_ms": build.as_secs_f64() * 1e3,
-            "forward_ms": t.as_secs_f64() * 1e3, "gflops": gflops(flops, t),
-            "choices": plan.conv_choices().iter().map(|c| json!({
-                "layer": c.layer, "choice": c.choice.name(), "kernel": format!("{:?}", c.kernel)})).collect::<Vec<_>>(),
-        }));
     }
     if let Some(row) = cudnn_row(&format!("dilation10_cityscapes_{size}x{size}")) {
-        md.push_str(&format!(
-            "| cuDNN fp32 / f16 | - | {:.1} / {} | {:.0} / {} |\n",
+        report.network_md.push_str(&format!(
+            "| cuDNN fp32 / f16 | - | - | {:.1} / {} | {:.0} / {} | - | - | - |\n",
             row["fp32_ms"].as_f64().unwrap_or(f64::NAN),
             row["f16_ms"]
                 .as_f64()
@@ -305,21 +613,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .as_f64()
                 .map_or("-".into(), |v| format!("{v:.0}")),
         ));
-    }
-    let report = json!({
-        "adapter": adapter, "small": args.small, "runs": RUNS,
-        "shapes": shape_rows,
-        "network": {"model": "dilation10_cityscapes", "width_divisor": divisor, "size": size,
-                    "gflop": flops as f64 / 1e9, "runs": network_rows},
-        "cudnn": cudnn,
-    });
-    if let Some(p) = &args.json {
-        dilated::io::write_file(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
-        println!("wrote {}", p.display());
-    }
-    if let Some(p) = &args.md {
-        dilated::io::write_file(p, md.as_bytes())?;
-        println!("wrote {}", p.display());
     }
     Ok(())
 }
