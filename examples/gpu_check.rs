@@ -310,12 +310,13 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     report.header.push_str(&format!(
         "GFLOP/s per kernel (median of timed runs; the kernel that ran in brackets where a choice fell back). \
          Every output was poisoned with NaN, then compared with the CPU's: `WRONG` marks a relative error above \
-         {F32_TOLERANCE:e} (f32) or {F16_TOLERANCE:e} (f16); \"max err\" is the largest over the row's f32 kernels, then the f16 choice's.\n\n"
+         {F32_TOLERANCE:e} (f32) or {F16_TOLERANCE:e} (f16); \"max err\" is the largest over the row's f32 kernels, then the f16 choice's; \
+         \"coop f16\" is the cooperative-matrix kernel in f16, where the device has f16 cooperative matrices.\n\n"
     ));
     let mut table = String::from("| shape | GFLOP | ");
     table.push_str(&choices().join(" | "));
-    table.push_str(" | tuned (choice) | tuned f16 (choice) | max err f32 / f16 | cuDNN fp32 | cuDNN f16 |\n|---|---:|");
-    table.push_str(&"---:|".repeat(choices().len() + 5));
+    table.push_str(" | tuned (choice) | tuned f16 (choice) | coop f16 | max err f32 / f16 | cuDNN fp32 | cuDNN f16 |\n|---|---:|");
+    table.push_str(&"---:|".repeat(choices().len() + 6));
     table.push('\n');
     report.shape_md = table;
     report.save(false)?;
@@ -363,16 +364,32 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         }
         let tuned = tune_and_check(&gpu, &conv, &xg, &yg, &reference)?;
         worst = worst.max(tuned.error);
-        let tuned16 = if f16 {
+        let (tuned16, coop16) = if f16 {
             let conv16 = GpuConv2d::new_as(&gpu, spec, w.view(), Some(b.view()), Precision::F16)?;
             let x16 = gpu.upload_as(x.view(), Precision::F16)?;
             let y16 = gpu.empty_as(out, Precision::F16)?;
-            Some(tune_and_check(&gpu, &conv16, &x16, &y16, &reference)?)
+            let tuned = tune_and_check(&gpu, &conv16, &x16, &y16, &reference)?;
+            // The cooperative-matrix kernel on its own, where the device has one.
+            let coop = match gpu.cooperative_matrix() {
+                Some(_) => {
+                    let d = conv16.prepare_as(
+                        &gpu,
+                        &Io::tensors(&x16, &y16),
+                        ConvChoice::new(ConvAlgorithm::Coop, true),
+                    )?;
+                    let err = rel_error(&run_poisoned(&gpu, &d, &y16)?, &reference);
+                    let (times, _) = time_dispatches(&gpu, &d, RUNS)?;
+                    Some((gflops(flops, median(times)), d[0].kernel(), err))
+                }
+                None => None,
+            };
+            (Some(tuned), coop)
         } else {
-            None
+            (None, None)
         };
-        let correct =
-            worst <= F32_TOLERANCE && tuned16.as_ref().is_none_or(|t| t.error <= F16_TOLERANCE);
+        let correct = worst <= F32_TOLERANCE
+            && tuned16.as_ref().is_none_or(|t| t.error <= F16_TOLERANCE)
+            && coop16.is_none_or(|c| c.2 <= F16_TOLERANCE);
         report.all_correct &= correct;
         let cd = cudnn_row(name);
         let cd_cell = |key: &str| {
@@ -389,7 +406,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             )
         };
         println!(
-            "{name:<22} {:>7.2} GFLOP  {}  tuned {}{}  max err {worst:.1e}{}",
+            "{name:<22} {:>7.2} GFLOP  {}  tuned {}{}{}  max err {worst:.1e}{}",
             flops as f64 / 1e9,
             cells.join("  "),
             tuned_cell(&tuned, F32_TOLERANCE),
@@ -398,10 +415,16 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
                 tuned_cell(t, F16_TOLERANCE),
                 t.error
             )),
+            coop16.map_or(String::new(), |(g, k, err)| format!(
+                "  coop f16 {g:.1} ({k:?}) err {err:.1e}"
+            )),
             if correct { "" } else { "  WRONG" }
         );
+        let coop_cell = coop16.map_or("-".into(), |(g, k, err)| {
+            format!("{g:.1} ({k:?}){}", mark(err, F16_TOLERANCE))
+        });
         report.shape_md.push_str(&format!(
-            "| {name} | {:.2} | {} | {} | {} | {worst:.1e} / {} | {} | {} |\n",
+            "| {name} | {:.2} | {} | {} | {} | {coop_cell} | {worst:.1e} / {} | {} | {} |\n",
             flops as f64 / 1e9,
             cells.join(" | "),
             tuned_cell(&tuned, F32_TOLERANCE),
@@ -419,6 +442,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             "kernels": kernels, "max_rel_error_f32": worst,
             "tuned": tuned.json(flops),
             "tuned_f16": tuned16.as_ref().map(|t| t.json(flops)),
+            "coop_f16": coop16.map(|(g, k, err)| json!({
+                "kernel": format!("{k:?}"), "gflops": g, "rel_error": err})),
             "cudnn": cd,
         }));
         report.save(false)?;

@@ -1,6 +1,8 @@
 //! Every shader translates with naga to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12).
 //! Only the register-blocked convolution and weight gradient use subgroup operations (optional
-//! paths chosen by feature detection); they need MSL 2.1 and HLSL shader model 6.0.
+//! paths chosen by feature detection); they need MSL 2.1 and HLSL shader model 6.0. The
+//! cooperative-matrix convolutions (chosen by feature detection too) need MSL 2.3 and have no
+//! HLSL: wgpu offers cooperative matrices on Vulkan and Metal only.
 
 use dilated::gpu::Kernel;
 
@@ -8,8 +10,13 @@ fn module(kernel: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
     let source = kernel.source();
     let module = naga::front::wgsl::parse_str(&source)
         .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
-    // Only the register-blocked kernels use subgroup operations.
-    let capabilities = if matches!(
+    // Only the register-blocked kernels use subgroup operations; the cooperative-matrix ones
+    // also f16 and cooperative matrices.
+    let capabilities = if kernel.coop_size().is_some() {
+        naga::valid::Capabilities::SUBGROUP
+            | naga::valid::Capabilities::SHADER_FLOAT16
+            | naga::valid::Capabilities::COOPERATIVE_MATRIX
+    } else if matches!(
         kernel,
         Kernel::ConvBlocked
             | Kernel::ConvBlocked64
@@ -52,7 +59,12 @@ fn shaders_translate_to_msl() {
             &module,
             &info,
             &naga::back::msl::Options {
-                lang_version: (2, 1),
+                // Cooperative matrices (simdgroup matrices) need MSL 2.3.
+                lang_version: if kernel.coop_size().is_some() {
+                    (2, 3)
+                } else {
+                    (2, 1)
+                },
                 ..Default::default()
             },
             &pipeline,
@@ -66,9 +78,11 @@ fn shaders_translate_to_msl() {
     }
 }
 
+/// The cooperative-matrix kernels excepted: wgpu offers cooperative matrices on Vulkan and
+/// Metal only, and naga writes none in HLSL.
 #[test]
 fn shaders_translate_to_hlsl() {
-    for kernel in Kernel::ALL {
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.coop_size().is_none()) {
         let (module, info) = module(kernel);
         let mut out = String::new();
         let options = naga::back::hlsl::Options {

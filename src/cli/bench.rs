@@ -83,7 +83,8 @@ fn parse_cpu_method(s: &str) -> Result<CpuMethod, String> {
 }
 
 /// `--algorithm` values: each layer's own choice, or the direct, workgroup-tiled (or one of
-/// its generated tile shapes) or register-blocked kernel for every layer.
+/// its generated tile shapes), register-blocked or (f16 only) cooperative-matrix kernel for
+/// every layer.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Algorithm {
     // No doc comments here: clap would list them in the help.
@@ -109,6 +110,7 @@ pub enum Algorithm {
     Tiled64x8V4,
     #[value(name = "tiled-128x64-8x4-k8-v4")]
     Tiled128x64V4,
+    Coop,
 }
 
 impl From<Algorithm> for ConvAlgorithm {
@@ -127,6 +129,7 @@ impl From<Algorithm> for ConvAlgorithm {
             Algorithm::Tiled64x128 => ConvAlgorithm::TiledVariant(TiledVariant::T64x128),
             Algorithm::Tiled64x8V4 => ConvAlgorithm::TiledVariant(TiledVariant::T64x8V4),
             Algorithm::Tiled128x64V4 => ConvAlgorithm::TiledVariant(TiledVariant::T128x64V4),
+            Algorithm::Coop => ConvAlgorithm::Coop,
         }
     }
 }
@@ -536,6 +539,8 @@ fn kernel_label(kernels: &[Kernel]) -> String {
             Kernel::ConvBlockedPacked => "blocked-packed",
             Kernel::ConvPackBlocked => "+pack",
             Kernel::ConvSplitReduce => "+split",
+            Kernel::ConvCoop8 => "coop-8",
+            Kernel::ConvCoop16 => "coop-16",
             other => other.tiled_variant().map_or(other.name(), |v| v.name()),
         };
         if !names.contains(&name) {

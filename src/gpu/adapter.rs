@@ -19,6 +19,27 @@ pub struct AdapterReport {
     pub shader_f16: bool,
     /// Whether the adapter offers wgpu's pipeline cache (compiled pipelines kept between runs).
     pub pipeline_cache: bool,
+    /// The side (16 preferred, else 8) of the square cooperative matrices with f16 operands
+    /// and f32 accumulators the adapter offers through wgpu's experimental
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX` (tensor cores, simdgroup matrices), where it also has
+    /// subgroups and f16; `None` otherwise. The f16 convolutions can run on them
+    /// ([`ConvAlgorithm::Coop`](crate::ConvAlgorithm::Coop)).
+    pub cooperative_matrix: Option<u32>,
+}
+
+/// The side of the square f16 x f16 + f32 cooperative matrices among `configs` (16
+/// preferred, else 8), if any.
+pub(crate) fn coop_side(configs: &[wgpu::CooperativeMatrixProperties]) -> Option<u32> {
+    [16, 8].into_iter().find(|&side| {
+        configs.iter().any(|c| {
+            c.m_size == side
+                && c.n_size == side
+                && c.k_size == side
+                && c.ab_type == wgpu::CooperativeScalarType::F16
+                && c.cr_type == wgpu::CooperativeScalarType::F32
+                && !c.saturating_accumulation
+        })
+    })
 }
 
 impl AdapterReport {
@@ -31,6 +52,15 @@ impl AdapterReport {
             subgroups: f.contains(wgpu::Features::SUBGROUP),
             shader_f16: f.contains(wgpu::Features::SHADER_F16),
             pipeline_cache: f.contains(wgpu::Features::PIPELINE_CACHE),
+            cooperative_matrix: if f.contains(
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                    | wgpu::Features::SUBGROUP
+                    | wgpu::Features::SHADER_F16,
+            ) {
+                coop_side(&adapter.cooperative_matrix_properties())
+            } else {
+                None
+            },
         }
     }
 }
@@ -78,11 +108,14 @@ impl std::fmt::Display for AdapterReport {
         )?;
         write!(
             f,
-            "  features: timestamp queries {}, subgroups {}, shader f16 {}, pipeline cache {}",
+            "  features: timestamp queries {}, subgroups {}, shader f16 {}, pipeline cache {}, \
+             f16 cooperative matrices {}",
             yes(self.timestamps),
             yes(self.subgroups),
             yes(self.shader_f16),
-            yes(self.pipeline_cache)
+            yes(self.pipeline_cache),
+            self.cooperative_matrix
+                .map_or("no".to_string(), |s| format!("{s}x{s}x{s}"))
         )
     }
 }

@@ -84,6 +84,11 @@ fn env_cache_dir() -> Option<PathBuf> {
     None
 }
 
+/// Whether environment variable `name` is set to `1`.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == "1")
+}
+
 /// `DILATED_GPU_TIMEOUT` in seconds (fractions allowed); `0` means no timeout; unset or
 /// unreadable means [`DEFAULT_TIMEOUT`].
 fn timeout_from_env(value: Option<&str>) -> Option<Duration> {
@@ -179,6 +184,9 @@ pub struct Gpu {
     report: AdapterReport,
     limits: wgpu::Limits,
     timestamps: bool,
+    /// The side of the f16 cooperative matrices the device was opened with (see
+    /// [`AdapterReport::cooperative_matrix`]).
+    coop: Option<u32>,
     timeout: Option<Duration>,
     /// Cap on one storage binding below the device's limit (see `set_max_binding_bytes`).
     binding_cap: Option<u64>,
@@ -328,6 +336,22 @@ impl Gpu {
         if report.shader_f16 {
             features |= wgpu::Features::SHADER_F16;
         }
+        // Cooperative matrices are one of wgpu's experimental features, so they are asked for
+        // only where offered and not turned off (DILATED_NO_COOPERATIVE_MATRIX=1).
+        let coop = report
+            .cooperative_matrix
+            .filter(|_| !env_flag("DILATED_NO_COOPERATIVE_MATRIX"));
+        let mut experimental_features = wgpu::ExperimentalFeatures::disabled();
+        if coop.is_some() {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: the only experimental feature asked for is cooperative matrices, used
+            // by the cooperative-matrix convolutions alone (shaders/conv2d_coop.wgsl: square
+            // f16 x f16 + f32 matrices of a configuration the adapter lists, loaded from and
+            // stored to workgroup memory within bounds, in workgroup-uniform control flow),
+            // which the test suite checks against the f64 reference wherever the adapter
+            // offers them.
+            experimental_features = unsafe { wgpu::ExperimentalFeatures::enabled() };
+        }
         // Ask for everything the adapter offers: the defaults cap a storage binding at 128 MiB
         // and the buffer size at 256 MiB, far below what real GPUs allow.
         let limits = adapter.limits();
@@ -337,6 +361,7 @@ impl Gpu {
                 required_features: features,
                 required_limits: limits.clone(),
                 memory_hints: wgpu::MemoryHints::Performance,
+                experimental_features,
                 ..Default::default()
             })
             .await
@@ -394,6 +419,7 @@ impl Gpu {
             report,
             limits,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coop,
             timeout: Some(DEFAULT_TIMEOUT),
             binding_cap: None,
             lost,
@@ -550,6 +576,14 @@ impl Gpu {
             .min(self.binding_cap.unwrap_or(u64::MAX));
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         ((bytes - align) / precision.bytes()) as usize
+    }
+
+    /// The side (8 or 16) of the square f16 cooperative matrices the device's f16
+    /// convolutions can run on ([`crate::ConvAlgorithm::Coop`]); `None` where the adapter
+    /// offers none, or with `DILATED_NO_COOPERATIVE_MATRIX=1` in the environment when the
+    /// device was opened.
+    pub fn cooperative_matrix(&self) -> Option<u32> {
+        self.coop
     }
 
     /// Whether the device runs kernels storing `precision` (f16 needs the adapter's

@@ -179,6 +179,20 @@ impl TiledVariant {
     }
 }
 
+/// Invocations per workgroup of the cooperative-matrix convolutions: any subgroup size that
+/// divides it works (see `shaders/conv2d_coop.wgsl`).
+pub const WG_COOP: u32 = 128;
+/// Cooperative-matrix blocks along each side of a cooperative-matrix convolution's workgroup
+/// tile (a 4 x 4 grid of blocks, 2 x 2 per subgroup).
+pub const COOP_TILE_PER_SIDE: u32 = 4;
+/// Workgroup memory of a cooperative-matrix convolution for matrices of side `side`: weight
+/// and input tiles of f16 (tile x 2 `side` each), the f32 output tile with 2 `side` spare
+/// rows, and one u32.
+pub const fn coop_shared_bytes(side: u32) -> u32 {
+    let tile = COOP_TILE_PER_SIDE * side;
+    2 * (2 * tile * 2 * side) + 4 * (tile + 2 * side) * tile + 4
+}
+
 /// Smallest subgroup size the register-blocked convolution works with.
 pub const BLOCKED_MIN_SUBGROUP: u32 = 8;
 /// Most iterations of its reduction loop one invocation of a convolution gradient kernel
@@ -335,6 +349,11 @@ pub enum Kernel {
     ConvTiled64x8V4,
     /// Generated tiled convolution, [`TiledVariant::T128x64V4`].
     ConvTiled128x64V4,
+    /// Tiled convolution on 8x8x8 cooperative matrices (f16 operands, f32 accumulators):
+    /// [`COOP_TILE_PER_SIDE`] x 8 channels and pixels per workgroup tile.
+    ConvCoop8,
+    /// Tiled convolution on 16x16x16 cooperative matrices (tensor cores on NVIDIA and AMD).
+    ConvCoop16,
     /// Second pass of a tiled convolution whose reduction was split: adds the partial sums,
     /// then bias and ReLU.
     ConvSplitReduce,
@@ -392,7 +411,7 @@ const UNARY: &[Storage] = &[("input", Elem::Store, READ), ("output", Elem::Store
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 31] = [
+    pub const ALL: [Kernel; 33] = [
         Kernel::ConvDirect,
         Kernel::ConvTiled,
         Kernel::ConvPointwise,
@@ -407,6 +426,8 @@ impl Kernel {
         Kernel::ConvTiled64x128,
         Kernel::ConvTiled64x8V4,
         Kernel::ConvTiled128x64V4,
+        Kernel::ConvCoop8,
+        Kernel::ConvCoop16,
         Kernel::ConvSplitReduce,
         Kernel::Relu,
         Kernel::MaxPool,
@@ -497,6 +518,16 @@ impl Kernel {
                     .map_or("conv2d_tiled_generic", TiledVariant::kernel_name),
                 &[ConvParams, ConvFinish, TileWork],
                 include_str!("../../shaders/conv2d_tiled_generic.wgsl"),
+                CONV_STORAGE,
+            ),
+            Kernel::ConvCoop8 | Kernel::ConvCoop16 => def(
+                if self == Kernel::ConvCoop8 {
+                    "conv2d_coop_8"
+                } else {
+                    "conv2d_coop_16"
+                },
+                &[ConvParams, ConvFinish, TileWork],
+                include_str!("../../shaders/conv2d_coop.wgsl"),
                 CONV_STORAGE,
             ),
             Kernel::ConvSplitReduce => def(
@@ -671,8 +702,15 @@ impl Kernel {
         let pointwise = self == Kernel::ConvPointwise;
         let block_c = self.block_channels();
         let mut out = String::new();
-        if precision == Precision::F16 {
-            out.push_str("enable f16;\n\n");
+        let coop = self.coop_size();
+        if precision == Precision::F16 || coop.is_some() {
+            out.push_str("enable f16;\n");
+        }
+        if coop.is_some() {
+            out.push_str("enable wgpu_cooperative_matrix;\n");
+        }
+        if precision == Precision::F16 || coop.is_some() {
+            out.push('\n');
         }
         out.push_str(&format!("alias store_t = {};\n", precision.wgsl()));
         out += &format!(
@@ -691,6 +729,14 @@ impl Kernel {
                 s.tile_m, s.tile_n, s.per_m, s.per_n, s.depth, s.vec
             );
             out += if s.vec == 4 { TILE_VEC4 } else { TILE_VEC1 };
+        }
+        if let Some(side) = coop {
+            out += &format!(
+                "const COOP_S: u32 = {side}u;\nconst WG_COOP: u32 = {WG_COOP}u;\n\
+                 alias coop_a = coop_mat{side}x{side}<f16, A>;\n\
+                 alias coop_b = coop_mat{side}x{side}<f16, B>;\n\
+                 alias coop_c = coop_mat{side}x{side}<f32, C>;\n"
+            );
         }
         out.push_str("\n@group(0) @binding(0) var<uniform> p: Params;\n");
         for (i, (name, elem, write)) in def.storage.iter().enumerate() {
@@ -748,6 +794,33 @@ impl Kernel {
             Kernel::ConvTiled128x64V4 => Some(TiledVariant::T128x64V4),
             Kernel::ConvTiled64x128 => Some(TiledVariant::T64x128),
             _ => None,
+        }
+    }
+
+    /// The side of the square cooperative matrices a cooperative-matrix convolution runs on
+    /// (8 or 16); `None` for the other kernels.
+    pub const fn coop_size(self) -> Option<u32> {
+        match self {
+            Kernel::ConvCoop8 => Some(8),
+            Kernel::ConvCoop16 => Some(16),
+            _ => None,
+        }
+    }
+
+    /// The cooperative-matrix convolution for matrices of side `side` (8 or 16).
+    pub const fn coop_for(side: u32) -> Option<Kernel> {
+        match side {
+            8 => Some(Kernel::ConvCoop8),
+            16 => Some(Kernel::ConvCoop16),
+            _ => None,
+        }
+    }
+
+    /// Output channels (and pixels) per workgroup tile of a cooperative-matrix convolution.
+    pub const fn coop_tile(self) -> Option<u32> {
+        match self.coop_size() {
+            Some(side) => Some(COOP_TILE_PER_SIDE * side),
+            None => None,
         }
     }
 
@@ -863,12 +936,21 @@ pub(crate) struct Compiled {
 
 /// Pipelines of one device, one per kernel and precision, each built on first use with an
 /// explicit layout, through the device's pipeline cache when it has one.
-#[derive(Default)]
 pub(crate) struct Kernels {
     compiled: [[OnceLock<Compiled>; Precision::ALL.len()]; Kernel::ALL.len()],
     cache: Option<wgpu::PipelineCache>,
     /// A pipeline was built since the cache's data was last taken (see [`Kernels::take_new`]).
     built: AtomicBool,
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Self {
+            compiled: std::array::from_fn(|_| Default::default()),
+            cache: None,
+            built: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Kernels {
@@ -976,6 +1058,8 @@ mod tests {
             | Kernel::ConvTiled64x8V4
             | Kernel::ConvTiled128x64V4
             | Kernel::ConvTiled64x128
+            | Kernel::ConvCoop8
+            | Kernel::ConvCoop16
             | Kernel::ConvGradInput
             | Kernel::ConvGradWeight
             | Kernel::ConvGradBias
@@ -1052,7 +1136,8 @@ mod tests {
     }
 
     /// Every forward kernel has an f16 variant that naga parses and validates (with f16 in
-    /// storage); the f32 sources enable no f16.
+    /// storage); the f32 sources enable no f16, except the cooperative-matrix kernels', whose
+    /// operands are f16 in every variant (plans run them on f16 storage only).
     #[test]
     fn f16_variants_parse_and_validate() {
         let forward = [
@@ -1070,6 +1155,8 @@ mod tests {
             Kernel::ConvTiled64x128,
             Kernel::ConvTiled64x8V4,
             Kernel::ConvTiled128x64V4,
+            Kernel::ConvCoop8,
+            Kernel::ConvCoop16,
             Kernel::ConvSplitReduce,
             Kernel::Relu,
             Kernel::MaxPool,
@@ -1078,24 +1165,37 @@ mod tests {
             Kernel::Zoom,
             Kernel::Deconv,
         ];
-        for kernel in Kernel::ALL {
-            assert_eq!(kernel.has_f16(), forward.contains(&kernel), "{kernel:?}");
-            let f32_source = kernel.source();
-            assert!(f32_source.starts_with("alias store_t = f32;"), "{kernel:?}");
-            assert!(!f32_source.contains("enable f16"), "{kernel:?}");
-            if !kernel.has_f16() {
-                continue;
-            }
-            let source = kernel.source_as(Precision::F16);
-            assert!(source.starts_with("enable f16;"), "{kernel:?}");
-            let module = naga::front::wgsl::parse_str(&source)
-                .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&source)));
+        let validate = |kernel: Kernel, source: &str| {
+            let module = naga::front::wgsl::parse_str(source)
+                .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(source)));
             naga::valid::Validator::new(
                 naga::valid::ValidationFlags::all(),
                 naga::valid::Capabilities::all(),
             )
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}: {e:?}", kernel.name()));
+        };
+        for kernel in Kernel::ALL {
+            assert_eq!(kernel.has_f16(), forward.contains(&kernel), "{kernel:?}");
+            let f32_source = kernel.source();
+            if kernel.coop_size().is_some() {
+                assert!(
+                    f32_source.starts_with(
+                        "enable f16;\nenable wgpu_cooperative_matrix;\n\nalias store_t = f32;"
+                    ),
+                    "{kernel:?}"
+                );
+                validate(kernel, &f32_source);
+            } else {
+                assert!(f32_source.starts_with("alias store_t = f32;"), "{kernel:?}");
+                assert!(!f32_source.contains("enable f16"), "{kernel:?}");
+            }
+            if !kernel.has_f16() {
+                continue;
+            }
+            let source = kernel.source_as(Precision::F16);
+            assert!(source.starts_with("enable f16;"), "{kernel:?}");
+            validate(kernel, &source);
         }
     }
 

@@ -451,6 +451,9 @@ mod tests {
             "tiled-64-4x4-k16",
             "tiled-64-8x8-k8-nosplit",
             "tiled-32-4x4-k8",
+            "coop",
+            "coop-nosplit",
+            "coop-split3",
         ];
         for (i, name) in names.iter().enumerate() {
             let choice = ConvChoice::from_name(name).unwrap();

@@ -2,6 +2,8 @@
 //! relative-error check, whole networks on the f64 reference, and checks of forced kernels.
 #![allow(dead_code)]
 
+pub mod conv_configs;
+
 use std::sync::OnceLock;
 
 use dilated::cpu::reference;
@@ -154,6 +156,11 @@ pub fn assert_forced_kernels(algorithm: ConvAlgorithm, kernels: &[Kernel], what:
             Kernel::ConvSplitReduce,
         ],
         ConvAlgorithm::TiledVariant(v) => &[v.kernel(), Kernel::ConvSplitReduce],
+        ConvAlgorithm::Coop => &[
+            Kernel::ConvCoop8,
+            Kernel::ConvCoop16,
+            Kernel::ConvSplitReduce,
+        ],
     };
     let main = kernels
         .iter()

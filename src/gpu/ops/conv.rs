@@ -15,7 +15,7 @@ use crate::gpu::ops::train::conv_grad::ConvGradAlgorithm;
 use crate::gpu::precision::Precision;
 use crate::gpu::shader::{
     BLOCK_C, BLOCK_C_WIDE, BLOCK_P, BLOCKED_MIN_SUBGROUP, Kernel, TILE_K, TILE_M, TILE_N,
-    TiledVariant, WG_BLOCKED, WG_LINEAR, WG_TILED, uniform,
+    TiledVariant, WG_BLOCKED, WG_COOP, WG_LINEAR, WG_TILED, coop_shared_bytes, uniform,
 };
 use crate::spec::{Conv2d, Shape, check_conv_params};
 
@@ -48,6 +48,12 @@ pub enum ConvAlgorithm {
     /// layer, 1x1 included); falls back as `Tiled` does where the device's limits are below
     /// the variant's workgroup size or workgroup memory.
     TiledVariant(TiledVariant),
+    /// The tiled implicit matrix product on cooperative matrices (tensor cores on NVIDIA and
+    /// AMD, simdgroup matrices on Apple): f16 operands, f32 accumulators
+    /// ([`Kernel::ConvCoop16`], [`Kernel::ConvCoop8`]). Only for f16 storage, on devices that
+    /// offer square f16 cooperative matrices ([`Gpu::cooperative_matrix`]); falls back as
+    /// `Tiled` does elsewhere (f32 layers included: their inputs would be rounded to f16).
+    Coop,
 }
 
 uniform! {
@@ -112,6 +118,8 @@ impl ConvChoice {
             (ConvAlgorithm::BlockedPacked, _) => "blocked-packed",
             (ConvAlgorithm::Tiled, true) => "tiled",
             (ConvAlgorithm::Tiled, false) => "tiled-nosplit",
+            (ConvAlgorithm::Coop, true) => "coop",
+            (ConvAlgorithm::Coop, false) => "coop-nosplit",
         };
         if self.split && self.slices > 0 {
             format!("{base}-split{}", self.slices)
@@ -136,6 +144,8 @@ impl ConvChoice {
             "blocked-packed" => (ConvAlgorithm::BlockedPacked, false),
             "tiled" => (ConvAlgorithm::Tiled, true),
             "tiled-nosplit" => (ConvAlgorithm::Tiled, false),
+            "coop" => (ConvAlgorithm::Coop, true),
+            "coop-nosplit" => (ConvAlgorithm::Coop, false),
             _ => {
                 let (base, split) = match name.strip_suffix("-nosplit") {
                     Some(base) => (base, false),
@@ -196,6 +206,8 @@ pub struct GpuConv2d {
     tiled_supported: bool,
     /// The device's limits, for the generated tiled variants' sizes.
     variants_supported: [bool; TiledVariant::ALL.len()],
+    /// The cooperative-matrix kernel the device runs for f16 layers, if any.
+    coop_kernel: Option<Kernel>,
     /// The element type of the weights, the bias and the tensors the layer runs on.
     precision: Precision,
     /// How the layer's gradients are computed.
@@ -247,6 +259,24 @@ fn template_of(spec: &Conv2d) -> ConvParams {
 }
 
 /// Whether a device's limits allow a generated tiled variant's workgroup and its tiles.
+fn coop_fits(limits: &wgpu::Limits, side: u32) -> bool {
+    limits.max_compute_invocations_per_workgroup >= WG_COOP
+        && limits.max_compute_workgroup_size_x >= WG_COOP
+        && limits.max_compute_workgroup_storage_size >= coop_shared_bytes(side)
+}
+
+/// The cooperative-matrix convolution a device runs: one for the side of the f16 matrices
+/// it offers where its limits allow the kernel's workgroup and workgroup memory, and its
+/// subgroups (at most [`WG_COOP`] invocations) divide the workgroup.
+fn coop_kernel_of(gpu: &Gpu) -> Option<Kernel> {
+    let side = gpu.cooperative_matrix()?;
+    let info = &gpu.adapter().info;
+    let subgroups_fit = info.subgroup_max_size <= WG_COOP && info.subgroup_min_size > 0;
+    (subgroups_fit && coop_fits(gpu.limits(), side))
+        .then(|| Kernel::coop_for(side))
+        .flatten()
+}
+
 fn variant_fits(limits: &wgpu::Limits, v: TiledVariant) -> bool {
     limits.max_compute_invocations_per_workgroup >= v.workgroup_size()
         && limits.max_compute_workgroup_size_x >= v.workgroup_size()
@@ -257,6 +287,9 @@ fn variant_fits(limits: &wgpu::Limits, v: TiledVariant) -> bool {
 fn tile_of(kernel: Kernel) -> Option<(usize, usize)> {
     match kernel {
         Kernel::ConvTiled | Kernel::ConvPointwise => Some((TILE_M as usize, TILE_N as usize)),
+        Kernel::ConvCoop8 | Kernel::ConvCoop16 => {
+            kernel.coop_tile().map(|t| (t as usize, t as usize))
+        }
         k => k
             .tiled_variant()
             .map(|v| (v.shape().tile_m as usize, v.shape().tile_n as usize)),
@@ -334,6 +367,7 @@ impl GpuConv2d {
             packed_allowed: true,
             tiled_supported: tiled_fits(gpu.limits()),
             variants_supported: TiledVariant::ALL.map(|v| variant_fits(gpu.limits(), v)),
+            coop_kernel: coop_kernel_of(gpu),
             precision,
             grad_algorithm: ConvGradAlgorithm::Auto,
         })
@@ -420,9 +454,10 @@ impl GpuConv2d {
     /// 64-channel form reads packed weights ([`ConvAlgorithm::BlockedPacked`]) where the
     /// output has at least [`PACKED_MIN_PIXELS`] pixels, except in training, which holds no
     /// scratch for them. On other adapters it picks the workgroup-tiled kernel (its pointwise variant
-    /// for 1x1 layers), or the direct kernel when the layer has fewer than `TILE_M / 4` (32)
-    /// output channels or `TILE_N / 4` (32) output pixels, so that a 128x128 tile would be
-    /// mostly idle. The tiled
+    /// for 1x1 layers; for f16 layers the cooperative-matrix kernel where the device has one,
+    /// [`ConvAlgorithm::Coop`]), or the direct kernel when the layer has fewer than
+    /// `TILE_M / 4` (32) output channels or `TILE_N / 4` (32) output pixels, so that a
+    /// 128x128 tile would be mostly idle. The tiled
     /// kernel may further split its reduction (see [`GpuConv2d::with_split`]); the dispatches
     /// [`GpuLayer::prepare`] returns name every kernel that runs.
     pub fn kernel_for(&self, output: Shape) -> Kernel {
@@ -449,6 +484,7 @@ impl GpuConv2d {
                     tiled
                 }
             }
+            ConvAlgorithm::Coop => self.coop().unwrap_or(tiled),
             ConvAlgorithm::Blocked if self.blocked_supported => Kernel::ConvBlocked,
             ConvAlgorithm::BlockedWide if self.blocked_supported => Kernel::ConvBlocked64,
             ConvAlgorithm::BlockedPacked if self.blocked_supported => {
@@ -476,10 +512,16 @@ impl GpuConv2d {
                 if output.c * 4 < TILE_M as usize || output.plane() * 4 < TILE_N as usize {
                     Kernel::ConvDirect
                 } else {
-                    tiled
+                    self.coop().unwrap_or(tiled)
                 }
             }
         }
+    }
+
+    /// The cooperative-matrix kernel, where the device has one and the layer stores f16.
+    fn coop(&self) -> Option<Kernel> {
+        self.coop_kernel
+            .filter(|_| self.precision == Precision::F16)
     }
 
     /// The layer's kernel choice: its algorithm and whether the tiled kernel may split.
@@ -508,7 +550,8 @@ impl GpuConv2d {
     /// tiled kernel does not fit the device. The generated tiled variants ([`TiledVariant`],
     /// each with the same split as the tiled kernel) are timed on devices that do not run
     /// shaders on CPU cores (where the register-blocked kernel wins and the tiled ones are
-    /// slow to time), when their limits allow them.
+    /// slow to time), when their limits allow them, and so is the cooperative-matrix kernel
+    /// for f16 layers on devices that have one.
     pub fn candidates(&self, gpu: &Gpu, input: Shape, split: bool) -> Result<Vec<ConvChoice>> {
         let output = self.output_shape(input)?;
         let auto = ConvChoice::new(ConvAlgorithm::Auto, split);
@@ -524,6 +567,12 @@ impl GpuConv2d {
             ConvChoice::new(ConvAlgorithm::Tiled, split),
             ConvChoice::new(ConvAlgorithm::Tiled, false),
         ];
+        // Cooperative matrices where they are hardware (on CPU cores they are emulated and
+        // slow to time, as the tiled kernels are).
+        if self.coop().is_some() && !self.cpu_adapter {
+            options.push(ConvChoice::new(ConvAlgorithm::Coop, split));
+            options.push(ConvChoice::new(ConvAlgorithm::Coop, false));
+        }
         if self.blocked_supported {
             for algorithm in [
                 ConvAlgorithm::Blocked,
