@@ -279,6 +279,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             "timestamps": a.timestamps, "subgroups": a.subgroups,
             "subgroup_sizes": [info.subgroup_min_size, info.subgroup_max_size],
             "pipeline_cache": a.pipeline_cache, "shader_f16": f16,
+            "cooperative_matrix": gpu.cooperative_matrix(),
         }),
         small: args.small,
         header: String::new(),

@@ -692,7 +692,8 @@ impl Kernel {
             .any(|(_, elem, _)| matches!(elem, Elem::Store | Elem::StoreVec4))
     }
 
-    /// The complete WGSL source for a storage precision: `enable f16;` for f16, the shared
+    /// The complete WGSL source for a storage precision: `enable f16;` for f16 (and, with
+    /// `enable wgpu_cooperative_matrix;`, for the cooperative-matrix kernels), the shared
     /// constants (and a generated tiled variant's tile shape), the storage type alias
     /// `store_t`, the uniform and storage bindings, the
     /// kernel's shared parts and its own file, with the `// BLOCK:` template lines of the
@@ -1196,6 +1197,26 @@ mod tests {
             let source = kernel.source_as(Precision::F16);
             assert!(source.starts_with("enable f16;"), "{kernel:?}");
             validate(kernel, &source);
+        }
+    }
+
+    /// The workgroup memory the host budgets for each cooperative-matrix kernel
+    /// ([`coop_shared_bytes`], checked against the device's limit) is what its WGSL declares.
+    #[test]
+    fn coop_workgroup_memory_matches_the_shader() {
+        for kernel in [Kernel::ConvCoop8, Kernel::ConvCoop16] {
+            let source = kernel.source_as(Precision::F16);
+            let module = naga::front::wgsl::parse_str(&source).expect("parse");
+            let mut layouter = naga::proc::Layouter::default();
+            layouter.update(module.to_ctx()).expect("layout");
+            let declared: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+                .map(|(_, g)| layouter[g.ty].size)
+                .sum();
+            let side = kernel.coop_size().unwrap();
+            assert_eq!(declared, coop_shared_bytes(side), "{kernel:?}");
         }
     }
 

@@ -258,7 +258,8 @@ fn template_of(spec: &Conv2d) -> ConvParams {
     }
 }
 
-/// Whether a device's limits allow a generated tiled variant's workgroup and its tiles.
+/// Whether a device's limits allow the cooperative-matrix convolution's workgroup and its
+/// workgroup memory for matrices of side `side`.
 fn coop_fits(limits: &wgpu::Limits, side: u32) -> bool {
     limits.max_compute_invocations_per_workgroup >= WG_COOP
         && limits.max_compute_workgroup_size_x >= WG_COOP
@@ -277,6 +278,7 @@ fn coop_kernel_of(gpu: &Gpu) -> Option<Kernel> {
         .flatten()
 }
 
+/// Whether a device's limits allow a generated tiled variant's workgroup and its tiles.
 fn variant_fits(limits: &wgpu::Limits, v: TiledVariant) -> bool {
     limits.max_compute_invocations_per_workgroup >= v.workgroup_size()
         && limits.max_compute_workgroup_size_x >= v.workgroup_size()
