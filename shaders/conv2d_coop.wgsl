@@ -52,22 +52,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let taps = p.k_h * p.k_w;
     let in_total = p.w_row / taps;
     let in_img = p.in_base + work.b * p.in_batch_stride;
-    let in_plane = p.in_h * p.in_w;
 
     // Weight staging: reduction index k0 + wk of channels m0 + wm + i WG_COOP / COOP_DEPTH.
     let wk = lid % COOP_DEPTH;
     let wm = lid / COOP_DEPTH;
     // Input staging: pixel n0 + xn at reduction indices k0 + xk + i WG_COOP / COOP_TILE. A
-    // pixel past the end has its window corner at y0 = -2^30, which no tap brings in.
+    // pixel past the end reads zeros (`window_corner`).
     let xn = lid % COOP_TILE;
     let xk = lid / COOP_TILE;
-    let px = n0 + xn;
-    var y0 = -1073741824;
-    var x0 = 0;
-    if (px < pixels) {
-        y0 = i32((px / p.out_w) * p.stride_h) - i32(p.pad_top);
-        x0 = i32((px % p.out_w) * p.stride_w) - i32(p.pad_left);
-    }
+    let corner = window_corner(n0 + xn, pixels);
 
     // The same number of rounds in every subgroup of the workgroup.
     if (lid == 0u) {
@@ -94,31 +87,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 let k = k0 + wk;
                 var w = 0.0;
                 if (k < work.k_end && m < p.out_c) {
-                    var at = k;
-                    if (p.in_c != in_total) {
-                        // An input-channel chunk: rows hold all in_total channels of each tap.
-                        at = (k / p.in_c) * in_total + k % p.in_c;
-                    }
-                    w = f32(weight[p.w_base + m * p.w_row + at]);
+                    w = f32(weight[p.w_base + m * p.w_row + weight_offset(k, in_total)]);
                 }
                 coop_w[(wm + i * (WG_COOP / COOP_DEPTH)) * COOP_DEPTH + wk] = f16(w);
             }
             for (var i = 0u; i < COOP_DEPTH * COOP_TILE / WG_COOP; i++) {
                 let kr = xk + i * (WG_COOP / COOP_TILE);
-                let k = k0 + kr;
-                var x = 0.0;
-                if (k < work.k_end) {
-                    let tap = k / p.in_c;
-                    let ci = k - tap * p.in_c;
-                    let ky = tap / p.k_w;
-                    let kx = tap - ky * p.k_w;
-                    let iy = y0 + i32(ky * p.dil_h);
-                    let ix = x0 + i32(kx * p.dil_w);
-                    if (iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w)) {
-                        x = f32(input[in_img + ci * in_plane + u32(iy) * p.in_w + u32(ix)]);
-                    }
-                }
-                coop_x[kr * COOP_TILE + xn] = f16(x);
+                coop_x[kr * COOP_TILE + xn] = f16(im2col_at(k0 + kr, work.k_end, corner, in_img));
             }
             workgroupBarrier();
             for (var kk = 0u; kk < COOP_DEPTH; kk += COOP_S) {

@@ -55,7 +55,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let taps = p.k_h * p.k_w;
     let in_total = p.w_row / taps;
     let in_img = p.in_base + b * p.in_batch_stride;
-    let in_plane = p.in_h * p.in_w;
 
     // Weight loads: reduction index k0 + wk of channels m0 + wm + i WG_GENERIC / GT_DEPTH
     // (clamped; channels past the end load zero).
@@ -69,16 +68,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         w_row[i] = p.w_base + min(m, p.out_c - 1u) * p.w_row;
     }
     // Input loads: pixel n0 + xn at reduction indices k0 + xk + i WG_GENERIC / GT_TILE_N. A
-    // pixel past the end has its window corner at y0 = -2^30, which no tap brings in.
+    // pixel past the end reads zeros (`window_corner`).
     let xn = lid % GT_TILE_N;
     let xk = lid / GT_TILE_N;
-    let px = n0 + xn;
-    var y0 = -1073741824;
-    var x0 = 0;
-    if (px < pixels) {
-        y0 = i32((px / p.out_w) * p.stride_h) - i32(p.pad_top);
-        x0 = i32((px % p.out_w) * p.stride_w) - i32(p.pad_left);
-    }
+    let corner = window_corner(n0 + xn, pixels);
 
     let tx = lid % SIDE_N;
     let ty = lid / SIDE_N;
@@ -97,30 +90,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let k = k0 + wk;
             var w = 0.0;
             if (k < k_end && w_ok[i]) {
-                var at = k;
-                if (p.in_c != in_total) {
-                    // An input-channel chunk: rows hold all in_total channels of each tap.
-                    at = (k / p.in_c) * in_total + k % p.in_c;
-                }
-                w = f32(weight[w_row[i] + at]);
+                w = f32(weight[w_row[i] + weight_offset(k, in_total)]);
             }
             w_next[i] = w;
         }
         for (var i = 0u; i < LOADS_X; i++) {
-            let k = k0 + xk + i * (WG_GENERIC / GT_TILE_N);
-            var x = 0.0;
-            if (k < k_end) {
-                let tap = k / p.in_c;
-                let ci = k - tap * p.in_c;
-                let ky = tap / p.k_w;
-                let kx = tap - ky * p.k_w;
-                let iy = y0 + i32(ky * p.dil_h);
-                let ix = x0 + i32(kx * p.dil_w);
-                if (iy >= 0 && iy < i32(p.in_h) && ix >= 0 && ix < i32(p.in_w)) {
-                    x = f32(input[in_img + ci * in_plane + u32(iy) * p.in_w + u32(ix)]);
-                }
-            }
-            x_next[i] = x;
+            x_next[i] = im2col_at(k0 + xk + i * (WG_GENERIC / GT_TILE_N), k_end, corner, in_img);
         }
         // Arithmetic of step k0 - GT_DEPTH, staged in workgroup memory, while those loads fly.
         if (k0 > k_begin) {

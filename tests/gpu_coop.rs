@@ -14,13 +14,12 @@
 mod common;
 
 use common::conv_configs::{CONFIGS, conv_config};
-use common::{assert_forced_kernels, gpu, random1, random4, rel_error, rng};
+use common::{assert_forced_kernels, gpu, random1, random4, rel_error, rng, round1, round4};
 use dilated::gpu::tune::Tuning;
 use dilated::gpu::{ConvChoice, GpuLayer, Io, Kernel};
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::{CpuPlan, GpuPlan};
 use dilated::{ConvAlgorithm, Gpu, GpuConv2d, Precision, Shape, cpu};
-use ndarray::{Array1, Array4};
 
 /// Twice the f16 rounding of the output, relative to the largest output.
 const TOLERANCE: f64 = 1e-3;
@@ -45,14 +44,6 @@ fn coop_gpu(test: &str) -> Option<&'static Gpu> {
             None
         }
     }
-}
-
-fn round4(a: &Array4<f32>) -> Array4<f32> {
-    a.mapv(|v| half::f16::from_f32(v).to_f32())
-}
-
-fn round1(a: &Array1<f32>) -> Array1<f32> {
-    a.mapv(|v| half::f16::from_f32(v).to_f32())
 }
 
 /// Every configuration of `common::conv_configs` with `choice`; the kernels that ran.

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{gpu, random1, random4, rel_error, rng};
+use common::{gpu, random1, random4, rel_error, rng, round1, round4};
 use dilated::gpu::{GpuArgmax, GpuDeconv2d, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom, Io};
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::{GpuPlan, Plan, PlanOptions};
@@ -19,21 +19,12 @@ use dilated::{
     Conv2d, ConvAlgorithm, Deconv2d, Error, Gpu, GpuConv2d, GpuLayer, MaxPool2d, Precision, Shape,
     Zoom, cpu,
 };
-use ndarray::{Array1, Array4};
+use ndarray::Array4;
 
 /// Twice the f16 rounding of the output, relative to the largest output.
 const TOLERANCE: f64 = 1e-3;
 /// With intermediate sums stored as f16.
 const SPLIT_TOLERANCE: f64 = 3e-3;
-
-/// `a` rounded to f16 and back.
-fn round4(a: &Array4<f32>) -> Array4<f32> {
-    a.mapv(|v| half::f16::from_f32(v).to_f32())
-}
-
-fn round1(a: &Array1<f32>) -> Array1<f32> {
-    a.mapv(|v| half::f16::from_f32(v).to_f32())
-}
 
 /// Runs `layer` on `x` (rounded to f16 on upload) into an f16 output poisoned with NaN; the
 /// result widened to f32, and the kernels' dispatches checked to be f16 variants.

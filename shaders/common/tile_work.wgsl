@@ -30,3 +30,41 @@ fn tile_work(g: u32, tile_m: u32, tile_n: u32, depth: u32) -> TileWork {
     w.k_end = min(w.k_begin + k_per, k_total);
     return w;
 }
+
+// The top-left tap (before dilation) of output pixel `px`'s input window, as (y, x); a pixel
+// past the end (`px >= pixels`) gets y = -2^30, which no tap brings into the input.
+fn window_corner(px: u32, pixels: u32) -> vec2<i32> {
+    if (px >= pixels) {
+        return vec2<i32>(-1073741824, 0);
+    }
+    return vec2<i32>(i32((px / p.out_w) * p.stride_h) - i32(p.pad_top),
+                     i32((px % p.out_w) * p.stride_w) - i32(p.pad_left));
+}
+
+// Element (k, pixel) of the im2col matrix, k = (ky, kx, ci), for the pixel whose window
+// corner is `corner` in the image whose input starts at `in_img`: 0 past `k_end` or where the
+// tap falls in the padding.
+fn im2col_at(k: u32, k_end: u32, corner: vec2<i32>, in_img: u32) -> f32 {
+    if (k >= k_end) {
+        return 0.0;
+    }
+    let tap = k / p.in_c;
+    let ci = k - tap * p.in_c;
+    let ky = tap / p.k_w;
+    let kx = tap - ky * p.k_w;
+    let iy = corner.x + i32(ky * p.dil_h);
+    let ix = corner.y + i32(kx * p.dil_w);
+    if (iy < 0 || iy >= i32(p.in_h) || ix < 0 || ix >= i32(p.in_w)) {
+        return 0.0;
+    }
+    return f32(input[in_img + ci * p.in_h * p.in_w + u32(iy) * p.in_w + u32(ix)]);
+}
+
+// Position of reduction index k in a weight row of the chunk: rows hold all `in_total` input
+// channels of each tap, of which an input-channel chunk reduces over `in_c`.
+fn weight_offset(k: u32, in_total: u32) -> u32 {
+    if (p.in_c == in_total) {
+        return k;
+    }
+    return (k / p.in_c) * in_total + k % p.in_c;
+}

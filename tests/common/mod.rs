@@ -74,6 +74,16 @@ pub fn random1(rng: &mut StdRng, n: usize) -> Array1<f32> {
     Array1::from_shape_simple_fn(n, || rng.random_range(-1.0f32..1.0))
 }
 
+/// `a` rounded to f16 and back (what an f16 kernel reads).
+pub fn round4(a: &Array4<f32>) -> Array4<f32> {
+    a.mapv(|v| half::f16::from_f32(v).to_f32())
+}
+
+/// [`round4`] for vectors.
+pub fn round1(a: &Array1<f32>) -> Array1<f32> {
+    a.mapv(|v| half::f16::from_f32(v).to_f32())
+}
+
 /// `max |a - b| / max |b|`, with NaN anywhere in `a` (an unwritten poisoned element) counted as
 /// infinite error.
 pub fn rel_error(a: ArrayView4<f32>, reference: ArrayView4<f32>) -> f64 {
