@@ -10,12 +10,13 @@
 // A workgroup computes a tile of COOP_TILE (4 COOP_S) output channels x COOP_TILE pixels: a
 // 4 x 4 grid of COOP_S x COOP_S blocks, in four groups of 2 x 2 blocks, one group per
 // subgroup, each block an f32 accumulator matrix held through the whole reduction. Each step
-// every invocation stages its share of COOP_DEPTH (2 COOP_S) reduction indices of the weight
-// tile ([m][k]) and of the input tile ([k][n]) in workgroup memory as f16 (zeros past the
-// ends), and after a barrier every subgroup multiplies them in. The workgroup has WG_COOP
-// (128) invocations, so any subgroup size up to 128 that divides it works: with fewer than
-// four subgroups they run the reduction again for the remaining groups (`rounds`, the same for
-// the whole workgroup); with more, the extra subgroups repeat group 3's work and store it to
+// every invocation stores its share of COOP_DEPTH (2 COOP_S) reduction indices of the weight
+// tile ([m][k]) and of the input tile ([k][n]), loaded into registers as f16 during the
+// previous step (zeros past the ends), in workgroup memory, issues the next step's loads, and
+// every subgroup multiplies the staged step in while they arrive (one staging buffer, two
+// barriers per step). The workgroup has WG_COOP (128) invocations, so any subgroup size up
+// to 128 that divides it works: with fewer than four subgroups they run the reduction again
+// for the remaining groups (`rounds`, the same for the whole workgroup); with more, the extra subgroups repeat group 3's work and store it to
 // rows below the output tile that nothing reads. (Cooperative-matrix operations must be in
 // control flow uniform over the workgroup, so subgroups differ only in the addresses they
 // use.) At the end the accumulators are stored to a workgroup tile and every invocation
@@ -28,6 +29,9 @@
 const COOP_TILE: u32 = 4u * COOP_S;
 const COOP_DEPTH: u32 = 2u * COOP_S;
 const COOP_GROUPS: u32 = 4u;
+// Weights and input values each invocation stages per step.
+const COOP_LOADS_W: u32 = COOP_TILE * COOP_DEPTH / WG_COOP;
+const COOP_LOADS_X: u32 = COOP_DEPTH * COOP_TILE / WG_COOP;
 const_assert WG_COOP % COOP_TILE == 0u && WG_COOP % COOP_DEPTH == 0u;
 
 var<workgroup> coop_w: array<f16, COOP_TILE * COOP_DEPTH>; // [m][k], rows COOP_DEPTH long
@@ -35,6 +39,28 @@ var<workgroup> coop_x: array<f16, COOP_DEPTH * COOP_TILE>; // [k][n], rows COOP_
 // [m][n], then 2 COOP_S rows where the extra subgroups' stores go.
 var<workgroup> coop_out: array<f32, (COOP_TILE + 2u * COOP_S) * COOP_TILE>;
 var<workgroup> coop_subgroups: u32;
+// The operands of the next step, in registers.
+var<private> w_next: array<f16, COOP_LOADS_W>;
+var<private> x_next: array<f16, COOP_LOADS_X>;
+
+// Loads step k0 of the weight tile (channels m0 + wm + i WG_COOP / COOP_DEPTH at reduction
+// index k0 + wk) and of the input tile (reduction indices k0 + xk + i WG_COOP / COOP_TILE of
+// the pixel whose window corner is `corner`) into `w_next` and `x_next`, zeros past the ends.
+fn coop_load(k0: u32, k_end: u32, m0: u32, wm: u32, wk: u32, in_total: u32, xk: u32,
+             corner: vec2<i32>, in_img: u32) {
+    for (var i = 0u; i < COOP_LOADS_W; i++) {
+        let m = m0 + wm + i * (WG_COOP / COOP_DEPTH);
+        let k = k0 + wk;
+        var w = 0.0;
+        if (k < k_end && m < p.out_c) {
+            w = f32(weight[p.w_base + m * p.w_row + weight_offset(k, in_total)]);
+        }
+        w_next[i] = f16(w);
+    }
+    for (var i = 0u; i < COOP_LOADS_X; i++) {
+        x_next[i] = f16(im2col_at(k0 + xk + i * (WG_COOP / COOP_TILE), k_end, corner, in_img));
+    }
+}
 
 @compute @workgroup_size(WG_COOP)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -81,21 +107,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var acc01 = coop_c();
         var acc10 = coop_c();
         var acc11 = coop_c();
-        for (var k0 = work.k_begin; k0 < work.k_end; k0 += COOP_DEPTH) {
-            for (var i = 0u; i < COOP_TILE * COOP_DEPTH / WG_COOP; i++) {
-                let m = m0 + wm + i * (WG_COOP / COOP_DEPTH);
-                let k = k0 + wk;
-                var w = 0.0;
-                if (k < work.k_end && m < p.out_c) {
-                    w = f32(weight[p.w_base + m * p.w_row + weight_offset(k, in_total)]);
-                }
-                coop_w[(wm + i * (WG_COOP / COOP_DEPTH)) * COOP_DEPTH + wk] = f16(w);
+        // Step k0's operands are loaded into registers while step k0 - COOP_DEPTH's
+        // multiply-adds run.
+        coop_load(work.k_begin, work.k_end, m0, wm, wk, in_total, xk, corner, in_img);
+        var k0 = work.k_begin;
+        loop {
+            if (k0 >= work.k_end) {
+                break;
             }
-            for (var i = 0u; i < COOP_DEPTH * COOP_TILE / WG_COOP; i++) {
-                let kr = xk + i * (WG_COOP / COOP_TILE);
-                coop_x[kr * COOP_TILE + xn] = f16(im2col_at(k0 + kr, work.k_end, corner, in_img));
+            // Every subgroup is done with the staged step before it is overwritten.
+            workgroupBarrier();
+            for (var i = 0u; i < COOP_LOADS_W; i++) {
+                coop_w[(wm + i * (WG_COOP / COOP_DEPTH)) * COOP_DEPTH + wk] = w_next[i];
+            }
+            for (var i = 0u; i < COOP_LOADS_X; i++) {
+                coop_x[(xk + i * (WG_COOP / COOP_TILE)) * COOP_TILE + xn] = x_next[i];
             }
             workgroupBarrier();
+            coop_load(k0 + COOP_DEPTH, work.k_end, m0, wm, wk, in_total, xk, corner, in_img);
             for (var kk = 0u; kk < COOP_DEPTH; kk += COOP_S) {
                 let depth = COOP_DEPTH;
                 let tile = COOP_TILE;
@@ -112,7 +141,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 acc10 = coopMultiplyAdd(a1, b0, acc10);
                 acc11 = coopMultiplyAdd(a1, b1, acc11);
             }
-            workgroupBarrier();
+            k0 += COOP_DEPTH;
         }
         let tile = COOP_TILE;
         let i00 = store_m * COOP_TILE + bn;
