@@ -280,6 +280,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             "subgroup_sizes": [info.subgroup_min_size, info.subgroup_max_size],
             "pipeline_cache": a.pipeline_cache, "shader_f16": f16,
             "cooperative_matrix": gpu.cooperative_matrix(),
+            "cooperative_matrix_offered": a.cooperative_matrix,
+            "cooperative_matrix_rejected": gpu.cooperative_matrix_rejected(),
         }),
         small: args.small,
         header: String::new(),
@@ -300,13 +302,18 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     };
 
     report.header = format!(
-        "Adapter: {} ({:?}, {:?}), driver {} {}{}\n\n",
+        "Adapter: {} ({:?}, {:?}), driver {} {}{}; f16 cooperative matrices: {}\n\n",
         info.name,
         info.backend,
         info.device_type,
         info.driver,
         info.driver_info,
-        if args.small { "; `--small` sizes" } else { "" }
+        if args.small { "; `--small` sizes" } else { "" },
+        match (a.cooperative_matrix, gpu.cooperative_matrix_rejected()) {
+            (None, _) => "none offered".to_string(),
+            (Some(side), None) => format!("{side}x{side}x{side}, used"),
+            (Some(side), Some(why)) => format!("{side}x{side}x{side}, left unused: {why}"),
+        }
     );
     report.header.push_str(&format!(
         "GFLOP/s per kernel (median of timed runs; the kernel that ran in brackets where a choice fell back). \
@@ -472,7 +479,8 @@ impl Tuned {
                "ms": self.best.time.as_secs_f64() * 1e3, "gflops": gflops(flops, self.best.time),
                "tuning_ms": self.tuning_ms, "rel_error": self.error,
                "candidates": self.candidates.iter().map(|c| json!({
-                   "choice": c.choice.name(), "ms": c.time.as_secs_f64() * 1e3, "runs": c.runs}))
+                   "choice": c.choice.name(), "ms": c.time.as_secs_f64() * 1e3, "runs": c.runs,
+                   "error": c.error}))
                    .collect::<Vec<_>>()})
     }
 }

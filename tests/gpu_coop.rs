@@ -33,8 +33,10 @@ fn coop_gpu(test: &str) -> Option<&'static Gpu> {
     match gpu.cooperative_matrix() {
         Some(_) => Some(gpu),
         None if std::env::var("DILATED_TEST_COOP").is_ok_and(|v| v == "1") => panic!(
-            "{test}: DILATED_TEST_COOP=1 but {} offers no f16 cooperative matrices",
-            gpu.name()
+            "{test}: DILATED_TEST_COOP=1 but {} runs no f16 cooperative matrices ({})",
+            gpu.name(),
+            gpu.cooperative_matrix_rejected()
+                .unwrap_or("the adapter offers none")
         ),
         None => {
             eprintln!(

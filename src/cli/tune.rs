@@ -90,14 +90,15 @@ pub fn execute(args: &TuneArgs) -> Result<(), Error> {
             measured += 1;
             t.candidates
                 .iter()
-                .map(|c| {
-                    format!(
+                .map(|c| match &c.error {
+                    Some(e) => format!("{} failed ({e})", c.choice.name()),
+                    None => format!(
                         "{} {:.2} ({:.1}){}",
                         c.choice.name(),
                         ms(c.time),
                         gflop / c.time.as_secs_f64(),
                         if c.runs == 0 { "*" } else { "" }
-                    )
+                    ),
                 })
                 .collect::<Vec<_>>()
                 .join(", ")

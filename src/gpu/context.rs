@@ -185,8 +185,10 @@ pub struct Gpu {
     limits: wgpu::Limits,
     timestamps: bool,
     /// The side of the f16 cooperative matrices the device was opened with (see
-    /// [`AdapterReport::cooperative_matrix`]).
+    /// [`AdapterReport::cooperative_matrix`]), once the kernel passed its check.
     coop: Option<u32>,
+    /// Why the cooperative-matrix kernel is not used although the adapter offers the matrices.
+    coop_rejected: Option<String>,
     timeout: Option<Duration>,
     /// Cap on one storage binding below the device's limit (see `set_max_binding_bytes`).
     binding_cap: Option<u64>,
@@ -406,7 +408,7 @@ impl Gpu {
         // No files, so no pipeline cache to fill them.
         #[cfg(not(feature = "fs"))]
         let pipeline_cache = None;
-        Ok(Self {
+        let mut gpu = Self {
             kernels: Kernels::new(pipeline_cache),
             cache_key,
             #[cfg(feature = "fs")]
@@ -420,11 +422,25 @@ impl Gpu {
             limits,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             coop,
+            coop_rejected: None,
             timeout: Some(DEFAULT_TIMEOUT),
             binding_cap: None,
             lost,
             uncaptured,
-        })
+        };
+        // Cooperative matrices are experimental in wgpu and the drivers' support is young:
+        // before any plan may use them, the kernel must compute one small convolution right.
+        if gpu.coop.is_some()
+            && let Err(reason) = crate::gpu::ops::conv::coop_self_check(&gpu)
+        {
+            log::warn!(
+                "{}: cooperative matrices left unused: {reason}",
+                gpu.report.info.name
+            );
+            gpu.coop = None;
+            gpu.coop_rejected = Some(reason);
+        }
+        Ok(gpu)
     }
 
     /// The pipeline cache's file and how much of it was used, when the adapter offers wgpu's
@@ -580,10 +596,19 @@ impl Gpu {
 
     /// The side (8 or 16) of the square f16 cooperative matrices the device's f16
     /// convolutions can run on ([`crate::ConvAlgorithm::Coop`]); `None` where the adapter
-    /// offers none, or with `DILATED_NO_COOPERATIVE_MATRIX=1` in the environment when the
-    /// device was opened.
+    /// offers none, with `DILATED_NO_COOPERATIVE_MATRIX=1` in the environment when the device
+    /// was opened, or where the kernel failed the check it runs when the device is opened (a
+    /// small f16 convolution against a direct loop on the host; see
+    /// [`Gpu::cooperative_matrix_rejected`]).
     pub fn cooperative_matrix(&self) -> Option<u32> {
         self.coop
+    }
+
+    /// Why the device's f16 convolutions do not run on the cooperative matrices its adapter
+    /// offers: the cooperative-matrix kernel failed, or computed wrong, the check run when the
+    /// device was opened. `None` when they do, or when none are offered.
+    pub fn cooperative_matrix_rejected(&self) -> Option<&str> {
+        self.coop_rejected.as_deref()
     }
 
     /// Whether the device runs kernels storing `precision` (f16 needs the adapter's

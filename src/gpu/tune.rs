@@ -94,6 +94,9 @@ pub struct CandidateTime {
     pub runs: usize,
     /// Whether the times come from GPU timestamp queries (else from the host clock).
     pub from_timestamps: bool,
+    /// Why the candidate could not run on this device (a driver that rejects its shader, say):
+    /// it is then never chosen, and `time` means nothing. `None` for a candidate that ran.
+    pub error: Option<String>,
 }
 
 /// The kernel choice of one convolution layer of a plan, and how it was made.
@@ -158,39 +161,78 @@ pub fn measure_conv(
 ) -> Result<Vec<CandidateTime>> {
     let mut times: Vec<CandidateTime> = Vec::new();
     let mut best_warm = f64::INFINITY;
-    for choice in conv.candidates(gpu, io.input_shape, split)? {
-        let dispatches = conv.prepare_as(gpu, io, choice)?;
-        let kernel = dispatches
-            .first()
-            .map(|d| d.kernel())
-            .ok_or_else(|| Error::Internal("a convolution recorded no dispatch".into()))?;
-        let start = Instant::now();
-        gpu.run(&dispatches)?;
-        let warm = start.elapsed();
-        if warm.as_secs_f64() > PRUNE_FACTOR * best_warm {
-            times.push(CandidateTime {
-                choice,
-                kernel,
-                time: warm,
-                runs: 0,
-                from_timestamps: false,
-            });
-            continue;
+    let candidates = conv.candidates(gpu, io.input_shape, split)?;
+    for (i, &choice) in candidates.iter().enumerate() {
+        match measure_candidate(gpu, conv, io, choice, best_warm) {
+            Ok(t) => {
+                if t.runs > 0 {
+                    best_warm = best_warm.min(t.time.as_secs_f64());
+                }
+                times.push(t);
+            }
+            // The first candidate (the heuristic's choice) must run. Another that fails on
+            // this device is left out, unless the device itself is gone.
+            Err(e) if i > 0 && !gpu.is_lost() => {
+                log::warn!("kernel candidate {choice} failed and is left out: {e}");
+                times.push(CandidateTime {
+                    choice,
+                    kernel: conv.kernel_as(choice.algorithm, io.output_shape),
+                    time: Duration::MAX,
+                    runs: 0,
+                    from_timestamps: false,
+                    error: Some(e.to_string()),
+                });
+            }
+            Err(e) => return Err(e),
         }
-        best_warm = best_warm.min(warm.as_secs_f64());
-        let (mut runs, from_timestamps) = time_dispatches(gpu, &dispatches, TUNE_RUNS)?;
-        runs.sort();
-        times.push(CandidateTime {
+    }
+    rank_candidates(&mut times);
+    Ok(times)
+}
+
+/// Orders measured candidates as the tuner ranks them: timed ones fastest first, then those
+/// pruned after their warm-up, then those that failed.
+pub(crate) fn rank_candidates(times: &mut [CandidateTime]) {
+    times.sort_by_key(|t| (t.error.is_some(), t.runs == 0, t.time));
+}
+
+/// One candidate's warm-up run and, unless it took more than [`PRUNE_FACTOR`] times
+/// `best_warm` seconds, its timed runs.
+fn measure_candidate(
+    gpu: &Gpu,
+    conv: &GpuConv2d,
+    io: &Io<'_>,
+    choice: ConvChoice,
+    best_warm: f64,
+) -> Result<CandidateTime> {
+    let dispatches = conv.prepare_as(gpu, io, choice)?;
+    let kernel = dispatches
+        .first()
+        .map(|d| d.kernel())
+        .ok_or_else(|| Error::Internal("a convolution recorded no dispatch".into()))?;
+    let start = Instant::now();
+    gpu.run(&dispatches)?;
+    let warm = start.elapsed();
+    if warm.as_secs_f64() > PRUNE_FACTOR * best_warm {
+        return Ok(CandidateTime {
             choice,
             kernel,
-            time: runs[runs.len() / 2],
-            runs: runs.len(),
-            from_timestamps,
+            time: warm,
+            runs: 0,
+            from_timestamps: false,
+            error: None,
         });
     }
-    // Timed candidates before pruned ones, each group fastest first.
-    times.sort_by_key(|t| (t.runs == 0, t.time));
-    Ok(times)
+    let (mut runs, from_timestamps) = time_dispatches(gpu, &dispatches, TUNE_RUNS)?;
+    runs.sort();
+    Ok(CandidateTime {
+        choice,
+        kernel,
+        time: runs[runs.len() / 2],
+        runs: runs.len(),
+        from_timestamps,
+        error: None,
+    })
 }
 
 /// [`measure_conv`] on buffers of its own for inputs of `input` (zeros), without a shared
@@ -433,6 +475,34 @@ mod tests {
     use super::*;
     #[cfg(feature = "fs")]
     use crate::gpu::ConvAlgorithm;
+
+    /// Timed candidates rank fastest first, then those pruned after their warm-up, then
+    /// those that failed, so a failed candidate is never chosen while any other ran.
+    #[test]
+    fn failed_candidates_rank_last() {
+        let c = |name: &str, ms: u64, runs: usize, error: Option<&str>| CandidateTime {
+            choice: ConvChoice::from_name(name).unwrap(),
+            kernel: Kernel::ConvTiled,
+            time: if error.is_some() {
+                Duration::MAX
+            } else {
+                Duration::from_millis(ms)
+            },
+            runs,
+            from_timestamps: false,
+            error: error.map(str::to_string),
+        };
+        let mut times = vec![
+            c("coop", 0, 0, Some("rejected by the driver")),
+            c("direct", 90, 0, None),
+            c("tiled", 30, 5, None),
+            c("auto", 20, 5, None),
+            c("blocked", 5, 0, None),
+        ];
+        rank_candidates(&mut times);
+        let order: Vec<String> = times.iter().map(|t| t.choice.name()).collect();
+        assert_eq!(order, ["auto", "tiled", "blocked", "direct", "coop"]);
+    }
 
     #[test]
     #[cfg(feature = "fs")]

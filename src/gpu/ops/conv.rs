@@ -278,6 +278,80 @@ fn coop_kernel_of(gpu: &Gpu) -> Option<Kernel> {
         .flatten()
 }
 
+/// The check a device's cooperative-matrix kernel passes before plans may use it
+/// ([`Gpu::cooperative_matrix`]): one f16 convolution (3x3, dilation 2, 24 to 40 channels,
+/// bias, on a 19x21 input) of seeded values on the device, against a
+/// direct loop in f64 on the host over the same f16-rounded values. The error allowed,
+/// 1e-2 of the largest output, is 20 times the f16 rounding of the output and far below
+/// what a wrong kernel gives. `Err` says why it failed.
+pub(crate) fn coop_self_check(gpu: &Gpu) -> std::result::Result<(), String> {
+    let spec = Conv2d::new(24, 40, 3).dilation(2).pad(2);
+    let shape = Shape::new(1, 24, 19, 21);
+    // Seeded values in [-1, 1), rounded to f16 so the device reads exactly these.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        half::f16::from_f32((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0).to_f32()
+    };
+    let x = ndarray::Array4::from_shape_simple_fn(shape.dims(), &mut next);
+    let w = ndarray::Array4::from_shape_simple_fn(spec.weight_shape(), &mut next);
+    let b = ndarray::Array1::from_shape_simple_fn(spec.out_channels, &mut next);
+    let out = spec
+        .output_shape(shape, "check")
+        .map_err(|e| e.to_string())?;
+    let got = (|| -> Result<ndarray::Array4<f32>> {
+        let conv = GpuConv2d::new_as(gpu, spec, w.view(), Some(b.view()), Precision::F16)?
+            .with_algorithm(ConvAlgorithm::Coop);
+        let input = gpu.upload_as(x.view(), Precision::F16)?;
+        let output = gpu.filled_as(out, f32::NAN, Precision::F16)?;
+        let dispatches = conv.prepare(gpu, &Io::tensors(&input, &output))?;
+        if !dispatches.iter().any(|d| d.kernel().coop_size().is_some()) {
+            return Err(crate::Error::Internal(
+                "the check did not run the cooperative-matrix kernel".into(),
+            ));
+        }
+        gpu.run(&dispatches)?;
+        gpu.download(&output)
+    })()
+    .map_err(|e| e.to_string())?;
+    let (mut diff, mut largest) = (0f64, 0f64);
+    for (co, oy, ox) in output_positions(out) {
+        let mut sum = b[co] as f64;
+        for ci in 0..spec.in_channels {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let iy = (oy + 2 * ky) as isize - 2;
+                    let ix = (ox + 2 * kx) as isize - 2;
+                    if iy >= 0 && ix >= 0 && (iy as usize) < shape.h && (ix as usize) < shape.w {
+                        sum += x[[0, ci, iy as usize, ix as usize]] as f64
+                            * w[[co, ci, ky, kx]] as f64;
+                    }
+                }
+            }
+        }
+        let v = got[[0, co, oy, ox]] as f64;
+        if !v.is_finite() {
+            return Err(format!("output ({co}, {oy}, {ox}) is {v}"));
+        }
+        diff = diff.max((v - sum).abs());
+        largest = largest.max(sum.abs());
+    }
+    let err = diff / largest.max(f64::MIN_POSITIVE);
+    if err > 1e-2 {
+        return Err(format!(
+            "a check convolution is off by {err:.2e} of its largest output"
+        ));
+    }
+    Ok(())
+}
+
+/// Every (channel, row, column) of an output shape with one image.
+fn output_positions(out: Shape) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..out.c).flat_map(move |c| (0..out.h).flat_map(move |y| (0..out.w).map(move |x| (c, y, x))))
+}
+
 /// Whether a device's limits allow a generated tiled variant's workgroup and its tiles.
 fn variant_fits(limits: &wgpu::Limits, v: TiledVariant) -> bool {
     limits.max_compute_invocations_per_workgroup >= v.workgroup_size()
@@ -467,7 +541,7 @@ impl GpuConv2d {
     }
 
     /// The kernel `algorithm` runs for an output shape on this device.
-    fn kernel_as(&self, algorithm: ConvAlgorithm, output: Shape) -> Kernel {
+    pub(crate) fn kernel_as(&self, algorithm: ConvAlgorithm, output: Shape) -> Kernel {
         let tiled = if !self.tiled_supported {
             Kernel::ConvDirect
         } else if self.spec.is_pointwise() {
