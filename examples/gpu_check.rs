@@ -347,28 +347,42 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         let mut worst = 0f64;
         for choice_name in choices() {
             let choice = ConvChoice::from_name(choice_name).ok_or("choice")?;
-            let dispatches = conv.prepare_as(&gpu, &io, choice)?;
-            // The convolution, not the weight packing that may run before it.
-            let kernel = dispatches
-                .iter()
-                .map(|d| d.kernel())
-                .find(|&k| k != Kernel::ConvPackBlocked)
-                .ok_or("no dispatch")?;
-            let err = rel_error(&run_poisoned(&gpu, &dispatches, &yg)?, &reference);
-            worst = worst.max(err);
-            let (times, from_timestamps) = time_dispatches(&gpu, &dispatches, RUNS)?;
-            let t = median(times);
-            kernels.insert(
-                choice_name.into(),
-                json!({"kernel": format!("{kernel:?}"), "ms": t.as_secs_f64() * 1e3,
-                       "gflops": gflops(flops, t), "timestamps": from_timestamps,
-                       "rel_error": err, "correct": err <= F32_TOLERANCE}),
-            );
-            cells.push(format!(
-                "{:.1} ({kernel:?}){}",
-                gflops(flops, t),
-                mark(err, F32_TOLERANCE)
-            ));
+            let measured = (|| -> Result<_, Box<dyn std::error::Error>> {
+                let dispatches = conv.prepare_as(&gpu, &io, choice)?;
+                // The convolution, not the weight packing that may run before it.
+                let kernel = dispatches
+                    .iter()
+                    .map(|d| d.kernel())
+                    .find(|&k| k != Kernel::ConvPackBlocked)
+                    .ok_or("no dispatch")?;
+                let err = rel_error(&run_poisoned(&gpu, &dispatches, &yg)?, &reference);
+                let (times, from_timestamps) = time_dispatches(&gpu, &dispatches, RUNS)?;
+                Ok((kernel, err, median(times), from_timestamps))
+            })();
+            match measured {
+                Ok((kernel, err, t, from_timestamps)) => {
+                    worst = worst.max(err);
+                    kernels.insert(
+                        choice_name.into(),
+                        json!({"kernel": format!("{kernel:?}"), "ms": t.as_secs_f64() * 1e3,
+                               "gflops": gflops(flops, t), "timestamps": from_timestamps,
+                               "rel_error": err, "correct": err <= F32_TOLERANCE}),
+                    );
+                    cells.push(format!(
+                        "{:.1} ({kernel:?}){}",
+                        gflops(flops, t),
+                        mark(err, F32_TOLERANCE)
+                    ));
+                }
+                // A kernel this device cannot run is a finding too; the rest still run.
+                Err(e) if !gpu.is_lost() => {
+                    eprintln!("{name}: {choice_name} FAILED: {e}");
+                    report.all_correct = false;
+                    kernels.insert(choice_name.into(), json!({"error": e.to_string()}));
+                    cells.push("FAILED".into());
+                }
+                Err(e) => return Err(e),
+            }
         }
         let tuned = tune_and_check(&gpu, &conv, &xg, &yg, &reference)?;
         worst = worst.max(tuned.error);
@@ -379,15 +393,27 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             let tuned = tune_and_check(&gpu, &conv16, &x16, &y16, &reference)?;
             // The cooperative-matrix kernel on its own, where the device has one.
             let coop = match gpu.cooperative_matrix() {
-                Some(_) => {
-                    let d = conv16.prepare_as(
-                        &gpu,
-                        &Io::tensors(&x16, &y16),
-                        ConvChoice::new(ConvAlgorithm::Coop, true),
-                    )?;
-                    let err = rel_error(&run_poisoned(&gpu, &d, &y16)?, &reference);
-                    let (times, _) = time_dispatches(&gpu, &d, RUNS)?;
-                    Some((gflops(flops, median(times)), d[0].kernel(), err))
+                Some(side) => {
+                    let measured = (|| -> Result<_, Box<dyn std::error::Error>> {
+                        let d = conv16.prepare_as(
+                            &gpu,
+                            &Io::tensors(&x16, &y16),
+                            ConvChoice::new(ConvAlgorithm::Coop, true),
+                        )?;
+                        let err = rel_error(&run_poisoned(&gpu, &d, &y16)?, &reference);
+                        let (times, _) = time_dispatches(&gpu, &d, RUNS)?;
+                        Ok((gflops(flops, median(times)), d[0].kernel(), err))
+                    })();
+                    match measured {
+                        Ok(m) => Some(m),
+                        // Shown as a wrong cell (infinite error); the rest still run.
+                        Err(e) if !gpu.is_lost() => {
+                            eprintln!("{name}: coop f16 FAILED: {e}");
+                            let kernel = Kernel::coop_for(side).ok_or("coop side")?;
+                            Some((0.0, kernel, f64::INFINITY))
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 None => None,
             };
@@ -567,70 +593,54 @@ fn network_section(
             Precision::F16 => NETWORK_F16_TOLERANCE,
         };
         for (label, tuning) in [("heuristic", Tuning::Off), ("tuned", Tuning::Retune)] {
-            let start = Instant::now();
-            let plan =
-                GpuPlan::with_precision(gpu, &net, shape, ConvAlgorithm::Auto, tuning, precision)?;
-            let build = start.elapsed();
-            plan.forward(x.view())?;
-            let mut times = Vec::new();
-            for _ in 0..RUNS {
-                let start = Instant::now();
-                plan.forward(x.view())?;
-                times.push(start.elapsed());
-            }
-            let t = median(times);
-            let peak = plan.peak_memory();
-            let choices = plan
-                .conv_choices()
-                .iter()
-                .map(|c| {
-                    json!({"layer": c.layer, "choice": c.choice.name(),
-                           "kernel": format!("{:?}", c.kernel)})
-                })
-                .collect::<Vec<_>>();
-            drop(plan);
-            // The tuned plan recorded its choices: `Cached` builds the scores plan with them.
-            let scores_tuning = match tuning {
-                Tuning::Off => Tuning::Off,
-                _ => Tuning::Cached,
+            let run = run_network(gpu, &net, &scores_net, &x, precision, tuning);
+            let r = match run {
+                Ok(r) => r,
+                // A plan this device cannot build or run is a finding too; the rest still run.
+                Err(e) if !gpu.is_lost() => {
+                    eprintln!("dilation10_cityscapes {precision} {label}: FAILED: {e}");
+                    report.all_correct = false;
+                    report
+                        .network_md
+                        .push_str(&format!("| {precision} | {label} | FAILED: {e} |\n"));
+                    report.network_rows.push(json!({
+                        "precision": precision.to_string(), "kernels": label,
+                        "error": e.to_string(),
+                    }));
+                    report.save(false)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
-            let scores_plan = GpuPlan::with_precision(
-                gpu,
-                &scores_net,
-                shape,
-                ConvAlgorithm::Auto,
-                scores_tuning,
-                precision,
-            )?;
-            let scores = scores_plan.forward(x.view())?;
-            drop(scores_plan);
-            let err = rel_error(&scores, &reference);
-            let agree = label_agreement(&scores, &reference);
+            let (err, agree) = (
+                rel_error(&r.scores, &reference),
+                label_agreement(&r.scores, &reference),
+            );
             report.all_correct &= err <= tolerance;
             println!(
                 "dilation10_cityscapes /{divisor} {size}x{size} {precision} {label}: plan built in {:.0} ms, forward {:.1} ms ({:.0} GFLOP/s), {:.1} MiB, scores vs CPU {err:.2e}, labels agree {:.3}%{}",
-                build.as_secs_f64() * 1e3,
-                t.as_secs_f64() * 1e3,
-                gflops(flops, t),
-                peak as f64 / (1 << 20) as f64,
+                r.build.as_secs_f64() * 1e3,
+                r.forward.as_secs_f64() * 1e3,
+                gflops(flops, r.forward),
+                r.peak as f64 / (1 << 20) as f64,
                 100.0 * agree,
                 mark(err, tolerance)
             );
             report.network_md.push_str(&format!(
                 "| {precision} | {label} | {:.0} | {:.1} | {:.1} | {:.1} | {err:.2e}{} | {:.3}% |\n",
-                build.as_secs_f64() * 1e3,
-                t.as_secs_f64() * 1e3,
-                gflops(flops, t),
-                peak as f64 / (1 << 20) as f64,
+                r.build.as_secs_f64() * 1e3,
+                r.forward.as_secs_f64() * 1e3,
+                gflops(flops, r.forward),
+                r.peak as f64 / (1 << 20) as f64,
                 mark(err, tolerance),
                 100.0 * agree,
             ));
             report.network_rows.push(json!({
                 "precision": precision.to_string(), "kernels": label,
-                "plan_build_ms": build.as_secs_f64() * 1e3,
-                "forward_ms": t.as_secs_f64() * 1e3, "gflops": gflops(flops, t),
-                "peak_memory_bytes": peak, "scores_rel_error": err, "labels_agree": agree,
-                "correct": err <= tolerance, "choices": choices,
+                "plan_build_ms": r.build.as_secs_f64() * 1e3,
+                "forward_ms": r.forward.as_secs_f64() * 1e3, "gflops": gflops(flops, r.forward),
+                "peak_memory_bytes": r.peak, "scores_rel_error": err, "labels_agree": agree,
+                "correct": err <= tolerance, "choices": r.choices,
             }));
             report.save(false)?;
         }
@@ -649,4 +659,68 @@ fn network_section(
         ));
     }
     Ok(())
+}
+
+/// One network run of the check: the plan's build time, its median forward time, peak
+/// memory and kernel choices, and the class scores of the same plan without the softmax.
+struct NetworkRun {
+    build: Duration,
+    forward: Duration,
+    peak: u64,
+    choices: Vec<Value>,
+    scores: Array4<f32>,
+}
+
+/// Builds the whole network's plan with `tuning` (timing the build), times [`RUNS`] forward
+/// passes after a warm one, then runs the scores network with the same kernels.
+fn run_network(
+    gpu: &Gpu,
+    net: &dilated::net::Network,
+    scores_net: &dilated::net::Network,
+    x: &Array4<f32>,
+    precision: Precision,
+    tuning: Tuning,
+) -> Result<NetworkRun, Box<dyn std::error::Error>> {
+    let shape = Shape::new(x.dim().0, x.dim().1, x.dim().2, x.dim().3);
+    let start = Instant::now();
+    let plan = GpuPlan::with_precision(gpu, net, shape, ConvAlgorithm::Auto, tuning, precision)?;
+    let build = start.elapsed();
+    plan.forward(x.view())?;
+    let mut times = Vec::new();
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        plan.forward(x.view())?;
+        times.push(start.elapsed());
+    }
+    let choices = plan
+        .conv_choices()
+        .iter()
+        .map(|c| {
+            json!({"layer": c.layer, "choice": c.choice.name(),
+                   "kernel": format!("{:?}", c.kernel)})
+        })
+        .collect();
+    let peak = plan.peak_memory();
+    drop(plan);
+    // The tuned plan recorded its choices: `Cached` builds the scores plan with them.
+    let scores_tuning = match tuning {
+        Tuning::Off => Tuning::Off,
+        _ => Tuning::Cached,
+    };
+    let scores_plan = GpuPlan::with_precision(
+        gpu,
+        scores_net,
+        shape,
+        ConvAlgorithm::Auto,
+        scores_tuning,
+        precision,
+    )?;
+    let scores = scores_plan.forward(x.view())?;
+    Ok(NetworkRun {
+        build,
+        forward: median(times),
+        peak,
+        choices,
+        scores,
+    })
 }
