@@ -36,8 +36,8 @@ const_assert WG_COOP % COOP_TILE == 0u && WG_COOP % COOP_DEPTH == 0u;
 
 var<workgroup> coop_w: array<f16, COOP_TILE * COOP_DEPTH>; // [m][k], rows COOP_DEPTH long
 var<workgroup> coop_x: array<f16, COOP_DEPTH * COOP_TILE>; // [k][n], rows COOP_TILE long
-// [m][n], then 2 COOP_S rows where the extra subgroups' stores go.
-var<workgroup> coop_out: array<f32, (COOP_TILE + 2u * COOP_S) * COOP_TILE>;
+// [m][n], then COOP_S rows where the extra subgroups' stores go.
+var<workgroup> coop_out: array<f32, (COOP_TILE + COOP_S) * COOP_TILE>;
 var<workgroup> coop_subgroups: u32;
 // The operands of the next step, in registers.
 var<private> w_next: array<f16, COOP_LOADS_W>;
@@ -143,11 +143,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             k0 += COOP_DEPTH;
         }
+        // An extra subgroup stores all four blocks to the one block below the tile.
         let tile = COOP_TILE;
         let i00 = store_m * COOP_TILE + bn;
-        let i01 = store_m * COOP_TILE + bn + COOP_S;
-        let i10 = (store_m + COOP_S) * COOP_TILE + bn;
-        let i11 = (store_m + COOP_S) * COOP_TILE + bn + COOP_S;
+        let i01 = select(i00, bm * COOP_TILE + bn + COOP_S, working);
+        let i10 = select(i00, (bm + COOP_S) * COOP_TILE + bn, working);
+        let i11 = select(i00, (bm + COOP_S) * COOP_TILE + bn + COOP_S, working);
         coopStoreT(acc00, &coop_out[i00], tile);
         coopStoreT(acc01, &coop_out[i01], tile);
         coopStoreT(acc10, &coop_out[i10], tile);

@@ -186,11 +186,11 @@ pub const WG_COOP: u32 = 128;
 /// tile (a 4 x 4 grid of blocks, 2 x 2 per subgroup).
 pub const COOP_TILE_PER_SIDE: u32 = 4;
 /// Workgroup memory of a cooperative-matrix convolution for matrices of side `side`: weight
-/// and input tiles of f16 (tile x 2 `side` each), the f32 output tile with 2 `side` spare
-/// rows, and one u32.
+/// and input tiles of f16 (tile x 2 `side` each), the f32 output tile with `side` spare
+/// rows, and one u32: 7 KiB for side 8, 28 KiB for side 16.
 pub const fn coop_shared_bytes(side: u32) -> u32 {
     let tile = COOP_TILE_PER_SIDE * side;
-    2 * (2 * tile * 2 * side) + 4 * (tile + 2 * side) * tile + 4
+    2 * (2 * tile * 2 * side) + 4 * (tile + side) * tile + 4
 }
 
 /// Smallest subgroup size the register-blocked convolution works with.
