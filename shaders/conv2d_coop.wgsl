@@ -1,9 +1,9 @@
 // Tiled convolution as an implicit matrix product (as conv2d_tiled_generic.wgsl) whose
 // multiply-adds run on cooperative matrices (tensor cores, simdgroup matrices): f16 operands,
 // f32 accumulators. src/gpu/shader.rs splices in COOP_S, the side of the adapter's square
-// f16 x f16 + f32 configuration (8 or 16), and the matrix types `coop_a`, `coop_b` (f16
-// operands) and `coop_c` (f32 accumulator) of that side; this file needs the
-// `wgpu_cooperative_matrix` and `f16` extensions and subgroups. Per image:
+// f16 x f16 + f32 configuration (8 or 16), COOP_MAX_SUBGROUPS (below), and the matrix
+// types `coop_a`, `coop_b` (f16 operands) and `coop_c` (f32 accumulator) of that side; this
+// file needs the `wgpu_cooperative_matrix` and `f16` extensions and subgroups. Per image:
 //   out[co, p] = sum_k W[co, k] * X[k, p],   k = (ky, kx, ci),  p = (oy, ox)
 // with X the im2col matrix, never materialised.
 //
@@ -16,12 +16,15 @@
 // every subgroup multiplies the staged step in while they arrive (one staging buffer, two
 // barriers per step). The workgroup has WG_COOP (128) invocations, so any subgroup size up
 // to 128 that divides it works: with fewer than four subgroups they run the reduction again
-// for the remaining groups (`rounds`, the same for the whole workgroup); with more, the extra subgroups repeat group 3's work and store it to
-// rows below the output tile that nothing reads. (Cooperative-matrix operations must be in
-// control flow uniform over the workgroup, so subgroups differ only in the addresses they
-// use.) At the end the accumulators are stored to a workgroup tile and every invocation
-// writes its share of outputs through `finish`, as the other tiled kernels do (split
-// reductions included).
+// for the remaining groups (`rounds`, the same for the whole workgroup); with more, the extra
+// subgroups repeat group 3's work and store it to rows below the output tile that nothing
+// reads. (Cooperative-matrix operations must be in control flow uniform over the workgroup,
+// so subgroups differ only in the addresses they use.) COOP_MAX_SUBGROUPS caps the subgroups
+// that work, the others being extra: WG_COOP (no cap) except where
+// `DILATED_COOP_MAX_SUBGROUPS` asks for fewer, so that the tests run the rounds of devices
+// with subgroups of 64 or more on devices with narrow ones. At the end the accumulators are
+// stored to a workgroup tile and every invocation writes its share of outputs through
+// `finish`, as the other tiled kernels do (split reductions included).
 //
 // Params, bindings, flags and the split reduction as conv2d_tiled.wgsl; `total` is the number
 // of workgroups: tiles over pixels (fastest) x tiles over channels x slices x images.
@@ -88,16 +91,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let xk = lid / COOP_TILE;
     let corner = window_corner(n0 + xn, pixels);
 
-    // The same number of rounds in every subgroup of the workgroup.
+    // The same number of rounds in every subgroup of the workgroup. At most
+    // COOP_MAX_SUBGROUPS subgroups work (all, except in tests that run the rounds of devices
+    // with wide subgroups on narrow ones); the others are extra.
     if (lid == 0u) {
-        coop_subgroups = sgs;
+        coop_subgroups = min(sgs, COOP_MAX_SUBGROUPS);
     }
     let subgroups = workgroupUniformLoad(&coop_subgroups);
     let rounds = (COOP_GROUPS + subgroups - 1u) / subgroups;
     for (var round = 0u; round < rounds; round++) {
         // This subgroup's group of 2 x 2 blocks (group 3 again, stored out of the way, when
-        // past the last group).
-        let group = sg + round * subgroups;
+        // past the last group or extra).
+        let group = select(COOP_GROUPS, sg + round * subgroups, sg < subgroups);
         let working = group < COOP_GROUPS;
         let mine = min(group, COOP_GROUPS - 1u);
         let bm = (mine / 2u) * 2u * COOP_S;

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the cooperative-matrix convolution tests (tests/gpu_coop.rs) on a lavapipe that offers
 # cooperative matrices. Debian 12's Mesa (22.3) and its backports' (25.0) have none; Mesa 26
-# from Debian unstable offers 8x8x8 f16 matrices. This unpacks that Mesa and its dependencies (about 40
-# packages, 70 MB, resolved by apt-get from deb.debian.org) under target/mesa-coop, installs
-# nothing, and runs the test binary with that tree's dynamic loader and libraries, with
-# DILATED_TEST_COOP=1 so a test that finds no cooperative matrices fails.
+# from Debian unstable offers 8x8x8 f16 matrices. This unpacks that Mesa and its dependencies
+# (about 40 packages, 70 MB, resolved by apt-get from deb.debian.org) under
+# target/mesa-coop, installs nothing, and runs the test binary with that tree's dynamic loader
+# and libraries, with DILATED_TEST_COOP=1 so a test that finds no cooperative matrices fails;
+# then twice more with fewer working subgroups (DILATED_COOP_MAX_SUBGROUPS), the path of wide
+# subgroups.
 #
 #   tests/coop_lavapipe.sh          # x86-64 Debian or Ubuntu with apt-get, dpkg and the network
 #
@@ -63,5 +65,15 @@ bin=$(cargo test --release --test gpu_coop --no-run 2>&1 \
 "$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$bin" --list >/dev/null 2>&1 \
     || skip "the test binary does not start with the unpacked C library"
 
-VK_DRIVER_FILES=$icd WGPU_BACKEND=vulkan DILATED_TEST_ADAPTER=llvmpipe DILATED_TEST_COOP=1 \
-    "$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$bin" "$@"
+run() {
+    VK_DRIVER_FILES=$icd WGPU_BACKEND=vulkan DILATED_TEST_ADAPTER=llvmpipe DILATED_TEST_COOP=1 \
+        "$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$bin" "$@"
+}
+run "$@"
+# Lavapipe's subgroups have 8 invocations: 16 per workgroup, more than the four groups of
+# blocks. Capping the working subgroups at 1 and 3 runs what devices with subgroups of 64 or
+# 128 run instead: 4 rounds, and 2 rounds of which the second has groups past the last.
+for cap in 1 3; do
+    echo "coop_lavapipe.sh: again with DILATED_COOP_MAX_SUBGROUPS=$cap"
+    DILATED_COOP_MAX_SUBGROUPS=$cap run "$@"
+done

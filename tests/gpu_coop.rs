@@ -16,7 +16,7 @@ mod common;
 use common::conv_configs::{CONFIGS, conv_config};
 use common::{assert_forced_kernels, gpu, random1, random4, rel_error, rng, round1, round4};
 use dilated::gpu::tune::Tuning;
-use dilated::gpu::{ConvChoice, GpuLayer, Io, Kernel};
+use dilated::gpu::{ConvChoice, GpuLayer, Io, Kernel, shader};
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::{CpuPlan, GpuPlan};
 use dilated::{ConvAlgorithm, Gpu, GpuConv2d, Precision, Shape, cpu};
@@ -120,6 +120,34 @@ fn coop_convolution_matches_the_reference() {
             "split {split}: {kernels:?}"
         );
     }
+}
+
+/// With `DILATED_COOP_MAX_SUBGROUPS` set (as `tests/coop_lavapipe.sh` does in its second and
+/// third runs), the kernels that ran above were built with that cap: fewer working subgroups
+/// than the four groups of blocks, the rounds a device with subgroups of 64 or more runs.
+/// The device's subgroups are narrow enough for the cap to bind.
+#[test]
+fn coop_subgroup_cap_is_in_effect() {
+    let Some(gpu) = coop_gpu("coop_subgroup_cap_is_in_effect") else {
+        return;
+    };
+    let Ok(value) = std::env::var("DILATED_COOP_MAX_SUBGROUPS") else {
+        eprintln!("coop_subgroup_cap_is_in_effect: no cap asked for");
+        return;
+    };
+    let cap: u32 = value.trim().parse().expect("DILATED_COOP_MAX_SUBGROUPS");
+    assert_eq!(shader::coop_max_subgroups(), cap);
+    let side = gpu.cooperative_matrix().unwrap();
+    let source = Kernel::coop_for(side).unwrap().source_as(Precision::F16);
+    assert!(
+        source.contains(&format!("const COOP_MAX_SUBGROUPS: u32 = {cap}u;")),
+        "{source}"
+    );
+    let subgroups = shader::WG_COOP / gpu.adapter().info.subgroup_max_size;
+    assert!(
+        cap < subgroups.min(4),
+        "a cap of {cap} subgroups of the {subgroups} there are leaves no rounds"
+    );
 }
 
 /// Split-K factors asked for: odd ones and more slices than the reduction has steps.

@@ -182,6 +182,39 @@ impl TiledVariant {
 /// Invocations per workgroup of the cooperative-matrix convolutions: any subgroup size that
 /// divides it works (see `shaders/conv2d_coop.wgsl`).
 pub const WG_COOP: u32 = 128;
+/// Most subgroups of a workgroup that do work in the cooperative-matrix convolutions: all of
+/// them ([`WG_COOP`]), unless `DILATED_COOP_MAX_SUBGROUPS` (read once, 1 to 128) asks for
+/// fewer. The others repeat a working subgroup's multiply-adds and store them where nothing
+/// reads, so a device with narrow subgroups runs the rounds that one with subgroups of 64 or
+/// more runs (fewer than four working subgroups take turns): the tests use it to check that
+/// path on lavapipe. It changes no result, only the speed. An unreadable value is ignored
+/// with a warning.
+pub fn coop_max_subgroups() -> u32 {
+    static CAP: OnceLock<u32> = OnceLock::new();
+    *CAP.get_or_init(|| {
+        coop_cap_from_env(std::env::var("DILATED_COOP_MAX_SUBGROUPS").ok().as_deref())
+            .unwrap_or_else(|value| {
+                log::warn!(
+                    "DILATED_COOP_MAX_SUBGROUPS={value:?} is not a count from 1 to {WG_COOP}: \
+                     ignored"
+                );
+                WG_COOP
+            })
+    })
+}
+
+/// [`coop_max_subgroups`] from the variable's value: unset is [`WG_COOP`]; anything but a
+/// count from 1 to [`WG_COOP`] comes back as the error.
+fn coop_cap_from_env(value: Option<&str>) -> Result<u32, String> {
+    match value {
+        None => Ok(WG_COOP),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (1..=WG_COOP).contains(&n) => Ok(n),
+            _ => Err(v.to_string()),
+        },
+    }
+}
+
 /// Cooperative-matrix blocks along each side of a cooperative-matrix convolution's workgroup
 /// tile (a 4 x 4 grid of blocks, 2 x 2 per subgroup).
 pub const COOP_TILE_PER_SIDE: u32 = 4;
@@ -734,9 +767,11 @@ impl Kernel {
         if let Some(side) = coop {
             out += &format!(
                 "const COOP_S: u32 = {side}u;\nconst WG_COOP: u32 = {WG_COOP}u;\n\
+                 const COOP_MAX_SUBGROUPS: u32 = {}u;\n\
                  alias coop_a = coop_mat{side}x{side}<f16, A>;\n\
                  alias coop_b = coop_mat{side}x{side}<f16, B>;\n\
-                 alias coop_c = coop_mat{side}x{side}<f32, C>;\n"
+                 alias coop_c = coop_mat{side}x{side}<f32, C>;\n",
+                coop_max_subgroups()
             );
         }
         out.push_str("\n@group(0) @binding(0) var<uniform> p: Params;\n");
@@ -1217,6 +1252,18 @@ mod tests {
                 .sum();
             let side = kernel.coop_size().unwrap();
             assert_eq!(declared, coop_shared_bytes(side), "{kernel:?}");
+        }
+    }
+
+    /// `DILATED_COOP_MAX_SUBGROUPS` is a count from 1 to WG_COOP, or ignored.
+    #[test]
+    fn coop_subgroup_cap_is_read_strictly() {
+        assert_eq!(coop_cap_from_env(None), Ok(WG_COOP));
+        assert_eq!(coop_cap_from_env(Some("1")), Ok(1));
+        assert_eq!(coop_cap_from_env(Some(" 3\n")), Ok(3));
+        assert_eq!(coop_cap_from_env(Some("128")), Ok(128));
+        for bad in ["0", "129", "-1", "two", ""] {
+            assert_eq!(coop_cap_from_env(Some(bad)), Err(bad.to_string()));
         }
     }
 
