@@ -46,6 +46,12 @@ finish() {
 }
 trap finish EXIT
 
+# An NVIDIA machine may also offer OpenGL (EGL); the check is of Vulkan there unless
+# WGPU_BACKEND says otherwise.
+if [ -z "${WGPU_BACKEND:-}" ] && command -v nvidia-smi >/dev/null; then
+    export WGPU_BACKEND=vulkan
+fi
+
 {
     echo "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
     echo "cpu: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"

@@ -12,11 +12,13 @@
 //! above [`F32_TOLERANCE`] / [`F16_TOLERANCE`], a cell marked `WRONG`, and exit status 3
 //! once everything has been measured and written.
 //!
-//!     cargo run --release --example gpu_check -- [--small] [--cudnn cudnn.json]
-//!         [--json benches/gpu_check.json] [--md benches/gpu_check.md]
+//!     cargo run --release --example gpu_check -- [--small] [--allow-cpu]
+//!         [--cudnn cudnn.json] [--json benches/gpu_check.json] [--md benches/gpu_check.md]
 //!
 //! `--small` (or `DILATED_CHECK_SMALL=1`) divides channels by 4 and sizes by 2, and runs the
-//! network with widths / 8 at 420x420: minutes on a software adapter. Kernel choices are
+//! network with widths / 8 at 420x420: minutes on a software adapter. The full sizes are
+//! refused on an adapter that runs shaders on the CPU (such as lavapipe, where one f32 pass
+//! of the full-size network alone takes minutes) unless `--allow-cpu` is given. Kernel choices are
 //! measured into a fresh temporary cache directory, so earlier runs do not count.
 
 use std::path::PathBuf;
@@ -49,6 +51,7 @@ const NETWORK_F16_TOLERANCE: f64 = 5e-2;
 
 struct Args {
     small: bool,
+    allow_cpu: bool,
     cudnn: Option<PathBuf>,
     json: Option<PathBuf>,
     md: Option<PathBuf>,
@@ -57,6 +60,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         small: std::env::var("DILATED_CHECK_SMALL").is_ok_and(|v| v == "1"),
+        allow_cpu: false,
         cudnn: None,
         json: None,
         md: None,
@@ -70,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         };
         match arg.as_str() {
             "--small" => a.small = true,
+            "--allow-cpu" => a.allow_cpu = true,
             "--cudnn" => a.cudnn = Some(path()?),
             "--json" => a.json = Some(path()?),
             "--md" => a.md = Some(path()?),
@@ -264,6 +269,15 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let a = gpu.adapter();
     let info = &a.info;
     println!("{a}");
+    if !args.small && !args.allow_cpu && info.device_type == wgpu::DeviceType::Cpu {
+        return Err(format!(
+            "{} runs shaders on the CPU, where every pass of the full-size network takes \
+             minutes and the whole check many times that: pass --small (or --allow-cpu to \
+             run the full sizes anyway)",
+            info.name
+        )
+        .into());
+    }
     let f16 = gpu.supports(Precision::F16);
     let cudnn: Option<Value> = match &args.cudnn {
         Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
