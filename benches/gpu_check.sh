@@ -32,16 +32,24 @@ log=benches/gpu_check.log
 tmp=$(mktemp -d)
 start=$(date +%s)
 
-# Whatever was written, even by a run cut short, goes to benches/ (and $OUT).
+# Whatever was written, even by a run cut short, goes to $OUT, and to benches/ once something
+# was measured (a run that measured nothing, such as one that found no adapter, leaves the
+# files there alone).
 finish() {
     status=$?
+    measured=0
+    if [ -f "$tmp"/gpu_check.json ]; then measured=1; fi
     for f in "$tmp"/gpu_check.json "$tmp"/gpu_check.md "$tmp"/gpu_check.log; do
         [ -f "$f" ] || continue
-        cp "$f" benches/
+        if [ "$measured" = 1 ]; then cp "$f" benches/; fi
         if [ -n "${OUT:-}" ]; then cp "$f" "$OUT"/; fi
     done
     rm -rf "$tmp"
-    echo "gpu_check.sh: exit status $status; wrote what exists of $json, $md, $log"
+    if [ "$measured" = 1 ]; then
+        echo "gpu_check.sh: exit status $status; wrote what exists of $json, $md, $log"
+    else
+        echo "gpu_check.sh: exit status $status; nothing measured, $json, $md, $log left as they were"
+    fi
     exit "$status"
 }
 trap finish EXIT
