@@ -36,6 +36,7 @@ const COOP_GROUPS: u32 = 4u;
 const COOP_LOADS_W: u32 = COOP_TILE * COOP_DEPTH / WG_COOP;
 const COOP_LOADS_X: u32 = COOP_DEPTH * COOP_TILE / WG_COOP;
 const_assert WG_COOP % COOP_TILE == 0u && WG_COOP % COOP_DEPTH == 0u;
+const_assert COOP_LOADS_X * (WG_COOP / COOP_TILE) == COOP_DEPTH;
 
 var<workgroup> coop_w: array<f16, COOP_TILE * COOP_DEPTH>; // [m][k], rows COOP_DEPTH long
 var<workgroup> coop_x: array<f16, COOP_DEPTH * COOP_TILE>; // [k][n], rows COOP_TILE long
@@ -47,10 +48,12 @@ var<private> w_next: array<f16, COOP_LOADS_W>;
 var<private> x_next: array<f16, COOP_LOADS_X>;
 
 // Loads step k0 of the weight tile (channels m0 + wm + i WG_COOP / COOP_DEPTH at reduction
-// index k0 + wk) and of the input tile (reduction indices k0 + xk + i WG_COOP / COOP_TILE of
-// the pixel whose window corner is `corner`) into `w_next` and `x_next`, zeros past the ends.
-fn coop_load(k0: u32, k_end: u32, m0: u32, wm: u32, wk: u32, in_total: u32, xk: u32,
-             corner: vec2<i32>, in_img: u32) {
+// index k0 + wk) and of the input tile (reduction indices `xk` + i WG_COOP / COOP_TILE of the
+// pixel whose window corner is `corner`, `xk` at k0 + this invocation's offset) into `w_next`
+// and `x_next`, zeros past the ends; returns `xk` advanced to the next step (COOP_LOADS_X
+// strides of WG_COOP / COOP_TILE make COOP_DEPTH).
+fn coop_load(k0: u32, k_end: u32, m0: u32, wm: u32, wk: u32, in_total: u32, xk: KIndex,
+             corner: vec2<i32>, in_img: u32) -> KIndex {
     for (var i = 0u; i < COOP_LOADS_W; i++) {
         let m = m0 + wm + i * (WG_COOP / COOP_DEPTH);
         let k = k0 + wk;
@@ -60,9 +63,12 @@ fn coop_load(k0: u32, k_end: u32, m0: u32, wm: u32, wk: u32, in_total: u32, xk: 
         }
         w_next[i] = f16(w);
     }
+    var ki = xk;
     for (var i = 0u; i < COOP_LOADS_X; i++) {
-        x_next[i] = f16(im2col_at(k0 + xk + i * (WG_COOP / COOP_TILE), k_end, corner, in_img));
+        x_next[i] = f16(im2col_at(ki, k_end, corner, in_img));
+        ki = k_step(ki, WG_COOP / COOP_TILE);
     }
+    return ki;
 }
 
 @compute @workgroup_size(WG_COOP)
@@ -114,7 +120,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var acc11 = coop_c();
         // Step k0's operands are loaded into registers while step k0 - COOP_DEPTH's
         // multiply-adds run.
-        coop_load(work.k_begin, work.k_end, m0, wm, wk, in_total, xk, corner, in_img);
+        var ki = coop_load(work.k_begin, work.k_end, m0, wm, wk, in_total,
+                           k_index(work.k_begin + xk), corner, in_img);
         var k0 = work.k_begin;
         loop {
             if (k0 >= work.k_end) {
@@ -129,7 +136,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 coop_x[(xk + i * (WG_COOP / COOP_TILE)) * COOP_TILE + xn] = x_next[i];
             }
             workgroupBarrier();
-            coop_load(k0 + COOP_DEPTH, work.k_end, m0, wm, wk, in_total, xk, corner, in_img);
+            ki = coop_load(k0 + COOP_DEPTH, work.k_end, m0, wm, wk, in_total, ki, corner, in_img);
             for (var kk = 0u; kk < COOP_DEPTH; kk += COOP_S) {
                 let depth = COOP_DEPTH;
                 let tile = COOP_TILE;

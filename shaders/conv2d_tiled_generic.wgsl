@@ -34,6 +34,7 @@ const_assert WG_GENERIC % GT_DEPTH == 0u && WG_GENERIC % GT_TILE_N == 0u;
 const_assert RUNS_M * GT_VEC == GT_PER_M && RUNS_N * GT_VEC == GT_PER_N;
 const_assert LOADS_W * WG_GENERIC == GT_TILE_M * GT_DEPTH;
 const_assert LOADS_X * WG_GENERIC == GT_TILE_N * GT_DEPTH;
+const_assert LOADS_X * (WG_GENERIC / GT_TILE_N) == GT_DEPTH;
 
 @compute @workgroup_size(WG_GENERIC)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -72,6 +73,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let xn = lid % GT_TILE_N;
     let xk = lid / GT_TILE_N;
     let corner = window_corner(n0 + xn, pixels);
+    // Its first reduction index, advanced through the step's LOADS_X indices, which leaves it
+    // at the next step's first (LOADS_X strides of WG_GENERIC / GT_TILE_N make GT_DEPTH).
+    var ki = k_index(k_begin + xk);
 
     let tx = lid % SIDE_N;
     let ty = lid / SIDE_N;
@@ -95,7 +99,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             w_next[i] = w;
         }
         for (var i = 0u; i < LOADS_X; i++) {
-            x_next[i] = im2col_at(k0 + xk + i * (WG_GENERIC / GT_TILE_N), k_end, corner, in_img);
+            x_next[i] = im2col_at(ki, k_end, corner, in_img);
+            ki = k_step(ki, WG_GENERIC / GT_TILE_N);
         }
         // Arithmetic of step k0 - GT_DEPTH, staged in workgroup memory, while those loads fly.
         if (k0 > k_begin) {

@@ -41,23 +41,52 @@ fn window_corner(px: u32, pixels: u32) -> vec2<i32> {
                      i32((px % p.out_w) * p.stride_w) - i32(p.pad_left));
 }
 
-// Element (k, pixel) of the im2col matrix, k = (ky, kx, ci), for the pixel whose window
-// corner is `corner` in the image whose input starts at `in_img`: 0 past `k_end` or where the
-// tap falls in the padding.
-fn im2col_at(k: u32, k_end: u32, corner: vec2<i32>, in_img: u32) -> f32 {
-    if (k >= k_end) {
+// Reduction index k and its parts, k = (ky k_w + kx) in_c + ci (as the weight rows), so that
+// a run of indices takes no division per index (`k_step`).
+struct KIndex {
+    k: u32,
+    ci: u32,
+    kx: u32,
+    ky: u32,
+}
+
+fn k_index(k: u32) -> KIndex {
+    let tap = k / p.in_c;
+    let ky = tap / p.k_w;
+    return KIndex(k, k - tap * p.in_c, tap - ky * p.k_w, ky);
+}
+
+// `i` advanced by `by`: a carry into the next tap where `by` is at most `in_c`, the divisions
+// of `k_index` otherwise (layers with fewer input channels than `by`).
+fn k_step(i: KIndex, by: u32) -> KIndex {
+    if (by > p.in_c) {
+        return k_index(i.k + by);
+    }
+    var r = KIndex(i.k + by, i.ci + by, i.kx, i.ky);
+    if (r.ci >= p.in_c) {
+        r.ci -= p.in_c;
+        r.kx += 1u;
+        if (r.kx == p.k_w) {
+            r.kx = 0u;
+            r.ky += 1u;
+        }
+    }
+    return r;
+}
+
+// Element (k, pixel) of the im2col matrix for the pixel whose window corner is `corner` in
+// the image whose input starts at `in_img`: 0 past `k_end` or where the tap falls in the
+// padding.
+fn im2col_at(k: KIndex, k_end: u32, corner: vec2<i32>, in_img: u32) -> f32 {
+    if (k.k >= k_end) {
         return 0.0;
     }
-    let tap = k / p.in_c;
-    let ci = k - tap * p.in_c;
-    let ky = tap / p.k_w;
-    let kx = tap - ky * p.k_w;
-    let iy = corner.x + i32(ky * p.dil_h);
-    let ix = corner.y + i32(kx * p.dil_w);
+    let iy = corner.x + i32(k.ky * p.dil_h);
+    let ix = corner.y + i32(k.kx * p.dil_w);
     if (iy < 0 || iy >= i32(p.in_h) || ix < 0 || ix >= i32(p.in_w)) {
         return 0.0;
     }
-    return f32(input[in_img + ci * p.in_h * p.in_w + u32(iy) * p.in_w + u32(ix)]);
+    return f32(input[in_img + k.ci * p.in_h * p.in_w + u32(iy) * p.in_w + u32(ix)]);
 }
 
 // Position of reduction index k in a weight row of the chunk: rows hold all `in_total` input
