@@ -15,12 +15,44 @@ Times cover the GPU work only (inputs already on the device).
 import argparse
 import json
 import statistics
+import subprocess
 
 import torch
 import torch.nn.functional as F
 
 # The element type of every tensor the cases create (float16 for the `--f16` pass).
 DTYPE = torch.float32
+
+
+# FP32 multiply-add lanes per SM by compute capability (the CUDA C++ Programming Guide's
+# throughput table: 32-bit floating-point add, multiply, multiply-add).
+FP32_LANES_PER_SM = {
+    (6, 0): 64, (6, 1): 128, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128,
+    (8, 7): 128, (8, 9): 128, (9, 0): 128, (10, 0): 128, (12, 0): 128,
+}
+
+
+def fp32_peak(props):
+    """The card's fp32 peak as 2 FLOP x FP32 lanes x SMs x the highest SM clock that
+    nvidia-smi reports, with its parts; None where the lanes or the clock are unknown."""
+    lanes = FP32_LANES_PER_SM.get((props.major, props.minor))
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+        clock_mhz = float(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        clock_mhz = None
+    if lanes is None or clock_mhz is None:
+        return None
+    return {
+        "tflops": 2 * lanes * props.multi_processor_count * clock_mhz * 1e6 / 1e12,
+        "sms": props.multi_processor_count,
+        "fp32_lanes_per_sm": lanes,
+        "max_sm_clock_mhz": clock_mhz,
+        "compute_capability": f"{props.major}.{props.minor}",
+    }
 
 
 def conv_cases():
@@ -189,6 +221,14 @@ def main():
         f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, "
         f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
     )
+    peak = fp32_peak(props)
+    if peak:
+        print(
+            f"fp32 peak: {peak['tflops']:.1f} TFLOP/s ({peak['sms']} SMs x "
+            f"{peak['fp32_lanes_per_sm']} lanes x 2 x {peak['max_sm_clock_mhz']:.0f} MHz)"
+        )
+    else:
+        print("fp32 peak: unknown (compute capability not in the table, or no nvidia-smi clock)")
     def make_cases():
         gen = torch.Generator(device="cuda").manual_seed(7)
         cases = [conv_case(c, gen) for c in conv_cases()]
@@ -230,7 +270,9 @@ def main():
         DTYPE = torch.float32
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": props.name, "results": results}, f, indent=1)
+            json.dump(
+                {"device": props.name, "fp32_peak": peak, "results": results}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@
 # (and copies them, with the log, into $OUT when it is set). A run that stops early still
 # leaves what it measured; the exit status is 3 when an output disagrees with the CPU.
 #
-#   benches/gpu_check.sh            # full sizes (a real GPU; about 2-4 minutes on an H100)
+#   benches/gpu_check.sh            # full sizes (a real GPU)
 #   benches/gpu_check.sh --small    # or DILATED_CHECK_SMALL=1: small sizes, no cuDNN
 #                                   # (a couple of minutes on a software adapter)
+#
+# The last table holds the targets (the fp32 peak for two of them comes from cudnn_reference.py
+# on NVIDIA, or from DILATED_FP32_PEAK_TFLOPS), each measured figure with its verdict.
 #
 # Nothing is built here: the binaries come from DILATED_BIN_DIR (default target/release),
 # which holds `dilated` and `gpu_check` (`cargo build --release --bin dilated --example
@@ -67,6 +70,9 @@ fi
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv || true
 
     args=(--json "$tmp/gpu_check.json" --md "$tmp/gpu_check.md")
+    if [ -n "${DILATED_FP32_PEAK_TFLOPS:-}" ]; then
+        args+=(--fp32-peak-tflops "$DILATED_FP32_PEAK_TFLOPS")
+    fi
     if [ "$small" = 1 ]; then
         args+=(--small)
         echo "small sizes: cuDNN skipped"

@@ -13,7 +13,16 @@
 //! once everything has been measured and written.
 //!
 //!     cargo run --release --example gpu_check -- [--small] [--allow-cpu]
-//!         [--cudnn cudnn.json] [--json benches/gpu_check.json] [--md benches/gpu_check.md]
+//!         [--cudnn cudnn.json] [--fp32-peak-tflops T]
+//!         [--json benches/gpu_check.json] [--md benches/gpu_check.md]
+//!
+//! Last comes a table of the targets the real-GPU figures are held to, each with what was
+//! measured and whether it was met: the tuned f32 kernel at 50% or more of the card's fp32
+//! peak, and within 1.5x cuDNN's fp32 time, on the fc6-like layer and conv3x3 512->512; the
+//! whole network in 150 ms (f32) and 80 ms (f16); and tuning it in under half a forward pass.
+//! The peak comes from `--fp32-peak-tflops` or from the cuDNN file (`fp32_peak`, which
+//! `cudnn_reference.py` works out from the SM count, the FP32 lanes per SM and the highest SM
+//! clock); with `--small` the sizes are not the targets' and nothing is judged.
 //!
 //! `--small` (or `DILATED_CHECK_SMALL=1`) divides channels by 4 and sizes by 2, and runs the
 //! network with widths / 8 at 420x420: minutes on a software adapter. The full sizes are
@@ -52,6 +61,7 @@ const NETWORK_F16_TOLERANCE: f64 = 5e-2;
 struct Args {
     small: bool,
     allow_cpu: bool,
+    peak_tflops: Option<f64>,
     cudnn: Option<PathBuf>,
     json: Option<PathBuf>,
     md: Option<PathBuf>,
@@ -61,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         small: std::env::var("DILATED_CHECK_SMALL").is_ok_and(|v| v == "1"),
         allow_cpu: false,
+        peak_tflops: None,
         cudnn: None,
         json: None,
         md: None,
@@ -75,6 +86,17 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--small" => a.small = true,
             "--allow-cpu" => a.allow_cpu = true,
+            "--fp32-peak-tflops" => {
+                let v = it.next().ok_or("--fp32-peak-tflops needs a number")?;
+                a.peak_tflops = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|t| *t > 0.0 && t.is_finite())
+                        .ok_or(format!(
+                            "--fp32-peak-tflops: {v:?} is not a positive number"
+                        ))?,
+                );
+            }
             "--cudnn" => a.cudnn = Some(path()?),
             "--json" => a.json = Some(path()?),
             "--md" => a.md = Some(path()?),
@@ -226,12 +248,126 @@ struct Report {
     network_rows: Vec<Value>,
     network_md: String,
     cudnn: Option<Value>,
+    /// The card's fp32 peak in TFLOP/s, where known.
+    peak_tflops: Option<f64>,
     all_correct: bool,
 }
 
+/// Whether a target was met, or why it cannot be judged.
+fn verdict(small: bool, met: Option<bool>, unknown: &str) -> String {
+    match (small, met) {
+        (true, _) => "not judged (`--small` sizes)".into(),
+        (false, Some(true)) => "**met**".into(),
+        (false, Some(false)) => "**missed**".into(),
+        (false, None) => format!("unknown ({unknown})"),
+    }
+}
+
 impl Report {
+    /// The targets table (Markdown) and its rows (JSON), from what has been measured so far.
+    fn targets(&self) -> (String, Vec<Value>) {
+        let mut rows = Vec::new();
+        let mut md =
+            String::from("\n## Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
+        let mut push = |target: String, measured: String, met: Option<bool>, unknown: &str| {
+            let v = verdict(self.small, met, unknown);
+            md.push_str(&format!("| {target} | {measured} | {v} |\n"));
+            rows.push(json!({"target": target, "measured": measured, "met": met,
+                             "judged": !self.small && met.is_some()}));
+        };
+        for shape in ["fc6_7x7_d4_512_1024", "conv3x3_512_d2"] {
+            let Some(row) = self.shape_rows.iter().find(|r| r["shape"] == shape) else {
+                continue;
+            };
+            let (gf, ms) = (row["tuned"]["gflops"].as_f64(), row["tuned"]["ms"].as_f64());
+            let (Some(gf), Some(ms)) = (gf, ms) else {
+                continue;
+            };
+            match self.peak_tflops {
+                Some(peak) => push(
+                    format!("{shape}: tuned f32 at >= 50% of the fp32 peak"),
+                    format!(
+                        "{gf:.0} GFLOP/s, {:.1}% of {peak:.1} TFLOP/s",
+                        gf / peak / 10.0
+                    ),
+                    Some(gf >= 500.0 * peak),
+                    "",
+                ),
+                None => push(
+                    format!("{shape}: tuned f32 at >= 50% of the fp32 peak"),
+                    format!("{gf:.0} GFLOP/s"),
+                    None,
+                    "fp32 peak not known: `--fp32-peak-tflops`",
+                ),
+            }
+            match row["cudnn"]["fp32_ms"].as_f64() {
+                Some(cd) => push(
+                    format!("{shape}: tuned f32 within 1.5x cuDNN fp32 (TF32 off)"),
+                    format!("{ms:.3} ms vs {cd:.3} ms: {:.2}x", ms / cd),
+                    Some(ms <= 1.5 * cd),
+                    "",
+                ),
+                None => push(
+                    format!("{shape}: tuned f32 within 1.5x cuDNN fp32 (TF32 off)"),
+                    format!("{ms:.3} ms"),
+                    None,
+                    "no cuDNN figure",
+                ),
+            }
+        }
+        let runs = |precision: &str| -> Vec<&Value> {
+            self.network_rows
+                .iter()
+                .filter(|r| r["precision"] == precision && r["forward_ms"].is_number())
+                .collect()
+        };
+        for (precision, limit) in [("f32", 150.0), ("f16", 80.0)] {
+            let rows_p = runs(precision);
+            let best = rows_p
+                .iter()
+                .filter_map(|r| Some((r["forward_ms"].as_f64()?, r["kernels"].as_str()?)))
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((ms, kernels)) = best {
+                push(
+                    format!(
+                        "whole `dilation10_cityscapes` at 1396x1396 in <= {limit:.0} ms, {precision} \
+                         (upload and read-back included)"
+                    ),
+                    format!("{ms:.1} ms ({kernels} kernels)"),
+                    Some(ms <= limit),
+                    "",
+                );
+            }
+            let plan = |kernels: &str| {
+                rows_p
+                    .iter()
+                    .find(|r| r["kernels"] == kernels)
+                    .and_then(|r| Some((r["plan_build_ms"].as_f64()?, r["forward_ms"].as_f64()?)))
+            };
+            if let (Some((heuristic_build, _)), Some((tuned_build, tuned_forward))) =
+                (plan("heuristic"), plan("tuned"))
+            {
+                let passes = (tuned_build - heuristic_build).max(0.0) / tuned_forward;
+                push(
+                    format!(
+                        "tuning the whole network ({precision}) in a small fraction of a forward \
+                         pass (read here as under half a pass)"
+                    ),
+                    format!(
+                        "{:.0} ms more to build than the heuristic's plan: {passes:.1} passes",
+                        tuned_build - heuristic_build
+                    ),
+                    Some(passes < 0.5),
+                    "",
+                );
+            }
+        }
+        (md, rows)
+    }
+
     /// Writes the JSON and Markdown files (`complete`: whether every section has run).
     fn save(&self, complete: bool) -> Result<(), Box<dyn std::error::Error>> {
+        let (targets_md, targets_json) = self.targets();
         let report = json!({
             "adapter": self.adapter, "small": self.small, "runs": RUNS, "complete": complete,
             "all_outputs_match_cpu": self.all_correct,
@@ -241,6 +377,8 @@ impl Report {
             "shapes": self.shape_rows,
             "network": {"runs": self.network_rows, "about": self.network},
             "cudnn": self.cudnn,
+            "fp32_peak_tflops": self.peak_tflops,
+            "targets": targets_json,
         });
         if let Some(p) = &self.json {
             dilated::io::write_file(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -249,6 +387,7 @@ impl Report {
             let mut md = self.header.clone();
             md.push_str(&self.shape_md);
             md.push_str(&self.network_md);
+            md.push_str(&targets_md);
             if !complete {
                 md.push_str("\n**Incomplete: the check stopped before the sections above were all written.**\n");
             }
@@ -305,6 +444,11 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         network_rows: Vec::new(),
         network_md: String::new(),
         cudnn: cudnn.clone(),
+        peak_tflops: args.peak_tflops.or_else(|| {
+            cudnn
+                .as_ref()
+                .and_then(|c| c["fp32_peak"]["tflops"].as_f64())
+        }),
         all_correct: true,
     };
     let cudnn_row = |case: &str| -> Option<Value> {
@@ -499,6 +643,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
 
     network_section(&gpu, &args, &mut report, &cudnn_row, f16, &mut rng)?;
     report.save(true)?;
+    print!("{}", report.targets().0);
     for p in [&args.json, &args.md].into_iter().flatten() {
         println!("wrote {}", p.display());
     }
@@ -737,4 +882,98 @@ fn run_network(
         choices,
         scores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(small: bool, peak: Option<f64>) -> Report {
+        let shape = |name: &str, gflops: f64, ms: f64, cudnn_ms: Option<f64>| {
+            json!({"shape": name, "tuned": {"gflops": gflops, "ms": ms},
+                   "cudnn": cudnn_ms.map(|c| json!({"fp32_ms": c}))})
+        };
+        let run = |precision: &str, kernels: &str, build: f64, forward: f64| {
+            json!({"precision": precision, "kernels": kernels, "plan_build_ms": build,
+                   "forward_ms": forward})
+        };
+        Report {
+            json: None,
+            md_path: None,
+            adapter: Value::Null,
+            small,
+            header: String::new(),
+            shape_rows: vec![
+                shape("conv3x3_256_d1", 1.0, 1.0, None),
+                shape("fc6_7x7_d4_512_1024", 40_000.0, 1.3, Some(1.0)),
+                shape("conv3x3_512_d2", 20_000.0, 0.9, None),
+            ],
+            shape_md: String::new(),
+            network: Value::Null,
+            network_rows: vec![
+                run("f32", "heuristic", 100.0, 160.0),
+                run("f32", "tuned", 150.0, 140.0),
+                run("f16", "heuristic", 100.0, 90.0),
+                json!({"precision": "f16", "kernels": "tuned", "error": "failed"}),
+            ],
+            network_md: String::new(),
+            cudnn: None,
+            peak_tflops: peak,
+            all_correct: true,
+        }
+    }
+
+    fn verdicts(r: &Report) -> Vec<(String, Option<bool>, bool)> {
+        r.targets()
+            .1
+            .iter()
+            .map(|t| {
+                (
+                    t["target"].as_str().unwrap().to_string(),
+                    t["met"].as_bool(),
+                    t["judged"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn targets_are_judged_from_the_figures() {
+        let r = report(false, Some(66.9));
+        let v = verdicts(&r);
+        let met = |prefix: &str| {
+            v.iter()
+                .filter(|(t, _, _)| t.starts_with(prefix))
+                .map(|(_, m, _)| *m)
+                .collect::<Vec<_>>()
+        };
+        // 40 of 66.9 TFLOP/s is 59.8%; 1.3 ms is 1.3x cuDNN's 1.0.
+        assert_eq!(met("fc6_7x7_d4_512_1024"), [Some(true), Some(true)]);
+        // 20 TFLOP/s is 29.9%; no cuDNN figure.
+        assert_eq!(met("conv3x3_512_d2"), [Some(false), None]);
+        // f32: the tuned plan's 140 ms; f16: the heuristic's 90 ms (the tuned one failed).
+        assert_eq!(met("whole"), [Some(true), Some(false)]);
+        // f32 tuning took 50 ms more, 0.36 of a 140 ms pass; f16 has no tuned run.
+        assert_eq!(met("tuning"), [Some(true)]);
+        assert!(v.iter().all(|(_, m, judged)| *judged == m.is_some()));
+        let (md, _) = r.targets();
+        assert!(md.contains("59.8% of 66.9 TFLOP/s"), "{md}");
+        assert!(md.contains("1.30x"), "{md}");
+        assert!(md.contains("0.4 passes"), "{md}");
+    }
+
+    #[test]
+    fn targets_are_not_judged_without_a_peak_or_at_small_sizes() {
+        let v = verdicts(&report(false, None));
+        assert_eq!(
+            v.iter()
+                .filter(|(t, _, _)| t.contains("fp32 peak"))
+                .map(|(_, m, _)| *m)
+                .collect::<Vec<_>>(),
+            [None, None]
+        );
+        let small = report(true, Some(66.9));
+        assert!(verdicts(&small).iter().all(|(_, _, judged)| !judged));
+        assert!(!small.targets().0.contains("**met**"));
+    }
 }
