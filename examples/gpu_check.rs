@@ -27,8 +27,8 @@
 //! `--small` (or `DILATED_CHECK_SMALL=1`) divides channels by 4 and sizes by 2, and runs the
 //! network with widths / 8 at 420x420: minutes on a software adapter. The full sizes are
 //! refused on an adapter that runs shaders on the CPU (such as lavapipe, where one f32 pass
-//! of the full-size network alone takes minutes) unless `--allow-cpu` is given. Kernel choices are
-//! measured into a fresh temporary cache directory, so earlier runs do not count.
+//! of the full-size network alone takes minutes) unless `--allow-cpu` is given. Kernel
+//! choices are measured into a fresh temporary cache directory, so earlier runs do not count.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -330,8 +330,8 @@ impl Report {
             if let Some((ms, kernels)) = best {
                 push(
                     format!(
-                        "whole `dilation10_cityscapes` at 1396x1396 in <= {limit:.0} ms, {precision} \
-                         (upload and read-back included)"
+                        "whole `dilation10_cityscapes` at 1396x1396 in <= {limit:.0} ms, \
+                         {precision} (upload and read-back included)"
                     ),
                     format!("{ms:.1} ms ({kernels} kernels)"),
                     Some(ms <= limit),
