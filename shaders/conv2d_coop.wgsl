@@ -48,11 +48,11 @@ var<private> w_next: array<f16, COOP_LOADS_W>;
 var<private> x_next: array<f16, COOP_LOADS_X>;
 
 // Loads step k0 of the weight tile (channels m0 + wm + i WG_COOP / COOP_DEPTH at reduction
-// index k0 + wk) and of the input tile (reduction indices `xk` + i WG_COOP / COOP_TILE of the
-// pixel whose window corner is `corner`, `xk` at k0 + this invocation's offset) into `w_next`
-// and `x_next`, zeros past the ends; returns `xk` advanced to the next step (COOP_LOADS_X
-// strides of WG_COOP / COOP_TILE make COOP_DEPTH).
-fn coop_load(k0: u32, k_end: u32, m0: u32, wm: u32, wk: u32, in_total: u32, xk: KIndex,
+// index k0 + wk) and of the input tile (reduction indices `first` + i WG_COOP / COOP_TILE of
+// the pixel whose window corner is `corner`, `first` being k0 + xk) into `w_next` and
+// `x_next`, zeros past the ends; returns the index advanced to the next step's first
+// (COOP_LOADS_X strides of WG_COOP / COOP_TILE make COOP_DEPTH).
+fn coop_load(k0: u32, k_end: u32, m0: u32, wm: u32, wk: u32, in_total: u32, first: KIndex,
              corner: vec2<i32>, in_img: u32) -> KIndex {
     for (var i = 0u; i < COOP_LOADS_W; i++) {
         let m = m0 + wm + i * (WG_COOP / COOP_DEPTH);
@@ -63,7 +63,7 @@ fn coop_load(k0: u32, k_end: u32, m0: u32, wm: u32, wk: u32, in_total: u32, xk: 
         }
         w_next[i] = f16(w);
     }
-    var ki = xk;
+    var ki = first;
     for (var i = 0u; i < COOP_LOADS_X; i++) {
         x_next[i] = f16(im2col_at(ki, k_end, corner, in_img));
         ki = k_step(ki, WG_COOP / COOP_TILE);

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use common::conv_configs::{CONFIGS, conv_config};
-use common::{gpu, random1, random4, rel_error, rng};
+use common::{assert_no_failures, gpu, random1, random4, rel_error, rng};
 use dilated::gpu::{ConvChoice, GpuLayer, Io, PACKED_MIN_PIXELS};
 use dilated::gpu::{Kernel, TiledVariant};
 use dilated::{Conv2d, ConvAlgorithm, GpuConv2d, Shape, cpu};
@@ -94,14 +94,7 @@ fn check_choice(choice: ConvChoice) -> BTreeSet<String> {
             ));
         }
     }
-    for f in &failures {
-        eprintln!("{f}");
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {CONFIGS} configurations failed",
-        failures.len()
-    );
+    assert_no_failures(&failures, CONFIGS);
     kernels
 }
 

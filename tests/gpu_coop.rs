@@ -14,12 +14,14 @@
 mod common;
 
 use common::conv_configs::{CONFIGS, conv_config};
-use common::{assert_forced_kernels, gpu, random1, random4, rel_error, rng, round1, round4};
+use common::{
+    F16Case, assert_forced_kernels, assert_no_failures, f16_conv_case, gpu, random4, rel_error, rng,
+};
 use dilated::gpu::tune::Tuning;
 use dilated::gpu::{ConvChoice, GpuLayer, Io, Kernel, shader};
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::{CpuPlan, GpuPlan};
-use dilated::{ConvAlgorithm, Gpu, GpuConv2d, Precision, Shape, cpu};
+use dilated::{ConvAlgorithm, Gpu, Precision, Shape, cpu};
 
 /// Twice the f16 rounding of the output, relative to the largest output.
 const TOLERANCE: f64 = 1e-3;
@@ -55,25 +57,15 @@ fn check_choice(gpu: &Gpu, choice: ConvChoice) -> Vec<Kernel> {
     let mut failures = Vec::new();
     for i in 0..CONFIGS {
         let (spec, shape) = conv_config(&mut r, i);
-        let x = round4(&random4(&mut r, shape.dims()));
-        let w = round4(&random4(&mut r, spec.weight_shape()));
-        let b = spec
-            .bias
-            .then(|| round1(&random1(&mut r, spec.out_channels)));
-        let conv = GpuConv2d::new_as(
-            gpu,
-            spec,
-            w.view(),
-            b.as_ref().map(|b| b.view()),
-            Precision::F16,
-        )
-        .expect("conv")
-        .with_choice(choice);
-        let input = gpu.upload_as(x.view(), Precision::F16).expect("upload");
-        let out_shape = conv.output_shape(shape).expect("output shape");
-        let output = gpu
-            .filled_as(out_shape, f32::NAN, Precision::F16)
-            .expect("output");
+        let F16Case {
+            x,
+            w,
+            b,
+            conv,
+            input,
+            output,
+        } = f16_conv_case(gpu, &mut r, spec, shape);
+        let conv = conv.with_choice(choice);
         let dispatches = conv
             .prepare(gpu, &Io::tensors(&input, &output))
             .expect("prepare");
@@ -93,14 +85,7 @@ fn check_choice(gpu: &Gpu, choice: ConvChoice) -> Vec<Kernel> {
         }
         kernels.extend(ran);
     }
-    for f in &failures {
-        eprintln!("{f}");
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {CONFIGS} configurations failed",
-        failures.len()
-    );
+    assert_no_failures(&failures, CONFIGS);
     kernels
 }
 

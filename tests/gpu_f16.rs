@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{gpu, random1, random4, rel_error, rng, round1, round4};
+use common::{F16Case, f16_conv_case, gpu, random1, random4, rel_error, rng, round1, round4};
 use dilated::gpu::{GpuArgmax, GpuDeconv2d, GpuMaxPool2d, GpuRelu, GpuSoftmax, GpuZoom, Io};
 use dilated::net::{Model, PresetOptions};
 use dilated::plan::{GpuPlan, Plan, PlanOptions};
@@ -83,24 +83,16 @@ fn check_conv(gpu: &Gpu, algorithm: ConvAlgorithm) -> Vec<dilated::gpu::Kernel> 
     let mut r = rng(160);
     let mut kernels = Vec::new();
     for (i, (spec, shape, tolerance)) in conv_cases().into_iter().enumerate() {
-        let x = round4(&random4(&mut r, shape.dims()));
-        let w = round4(&random4(&mut r, spec.weight_shape()));
-        let b = spec
-            .bias
-            .then(|| round1(&random1(&mut r, spec.out_channels)));
-        let conv = GpuConv2d::new_as(
-            gpu,
-            spec,
-            w.view(),
-            b.as_ref().map(|b| b.view()),
-            Precision::F16,
-        )
-        .expect("conv")
-        .with_algorithm(algorithm);
+        let F16Case {
+            x,
+            w,
+            b,
+            conv,
+            input,
+            output,
+        } = f16_conv_case(gpu, &mut r, spec, shape);
+        let conv = conv.with_algorithm(algorithm);
         assert_eq!(conv.precision(), Precision::F16);
-        let input = gpu.upload_as(x.view(), Precision::F16).unwrap();
-        let out_shape = conv.output_shape(shape).unwrap();
-        let output = gpu.filled_as(out_shape, f32::NAN, Precision::F16).unwrap();
         let dispatches = conv.prepare(gpu, &Io::tensors(&input, &output)).unwrap();
         kernels.extend(dispatches.iter().map(|d| d.kernel()));
         gpu.run(&dispatches).unwrap();

@@ -8,9 +8,10 @@ use std::sync::OnceLock;
 
 use dilated::cpu::reference;
 use dilated::gpu::Kernel;
+use dilated::gpu::{GpuLayer, GpuTensor};
 use dilated::net::{Network, Op};
 use dilated::weights::{ExpectedLayer, LayerWeights, WeightSet};
-use dilated::{ConvAlgorithm, Gpu};
+use dilated::{Conv2d, ConvAlgorithm, Gpu, GpuConv2d, Precision, Shape};
 use ndarray::{Array1, Array4, ArrayView4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -105,6 +106,60 @@ pub fn rel_error(a: ArrayView4<f32>, reference: ArrayView4<f32>) -> f64 {
     } else {
         max_diff / max_ref
     }
+}
+
+/// One f16 convolution case on the GPU: seeded inputs, weights and bias (when `spec` has one)
+/// already rounded to f16 (what the kernels read, so the f64 reference on them sees the same
+/// values), the layer with f16 weights, the input uploaded as f16 and an f16 output poisoned
+/// with NaN.
+pub struct F16Case {
+    pub x: Array4<f32>,
+    pub w: Array4<f32>,
+    pub b: Option<Array1<f32>>,
+    pub conv: GpuConv2d,
+    pub input: GpuTensor,
+    pub output: GpuTensor,
+}
+
+/// Draws an [`F16Case`] of `spec` on inputs of `shape` from `r` (input, weights, bias, in
+/// that order).
+pub fn f16_conv_case(gpu: &Gpu, r: &mut StdRng, spec: Conv2d, shape: Shape) -> F16Case {
+    let x = round4(&random4(r, shape.dims()));
+    let w = round4(&random4(r, spec.weight_shape()));
+    let b = spec.bias.then(|| round1(&random1(r, spec.out_channels)));
+    let conv = GpuConv2d::new_as(
+        gpu,
+        spec,
+        w.view(),
+        b.as_ref().map(|b| b.view()),
+        Precision::F16,
+    )
+    .expect("conv");
+    let input = gpu.upload_as(x.view(), Precision::F16).expect("upload");
+    let out_shape = conv.output_shape(shape).expect("output shape");
+    let output = gpu
+        .filled_as(out_shape, f32::NAN, Precision::F16)
+        .expect("output");
+    F16Case {
+        x,
+        w,
+        b,
+        conv,
+        input,
+        output,
+    }
+}
+
+/// Prints every failure, then fails the test if there was one, out of `total` cases.
+pub fn assert_no_failures(failures: &[String], total: usize) {
+    for f in failures {
+        eprintln!("{f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} configurations failed",
+        failures.len()
+    );
 }
 
 /// Runs the `dilated` command-line tool with arguments and extra environment variables.
